@@ -1,0 +1,107 @@
+"""Every jaxlm default, each with the reason it is what it is.
+
+This is the default run: a small Llama-style model trained on the shipped Shakespeare corpus with a
+SentencePiece vocabulary learnt on first use. It finishes in a few minutes on a 2-core CPU. Presets
+(`gpt2_124m.py`, `llama_1b.py`, `shakespeare_char.py`) start from here and change only what differs.
+Override any field from the command line: `--config.model.num_layers=2`.
+"""
+
+from ml_collections import ConfigDict
+
+
+def get_config() -> ConfigDict:
+  c = ConfigDict()
+  c.seed = 0  # One seed drives init, data order and dropout; fold_in(seed, step) per step.
+  c.workdir = 'runs/base'  # Checkpoints, metrics, the tokenizer and the token cache live here.
+
+  c.model = ConfigDict()
+  m = c.model
+  m.vocab_size = 0  # 0: the tokenizer's vocabulary, rounded up to vocab_multiple.
+  m.vocab_multiple = 64  # A padded vocabulary keeps the head matmul aligned (nanoGPT's 50304).
+  m.num_layers = 4  # Depth; the stack is scanned, so compile time does not grow with it.
+  m.embed_dim = 256  # D, the residual width.
+  m.num_heads = 8  # H query heads.
+  m.num_kv_heads = 4  # K key/value heads; K < H is grouped-query attention (0 means K = H).
+  m.head_dim = 0  # E; 0 means D // H.
+  m.mlp_dim = 0  # F; 0 means 4*D for GELU and the Llama rule (2/3 * 4D, to a multiple of 64) for SwiGLU.
+  m.max_seq_len = 128  # L, the context; windows of the corpus are this long.
+  m.norm = 'rmsnorm'  # 'rmsnorm' (Llama) or 'layernorm' (GPT-2).
+  m.position = 'rope'  # 'rope' (Llama) or 'learned' absolute positions (GPT-2).
+  m.mlp = 'swiglu'  # 'swiglu' (Llama) or 'gelu' (GPT-2).
+  m.use_bias = False  # Biases in dense layers and norms (GPT-2 has them; Llama does not).
+  m.tie_embeddings = False  # Share the input embedding with the output head (GPT-2 does).
+  m.norm_eps = 1e-5  # Epsilon of LayerNorm / RMSNorm.
+  m.rope_theta = 10000.0  # RoPE base wavelength (Llama 2 value).
+  m.dropout = 0.0  # Pretraining on plenty of data needs none; small corpora may want 0.1-0.2.
+  m.init_std = 0.02  # Normal init of weights; output projections are scaled by 1/sqrt(2 * layers).
+  m.dtype = 'float32'  # Compute dtype: 'float32', 'bfloat16' or 'float16'; parameters stay float32.
+  m.remat = 'none'  # Activation recomputation per layer: 'none', 'dots' (save matmuls) or 'full'.
+  m.attention = 'xla'  # Attention kernel: 'xla' (any device) or 'cudnn' (flash attention on GPU).
+
+  c.data = ConfigDict()
+  d = c.data
+  d.corpus = ''  # '' is the shipped tinyshakespeare; else a UTF-8 text file, a directory or a glob.
+  d.tokenizer = 'sentencepiece'  # 'sentencepiece', 'char' (nanoGPT's) or 'byte'.
+  d.tokenizer_path = ''  # A trained SentencePiece .model; '' trains one on the corpus (cached).
+  d.tokenizer_vocab_size = 1024  # Vocabulary learnt when training SentencePiece on the corpus.
+  d.val_fraction = 0.1  # The last 10% of the token stream is held out, as in nanoGPT.
+  d.stride = 0  # Start of consecutive training windows; 0 means L (no overlap), 1 every offset.
+
+  c.train = ConfigDict()
+  t = c.train
+  t.steps = 600  # Optimizer steps; the default run takes a few minutes on a 2-core CPU.
+  t.batch_size = 16  # B, global sequences per step, split over the data and fsdp mesh axes.
+  t.grad_accum = 1  # Micro-batches per step; B must divide by it. Same update as one big batch.
+  t.z_loss = 0.0  # Weight of log(Z)^2, which keeps logits from drifting (PaLM uses 1e-4).
+  t.log_every = 10  # Steps between metric lines; the only host syncs in the loop happen here.
+  t.eval_every = 200  # Steps between validation passes (and at the end).
+  t.eval_batches = 0  # Validation batches per pass; 0 means the whole validation split.
+  t.sample_tokens = 200  # Tokens generated at the end of training, to read; 0 disables.
+  t.sample_prompt = ''  # Prompt for that sample; '' starts from the first token of the corpus.
+  t.on_nonfinite = 'abort'  # A NaN/Inf loss or gradient: 'abort' (with the step) or 'skip' the update.
+
+  c.optim = ConfigDict()
+  o = c.optim
+  o.lr = 3e-3  # Peak learning rate; small models tolerate a high one.
+  o.schedule = 'cosine'  # 'cosine' (decays to min_lr) or 'constant' (after warm-up).
+  o.warmup_steps = 50  # Linear warm-up from 0, which keeps Adam's first steps stable.
+  o.min_lr = 3e-4  # Floor of the cosine, 10% of the peak (Chinchilla).
+  o.decay_steps = 0  # Length of warm-up plus decay; 0 means train.steps.
+  o.b1 = 0.9  # Adam beta1.
+  o.b2 = 0.95  # Adam beta2; 0.95 rather than 0.999 is the LLM norm for stability.
+  o.eps = 1e-8  # Adam epsilon.
+  o.weight_decay = 0.1  # Decoupled (AdamW) decay on matmul weights.
+  o.decay_embeddings = False  # Norms and biases are never decayed; embeddings only if this is set.
+  o.clip_norm = 1.0  # Global gradient-norm clipping; 0 disables.
+  o.loss_scale_init = 2.0**15  # Initial dynamic loss scale, used only with float16 compute.
+  o.loss_scale_period = 2000  # Finite steps before the float16 loss scale doubles.
+
+  c.mesh = ConfigDict()
+  c.mesh.data = -1  # Data-parallel replicas; -1 takes the devices the other axes leave.
+  c.mesh.fsdp = 1  # Parameter and optimizer-state sharding (ZeRO-3 style) degree.
+  c.mesh.tensor = 1  # Tensor (Megatron) parallel degree over heads, MLP width and vocabulary.
+  # The one logical-to-mesh rules table: each logical axis of a weight or an activation maps to a
+  # comma-separated list of mesh axes ('' replicates). Override per hardware from the command line.
+  c.mesh.rules = ConfigDict(dict(
+      batch='data,fsdp',
+      length='',
+      embed='fsdp',
+      mlp='tensor',
+      heads='tensor',
+      kv_heads='tensor',
+      head_dim='',
+      vocab='tensor',
+      layers='',
+  ))
+
+  c.checkpoint = ConfigDict()
+  c.checkpoint.every = 200  # Steps between checkpoints (and one at the end).
+  c.checkpoint.keep = 3  # Latest checkpoints kept; older ones are deleted.
+  c.checkpoint.async_save = True  # Write in the background; the loop waits only for device-to-host.
+
+  c.distributed = ConfigDict()
+  c.distributed.initialize = False  # Call jax.distributed.initialize() (multi-host TPU/GPU/SLURM).
+  c.distributed.coordinator_address = ''  # host:port of process 0; '' lets JAX auto-detect it.
+  c.distributed.num_processes = 0  # 0 lets JAX auto-detect it.
+  c.distributed.process_id = -1  # -1 lets JAX auto-detect it.
+  return c

@@ -1,0 +1,38 @@
+"""A Llama-style 1B model (the Llama 3.2 1B shape): 16 layers, width 2048, 32 query heads sharing
+8 key/value heads, SwiGLU width 8192, RoPE theta 500k, context 2048, untied head.
+
+For real hardware: bf16 compute, cuDNN flash attention, FSDP over all devices, AdamW lr 3e-4 with
+2000 warm-up steps and cosine decay to 3e-5, batch 512 x 2048 tokens (1M). Give data.corpus and
+data.tokenizer_path (or data.tokenizer_vocab_size to train a vocabulary on the corpus).
+"""
+
+from jaxlm.configs import base
+
+
+def get_config():
+  c = base.get_config()
+  c.workdir = 'runs/llama_1b'
+
+  m = c.model
+  m.num_layers, m.embed_dim, m.mlp_dim = 16, 2048, 8192
+  m.num_heads, m.num_kv_heads, m.head_dim = 32, 8, 64
+  m.max_seq_len, m.rope_theta = 2048, 500_000.0
+  m.vocab_size = 32768
+  m.norm, m.position, m.mlp = 'rmsnorm', 'rope', 'swiglu'
+  m.use_bias, m.tie_embeddings = False, False
+  m.dtype, m.attention, m.remat = 'bfloat16', 'cudnn', 'dots'
+
+  c.data.tokenizer_vocab_size = 32000
+
+  t = c.train
+  t.steps, t.batch_size = 100_000, 512
+  t.log_every, t.eval_every, t.eval_batches = 100, 2000, 50
+  t.sample_tokens = 0
+
+  o = c.optim
+  o.lr, o.min_lr, o.warmup_steps = 3e-4, 3e-5, 2000
+  o.b2, o.weight_decay = 0.95, 0.1
+
+  c.mesh.data, c.mesh.fsdp = 1, -1  # ZeRO-3: shard parameters and optimizer state everywhere.
+  c.checkpoint.every = 1000
+  return c

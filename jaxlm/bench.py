@@ -1,0 +1,143 @@
+"""Benchmark: step time, tokens/s and MFU of the train step, the eval forward pass and decoding.
+
+  python -m jaxlm.bench --config=configs/shakespeare_char.py [--steps=100] [--json=out.json]
+
+Batches are random token ids of the config's shape (no corpus is read when model.vocab_size is
+set; otherwise the corpus's tokenizer gives the vocabulary). Every timed step ends with a host sync,
+so a step's time is its full latency; the first `--warmup` steps (compilation included) are not
+timed. MFU is against the dense bf16 peak of the device (see jaxlm.metrics), 'n/a' on a CPU.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from absl import flags
+from ml_collections import ConfigDict
+
+from jaxlm import cli
+
+_CONFIG = cli.define_config()
+_STEPS = flags.DEFINE_integer('steps', 50, 'Timed steps of each benchmark.')
+_WARMUP = flags.DEFINE_integer('warmup', 5, 'Untimed steps first (compilation included).')
+_WHAT = flags.DEFINE_list('what', ['train', 'eval', 'decode'], 'Which benchmarks to run.')
+_JSON = flags.DEFINE_string('json', '', 'Also write the figures to this JSON file.')
+
+
+def _timed(fn, steps: int, warmup: int) -> np.ndarray:
+  """Seconds per call of fn() (which must return something to block on), after warm-up."""
+  for _ in range(warmup):
+    jax.block_until_ready(fn())
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return np.array(times)
+
+
+def _summary(times: np.ndarray, tokens: int, flops_per_token: float | None) -> dict:
+  from jaxlm import metrics
+  median = float(np.median(times))
+  tps = tokens / median
+  mfu = metrics.mfu(tps, flops_per_token, jax.device_count(), metrics.peak_flops()) \
+      if flops_per_token else None
+  return dict(step_ms_median=1e3 * median, step_ms_p10=1e3 * float(np.percentile(times, 10)),
+              step_ms_p90=1e3 * float(np.percentile(times, 90)), tokens_per_s=tps, mfu=mfu)
+
+
+def _peak_memory() -> float | None:
+  stats = jax.devices()[0].memory_stats() or {}
+  peak = stats.get('peak_bytes_in_use')
+  return peak / 2**30 if peak else None
+
+
+def run(cfg: ConfigDict, what: list[str], steps: int, warmup: int) -> dict:
+  from jaxlm import data, metrics, sampling, sharding
+  from jaxlm.config import resolve_model, validate
+  from jaxlm.mesh import make_mesh
+  from jaxlm.optim import make_optimizer
+  from jaxlm.state import setup_train_state
+  from jaxlm.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
+  from jaxlm.trainer import prepare_workdir
+
+  validate(cfg)
+  vocab = cfg.model.vocab_size
+  if not vocab:
+    vocab = data.load_corpus(cfg, prepare_workdir(cfg.workdir)).tokenizer.vocab_size
+  model_cfg = resolve_model(cfg.model, vocab)
+  mesh = make_mesh(cfg)
+  rules = sharding.rules_from_config(cfg.mesh)
+  tx, schedule = make_optimizer(cfg)
+  setup = setup_train_state(cfg, model_cfg, tx, mesh, rules)
+  state = setup.init()
+  B, L = cfg.train.batch_size, model_cfg.max_seq_len
+  rng = np.random.default_rng(cfg.seed)
+  tokens = rng.integers(0, vocab, (B, L + 1), dtype=np.int32)
+  batch_sh = sharding.batch_sharding(mesh, rules)
+  batch = {k: jax.device_put(v, batch_sh) for k, v in dict(
+      inputs=tokens[:, :-1], targets=tokens[:, 1:], mask=np.ones((B, L), np.float32)).items()}
+  flops = metrics.flops_per_token(model_cfg)
+  results = dict(
+      config=dict(layers=model_cfg.num_layers, width=model_cfg.embed_dim,
+                  heads=model_cfg.num_heads, kv_heads=model_cfg.num_kv_heads,
+                  seq_len=L, batch=B, vocab=model_cfg.vocab_size, dtype=model_cfg.dtype,
+                  attention=model_cfg.attention, remat=model_cfg.remat),
+      params=metrics.param_count(model_cfg), flops_per_token=flops,
+      device=f'{jax.device_count()} x {jax.devices()[0].device_kind}',
+      jax=jax.__version__)
+
+  if 'train' in what:
+    train_step = jit_train_step(make_train_step(cfg, setup.graphdef, tx, schedule, mesh, rules),
+                                setup.shardings, mesh, rules)
+    holder = [state]
+
+    def one_step():
+      holder[0], m = train_step(holder[0], batch)
+      return m['loss']
+    results['train'] = _summary(_timed(one_step, steps, warmup), B * L, flops)
+    state = holder[0]
+  if 'eval' in what:
+    eval_step = jit_eval_step(make_eval_step(setup.graphdef, mesh, rules),
+                              setup.shardings.params, mesh, rules)
+    results['eval'] = _summary(_timed(lambda: eval_step(state.params, batch), steps, warmup),
+                               B * L, flops / 3)  # forward only: a third of the train FLOPs
+  if 'decode' in what:
+    new = L // 2
+    prompts = tokens[:, :L - new].tolist()
+    decode = lambda: sampling.generate(setup.graphdef, state.params, model_cfg, prompts,
+                                       max_new_tokens=new, temperature=1.0, seed=0)
+    results['decode'] = _summary(_timed(decode, max(steps // 10, 3), 1), B * new, None)
+  results['peak_memory_gib'] = _peak_memory()
+  return results
+
+
+def print_table(results: dict) -> None:
+  c = results['config']
+  print(f'{results["device"]} | jax {results["jax"]} | {results["params"] / 1e6:.2f}M params | '
+        f'{c["layers"]}L {c["width"]}D {c["heads"]}H/{c["kv_heads"]}KV | batch {c["batch"]} x '
+        f'{c["seq_len"]} | vocab {c["vocab"]} | {c["dtype"]} | attention {c["attention"]} | '
+        f'remat {c["remat"]}')
+  print(f'{"benchmark":<10}{"median ms":>12}{"p10-p90 ms":>16}{"tokens/s":>14}{"MFU":>9}')
+  for name in ('train', 'eval', 'decode'):
+    if name in results:
+      r = results[name]
+      mfu = 'n/a' if r['mfu'] is None else f'{100 * r["mfu"]:.1f}%'
+      spread = f'{r["step_ms_p10"]:.1f}-{r["step_ms_p90"]:.1f}'
+      print(f'{name:<10}{r["step_ms_median"]:>12.2f}{spread:>16}{r["tokens_per_s"]:>14,.0f}'
+            f'{mfu:>9}')
+  if results.get('peak_memory_gib') is not None:
+    print(f'peak device memory {results["peak_memory_gib"]:.2f} GiB')
+
+
+def main(argv: list[str]) -> None:
+  results = run(cli.config_value(_CONFIG), _WHAT.value, _STEPS.value, _WARMUP.value)
+  print_table(results)
+  if _JSON.value:
+    Path(_JSON.value).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == '__main__':
+  cli.run(main)

@@ -1,0 +1,174 @@
+"""Validation of a jaxlm ConfigDict: every mistake names the field and what it expects.
+
+The defaults and their reasons live in `configs/base.py` (installed as `jaxlm.configs.base`); this
+module checks a config against them and fills the derived model fields. It imports no JAX, so a bad
+config fails in well under a second.
+"""
+
+import math
+from typing import Any, Callable
+
+from ml_collections import ConfigDict
+
+from jaxlm.configs import base
+from jaxlm.errors import UserError
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+
+_CHOICES = {
+    'model.norm': ('rmsnorm', 'layernorm'),
+    'model.position': ('rope', 'learned'),
+    'model.mlp': ('swiglu', 'gelu'),
+    'model.dtype': ('float32', 'bfloat16', 'float16'),
+    'model.remat': ('none', 'dots', 'full'),
+    'model.attention': ('xla', 'cudnn'),
+    'data.tokenizer': ('sentencepiece', 'char', 'byte'),
+    'train.on_nonfinite': ('abort', 'skip'),
+    'optim.schedule': ('cosine', 'constant'),
+}
+
+_positive = (lambda v: v > 0, 'a positive number')
+_non_negative = (lambda v: v >= 0, 'a number >= 0')
+_fraction = (lambda v: 0 <= v < 1, 'a number in [0, 1)')
+_mesh_size = (lambda v: v == -1 or v >= 1, '-1 (the remaining devices) or a positive integer')
+
+_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    'seed': _non_negative,
+    'model.vocab_size': _non_negative,
+    'model.vocab_multiple': _positive,
+    'model.num_layers': _positive,
+    'model.embed_dim': _positive,
+    'model.num_heads': _positive,
+    'model.num_kv_heads': _non_negative,
+    'model.head_dim': _non_negative,
+    'model.mlp_dim': _non_negative,
+    'model.max_seq_len': _positive,
+    'model.norm_eps': _positive,
+    'model.rope_theta': _positive,
+    'model.dropout': _fraction,
+    'model.init_std': _positive,
+    'data.tokenizer_vocab_size': (lambda v: v >= 16, 'an integer >= 16'),
+    'data.val_fraction': (lambda v: 0 < v < 1, 'a number strictly between 0 and 1'),
+    'data.stride': _non_negative,
+    'train.steps': _positive,
+    'train.batch_size': _positive,
+    'train.grad_accum': _positive,
+    'train.z_loss': _non_negative,
+    'train.log_every': _positive,
+    'train.eval_every': _positive,
+    'train.eval_batches': _non_negative,
+    'train.sample_tokens': _non_negative,
+    'optim.lr': _positive,
+    'optim.warmup_steps': _non_negative,
+    'optim.min_lr': _non_negative,
+    'optim.decay_steps': _non_negative,
+    'optim.b1': _fraction,
+    'optim.b2': _fraction,
+    'optim.eps': _positive,
+    'optim.weight_decay': _non_negative,
+    'optim.clip_norm': _non_negative,
+    'optim.loss_scale_init': _positive,
+    'optim.loss_scale_period': _positive,
+    'mesh.data': _mesh_size,
+    'mesh.fsdp': _mesh_size,
+    'mesh.tensor': _mesh_size,
+    'checkpoint.every': _positive,
+    'checkpoint.keep': _positive,
+}
+
+
+def _flatten(cfg: ConfigDict, prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for key, value in cfg.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, ConfigDict):
+      out.update(_flatten(value, name + '.'))
+    else:
+      out[name] = value
+  return out
+
+
+def _fail(field: str, value: Any, expected: str) -> None:
+  raise UserError(f'config field {field}={value!r} is invalid: expected {expected}.')
+
+
+def validate(cfg: ConfigDict) -> None:
+  """Raises UserError naming the first field that is unknown, mistyped or out of range."""
+  reference = _flatten(base.get_config())
+  values = _flatten(cfg)
+  for field, value in values.items():
+    if field not in reference:
+      close = [k for k in reference if k.split('.')[-1] == field.split('.')[-1]]
+      hint = f' (did you mean {close[0]}?)' if close else ''
+      raise UserError(f'config field {field} is unknown{hint}; see configs/base.py for the fields.')
+    want = type(reference[field])
+    if want is float and type(value) is int:
+      continue
+    if type(value) is not want:
+      _fail(field, value, f'a {want.__name__} like the default {reference[field]!r}')
+  for field in reference:
+    if field not in values:
+      raise UserError(f'config field {field} is missing; start presets from configs/base.py.')
+  for field, choices in _CHOICES.items():
+    if values[field] not in choices:
+      _fail(field, values[field], 'one of ' + ', '.join(repr(c) for c in choices))
+  for field, (ok, expected) in _RANGES.items():
+    if not ok(values[field]):
+      _fail(field, values[field], expected)
+  _check_model(cfg.model)
+  _check_cross_fields(cfg)
+
+
+def _check_model(m: ConfigDict) -> None:
+  if m.head_dim == 0 and m.embed_dim % m.num_heads:
+    raise UserError(
+        f'config field model.num_heads={m.num_heads} must divide model.embed_dim={m.embed_dim} '
+        '(or set model.head_dim explicitly).')
+  kv = m.num_kv_heads or m.num_heads
+  if m.num_heads % kv:
+    raise UserError(
+        f'config field model.num_kv_heads={kv} must divide model.num_heads={m.num_heads} '
+        '(each key/value head serves a whole group of query heads).')
+  if m.position == 'rope' and (m.head_dim or m.embed_dim // m.num_heads) % 2:
+    raise UserError('RoPE rotates pairs of channels, so the head dimension '
+                    '(model.head_dim, or model.embed_dim // model.num_heads) must be even.')
+
+
+def _check_cross_fields(cfg: ConfigDict) -> None:
+  t, o = cfg.train, cfg.optim
+  if t.batch_size % t.grad_accum:
+    raise UserError(
+        f'config field train.batch_size={t.batch_size} must be divisible by '
+        f'train.grad_accum={t.grad_accum}, the number of micro-batches per step.')
+  if o.min_lr > o.lr:
+    _fail('optim.min_lr', o.min_lr, f'at most optim.lr={o.lr}')
+  if [cfg.mesh[a] for a in MESH_AXES].count(-1) > 1:
+    raise UserError('at most one of config fields mesh.data, mesh.fsdp, mesh.tensor may be -1.')
+  for logical, axes in cfg.mesh.rules.items():
+    for axis in filter(None, axes.split(',')):
+      if axis.strip() not in MESH_AXES:
+        _fail(f'mesh.rules.{logical}', axes, 'a comma-separated list of ' + ', '.join(MESH_AXES))
+
+
+def resolve_model(m: ConfigDict, tokenizer_vocab: int) -> ConfigDict:
+  """Returns a copy of the model config with every derived field (the zeros) filled in.
+
+  The vocabulary is the tokenizer's, rounded up to `vocab_multiple`, unless set explicitly, in
+  which case it must hold every token id the tokenizer produces.
+  """
+  m = ConfigDict(m.to_dict())
+  if m.vocab_size == 0:
+    m.vocab_size = math.ceil(tokenizer_vocab / m.vocab_multiple) * m.vocab_multiple
+  elif m.vocab_size < tokenizer_vocab:
+    raise UserError(
+        f'config field model.vocab_size={m.vocab_size} is smaller than the tokenizer\'s '
+        f'vocabulary of {tokenizer_vocab}; set it to 0 to follow the tokenizer.')
+  m.num_kv_heads = m.num_kv_heads or m.num_heads
+  m.head_dim = m.head_dim or m.embed_dim // m.num_heads
+  if m.mlp_dim == 0:
+    if m.mlp == 'gelu':
+      m.mlp_dim = 4 * m.embed_dim
+    else:  # Llama: two thirds of 4D, since SwiGLU has three matrices instead of two.
+      m.mlp_dim = math.ceil(8 * m.embed_dim / 3 / 64) * 64
+  m.lock()
+  return m

@@ -1,0 +1,145 @@
+"""The text pipeline: corpus files -> tokens -> train/validation split -> Grain windows -> batches.
+
+The corpus is tokenized once (each file a document, separated by the tokenizer's end-of-sequence
+id when it has one) and cached as a .npy array. Training reads windows of L+1 tokens from that
+stream through a Grain `MapDataset`: shuffled with the seed, reshuffled each epoch, sharded over
+hosts and batched. Its iterator state is a small dict, saved with every checkpoint. Evaluation
+covers every validation token exactly once, padding and masking the last partial window.
+"""
+
+import glob
+import hashlib
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import grain
+import numpy as np
+
+from jaxlm.data.tokenizers import Tokenizer
+from jaxlm.errors import UserError
+
+SHIPPED_CORPUS = Path(__file__).with_name('tinyshakespeare.txt')
+
+Batch = dict[str, np.ndarray]
+
+
+def corpus_files(pattern: str) -> list[Path]:
+  """'' -> the shipped corpus; else a file, a directory (every file below it) or a glob."""
+  if not pattern:
+    return [SHIPPED_CORPUS]
+  path = Path(pattern).expanduser()
+  if path.is_file():
+    return [path]
+  if path.is_dir():
+    files = sorted(p for p in path.rglob('*') if p.is_file() and not p.name.startswith('.'))
+  else:
+    files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+  if not files:
+    raise UserError(f'config field data.corpus={pattern!r} matches no file; give a UTF-8 text '
+                    'file, a directory or a glob (or leave it empty for the shipped corpus).')
+  return files
+
+
+def read_text(path: Path) -> str:
+  """A file's text; bytes that are not UTF-8 are an error that names the file and the offset."""
+  data = path.read_bytes()
+  try:
+    return data.decode('utf-8')
+  except UnicodeDecodeError as e:
+    raise UserError(f'{path} is not UTF-8 text (byte {e.start} is {data[e.start:e.start + 1]!r}); '
+                    're-encode it as UTF-8 or remove it from data.corpus.') from None
+
+
+def tokenize_corpus(files: Sequence[Path], texts: Sequence[str], tokenizer: Tokenizer,
+                    cache_dir: Path) -> np.ndarray:
+  """The files' texts as one token stream (int32), cached under `cache_dir` by content and
+  tokenizer."""
+  key = hashlib.sha256(tokenizer.fingerprint.encode())
+  for f, t in zip(files, texts):
+    key.update(str(f.name).encode() + b'\0' + t.encode() + b'\0')
+  cache = Path(cache_dir) / f'tokens-{key.hexdigest()[:16]}.npy'
+  if cache.exists():
+    return np.load(cache)
+  eos = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
+  tokens = np.fromiter((i for t in texts for i in tokenizer.encode(t) + eos), dtype=np.int32)
+  cache.parent.mkdir(parents=True, exist_ok=True)
+  tmp = cache.with_name(cache.name + '.tmp.npy')
+  np.save(tmp, tokens)
+  os.replace(tmp, cache)
+  return tokens
+
+
+def split_tokens(tokens: np.ndarray, val_fraction: float,
+                 seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+  """The first (1 - val_fraction) of the stream trains, the rest validates (as in nanoGPT)."""
+  n_val = int(len(tokens) * val_fraction)
+  train, val = tokens[:len(tokens) - n_val], tokens[len(tokens) - n_val:]
+  if len(train) < seq_len + 1:
+    what = 'corpus' if len(tokens) < seq_len + 1 else 'training split'
+    raise UserError(
+        f'the {what} has {len(tokens if what == "corpus" else train)} tokens, fewer than one '
+        f'sequence of model.max_seq_len+1={seq_len + 1}; use a larger corpus or a shorter '
+        'model.max_seq_len.')
+  if len(val) < 2:
+    raise UserError(f'the validation split has {len(val)} tokens; raise data.val_fraction '
+                    f'(now {val_fraction}) or use a larger corpus.')
+  return train, val
+
+
+class Windows:
+  """A random-access source of windows tokens[i*stride : i*stride + length]."""
+
+  def __init__(self, tokens: np.ndarray, length: int, stride: int):
+    self.tokens, self.length, self.stride = tokens, length, stride
+
+  def __len__(self) -> int:
+    return (len(self.tokens) - self.length) // self.stride + 1
+
+  def __getitem__(self, i: int) -> np.ndarray:
+    start = i * self.stride
+    return self.tokens[start:start + self.length]
+
+
+def _to_batch(windows: np.ndarray) -> Batch:
+  """[B, L+1] windows -> inputs, targets (shifted by one) and a mask of ones."""
+  return dict(inputs=windows[:, :-1], targets=windows[:, 1:],
+              mask=np.ones(windows[:, 1:].shape, np.float32))
+
+
+def train_iterator(tokens: np.ndarray, seq_len: int, host_batch: int, *, stride: int, seed: int,
+                   host_index: int = 0, host_count: int = 1) -> grain.DatasetIterator:
+  """An endless, checkpointable iterator of this host's [host_batch, seq_len] training batches.
+
+  Windows are shuffled globally with `seed` (a new order each epoch), then host i takes every
+  host_count-th window starting at i, so the hosts together see each window once per epoch.
+  """
+  ds = grain.MapDataset.source(Windows(tokens, seq_len + 1, stride or seq_len))
+  ds = ds.shuffle(seed=seed)[host_index::host_count].repeat()
+  return iter(ds.batch(host_batch, drop_remainder=True).map(_to_batch))
+
+
+def eval_batches(tokens: np.ndarray, seq_len: int, batch_size: int, *, max_batches: int = 0,
+                 host_index: int = 0, host_count: int = 1) -> Iterator[Batch]:
+  """This host's rows of [batch_size, seq_len] batches that predict every token of `tokens` but
+  the first exactly once. The last window and the last batch are padded with mask 0.
+
+  With max_batches > 0 only the first max_batches batches are produced.
+  """
+  n_targets = len(tokens) - 1
+  n_windows = -(-n_targets // seq_len)
+  n_batches = -(-n_windows // batch_size)
+  if max_batches:
+    n_batches = min(n_batches, max_batches)
+  rows = slice(host_index * batch_size // host_count, (host_index + 1) * batch_size // host_count)
+  for b in range(n_batches):
+    inputs = np.zeros((batch_size, seq_len), np.int32)
+    targets = np.zeros((batch_size, seq_len), np.int32)
+    mask = np.zeros((batch_size, seq_len), np.float32)
+    for r in range(batch_size):
+      start = (b * batch_size + r) * seq_len
+      n = max(0, min(seq_len, n_targets - start))
+      inputs[r, :n] = tokens[start:start + n]
+      targets[r, :n] = tokens[start + 1:start + 1 + n]
+      mask[r, :n] = 1
+    yield dict(inputs=inputs[rows], targets=targets[rows], mask=mask[rows])

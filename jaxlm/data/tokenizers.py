@@ -1,0 +1,163 @@
+"""Tokenizers: SentencePiece (trained by jaxlm on the corpus), character-level and byte-level.
+
+All three share one small interface: `encode(str) -> list[int]`, `decode(ids) -> str`,
+`vocab_size`, `eos_id` (None when the vocabulary has no end-of-sequence token) and `fingerprint`
+(identifies the vocabulary, so caches and checkpoints can tell tokenizers apart).
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Protocol, Sequence
+
+import sentencepiece as spm
+from ml_collections import ConfigDict
+
+from jaxlm.errors import UserError
+
+
+class Tokenizer(Protocol):
+  vocab_size: int
+  eos_id: int | None
+  fingerprint: str
+
+  def encode(self, text: str) -> list[int]: ...
+
+  def decode(self, ids: Sequence[int]) -> str: ...
+
+
+def _digest(data: bytes) -> str:
+  return hashlib.sha256(data).hexdigest()[:16]
+
+
+class CharTokenizer:
+  """One id per distinct character of the corpus, in sorted order (nanoGPT's shakespeare_char)."""
+
+  def __init__(self, chars: str):
+    self.chars = chars
+    self.index = {c: i for i, c in enumerate(chars)}
+    self.vocab_size, self.eos_id = len(chars), None
+    self.fingerprint = 'char-' + _digest(chars.encode())
+
+  @classmethod
+  def from_texts(cls, texts: Iterable[str]) -> 'CharTokenizer':
+    return cls(''.join(sorted(set().union(*map(set, texts)))))
+
+  def encode(self, text: str) -> list[int]:
+    try:
+      return [self.index[c] for c in text]
+    except KeyError as e:
+      raise UserError(f'the character {e.args[0]!r} is not in the character vocabulary learnt '
+                      'from the corpus; remove it from the text.') from None
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return ''.join(self.chars[i] for i in ids if 0 <= i < len(self.chars))
+
+  def save(self, path: Path) -> None:
+    _atomic_write(path, json.dumps({'chars': self.chars}).encode())
+
+  @classmethod
+  def load(cls, path: Path) -> 'CharTokenizer':
+    return cls(json.loads(path.read_text())['chars'])
+
+
+class ByteTokenizer:
+  """The 256 UTF-8 byte values, plus id 256 for end-of-sequence."""
+
+  vocab_size, eos_id, fingerprint = 257, 256, 'byte-v1'
+
+  def encode(self, text: str) -> list[int]:
+    return list(text.encode('utf-8'))
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return bytes(i for i in ids if 0 <= i < 256).decode('utf-8', errors='replace')
+
+
+class SentencePieceTokenizer:
+  """A trained SentencePiece model (BPE or unigram)."""
+
+  def __init__(self, path: Path):
+    path = Path(path)
+    if not path.is_file():
+      raise UserError(f'the SentencePiece model {path} does not exist; train one with '
+                      '`python -m jaxlm.tokenizer train` or leave data.tokenizer_path empty.')
+    data = path.read_bytes()
+    try:
+      self.sp = spm.SentencePieceProcessor(model_proto=data)
+    except Exception:  # sentencepiece raises RuntimeError or OSError depending on the version
+      raise UserError(f'{path} is not a SentencePiece model; point data.tokenizer_path at the '
+                      '.model file that `python -m jaxlm.tokenizer train` wrote.') from None
+    self.path = path
+    self.vocab_size = self.sp.get_piece_size()
+    self.eos_id = self.sp.eos_id() if self.sp.eos_id() >= 0 else None
+    self.fingerprint = 'spm-' + _digest(data)
+
+  def encode(self, text: str) -> list[int]:
+    return self.sp.encode(text)
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self.sp.decode([int(i) for i in ids if 0 <= i < self.vocab_size])
+
+
+def train_sentencepiece(files: Sequence[Path], output: Path, vocab_size: int,
+                        model_type: str = 'bpe') -> SentencePieceTokenizer:
+  """Trains a SentencePiece model on UTF-8 text files and writes it to `output` (a .model file).
+
+  The settings make decoding exactly invert encoding: no Unicode normalisation, whitespace kept
+  as it is, and byte fallback for any character outside the vocabulary (newlines included).
+  """
+  output = Path(output)
+  output.parent.mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=output.parent) as tmp:
+    try:
+      spm.SentencePieceTrainer.train(
+          input=[str(f) for f in files], model_prefix=os.path.join(tmp, 'spm'),
+          vocab_size=vocab_size, model_type=model_type, character_coverage=1.0,
+          byte_fallback=True, normalization_rule_name='identity', add_dummy_prefix=False,
+          remove_extra_whitespaces=False, split_digits=True, allow_whitespace_only_pieces=True,
+          unk_id=0, bos_id=1, eos_id=2, pad_id=-1, input_sentence_size=2_000_000,
+          shuffle_input_sentence=True, num_threads=os.cpu_count() or 1, minloglevel=2)
+    except RuntimeError as e:
+      reason = str(e).strip().split('] ')[-1]
+      raise UserError(f'SentencePiece could not train a {vocab_size}-token vocabulary on '
+                      f'{len(files)} file(s) ({reason}); change the vocabulary size '
+                      '(data.tokenizer_vocab_size, or --vocab_size of jaxlm.tokenizer).') from None
+    os.replace(os.path.join(tmp, 'spm.model'), output)
+  return SentencePieceTokenizer(output)
+
+
+def load_tokenizer(data_cfg: ConfigDict, corpus: Sequence[Path], texts: Iterable[str] | None,
+                   directory: Path) -> Tokenizer:
+  """The tokenizer the config asks for, trained or built on the corpus on first use and cached in
+  `directory` (the run's `<workdir>/tokenizer`), so that every later run, eval and generation
+  sees the same vocabulary."""
+  directory = Path(directory)
+  if data_cfg.tokenizer == 'byte':
+    return ByteTokenizer()
+  if data_cfg.tokenizer == 'char':
+    path = directory / 'chars.json'
+    if path.exists():
+      return CharTokenizer.load(path)
+    if texts is None:
+      raise UserError(f'no character vocabulary at {path}; run training first.')
+    tok = CharTokenizer.from_texts(texts)
+    tok.save(path)
+    return tok
+  if data_cfg.tokenizer_path:
+    return SentencePieceTokenizer(Path(data_cfg.tokenizer_path))
+  path = directory / 'spm.model'
+  if path.exists():
+    return SentencePieceTokenizer(path)
+  print(f'Training a {data_cfg.tokenizer_vocab_size}-token SentencePiece vocabulary -> {path}',
+        flush=True)
+  return train_sentencepiece(corpus, path, data_cfg.tokenizer_vocab_size)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+  """Writes via a temporary file and a rename, so a crash never leaves half a file."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + '.tmp')
+  tmp.write_bytes(data)
+  os.replace(tmp, path)

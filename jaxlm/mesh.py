@@ -1,0 +1,80 @@
+"""The device mesh: config -> `jax.sharding.Mesh` with axes (data, fsdp, tensor), and multi-host start-up.
+
+The mesh uses Auto axis types: the compiler propagates shardings (GSPMD) from the parameters, the
+batch and the few activation constraints at block boundaries, rather than every op carrying one.
+"""
+
+import math
+from typing import Sequence
+
+import jax
+from ml_collections import ConfigDict
+
+from jaxlm.config import MESH_AXES
+from jaxlm.errors import UserError
+
+
+def initialize_distributed(cfg: ConfigDict) -> None:
+  """Starts `jax.distributed` when the config asks for it (one call per process, before any JAX use).
+
+  On TPU VMs, SLURM and Open MPI clusters JAX detects the coordinator, process count and process id
+  itself; the config fields override what it detects.
+  """
+  d = cfg.distributed
+  if not d.initialize:
+    return
+  jax.distributed.initialize(
+      coordinator_address=d.coordinator_address or None,
+      num_processes=d.num_processes or None,
+      process_id=None if d.process_id < 0 else d.process_id,
+  )
+
+
+def mesh_shape(mesh_cfg: ConfigDict, num_devices: int) -> tuple[int, int, int]:
+  """Resolves the -1 in (data, fsdp, tensor) and checks the product equals the device count."""
+  sizes = [mesh_cfg[a] for a in MESH_AXES]
+  if -1 in sizes:
+    known = math.prod(s for s in sizes if s != -1)
+    if num_devices % known:
+      raise UserError(
+          f'the mesh axes {dict(zip(MESH_AXES, sizes))} do not divide the {num_devices} devices; '
+          'change config fields mesh.data, mesh.fsdp or mesh.tensor.')
+    sizes[sizes.index(-1)] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise UserError(
+        f'the mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but '
+        f'{num_devices} are available; change config fields mesh.data, mesh.fsdp or mesh.tensor.')
+  return tuple(sizes)
+
+
+def make_mesh(cfg: ConfigDict, devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+  """Builds the (data, fsdp, tensor) mesh over `devices` (all devices by default) and checks that
+  the batch and the model divide over it."""
+  devices = list(devices if devices is not None else jax.devices())
+  shape = mesh_shape(cfg.mesh, len(devices))
+  check_divisibility(cfg, dict(zip(MESH_AXES, shape)))
+  return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(shape),
+                       devices=devices)
+
+
+def check_divisibility(cfg: ConfigDict, sizes: dict[str, int]) -> None:
+  """The batch must split evenly over the batch axes, and heads over the tensor axis."""
+  batch_axes = [a.strip() for a in cfg.mesh.rules.batch.split(',') if a.strip()]
+  shards = math.prod(sizes[a] for a in batch_axes)
+  micro = cfg.train.batch_size // cfg.train.grad_accum
+  if micro % shards:
+    raise UserError(
+        f'config field train.batch_size={cfg.train.batch_size} (in {cfg.train.grad_accum} '
+        f'micro-batches of {micro}) does not divide over the {shards} devices of the batch axes '
+        f'{"x".join(batch_axes)}; make each micro-batch a multiple of {shards}.')
+  if micro % jax.process_count():
+    raise UserError(
+        f'config field train.batch_size={cfg.train.batch_size} does not divide over '
+        f'{jax.process_count()} hosts; make each micro-batch a multiple of {jax.process_count()}.')
+  m, tensor = cfg.model, sizes['tensor']
+  for field in ('num_heads', 'num_kv_heads'):
+    heads = m[field] or m.num_heads
+    if heads % tensor:
+      raise UserError(
+          f'config field model.{field}={heads} is not divisible by mesh.tensor={tensor}; '
+          'tensor parallelism splits whole heads, so pick a tensor degree that divides both.')

@@ -1,0 +1,105 @@
+"""FLOPs per token, model FLOPs utilisation (MFU), and the metric writers (JSONL and TensorBoard).
+
+MFU = tokens/s x FLOPs per token / (devices x peak FLOP/s per device). FLOPs per token count the
+matmuls only, for a training step (forward + backward = 3 x forward):
+  6 * N_matmul + 6 * layers * H * E * L
+where N_matmul is the parameters used in matmuls (every dense kernel and the output head; not the
+input embedding lookup, not norms or biases) and the second term is attention's two matmuls
+(QK^T and AV, 4 * L * H * E per token forward) halved because causal attention needs only the
+lower triangle. nanoGPT's estimate differs: it counts attention in full (12 * layers * H * E * L).
+"""
+
+import json
+import math
+from pathlib import Path
+from typing import Mapping
+
+import jax
+from ml_collections import ConfigDict
+
+# Dense bf16 peak FLOP/s per device, from the vendors' datasheets. Matched against the lowercased
+# `device_kind` in this order; a device not listed (a CPU, say) has no MFU.
+PEAK_FLOPS = (
+    ('h100', 989e12), ('h200', 989e12), ('gh200', 989e12), ('b200', 2237e12), ('a100', 312e12),
+    ('tpu v5p', 459e12), ('tpu v5 lite', 197e12), ('tpu v5e', 197e12), ('tpu v6 lite', 918e12),
+    ('tpu v6e', 918e12), ('tpu v4', 275e12),
+)
+
+
+def matmul_params(m: ConfigDict) -> int:
+  """Parameters that take part in a matmul per token, for a resolved model config."""
+  D, H, K, E, F = m.embed_dim, m.num_heads, m.num_kv_heads, m.head_dim, m.mlp_dim
+  attention = D * H * E * 2 + D * K * E * 2
+  mlp = D * F * (3 if m.mlp == 'swiglu' else 2)
+  return m.num_layers * (attention + mlp) + D * m.vocab_size
+
+
+def flops_per_token(m: ConfigDict, seq_len: int | None = None) -> float:
+  """Training FLOPs per token (forward and backward) of a resolved model config."""
+  seq_len = seq_len or m.max_seq_len
+  return 6 * matmul_params(m) + 6 * m.num_layers * m.num_heads * m.head_dim * seq_len
+
+
+def param_count(m: ConfigDict) -> int:
+  """The analytic number of parameters of a resolved model config (checked against the model)."""
+  D, H, K, E, F, V = m.embed_dim, m.num_heads, m.num_kv_heads, m.head_dim, m.mlp_dim, m.vocab_size
+  norm = D * (2 if m.use_bias and m.norm == 'layernorm' else 1)
+  bias = m.use_bias
+  attention = D * H * E + 2 * D * K * E + H * E * D + bias * (H * E + 2 * K * E + D)
+  mats = 3 if m.mlp == 'swiglu' else 2
+  mlp = mats * D * F + bias * ((mats - 1) * F + D)
+  per_layer = attention + mlp + 2 * norm
+  embed = V * D + (m.max_seq_len * D if m.position == 'learned' else 0)
+  head = 0 if m.tie_embeddings else D * V
+  return m.num_layers * per_layer + embed + norm + head
+
+
+def peak_flops(device: jax.Device | None = None) -> float | None:
+  """Peak bf16 FLOP/s of one device, or None where unknown (a CPU)."""
+  kind = (device or jax.devices()[0]).device_kind.lower()
+  return next((peak for name, peak in PEAK_FLOPS if name in kind), None)
+
+
+def mfu(tokens_per_s: float, flops_per_tok: float, num_devices: int,
+        peak: float | None) -> float | None:
+  if peak is None:
+    return None
+  return tokens_per_s * flops_per_tok / (num_devices * peak)
+
+
+def format_value(value: float | None) -> str:
+  if value is None:
+    return 'n/a'
+  if isinstance(value, float) and (abs(value) >= 1e4 or (value and abs(value) < 1e-3)):
+    return f'{value:.3e}'
+  return f'{value:.4g}' if isinstance(value, float) else str(value)
+
+
+class MetricWriter:
+  """Appends metrics to <workdir>/metrics.jsonl and TensorBoard event files in <workdir>/tb.
+
+  Only process 0 writes; the others get a writer that does nothing.
+  """
+
+  def __init__(self, workdir: Path, enabled: bool = True):
+    self.enabled = enabled
+    if not enabled:
+      return
+    from tensorboardX import SummaryWriter  # Imported here: only the writing process needs it.
+    self.jsonl = open(Path(workdir) / 'metrics.jsonl', 'a', encoding='utf-8')
+    self.tb = SummaryWriter(str(Path(workdir) / 'tb'))
+
+  def write(self, step: int, metrics: Mapping[str, float | None], prefix: str) -> None:
+    if not self.enabled:
+      return
+    values = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)}
+    self.jsonl.write(json.dumps({'step': step, 'split': prefix, **values}) + '\n')
+    self.jsonl.flush()
+    for k, v in values.items():
+      self.tb.add_scalar(f'{prefix}/{k}', v, step)
+    self.tb.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self.jsonl.close()
+      self.tb.close()

@@ -1,0 +1,88 @@
+"""Multi-head attention with grouped-query heads, RoPE, and an optional KV cache for decoding.
+
+Shape letters: B batch, L query length, S key length, D width, H query heads, K kv heads, E head dim.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from ml_collections import ConfigDict
+
+from jaxlm.model.layers import Dense, scaled_std
+
+# A KV cache for one layer: keys [B, S, K, E] and values [B, S, K, E], S the decoding budget.
+Cache = tuple[jax.Array, jax.Array]
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+  """Rotary position embedding of x [B, L, H, E] at integer positions [B, L].
+
+  Channel i of the first half is rotated together with channel i of the second half (the
+  "rotate_half" layout that Hugging Face Llama checkpoints use).
+  """
+  half = x.shape[-1] // 2
+  freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [E/2]
+  angle = positions[..., None].astype(jnp.float32) * freq  # [B, L, E/2]
+  sin, cos = jnp.sin(angle)[:, :, None, :], jnp.cos(angle)[:, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: jax.Array | None,
+           implementation: str) -> jax.Array:
+  """softmax(q k^T / sqrt(E)) v for q [B, L, H, E], k and v [B, S, K, E] -> [B, L, H, E].
+
+  With no mask the attention is causal (query i sees keys 0..i, and L == S). A boolean mask
+  [B, 1, L, S] (True = may attend) replaces the causal rule, e.g. when decoding against a cache.
+  `implementation` is 'xla' (the reference below, any device and dtype) or 'cudnn' (fused flash
+  attention on NVIDIA GPUs, through jax.nn.dot_product_attention).
+  """
+  if implementation == 'cudnn':
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=mask is None,
+                                        implementation='cudnn')
+  B, L, H, E = q.shape
+  K = k.shape[2]
+  q = q.reshape(B, L, K, H // K, E)  # query heads grouped by the kv head they share
+  scores = jnp.einsum('blkge,bske->bkgls', q, k).astype(jnp.float32) * E**-0.5
+  if mask is None:
+    mask = jnp.tril(jnp.ones((L, k.shape[1]), bool))
+  else:
+    mask = mask[:, :, None]  # [B, 1, 1, L, S]
+  scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  return jnp.einsum('bkgls,bske->blkge', probs, v).reshape(B, L, H, E)
+
+
+class Attention(nnx.Module):
+  """Query, key and value projections, RoPE, attention and the output projection."""
+
+  def __init__(self, cfg: ConfigDict, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+    D, H, K, E = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    kw = dict(use_bias=cfg.use_bias, dtype=dtype, rngs=rngs)
+    self.q = Dense((D,), (H, E), ('embed', 'heads', 'head_dim'), std=cfg.init_std, **kw)
+    self.k = Dense((D,), (K, E), ('embed', 'kv_heads', 'head_dim'), std=cfg.init_std, **kw)
+    self.v = Dense((D,), (K, E), ('embed', 'kv_heads', 'head_dim'), std=cfg.init_std, **kw)
+    self.o = Dense((H, E), (D,), ('heads', 'head_dim', 'embed'),
+                   std=scaled_std(cfg.init_std, cfg.num_layers), **kw)
+    self.use_rope = cfg.position == 'rope'
+    self.theta = cfg.rope_theta
+    self.implementation = cfg.attention
+
+  def __call__(self, x: jax.Array, positions: jax.Array, *, mask: jax.Array | None = None,
+               cache: Cache | None = None,
+               cache_index: jax.Array | None = None) -> tuple[jax.Array, Cache | None]:
+    """x [B, L, D] at positions [B, L] -> [B, L, D], and the cache with this step written in.
+
+    Decoding passes a cache, the slot `cache_index` where this step's L keys go, and the mask
+    [B, 1, L, S] saying which slots each query may see; training passes none of them (causal).
+    """
+    q, k, v = self.q(x), self.k(x), self.v(x)
+    if self.use_rope:
+      q, k = rope(q, positions, self.theta), rope(k, positions, self.theta)
+    if cache is not None:
+      k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), cache_index, 1)
+      v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), cache_index, 1)
+      cache = (k, v)
+    out = attend(q, k, v, mask=mask, implementation=self.implementation)
+    return self.o(out), cache

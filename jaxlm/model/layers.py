@@ -1,0 +1,108 @@
+"""Building blocks: dense layers, embeddings and norms whose parameters carry logical axis names.
+
+Parameters are float32 (the master weights); each layer casts them to the compute dtype at use, so
+bfloat16 or float16 compute needs no second copy of the model. Shape letters: B batch, L length,
+D model width, H heads, K kv heads, E head dim, F mlp width, V vocab.
+"""
+
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxlm.sharding import constrain
+
+Axes = tuple[str, ...]
+
+
+def param(rngs: nnx.Rngs, shape: Sequence[int], axes: Axes, std: float | None) -> nnx.Param:
+  """A float32 parameter: normal(0, std), or ones if std is None; `axes` name its dimensions.
+
+  The names are metadata only (eager_sharding=False): jaxlm.state turns them into shardings and
+  creates the parameters under jit, so a model can also be built without any mesh.
+  """
+  assert len(shape) == len(axes), (shape, axes)
+  if std is None:
+    value = jnp.ones(shape, jnp.float32)
+  else:
+    value = std * jax.random.normal(rngs.params(), shape, jnp.float32)
+  return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+
+
+def zeros(shape: Sequence[int], axes: Axes) -> nnx.Param:
+  return nnx.Param(jnp.zeros(shape, jnp.float32), out_sharding=axes, eager_sharding=False)
+
+
+class Dense(nnx.Module):
+  """y = x . W (+ b), contracting the last len(in_shape) dims of x with the first of W.
+
+  One class covers every projection: [D] -> [H, E] for queries, [H, E] -> [D] for the attention
+  output, [D] -> [F] for the MLP. The kernel has shape in_shape + out_shape and axes `axes`.
+  """
+
+  def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], axes: Axes, *,
+               use_bias: bool, std: float, dtype: jnp.dtype, rngs: nnx.Rngs):
+    self.n_in = len(in_shape)
+    self.dtype = dtype
+    self.kernel = param(rngs, (*in_shape, *out_shape), axes, std)
+    self.bias = zeros(out_shape, axes[self.n_in:]) if use_bias else None
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    contract = tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in))
+    y = jax.lax.dot_general(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
+                            (contract, ((), ())))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y
+
+
+class Embed(nnx.Module):
+  """Token embedding table [V, D]; `attend` reuses it as the output head when embeddings are tied."""
+
+  def __init__(self, vocab_size: int, dim: int, *, std: float, dtype: jnp.dtype, rngs: nnx.Rngs):
+    self.dtype = dtype
+    self.table = param(rngs, (vocab_size, dim), ('vocab', 'embed'), std)
+
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    """ids [B, L] int -> [B, L, D]."""
+    # Gather from a whole (all-gathered) table: a lookup into a table sharded over vocab or embed
+    # would leave the rows sharded the wrong way for the batch-sharded activations.
+    table = constrain(self.table[...].astype(self.dtype), (None, None))
+    return jnp.take(table, ids, axis=0)
+
+  def attend(self, x: jax.Array) -> jax.Array:
+    """x [..., D] -> logits [..., V]."""
+    return jnp.einsum('...d,vd->...v', x, self.table[...].astype(self.dtype))
+
+
+class Norm(nnx.Module):
+  """RMSNorm (Llama) or LayerNorm (GPT-2), computed in float32 and cast back."""
+
+  def __init__(self, dim: int, *, kind: str, eps: float, use_bias: bool):
+    self.kind, self.eps = kind, eps
+    self.scale = param(None, (dim,), ('embed',), None)
+    self.bias = zeros((dim,), ('embed',)) if use_bias and kind == 'layernorm' else None
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = x.astype(jnp.float32)
+    if self.kind == 'layernorm':
+      h = h - h.mean(-1, keepdims=True)
+    h = h * jax.lax.rsqrt(jnp.mean(h * h, -1, keepdims=True) + self.eps) * self.scale[...]
+    if self.bias is not None:
+      h = h + self.bias[...]
+    return h.astype(x.dtype)
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+  """Inverted dropout; the identity when rate is 0 or no key is given (evaluation)."""
+  if rate == 0.0 or key is None:
+    return x
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def scaled_std(std: float, num_layers: int) -> float:
+  """GPT-2's init for projections that write into the residual stream: std / sqrt(2 * layers)."""
+  return std / math.sqrt(2 * num_layers)

@@ -1,0 +1,119 @@
+"""The decoder-only Transformer: embeddings, a scanned stack of pre-norm blocks, and the LM head.
+
+One config covers GPT-2 (LayerNorm, learned positions, GELU, biases, tied embeddings) and Llama
+(RMSNorm, RoPE, SwiGLU, grouped-query attention, untied head). The blocks are created once with a
+leading `layers` axis and applied with `jax.lax.scan`, so compile time does not grow with depth,
+and each layer is wrapped in `jax.checkpoint` with the remat policy from the config.
+Shape letters: B batch, L length, D width, V vocab, S cache length, N layers.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from ml_collections import ConfigDict
+
+from jaxlm.model.attention import Attention, Cache
+from jaxlm.model.layers import Dense, Embed, Norm, dropout, param
+from jaxlm.model.mlp import Mlp
+from jaxlm.sharding import constrain
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+
+REMAT_POLICIES = {
+    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
+    'full': jax.checkpoint_policies.nothing_saveable,  # keep only the block inputs
+}
+
+# Logical axes of the residual stream between blocks.
+ACTIVATION_AXES = ('batch', 'length', 'embed')
+
+
+class Block(nnx.Module):
+  """x + attention(norm(x)), then x + mlp(norm(x))."""
+
+  def __init__(self, cfg: ConfigDict, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+    norm = dict(kind=cfg.norm, eps=cfg.norm_eps, use_bias=cfg.use_bias)
+    self.attn_norm = Norm(cfg.embed_dim, **norm)
+    self.attn = Attention(cfg, dtype=dtype, rngs=rngs)
+    self.mlp_norm = Norm(cfg.embed_dim, **norm)
+    self.mlp = Mlp(cfg, dtype=dtype, rngs=rngs)
+    self.dropout = cfg.dropout
+
+  def __call__(self, x: jax.Array, positions: jax.Array, key: jax.Array | None, *,
+               mask: jax.Array | None = None, cache: Cache | None = None,
+               cache_index: jax.Array | None = None) -> tuple[jax.Array, Cache | None]:
+    """x [B, L, D] -> [B, L, D] (and the updated cache when decoding)."""
+    k_attn, k_mlp = jax.random.split(key) if key is not None else (None, None)
+    h, cache = self.attn(self.attn_norm(x), positions, mask=mask, cache=cache,
+                         cache_index=cache_index)
+    x = x + dropout(h, self.dropout, k_attn)
+    x = x + dropout(self.mlp(self.mlp_norm(x)), self.dropout, k_mlp)
+    return constrain(x, ACTIVATION_AXES), cache
+
+
+class Transformer(nnx.Module):
+  """tokens [B, L] -> logits [B, L, V]. `cfg` is a resolved model config (see config.resolve_model)."""
+
+  def __init__(self, cfg: ConfigDict, *, rngs: nnx.Rngs):
+    dtype = DTYPES[cfg.dtype]
+    self.num_layers, self.dropout = cfg.num_layers, cfg.dropout
+    self.remat = cfg.remat
+    self.embed = Embed(cfg.vocab_size, cfg.embed_dim, std=cfg.init_std, dtype=dtype, rngs=rngs)
+    self.pos_embed = (param(rngs, (cfg.max_seq_len, cfg.embed_dim), ('length', 'embed'),
+                            cfg.init_std) if cfg.position == 'learned' else None)
+
+    @nnx.split_rngs(splits=cfg.num_layers)
+    @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: 'layers'})
+    def make_blocks(rngs: nnx.Rngs) -> Block:
+      return Block(cfg, dtype=dtype, rngs=rngs)
+
+    self.blocks = make_blocks(rngs)
+    self.final_norm = Norm(cfg.embed_dim, kind=cfg.norm, eps=cfg.norm_eps, use_bias=cfg.use_bias)
+    self.head = None if cfg.tie_embeddings else Dense(
+        (cfg.embed_dim,), (cfg.vocab_size,), ('embed', 'vocab'), use_bias=False,
+        std=cfg.init_std, dtype=dtype, rngs=rngs)
+
+  def __call__(self, tokens: jax.Array, positions: jax.Array | None = None, *,
+               dropout_key: jax.Array | None = None) -> jax.Array:
+    """tokens [B, L] int -> logits [B, L, V] in the compute dtype. Dropout only with a key."""
+    h, _ = self.features(tokens, positions, dropout_key=dropout_key)
+    return self.logits(h)
+
+  def features(self, tokens: jax.Array, positions: jax.Array | None = None, *,
+               dropout_key: jax.Array | None = None, mask: jax.Array | None = None,
+               cache: Cache | None = None,
+               cache_index: jax.Array | None = None) -> tuple[jax.Array, Cache | None]:
+    """tokens [B, L] -> final hidden states [B, L, D], and the cache [N, B, S, K, E] x 2 if given.
+
+    `positions` [B, L] default to 0..L-1. `mask`, `cache` and `cache_index` are for decoding
+    (see Attention); training passes none of them and gets causal attention.
+    """
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    x = self.embed(tokens)
+    if self.pos_embed is not None:
+      table = constrain(self.pos_embed[...].astype(x.dtype), (None, None))  # as in Embed
+      x = x + jnp.take(table, positions, axis=0)
+    layer_keys = None
+    if dropout_key is not None:
+      dropout_key, layers_key = jax.random.split(dropout_key)
+      layer_keys = jax.random.split(layers_key, self.num_layers)
+    x = constrain(dropout(x, self.dropout, dropout_key), ACTIVATION_AXES)
+
+    graphdef, stacked = nnx.split(self.blocks)
+
+    def layer(x, per_layer):
+      params, key, layer_cache = per_layer
+      block = nnx.merge(graphdef, params)
+      return block(x, positions, key, mask=mask, cache=layer_cache, cache_index=cache_index)
+
+    if self.remat != 'none':
+      layer = jax.checkpoint(layer, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
+    x, cache = jax.lax.scan(layer, x, (stacked, layer_keys, cache))
+    return self.final_norm(x), cache
+
+  def logits(self, h: jax.Array) -> jax.Array:
+    """Final hidden states [B, L, D] -> logits [B, L, V]."""
+    if self.head is None:
+      return self.embed.attend(h)
+    return self.head(h)

@@ -1,0 +1,74 @@
+"""config -> optax: learning-rate schedule, AdamW with a weight-decay mask, clipping, loss scaling."""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from ml_collections import ConfigDict
+
+# Parameter leaf names (see jaxlm.model): matmul kernels are decayed; embeddings only on request;
+# norm scales and biases never.
+_EMBEDDINGS = ('table', 'pos_embed')
+
+
+def make_schedule(cfg: ConfigDict) -> optax.Schedule:
+  """Linear warm-up to optim.lr, then cosine decay to optim.min_lr (or constant).
+
+  Step t uses the curve's value at t + 1, so the first step already moves (lr / warmup, as in
+  nanoGPT) and the last step of the decay uses min_lr.
+  """
+  o = cfg.optim
+  if o.schedule == 'constant':
+    curve = optax.join_schedules(
+        [optax.linear_schedule(0.0, o.lr, max(o.warmup_steps, 1)), optax.constant_schedule(o.lr)],
+        [o.warmup_steps])
+  else:
+    decay_steps = max(o.decay_steps or cfg.train.steps, o.warmup_steps + 1)
+    curve = optax.warmup_cosine_decay_schedule(0.0, o.lr, o.warmup_steps, decay_steps, o.min_lr)
+  return lambda step: curve(step + 1)
+
+
+def decay_mask(params: Any, decay_embeddings: bool) -> Any:
+  """True for the parameters AdamW decays: dense kernels, and embeddings if asked."""
+  def decayed(path, _):
+    name = path[-1].key
+    return name == 'kernel' or (decay_embeddings and name in _EMBEDDINGS)
+  return jax.tree_util.tree_map_with_path(decayed, params)
+
+
+def make_optimizer(cfg: ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optax chain (global-norm clipping, then AdamW) and its learning-rate schedule."""
+  o = cfg.optim
+  schedule = make_schedule(cfg)
+  tx = optax.chain(
+      optax.clip_by_global_norm(o.clip_norm) if o.clip_norm > 0 else optax.identity(),
+      optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
+                  mask=lambda p: decay_mask(p, o.decay_embeddings)),
+  )
+  return tx, schedule
+
+
+@struct.dataclass
+class LossScale:
+  """Dynamic loss scaling for float16 compute.
+
+  The loss is multiplied by `scale` before the backward pass so small float16 gradients do not
+  flush to zero. A step with non-finite gradients is skipped and halves the scale; `period`
+  finite steps in a row double it.
+  """
+  scale: jax.Array
+  good_steps: jax.Array
+  period: int = struct.field(pytree_node=False, default=2000)
+
+  @classmethod
+  def create(cls, cfg: ConfigDict) -> 'LossScale':
+    return cls(jnp.float32(cfg.optim.loss_scale_init), jnp.int32(0), cfg.optim.loss_scale_period)
+
+  def update(self, finite: jax.Array) -> 'LossScale':
+    grow = finite & (self.good_steps + 1 >= self.period)
+    scale = jnp.where(finite, jnp.where(grow, self.scale * 2, self.scale),
+                      jnp.maximum(self.scale / 2, 1.0))
+    good_steps = jnp.where(finite & ~grow, self.good_steps + 1, 0)
+    return self.replace(scale=scale, good_steps=good_steps)

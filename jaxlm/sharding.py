@@ -1,0 +1,97 @@
+"""Logical axes -> mesh axes: the rules table, activation constraints and shardings for state and batch.
+
+Model code names the axes of every weight and block-boundary activation with logical names
+(`embed`, `mlp`, `heads`, `kv_heads`, `head_dim`, `vocab`, `layers`, `batch`, `length`); only this
+module knows the mesh. The rules table itself is `config.mesh.rules`, so it can be overridden per
+hardware without touching code.
+"""
+
+import contextlib
+import contextvars
+import math
+from typing import Any, Iterator, Sequence
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from ml_collections import ConfigDict
+
+Rules = tuple[tuple[str, tuple[str, ...]], ...]
+
+# The logical axes of a token batch [B, L].
+BATCH_AXES = ('batch', 'length')
+
+
+def rules_from_config(mesh_cfg: ConfigDict) -> Rules:
+  """`mesh.rules` ({'embed': 'fsdp', ...}) as the ((logical, (mesh axes...)), ...) table flax uses."""
+  return tuple((logical, tuple(a.strip() for a in axes.split(',') if a.strip()))
+               for logical, axes in mesh_cfg.rules.items())
+
+
+def logical_to_spec(axes: Sequence[str | None], rules: Rules, mesh: Mesh | None = None,
+                    shape: Sequence[int] | None = None) -> PartitionSpec:
+  """Maps logical axis names to a PartitionSpec.
+
+  A mesh axis is used at most once per array (the first logical axis that claims it wins). Given
+  `mesh` and `shape`, a dimension that its mesh axes do not divide is replicated instead (a
+  65-character vocabulary over 2 tensor shards, say), so any model runs on any mesh.
+  """
+  table = dict(rules)
+  used: set[str] = set()
+  spec = []
+  for i, name in enumerate(axes):
+    mesh_axes = tuple(a for a in table.get(name, ()) if a not in used) if name else ()
+    if mesh is not None:
+      mesh_axes = tuple(a for a in mesh_axes if mesh.shape[a] > 1)
+      if shape is not None and shape[i] % math.prod(mesh.shape[a] for a in mesh_axes):
+        mesh_axes = ()
+    used.update(mesh_axes)
+    spec.append(mesh_axes[0] if len(mesh_axes) == 1 else (mesh_axes or None))
+  return PartitionSpec(*spec)
+
+
+_CURRENT: contextvars.ContextVar[tuple[Mesh, Rules] | None] = contextvars.ContextVar(
+    'jaxlm_mesh', default=None)
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh, rules: Rules) -> Iterator[None]:
+  """Makes `mesh` and `rules` current for `constrain`; usable inside a traced function too."""
+  token = _CURRENT.set((mesh, rules))
+  try:
+    yield
+  finally:
+    _CURRENT.reset(token)
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+  """Constrains an activation's sharding by logical axis names; a no-op outside `use_mesh`."""
+  current = _CURRENT.get()
+  if current is None:
+    return x
+  mesh, rules = current
+  spec = logical_to_spec(axes, rules, mesh, x.shape)
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def param_shardings(abstract_state: nnx.State, mesh: Mesh, rules: Rules) -> dict[str, Any]:
+  """NamedShardings for a model's parameters, as a pure dict shaped like `nnx.to_pure_dict(state)`.
+
+  Each `nnx.Param` carries its logical axes in the `out_sharding` metadata (the scanned layer
+  stack adds `layers` in front).
+  """
+  def one(variable: nnx.Variable) -> NamedSharding:
+    axes = variable.get_metadata().get('out_sharding') or (None,) * variable.ndim
+    return NamedSharding(mesh, logical_to_spec(axes, rules, mesh, variable.shape))
+
+  shardings = jax.tree.map(one, abstract_state, is_leaf=lambda v: isinstance(v, nnx.Variable))
+  return nnx.to_pure_dict(shardings)
+
+
+def batch_sharding(mesh: Mesh, rules: Rules, ndim: int = 2) -> NamedSharding:
+  """Sharding of a [B, L, ...] batch: the batch dimension over the batch axes of the rules."""
+  return NamedSharding(mesh, logical_to_spec(BATCH_AXES[:ndim], rules, mesh))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())

@@ -1,0 +1,113 @@
+"""The pure train and eval steps, and their jitted, sharded forms. No I/O, no host syncs.
+
+A batch is a dict of [B, L] arrays: `inputs` (token ids), `targets` (the next token ids) and
+`mask` (1 where the target counts). Shape letters: B batch, L length, A micro-batches.
+"""
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+from ml_collections import ConfigDict
+
+from jaxlm import sharding
+from jaxlm.loss import cross_entropy
+from jaxlm.state import TrainState
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+def make_train_step(cfg: ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, mesh: Mesh,
+                    rules: sharding.Rules) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+  """Builds train_step(state, batch) -> (state, metrics).
+
+  The batch is split into `train.grad_accum` micro-batches whose summed gradients are divided
+  once by the total token count, so the update equals that of the whole batch at once. An update
+  whose loss or gradients are not finite is not applied (metrics['finite'] says so).
+  """
+  accum, z_loss = cfg.train.grad_accum, cfg.train.z_loss
+  use_dropout = cfg.model.dropout > 0
+
+  def loss_fn(params, batch, key, scale):
+    model = nnx.merge(graphdef, params)
+    logits = model(batch['inputs'], dropout_key=key)
+    objective, ce, count = cross_entropy(logits, batch['targets'], batch['mask'], z_loss)
+    return objective * scale, (ce, count)
+
+  def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    with sharding.use_mesh(mesh, rules):
+      key = jax.random.fold_in(state.rng, state.step) if use_dropout else None
+      scale = state.loss_scale.scale if state.loss_scale is not None else jnp.float32(1)
+
+      def micro_step(carry, xs):
+        grads, ce, count = carry
+        micro_batch, i = xs
+        micro_key = jax.random.fold_in(key, i) if use_dropout else None
+        (_, (c, n)), g = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, micro_batch, micro_key, scale)
+        return (jax.tree.map(jnp.add, grads, g), ce + c, count + n), None
+
+      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      init = (zeros, jnp.float32(0), jnp.float32(0))
+      (grads, ce, count), _ = jax.lax.scan(
+          micro_step, init, (split_micro_batches(batch, accum), jnp.arange(accum)))
+      count = jnp.maximum(count, 1)
+      grads = jax.tree.map(lambda g: g / (count * scale), grads)
+      grad_norm = optax.tree.norm(grads)
+      finite = jnp.isfinite(ce) & jnp.isfinite(grad_norm)
+
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+      keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+      new_state = state.replace(
+          step=state.step + 1, params=keep(params, state.params),
+          opt_state=keep(opt_state, state.opt_state),
+          loss_scale=None if state.loss_scale is None else state.loss_scale.update(finite))
+      metrics = dict(loss=ce / count, grad_norm=grad_norm, lr=schedule(state.step),
+                     tokens=count, finite=finite)
+      if state.loss_scale is not None:
+        metrics['loss_scale'] = scale
+      return new_state, metrics
+
+  return train_step
+
+
+def split_micro_batches(batch: Batch, accum: int) -> Batch:
+  """[B, L] -> [A, B/A, L], micro-batch i taking rows i, i+A, i+2A, ...
+
+  Taking strided rows keeps every micro-batch spread over the batch shards, so the split moves no
+  data between devices.
+  """
+  def split(x):
+    micro = x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1)
+    return sharding.constrain(micro, (None, *sharding.BATCH_AXES))
+  return jax.tree.map(split, batch)
+
+
+def make_eval_step(graphdef: nnx.GraphDef, mesh: Mesh,
+                   rules: sharding.Rules) -> Callable[[Any, Batch], tuple[jax.Array, jax.Array]]:
+  """Builds eval_step(params, batch) -> (summed cross-entropy, counted tokens)."""
+  def eval_step(params, batch: Batch) -> tuple[jax.Array, jax.Array]:
+    with sharding.use_mesh(mesh, rules):
+      logits = nnx.merge(graphdef, params)(batch['inputs'])
+      _, ce, count = cross_entropy(logits, batch['targets'], batch['mask'])
+      return ce, count
+  return eval_step
+
+
+def jit_train_step(train_step, state_shardings: TrainState, mesh: Mesh, rules: sharding.Rules):
+  """jit with explicit in/out shardings; the old state is donated, so it is updated in place."""
+  batch_sh = sharding.batch_sharding(mesh, rules)
+  return jax.jit(train_step, in_shardings=(state_shardings, batch_sh),
+                 out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+
+
+def jit_eval_step(eval_step, param_shardings: Any, mesh: Mesh, rules: sharding.Rules):
+  batch_sh = sharding.batch_sharding(mesh, rules)
+  return jax.jit(eval_step, in_shardings=(param_shardings, batch_sh),
+                 out_shardings=sharding.replicated(mesh))

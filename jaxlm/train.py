@@ -1,0 +1,18 @@
+"""Train a language model: `python -m jaxlm.train --config=configs/base.py [--config.x.y=v ...]`.
+
+Running the same command again resumes from the latest checkpoint in the config's workdir.
+"""
+
+from jaxlm import cli
+
+_CONFIG = cli.define_config()
+
+
+def main(argv: list[str]) -> None:
+  cfg = cli.config_value(_CONFIG)
+  from jaxlm import trainer  # Imported after flag parsing: a bad flag fails before JAX loads.
+  trainer.run(cfg)
+
+
+if __name__ == '__main__':
+  cli.run(main)

@@ -1,0 +1,201 @@
+"""The training loop: the only module that does I/O, timing and host syncs.
+
+run(cfg): validate -> mesh -> corpus and tokenizer -> state (restored or fresh) -> loop of
+[batch -> jitted step -> every log_every: metrics -> every eval_every: validation -> every
+checkpoint.every: Orbax save] -> final checkpoint and a generated sample.
+"""
+
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from ml_collections import ConfigDict
+from tqdm import tqdm
+
+from jaxlm import data, metrics, sampling, sharding
+from jaxlm.checkpoint import Checkpointer
+from jaxlm.config import resolve_model, validate
+from jaxlm.errors import UserError
+from jaxlm.mesh import initialize_distributed, make_mesh
+from jaxlm.optim import make_optimizer
+from jaxlm.state import setup_train_state
+from jaxlm.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
+
+
+def prepare_workdir(path: str) -> Path:
+  """Creates the workdir and checks that it is writable, before any work is done."""
+  workdir = Path(path).expanduser()
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe = workdir / f'.write-test-{jax.process_index()}'
+    probe.write_text('ok')
+    probe.unlink()
+  except OSError as e:
+    raise UserError(f'the workdir {workdir} is not writable ({e.strerror}); set config field '
+                    'workdir to a directory you can write to.') from None
+  return workdir
+
+
+def to_global(batch: dict[str, np.ndarray], batch_sharding) -> dict[str, jax.Array]:
+  """This host's rows -> one global array per field, sharded over the batch axes."""
+  return {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in batch.items()}
+
+
+def load_corpus_once(cfg: ConfigDict, workdir: Path) -> data.Corpus:
+  """Process 0 builds the tokenizer and token cache first; the other hosts then read them."""
+  if jax.process_count() == 1:
+    return data.load_corpus(cfg, workdir)
+  corpus = data.load_corpus(cfg, workdir) if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices('jaxlm: corpus ready')
+  return corpus or data.load_corpus(cfg, workdir)
+
+
+def evaluate(eval_step, params: Any, tokens: np.ndarray, cfg: ConfigDict,
+             batch_sharding) -> dict[str, float]:
+  """Mean loss and perplexity over the validation tokens (every token once, or eval_batches)."""
+  total, count = 0.0, 0.0
+  for batch in data.eval_batches(
+      tokens, cfg.model.max_seq_len, cfg.train.batch_size, max_batches=cfg.train.eval_batches,
+      host_index=jax.process_index(), host_count=jax.process_count()):
+    ce, n = eval_step(params, to_global(batch, batch_sharding))
+    total, count = total + ce, count + n  # Stays on device: one host sync at the end.
+  loss = float(total) / max(float(count), 1.0)
+  return dict(loss=loss, perplexity=float(np.exp(min(loss, 80.0))), tokens=float(count))
+
+
+def run(cfg: ConfigDict) -> dict[str, Any]:
+  """Trains (or resumes) the run `cfg` describes; returns the final metrics."""
+  validate(cfg)
+  initialize_distributed(cfg)
+  workdir = prepare_workdir(cfg.workdir)
+  mesh = make_mesh(cfg)
+  rules = sharding.rules_from_config(cfg.mesh)
+  corpus = load_corpus_once(cfg, workdir)
+  tokenizer = corpus.tokenizer
+  model_cfg = resolve_model(cfg.model, tokenizer.vocab_size)
+  tx, schedule = make_optimizer(cfg)
+  setup = setup_train_state(cfg, model_cfg, tx, mesh, rules)
+  is_main = jax.process_index() == 0
+  log = (lambda *a: tqdm.write(' '.join(map(str, a)))) if is_main else (lambda *a: None)
+
+  n_params = metrics.param_count(model_cfg)
+  log(f'jaxlm | {n_params / 1e6:.2f}M parameters | mesh {dict(mesh.shape)} on '
+      f'{jax.device_count()} {jax.devices()[0].device_kind} device(s) | '
+      f'{len(corpus.train):,} train / {len(corpus.val):,} val tokens | '
+      f'vocab {tokenizer.vocab_size} (model {model_cfg.vocab_size})')
+
+  ckpt = Checkpointer(workdir / 'checkpoints', keep=cfg.checkpoint.keep,
+                      async_save=cfg.checkpoint.async_save)
+  host_batch = cfg.train.batch_size // jax.process_count()
+  data_it = data.train_iterator(
+      corpus.train, model_cfg.max_seq_len, host_batch, stride=cfg.data.stride, seed=cfg.seed,
+      host_index=jax.process_index(), host_count=jax.process_count())
+  meta = dict(config=cfg.to_dict(), model=model_cfg.to_dict(), tokenizer=tokenizer.fingerprint)
+  latest = ckpt.latest_step()
+  if latest is None:
+    state = setup.init()
+  else:
+    saved = ckpt.restore_meta(latest).get('tokenizer')
+    if saved != tokenizer.fingerprint:
+      raise UserError(
+          f'the checkpoint in {ckpt.directory} was trained with a different tokenizer '
+          f'({saved}, now {tokenizer.fingerprint}); use the same data settings or a new workdir.')
+    state, data_state, _ = ckpt.restore(setup.abstract, latest)
+    data_it.set_state(data_state)
+    log(f'Resuming from step {latest} in {ckpt.directory}')
+
+  batch_sh = sharding.batch_sharding(mesh, rules)
+  train_step = jit_train_step(make_train_step(cfg, setup.graphdef, tx, schedule, mesh, rules),
+                              setup.shardings, mesh, rules)
+  eval_step = jit_eval_step(make_eval_step(setup.graphdef, mesh, rules),
+                            setup.shardings.params, mesh, rules)
+  writer = metrics.MetricWriter(workdir, enabled=is_main)
+  flops = metrics.flops_per_token(model_cfg)
+  peak = metrics.peak_flops()
+  tokens_per_step = cfg.train.batch_size * model_cfg.max_seq_len
+  t = cfg.train
+  start = int(state.step)
+  result: dict[str, Any] = {}
+
+  def validation(step: int) -> None:
+    val = evaluate(eval_step, state.params, corpus.val, cfg, batch_sh)
+    writer.write(step, val, 'val')
+    log(f'step {step:>6} | val loss {val["loss"]:.4f} | val perplexity {val["perplexity"]:.2f}')
+    result['val'] = val
+
+  bar = tqdm(total=t.steps, initial=start, disable=not is_main, dynamic_ncols=True,
+             unit='step', leave=True)
+  clock, window = time.perf_counter(), 0
+  for step in range(start, t.steps):
+    batch = to_global(next(data_it), batch_sh)
+    state, step_metrics = train_step(state, batch)
+    window += 1
+    done = step + 1
+    if step == start:  # The first step includes compilation: time from the end of it.
+      jax.block_until_ready(state)
+      log(f'compiled the train step in {time.perf_counter() - clock:.1f}s')
+      clock, window = time.perf_counter(), 0
+    bar.update(1)
+    if done % t.log_every == 0 or done == t.steps:
+      values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+      if not values.pop('finite'):
+        _nonfinite(cfg, done, values, log)
+      now = time.perf_counter()
+      if window:
+        values['step_time'] = (now - clock) / window
+        values['tokens_per_s'] = tokens_per_step / values['step_time']
+        values['mfu'] = metrics.mfu(values['tokens_per_s'], flops, jax.device_count(), peak)
+      clock, window = now, 0
+      writer.write(done, values, 'train')
+      bar.set_postfix(loss=f'{values["loss"]:.4f}', refresh=False)
+      log(_format_line(done, values))
+      result['train'] = values
+    if done % t.eval_every == 0 or done == t.steps:
+      validation(done)
+      clock, window = time.perf_counter(), 0
+    if done % cfg.checkpoint.every == 0 or done == t.steps:
+      ckpt.save(done, state, data_it.get_state(), meta)
+      clock, window = time.perf_counter(), 0
+  bar.close()
+  ckpt.wait()
+  if start >= t.steps:
+    log(f'Training already reached step {t.steps}; nothing to do (raise train.steps to go on).')
+  else:
+    log(f'Saved checkpoint {ckpt.latest_step()} in {ckpt.directory}')
+  if t.sample_tokens and start < t.steps:
+    result['sample'] = _sample(setup.graphdef, state.params, model_cfg, tokenizer, corpus, cfg)
+    log('--- sample ---\n' + t.sample_prompt + result['sample'] + '\n--------------')
+  writer.close()
+  ckpt.close()
+  return result
+
+
+def _format_line(step: int, v: dict[str, float]) -> str:
+  mfu = 'n/a' if v.get('mfu') is None else f'{100 * v["mfu"]:.1f}%'
+  timing = ''
+  if 'step_time' in v:
+    timing = f' | {1e3 * v["step_time"]:.1f} ms/step | {v["tokens_per_s"]:,.0f} tok/s | MFU {mfu}'
+  return (f'step {step:>6} | loss {v["loss"]:.4f} | lr {v["lr"]:.2e} | '
+          f'grad norm {v["grad_norm"]:.3f}{timing}')
+
+
+def _nonfinite(cfg: ConfigDict, step: int, values: dict[str, float], log) -> None:
+  bad = [k for k in ('loss', 'grad_norm') if not np.isfinite(values[k])]
+  what = ' and '.join(bad) or 'the update'
+  if cfg.train.on_nonfinite == 'abort':
+    raise UserError(f'the {what} became non-finite at step {step} (the update was not applied '
+                    'and no checkpoint holds it); lower optim.lr, or set '
+                    'train.on_nonfinite=skip to skip such steps.')
+  log(f'step {step}: {what} non-finite; the update was skipped')
+
+
+def _sample(graphdef, params, model_cfg, tokenizer, corpus: data.Corpus, cfg: ConfigDict) -> str:
+  prompt = tokenizer.encode(cfg.train.sample_prompt) or [int(corpus.train[0])]
+  new = min(cfg.train.sample_tokens, model_cfg.max_seq_len - 1)
+  out = sampling.generate(graphdef, params, model_cfg, [prompt], max_new_tokens=new,
+                          temperature=0.8, top_k=0, seed=cfg.seed, eos_id=tokenizer.eos_id,
+                          vocab_limit=tokenizer.vocab_size)
+  return tokenizer.decode(([] if cfg.train.sample_prompt else prompt) + out[0])

@@ -1,0 +1,75 @@
+"""Shared test set-up: 8 simulated CPU devices, tiny configs and meshes."""
+
+import jax
+
+jax.config.update('jax_num_cpu_devices', 8)  # Before any JAX use: tests see 8 CPU devices.
+
+import pytest  # noqa: E402
+from ml_collections import ConfigDict  # noqa: E402
+
+from jaxlm import config as jaxlm_config  # noqa: E402
+from jaxlm.configs import base  # noqa: E402
+
+TINY_TEXT = ('First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n'
+             'First Citizen:\nYou are all resolved rather to die than to famish?\n\n') * 20
+
+
+def tiny_config(variant: str = 'llama', workdir: str = '/tmp/jaxlm-test') -> ConfigDict:
+  """A model small enough to compile and train in seconds, in either architecture family."""
+  c = base.get_config()
+  c.workdir = workdir
+  m = c.model
+  m.num_layers, m.embed_dim, m.num_heads, m.max_seq_len = 2, 32, 4, 16
+  m.vocab_multiple = 8
+  if variant == 'gpt2':
+    m.num_kv_heads = 0
+    m.norm, m.position, m.mlp, m.use_bias, m.tie_embeddings = (
+        'layernorm', 'learned', 'gelu', True, True)
+  else:
+    m.num_kv_heads = 2
+  c.data.tokenizer = 'char'
+  c.train.steps, c.train.batch_size = 6, 8
+  c.train.log_every, c.train.eval_every, c.train.eval_batches = 1, 3, 2
+  c.train.sample_tokens = 8
+  c.optim.warmup_steps = 2
+  c.checkpoint.every = 3
+  return c
+
+
+def resolved_model(variant: str = 'llama', vocab: int = 61, **overrides) -> ConfigDict:
+  c = tiny_config(variant).model
+  for k, v in overrides.items():
+    c[k] = v
+  return jaxlm_config.resolve_model(c, vocab)
+
+
+@pytest.fixture
+def corpus_file(tmp_path):
+  path = tmp_path / 'corpus.txt'
+  path.write_text(TINY_TEXT)
+  return path
+
+
+def build_training(cfg: ConfigDict, num_devices: int | None = None, vocab: int = 61):
+  """(mesh, setup, jitted train_step, batch sharding) for `cfg` on the first num_devices devices."""
+  from jaxlm import sharding
+  from jaxlm.mesh import make_mesh
+  from jaxlm.optim import make_optimizer
+  from jaxlm.state import setup_train_state
+  from jaxlm.step import jit_train_step, make_train_step
+  devices = jax.devices()[:num_devices] if num_devices else jax.devices()
+  mesh = make_mesh(cfg, devices)
+  rules = sharding.rules_from_config(cfg.mesh)
+  model_cfg = jaxlm_config.resolve_model(cfg.model, vocab)
+  tx, schedule = make_optimizer(cfg)
+  setup = setup_train_state(cfg, model_cfg, tx, mesh, rules)
+  step = jit_train_step(make_train_step(cfg, setup.graphdef, tx, schedule, mesh, rules),
+                        setup.shardings, mesh, rules)
+  return mesh, setup, step, sharding.batch_sharding(mesh, rules)
+
+
+def random_batch(batch_size: int, seq_len: int, vocab: int = 61, seed: int = 0):
+  import numpy as np
+  tokens = np.random.default_rng(seed).integers(0, vocab, (batch_size, seq_len + 1), np.int32)
+  return dict(inputs=tokens[:, :-1], targets=tokens[:, 1:],
+              mask=np.ones((batch_size, seq_len), np.float32))

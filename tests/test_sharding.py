@@ -1,0 +1,93 @@
+"""Sharding: the rules table, parameter placement, and sharded training equal to one device."""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from conftest import build_training, random_batch, tiny_config
+from jaxlm import sharding
+from jaxlm.errors import UserError
+from jaxlm.mesh import make_mesh, mesh_shape
+
+RULES = (('batch', ('data', 'fsdp')), ('embed', ('fsdp',)), ('mlp', ('tensor',)),
+         ('heads', ('tensor',)), ('vocab', ('tensor',)), ('length', ()))
+
+
+def test_logical_to_spec():
+  # A mesh axis is used at most once per array: the first logical axis that claims it wins.
+  assert sharding.logical_to_spec(('batch', 'length', 'embed'), RULES) == \
+      P(('data', 'fsdp'), None, None)
+  assert sharding.logical_to_spec(('embed', 'batch'), RULES) == P('fsdp', 'data')
+  mesh = jax.make_mesh((2, 2, 2), ('data', 'fsdp', 'tensor'),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  assert sharding.logical_to_spec(('embed', 'mlp'), RULES, mesh) == P('fsdp', 'tensor')
+  assert sharding.logical_to_spec(('layers', 'embed', 'heads', 'head_dim'), RULES, mesh) == \
+      P(None, 'fsdp', 'tensor', None)
+  # A dimension its mesh axes do not divide is replicated: 65 characters over 2 tensor shards.
+  assert sharding.logical_to_spec(('vocab', 'embed'), RULES, mesh, (65, 32)) == P(None, 'fsdp')
+
+
+def test_mesh_shape_resolution_and_errors():
+  cfg = tiny_config()
+  assert mesh_shape(cfg.mesh, 8) == (8, 1, 1)
+  cfg.mesh.fsdp, cfg.mesh.tensor = 2, 2
+  assert mesh_shape(cfg.mesh, 8) == (2, 2, 2)
+  cfg.mesh.data = 3
+  with pytest.raises(UserError, match='needs 12 devices but 8'):
+    mesh_shape(cfg.mesh, 8)
+
+
+def test_batch_and_heads_must_divide_the_mesh():
+  cfg = tiny_config()
+  cfg.train.batch_size = 6
+  with pytest.raises(UserError, match='train.batch_size=6'):
+    make_mesh(cfg)
+  cfg = tiny_config()
+  cfg.mesh.data, cfg.mesh.tensor = 1, 8
+  with pytest.raises(UserError, match='model.num_heads=4 is not divisible by mesh.tensor=8'):
+    make_mesh(cfg)
+
+
+def test_parameters_are_created_sharded():
+  cfg = tiny_config()
+  cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 2, 2, 2
+  _, setup, _, _ = build_training(cfg)
+  state = setup.init()
+  q = state.params['blocks']['attn']['q']['kernel']  # [layers, D, H, E]
+  assert q.sharding.spec == P(None, 'fsdp', 'tensor', None)
+  shard = q.addressable_shards[0].data
+  assert shard.shape == (2, 16, 2, 8)  # only this device's quarter exists on it
+  mu = state.opt_state[1][0].mu['blocks']['attn']['q']['kernel']
+  assert mu.sharding.spec == q.sharding.spec  # Adam moments follow their parameter
+
+
+@functools.cache
+def _single_device_losses(variant):
+  cfg = tiny_config(variant)
+  cfg.mesh.data = 1
+  return _losses(cfg, 1)[0]
+
+
+def _losses(cfg, num_devices, steps=5):
+  _, setup, step, batch_sh = build_training(cfg, num_devices)
+  state = setup.init()
+  losses = []
+  for _ in range(steps):
+    batch = jax.device_put(random_batch(cfg.train.batch_size, cfg.model.max_seq_len), batch_sh)
+    state, metrics = step(state, batch)
+    losses.append(float(metrics['loss']))
+  return np.array(losses), state
+
+
+@pytest.mark.parametrize('shape', [(1, 8, 1), (2, 2, 2), (8, 1, 1)])
+@pytest.mark.parametrize('variant', ['llama', 'gpt2'])
+def test_sharded_training_equals_one_device(shape, variant):
+  expected = _single_device_losses(variant)
+  cfg = tiny_config(variant)
+  cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = shape
+  got, _ = _losses(cfg, 8)
+  np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+  assert expected[-1] < expected[0]

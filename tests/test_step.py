@@ -1,0 +1,99 @@
+"""The train step: gradient accumulation, non-finite updates, float16 loss scaling, determinism."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import build_training, random_batch, tiny_config
+from jaxlm.optim import LossScale
+
+
+def _one_step(cfg, batch, num_devices=1, state=None):
+  _, setup, step, batch_sh = build_training(cfg, num_devices)
+  state = setup.init() if state is None else state
+  return step(state, jax.device_put(batch, batch_sh))
+
+
+def test_gradient_accumulation_equals_one_large_batch():
+  cfg = tiny_config()
+  cfg.mesh.data = 1
+  batch = random_batch(8, cfg.model.max_seq_len)
+  batch['mask'][:, :5] = 0  # uneven token counts per micro-batch still give the exact mean
+  batch['mask'][3, :] = 0
+  big, m_big = _one_step(cfg, batch)
+  cfg.train.grad_accum = 4
+  acc, m_acc = _one_step(cfg, batch)
+  np.testing.assert_allclose(m_acc['loss'], m_big['loss'], rtol=1e-6)
+  np.testing.assert_allclose(m_acc['grad_norm'], m_big['grad_norm'], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(acc.params), jax.tree.leaves(big.params)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_gradient_accumulation_on_a_mesh():
+  cfg = tiny_config()
+  cfg.mesh.data, cfg.mesh.fsdp = 4, 2
+  batch = random_batch(16, cfg.model.max_seq_len)
+  cfg.train.batch_size = 16
+  _, m_big = _one_step(cfg, batch, 8)
+  cfg.train.grad_accum = 2
+  _, m_acc = _one_step(cfg, batch, 8)
+  np.testing.assert_allclose(m_acc['loss'], m_big['loss'], rtol=1e-6)
+
+
+def test_non_finite_update_is_not_applied():
+  cfg = tiny_config()
+  cfg.mesh.data = 1
+  _, setup, step, batch_sh = build_training(cfg, 1)
+  state = setup.init()
+  bad = jax.tree.map(lambda x: x, state.params)
+  bad['final_norm']['scale'] = bad['final_norm']['scale'].at[0].set(jnp.nan)
+  state = state.replace(params=bad)
+  before = jax.tree.map(np.asarray, state)
+  new, metrics = step(state, jax.device_put(random_batch(8, 16), batch_sh))
+  assert not bool(metrics['finite'])
+  assert int(new.step) == 1  # the step counts, the update does not happen
+  for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(before.params)):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(jax.tree.leaves(new.opt_state), jax.tree.leaves(before.opt_state)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_loss_scale_dynamics():
+  s = LossScale(jnp.float32(1024), jnp.int32(0), period=2)
+  s = s.update(jnp.bool_(True))
+  assert (float(s.scale), int(s.good_steps)) == (1024, 1)
+  s = s.update(jnp.bool_(True))
+  assert (float(s.scale), int(s.good_steps)) == (2048, 0)
+  s = s.update(jnp.bool_(False))
+  assert (float(s.scale), int(s.good_steps)) == (1024, 0)
+
+
+def test_float16_training_uses_and_reports_a_loss_scale():
+  cfg = tiny_config()
+  cfg.mesh.data = 1
+  cfg.model.dtype = 'float16'
+  _, setup, step, batch_sh = build_training(cfg, 1)
+  state = setup.init()
+  assert float(state.loss_scale.scale) == cfg.optim.loss_scale_init
+  batch = jax.device_put(random_batch(8, 16), batch_sh)
+  losses = []
+  for _ in range(8):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics['loss']))
+    assert 'loss_scale' in metrics
+  assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+  assert state.params['embed']['table'].dtype == jnp.float32  # master weights stay float32
+
+
+@pytest.mark.parametrize('dropout', [0.0, 0.3])
+def test_step_is_deterministic(dropout):
+  cfg = tiny_config()
+  cfg.mesh.data = 1
+  cfg.model.dropout = dropout
+  batch = random_batch(8, 16)
+  a, ma = _one_step(cfg, batch)
+  b, mb = _one_step(cfg, batch)
+  assert float(ma['loss']) == float(mb['loss'])
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    np.testing.assert_array_equal(x, y)

@@ -1,0 +1,85 @@
+"""End to end: a tiny run trains, evaluates, checkpoints and samples; stop + resume = one run."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from jaxlm import trainer
+from jaxlm.errors import UserError
+
+
+def _config(tmp_path, corpus_file, name='run', **train):
+  cfg = tiny_config(workdir=str(tmp_path / name))
+  cfg.data.corpus = str(corpus_file)
+  for k, v in train.items():
+    cfg.train[k] = v
+  return cfg
+
+
+def _train_losses(workdir):
+  lines = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  return {l['step']: l['loss'] for l in lines if l['split'] == 'train'}
+
+
+def test_tiny_run_end_to_end(tmp_path, corpus_file):
+  cfg = _config(tmp_path, corpus_file)
+  result = trainer.run(cfg)
+  workdir = tmp_path / 'run'
+  losses = _train_losses(workdir)
+  assert sorted(losses) == [1, 2, 3, 4, 5, 6]
+  assert np.isfinite(result['val']['loss']) and result['val']['perplexity'] > 1
+  assert result['val']['loss'] < np.log(64)  # learnt something beyond uniform over the vocab
+  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()) == \
+      ['3', '6']
+  assert list((workdir / 'tb').glob('events.out.tfevents.*'))
+  assert isinstance(result['sample'], str) and result['sample']
+  assert 'tokens_per_s' in result['train'] and result['train']['mfu'] is None  # CPU: no peak
+  # Running the finished command again does nothing and keeps the checkpoints.
+  again = trainer.run(cfg)
+  assert 'sample' not in again
+  assert _train_losses(workdir) == losses
+
+
+def test_stop_and_resume_equals_uninterrupted(tmp_path, corpus_file):
+  cfg = _config(tmp_path, corpus_file, 'straight')
+  cfg.model.dropout = 0.1  # resumed randomness must match too
+  cfg.optim.decay_steps = 6  # the schedule must not depend on where the first run stops
+  trainer.run(cfg)
+  expected = _train_losses(tmp_path / 'straight')
+
+  cfg.workdir = str(tmp_path / 'resumed')
+  cfg.train.steps = 3
+  trainer.run(cfg)
+  cfg.train.steps = 6
+  trainer.run(cfg)
+  got = _train_losses(tmp_path / 'resumed')
+  assert got == expected  # bit for bit, steps 4-6 included
+
+
+def test_resume_with_another_tokenizer_is_refused(tmp_path, corpus_file):
+  cfg = _config(tmp_path, corpus_file, steps=3)
+  trainer.run(cfg)
+  cfg.data.tokenizer = 'byte'
+  cfg.train.steps = 6
+  with pytest.raises(UserError, match='different tokenizer'):
+    trainer.run(cfg)
+
+
+def test_unwritable_workdir(tmp_path, corpus_file):
+  (tmp_path / 'file').write_text('x')
+  cfg = _config(tmp_path, corpus_file)
+  cfg.workdir = str(tmp_path / 'file' / 'run')
+  with pytest.raises(UserError, match='is not writable'):
+    trainer.run(cfg)
+
+
+def test_resume_with_another_model_shape_names_the_parameter(tmp_path, corpus_file):
+  cfg = _config(tmp_path, corpus_file, steps=3)
+  trainer.run(cfg)
+  cfg.model.embed_dim = 48
+  cfg.train.steps = 6
+  with pytest.raises(UserError, match=r'holds params/blocks/attn/k/kernel with shape '
+                                      r'\(2, 32, 2, 8\), but the config builds \(2, 48, 2, 12\)'):
+    trainer.run(cfg)
