@@ -13,15 +13,17 @@ def get_config() -> ConfigDict:
   c = ConfigDict()
   c.seed = 0  # One seed drives init, data order and dropout; fold_in(seed, step) per step.
   c.workdir = 'runs/base'  # Checkpoints, metrics, the tokenizer and the token cache live here.
+  c.cpu_devices = 0  # On a CPU host: JAX devices to split it into, each single-threaded (0: one per
+  #                    core). Data parallelism over cores beats intra-op threads for small models.
 
   c.model = ConfigDict()
   m = c.model
   m.vocab_size = 0  # 0: the tokenizer's vocabulary, rounded up to vocab_multiple.
   m.vocab_multiple = 64  # A padded vocabulary keeps the head matmul aligned (nanoGPT's 50304).
   m.num_layers = 4  # Depth; the stack is scanned, so compile time does not grow with it.
-  m.embed_dim = 256  # D, the residual width.
-  m.num_heads = 8  # H query heads.
-  m.num_kv_heads = 4  # K key/value heads; K < H is grouped-query attention (0 means K = H).
+  m.embed_dim = 192  # D, the residual width.
+  m.num_heads = 6  # H query heads.
+  m.num_kv_heads = 2  # K key/value heads; K < H is grouped-query attention (0 means K = H).
   m.head_dim = 0  # E; 0 means D // H.
   m.mlp_dim = 0  # F; 0 means 4*D for GELU and the Llama rule (2/3 * 4D, to a multiple of 64) for SwiGLU.
   m.max_seq_len = 128  # L, the context; windows of the corpus are this long.
@@ -36,11 +38,16 @@ def get_config() -> ConfigDict:
   m.init_std = 0.02  # Normal init of weights; output projections are scaled by 1/sqrt(2 * layers).
   m.dtype = 'float32'  # Compute dtype: 'float32', 'bfloat16' or 'float16'; parameters stay float32.
   m.remat = 'none'  # Activation recomputation per layer: 'none', 'dots' (save matmuls) or 'full'.
+  m.scan_unroll = 0  # Layers per scan iteration (0: all). Unrolling speeds up small models (no
+  #                    per-layer slicing of stacked buffers); deep presets use 1 to compile fast.
   m.attention = 'xla'  # Attention kernel: 'xla' (any device) or 'cudnn' (flash attention on GPU).
 
   c.data = ConfigDict()
   d = c.data
-  d.corpus = ''  # '' is the shipped tinyshakespeare; else a UTF-8 text file, a directory or a glob.
+  d.corpus = ''  # '' is the shipped tinyshakespeare; else a UTF-8 text file, a directory, a glob,
+  #                or 'seqio:<task>' for a SeqIO task or mixture (needs the seqio extra).
+  d.seqio_module = ''  # Module to import that registers the SeqIO task, e.g. 'my_project.tasks'.
+  d.seqio_feature = 'text'  # The task's feature that holds the text.
   d.tokenizer = 'sentencepiece'  # 'sentencepiece', 'char' (nanoGPT's) or 'byte'.
   d.tokenizer_path = ''  # A trained SentencePiece .model; '' trains one on the corpus (cached).
   d.tokenizer_vocab_size = 1024  # Vocabulary learnt when training SentencePiece on the corpus.
@@ -49,12 +56,12 @@ def get_config() -> ConfigDict:
 
   c.train = ConfigDict()
   t = c.train
-  t.steps = 600  # Optimizer steps; the default run takes a few minutes on a 2-core CPU.
+  t.steps = 500  # Optimizer steps; the default run takes a few minutes on a 2-core CPU.
   t.batch_size = 16  # B, global sequences per step, split over the data and fsdp mesh axes.
   t.grad_accum = 1  # Micro-batches per step; B must divide by it. Same update as one big batch.
   t.z_loss = 0.0  # Weight of log(Z)^2, which keeps logits from drifting (PaLM uses 1e-4).
   t.log_every = 10  # Steps between metric lines; the only host syncs in the loop happen here.
-  t.eval_every = 200  # Steps between validation passes (and at the end).
+  t.eval_every = 100  # Steps between validation passes (and at the end).
   t.eval_batches = 0  # Validation batches per pass; 0 means the whole validation split.
   t.sample_tokens = 200  # Tokens generated at the end of training, to read; 0 disables.
   t.sample_prompt = ''  # Prompt for that sample; '' starts from the first token of the corpus.
@@ -95,7 +102,7 @@ def get_config() -> ConfigDict:
   ))
 
   c.checkpoint = ConfigDict()
-  c.checkpoint.every = 200  # Steps between checkpoints (and one at the end).
+  c.checkpoint.every = 250  # Steps between checkpoints (and one at the end).
   c.checkpoint.keep = 3  # Latest checkpoints kept; older ones are deleted.
   c.checkpoint.async_save = True  # Write in the background; the loop waits only for device-to-host.
 

@@ -20,7 +20,7 @@ def get_config():
   m.vocab_size = 50304  # GPT-2's 50257 padded to a multiple of 128, as nanoGPT does.
   m.norm, m.position, m.mlp = 'layernorm', 'learned', 'gelu'
   m.use_bias, m.tie_embeddings = True, True
-  m.dtype, m.attention, m.remat = 'bfloat16', 'cudnn', 'none'
+  m.dtype, m.attention, m.remat, m.scan_unroll = 'bfloat16', 'cudnn', 'none', 1
 
   c.data.tokenizer_vocab_size = 50257
 

@@ -20,7 +20,7 @@ def get_config():
   m.vocab_size = 32768
   m.norm, m.position, m.mlp = 'rmsnorm', 'rope', 'swiglu'
   m.use_bias, m.tie_embeddings = False, False
-  m.dtype, m.attention, m.remat = 'bfloat16', 'cudnn', 'dots'
+  m.dtype, m.attention, m.remat, m.scan_unroll = 'bfloat16', 'cudnn', 'dots', 1
 
   c.data.tokenizer_vocab_size = 32000
 

@@ -76,13 +76,16 @@ def config_value(holder: flags.FlagHolder) -> ConfigDict:
     raise UserError(f'bad config override: {_one_line(e)} (see configs/base.py).') from None
 
 
-def run(main: Callable[[list[str]], None]) -> None:
+def run(main: Callable[[list[str]], None], commands: tuple[str, ...] = ()) -> None:
   """app.run(main) with friendly flag errors, absl INFO logs hidden unless --verbosity is given,
-  and UserError turned into a one-line message and exit status 2."""
+  and UserError turned into a one-line message and exit status 2. `commands` are the allowed
+  positional sub-commands (main gets argv with the chosen one at argv[1])."""
   def wrapped(argv: list[str]) -> None:
     if not flags.FLAGS['verbosity'].present:
       logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO.
-    if len(argv) > 1:
+    if commands and (len(argv) != 2 or argv[1] not in commands):
+      _fail(f'give one command: {" or ".join(commands)} (then --flags).')
+    if not commands and len(argv) > 1:
       _fail(f'unexpected arguments {argv[1:]}; flags take the form --name=value.')
     with reported():
       main(argv)

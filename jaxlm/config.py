@@ -34,6 +34,8 @@ _mesh_size = (lambda v: v == -1 or v >= 1, '-1 (the remaining devices) or a posi
 
 _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'seed': _non_negative,
+    'cpu_devices': _non_negative,
+    'model.scan_unroll': _non_negative,
     'model.vocab_size': _non_negative,
     'model.vocab_multiple': _positive,
     'model.num_layers': _positive,

@@ -5,6 +5,7 @@ batch and the few activation constraints at block boundaries, rather than every 
 """
 
 import math
+import os
 from typing import Sequence
 
 import jax
@@ -12,6 +13,23 @@ from ml_collections import ConfigDict
 
 from jaxlm.config import MESH_AXES
 from jaxlm.errors import UserError
+
+
+def configure_cpu(cfg: ConfigDict) -> None:
+  """Splits a CPU host into `cfg.cpu_devices` single-threaded JAX devices (0: one per core).
+
+  Must run before JAX starts its backends; afterwards (a test that chose its own device count,
+  say) it leaves everything as it is. Accelerator hosts are unaffected: only the CPU backend,
+  which they use for host work, sees the setting.
+  """
+  n = cfg.cpu_devices or os.cpu_count() or 1
+  from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel
+  if n == 1 or xla_bridge.backends_are_initialized():  # No public API tells this.
+    return
+  xla_flags = os.environ.get('XLA_FLAGS', '')
+  if '--xla_cpu_multi_thread_eigen' not in xla_flags:
+    os.environ['XLA_FLAGS'] = f'{xla_flags} --xla_cpu_multi_thread_eigen=false'.strip()
+  jax.config.update('jax_num_cpu_devices', n)
 
 
 def initialize_distributed(cfg: ConfigDict) -> None:

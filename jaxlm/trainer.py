@@ -19,7 +19,7 @@ from jaxlm import data, metrics, sampling, sharding
 from jaxlm.checkpoint import Checkpointer
 from jaxlm.config import resolve_model, validate
 from jaxlm.errors import UserError
-from jaxlm.mesh import initialize_distributed, make_mesh
+from jaxlm.mesh import configure_cpu, initialize_distributed, make_mesh
 from jaxlm.optim import make_optimizer
 from jaxlm.state import setup_train_state
 from jaxlm.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
@@ -53,15 +53,28 @@ def load_corpus_once(cfg: ConfigDict, workdir: Path) -> data.Corpus:
   return corpus or data.load_corpus(cfg, workdir)
 
 
+def sync_each_step() -> bool:
+  """Whether to wait for each step before dispatching the next.
+
+  Several CPU devices in one process can deadlock in their all-reduce rendezvous when many steps
+  are in flight (JAX 0.10; fixed by 0.12), so there the loop keeps one step in flight. Elsewhere
+  steps are dispatched ahead and the host syncs only to log.
+  """
+  return jax.devices()[0].platform == 'cpu' and jax.local_device_count() > 1
+
+
 def evaluate(eval_step, params: Any, tokens: np.ndarray, cfg: ConfigDict,
              batch_sharding) -> dict[str, float]:
   """Mean loss and perplexity over the validation tokens (every token once, or eval_batches)."""
   total, count = 0.0, 0.0
+  sync = sync_each_step()
   for batch in data.eval_batches(
       tokens, cfg.model.max_seq_len, cfg.train.batch_size, max_batches=cfg.train.eval_batches,
       host_index=jax.process_index(), host_count=jax.process_count()):
     ce, n = eval_step(params, to_global(batch, batch_sharding))
-    total, count = total + ce, count + n  # Stays on device: one host sync at the end.
+    total, count = total + ce, count + n  # Stays on device: one host sync at the end...
+    if sync:
+      jax.block_until_ready(total)  # ...except where sync_each_step says otherwise.
   loss = float(total) / max(float(count), 1.0)
   return dict(loss=loss, perplexity=float(np.exp(min(loss, 80.0))), tokens=float(count))
 
@@ -69,6 +82,7 @@ def evaluate(eval_step, params: Any, tokens: np.ndarray, cfg: ConfigDict,
 def run(cfg: ConfigDict) -> dict[str, Any]:
   """Trains (or resumes) the run `cfg` describes; returns the final metrics."""
   validate(cfg)
+  configure_cpu(cfg)
   initialize_distributed(cfg)
   workdir = prepare_workdir(cfg.workdir)
   mesh = make_mesh(cfg)
@@ -128,10 +142,13 @@ def run(cfg: ConfigDict) -> dict[str, Any]:
 
   bar = tqdm(total=t.steps, initial=start, disable=not is_main, dynamic_ncols=True,
              unit='step', leave=True)
+  sync = sync_each_step()
   clock, window = time.perf_counter(), 0
   for step in range(start, t.steps):
     batch = to_global(next(data_it), batch_sh)
     state, step_metrics = train_step(state, batch)
+    if sync:
+      jax.block_until_ready(step_metrics)
     window += 1
     done = step + 1
     if step == start:  # The first step includes compilation: time from the end of it.

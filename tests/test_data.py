@@ -98,13 +98,11 @@ def test_load_corpus_rejects_empty_and_short_corpora(tmp_path):
 
 
 def test_tokens_are_cached_and_documents_separated(tmp_path):
-  (tmp_path / 'a.txt').write_text('ab')
-  (tmp_path / 'b.txt').write_text('cd')
-  files = [tmp_path / 'a.txt', tmp_path / 'b.txt']
-  tokens = pipeline.tokenize_corpus(files, ['ab', 'cd'], ByteTokenizer(), tmp_path / 'cache')
+  files = ['a.txt', 'b.txt']
+  tokens = pipeline.tokenize_texts(files, ['ab', 'cd'], ByteTokenizer(), tmp_path / 'cache')
   assert tokens.tolist() == [97, 98, 256, 99, 100, 256]  # end-of-sequence after each document
   assert len(list((tmp_path / 'cache').glob('tokens-*.npy'))) == 1
-  again = pipeline.tokenize_corpus(files, ['ab', 'cd'], ByteTokenizer(), tmp_path / 'cache')
+  again = pipeline.tokenize_texts(files, ['ab', 'cd'], ByteTokenizer(), tmp_path / 'cache')
   np.testing.assert_array_equal(tokens, again)
 
 

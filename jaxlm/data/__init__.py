@@ -1,4 +1,4 @@
-"""Data: tokenizers and the Grain text pipeline."""
+"""Data: tokenizers, the Grain text pipeline, and SeqIO tasks as a text source."""
 
 from pathlib import Path
 from typing import NamedTuple
@@ -6,8 +6,9 @@ from typing import NamedTuple
 import numpy as np
 from ml_collections import ConfigDict
 
-from jaxlm.data.pipeline import (corpus_files, eval_batches, read_text, split_tokens,
-                                 tokenize_corpus, train_iterator)
+from jaxlm.data import seqio_source
+from jaxlm.data.pipeline import (check_splits, corpus_files, eval_batches, read_text,
+                                 split_tokens, tokenize_texts, train_iterator)
 from jaxlm.data.tokenizers import Tokenizer, load_tokenizer
 from jaxlm.errors import UserError
 
@@ -19,15 +20,34 @@ class Corpus(NamedTuple):
 
 
 def load_corpus(cfg: ConfigDict, workdir: Path) -> Corpus:
-  """The config's corpus, tokenized (with the tokenizer built on first use) and split."""
-  files = corpus_files(cfg.data.corpus)
-  texts = [read_text(f) for f in files]
+  """The config's corpus, tokenized (with the tokenizer built on first use) and split.
+
+  Text files are one stream split by data.val_fraction; a SeqIO task brings its own splits.
+  """
+  workdir = Path(workdir)
+  val_texts = None
+  if seqio_source.is_seqio(cfg.data.corpus):
+    splits = seqio_source.load_texts(cfg.data)
+    texts, val_texts = splits['train'], splits.get('validation')
+    name = cfg.data.corpus.replace(':', '-').replace('/', '-')
+    files = [workdir / 'cache' / f'{name}.train.txt']  # what SentencePiece trains on
+    files[0].parent.mkdir(parents=True, exist_ok=True)
+    files[0].write_text('\n'.join(texts), encoding='utf-8')
+  else:
+    files = corpus_files(cfg.data.corpus)
+    texts = [read_text(f) for f in files]
   if not any(texts):
     raise UserError(f'the corpus ({", ".join(map(str, files[:3]))}) holds no text; point '
                     'data.corpus at non-empty UTF-8 files.')
-  tokenizer = load_tokenizer(cfg.data, files, texts, Path(workdir) / 'tokenizer')
-  tokens = tokenize_corpus(files, texts, tokenizer, Path(workdir) / 'cache')
-  train, val = split_tokens(tokens, cfg.data.val_fraction, cfg.model.max_seq_len)
+  tokenizer = load_tokenizer(cfg.data, files, texts, workdir / 'tokenizer')
+  tokens = tokenize_texts([str(f.name) for f in files] if val_texts is None else
+                          [cfg.data.corpus] * len(texts), texts, tokenizer, workdir / 'cache')
+  if val_texts is None:
+    train, val = split_tokens(tokens, cfg.data.val_fraction, cfg.model.max_seq_len)
+  else:
+    val = tokenize_texts([cfg.data.corpus + ':validation'] * len(val_texts), val_texts,
+                         tokenizer, workdir / 'cache')
+    train, val = check_splits(tokens, val, cfg.model.max_seq_len)
   return Corpus(tokenizer, train, val)
 
 

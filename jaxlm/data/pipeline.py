@@ -51,13 +51,13 @@ def read_text(path: Path) -> str:
                     're-encode it as UTF-8 or remove it from data.corpus.') from None
 
 
-def tokenize_corpus(files: Sequence[Path], texts: Sequence[str], tokenizer: Tokenizer,
-                    cache_dir: Path) -> np.ndarray:
-  """The files' texts as one token stream (int32), cached under `cache_dir` by content and
-  tokenizer."""
+def tokenize_texts(names: Sequence[str], texts: Sequence[str], tokenizer: Tokenizer,
+                   cache_dir: Path) -> np.ndarray:
+  """Documents (named, e.g. by file name) as one token stream (int32), cached under `cache_dir`
+  by name, content and tokenizer."""
   key = hashlib.sha256(tokenizer.fingerprint.encode())
-  for f, t in zip(files, texts):
-    key.update(str(f.name).encode() + b'\0' + t.encode() + b'\0')
+  for name, t in zip(names, texts):
+    key.update(name.encode() + b'\0' + t.encode() + b'\0')
   cache = Path(cache_dir) / f'tokens-{key.hexdigest()[:16]}.npy'
   if cache.exists():
     return np.load(cache)
@@ -73,17 +73,25 @@ def tokenize_corpus(files: Sequence[Path], texts: Sequence[str], tokenizer: Toke
 def split_tokens(tokens: np.ndarray, val_fraction: float,
                  seq_len: int) -> tuple[np.ndarray, np.ndarray]:
   """The first (1 - val_fraction) of the stream trains, the rest validates (as in nanoGPT)."""
-  n_val = int(len(tokens) * val_fraction)
-  train, val = tokens[:len(tokens) - n_val], tokens[len(tokens) - n_val:]
-  if len(train) < seq_len + 1:
-    what = 'corpus' if len(tokens) < seq_len + 1 else 'training split'
+  if len(tokens) < seq_len + 1:
     raise UserError(
-        f'the {what} has {len(tokens if what == "corpus" else train)} tokens, fewer than one '
-        f'sequence of model.max_seq_len+1={seq_len + 1}; use a larger corpus or a shorter '
-        'model.max_seq_len.')
+        f'the corpus has {len(tokens)} tokens, fewer than one sequence of '
+        f'model.max_seq_len+1={seq_len + 1}; use a larger corpus or a shorter model.max_seq_len.')
+  n_val = int(len(tokens) * val_fraction)
+  return check_splits(tokens[:len(tokens) - n_val], tokens[len(tokens) - n_val:], seq_len)
+
+
+def check_splits(train: np.ndarray, val: np.ndarray,
+                 seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+  """Training needs one whole window of L+1 tokens, validation at least one target."""
+  if len(train) < seq_len + 1:
+    raise UserError(
+        f'the training split has {len(train)} tokens, fewer than one sequence of '
+        f'model.max_seq_len+1={seq_len + 1}; use a larger corpus, a smaller data.val_fraction or '
+        'a shorter model.max_seq_len.')
   if len(val) < 2:
     raise UserError(f'the validation split has {len(val)} tokens; raise data.val_fraction '
-                    f'(now {val_fraction}) or use a larger corpus.')
+                    'or use a larger corpus.')
   return train, val
 
 

@@ -58,6 +58,8 @@ class Transformer(nnx.Module):
     dtype = DTYPES[cfg.dtype]
     self.num_layers, self.dropout = cfg.num_layers, cfg.dropout
     self.remat = cfg.remat
+    # jax.lax.scan fully unrolls only with unroll=True (an int leaves a one-trip loop behind).
+    self.unroll = cfg.scan_unroll if 0 < cfg.scan_unroll < cfg.num_layers else True
     self.embed = Embed(cfg.vocab_size, cfg.embed_dim, std=cfg.init_std, dtype=dtype, rngs=rngs)
     self.pos_embed = (param(rngs, (cfg.max_seq_len, cfg.embed_dim), ('length', 'embed'),
                             cfg.init_std) if cfg.position == 'learned' else None)
@@ -109,7 +111,7 @@ class Transformer(nnx.Module):
 
     if self.remat != 'none':
       layer = jax.checkpoint(layer, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
-    x, cache = jax.lax.scan(layer, x, (stacked, layer_keys, cache))
+    x, cache = jax.lax.scan(layer, x, (stacked, layer_keys, cache), unroll=self.unroll)
     return self.final_norm(x), cache
 
   def logits(self, h: jax.Array) -> jax.Array:

@@ -1,0 +1,38 @@
+# jaxlm: `make train` trains the default model; `make test` runs the whole test suite.
+# Each target sets up its own virtual environment (.venv) first, idempotently.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/base.py
+ARGS ?=
+
+.PHONY: setup setup-test train test bench clean
+
+$(VENV)/.core: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.core
+	$(PY) -m pip install --quiet -e '.[dev,seqio]'
+	touch $@
+
+setup: $(VENV)/.core
+setup-test: $(VENV)/.test
+
+## Train (or resume) the default run: CONFIG=configs/shakespeare_char.py ARGS='--config.train.steps=100'
+train: $(VENV)/.core
+	$(PY) -m jaxlm.train --config=$(CONFIG) $(ARGS)
+
+## The whole test suite on CPU (8 simulated devices), TensorFlow/SeqIO extra included.
+test: $(VENV)/.test
+	$(PY) -m pytest -q -n 2 $(ARGS)
+
+## Step time, tokens/s and MFU of the train step, eval forward and decoding.
+bench: $(VENV)/.core
+	$(PY) -m jaxlm.bench --config=$(CONFIG) $(ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

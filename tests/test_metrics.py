@@ -1,0 +1,50 @@
+"""FLOPs, MFU and the metric writers."""
+
+import json
+
+import pytest
+
+from conftest import resolved_model
+from jaxlm import metrics
+
+
+class FakeDevice:
+  def __init__(self, kind):
+    self.device_kind = kind
+
+
+def test_flops_per_token_gpt2_small():
+  from jaxlm import config
+  from jaxlm.configs import gpt2_124m
+  m = config.resolve_model(gpt2_124m.get_config().model, 50257)
+  n = metrics.matmul_params(m)
+  assert n == 12 * (4 * 768 * 768 + 8 * 768 * 768) + 768 * 50304  # 123.6M (no wpe, tied wte)
+  attention = 6 * 12 * 12 * 64 * 1024  # causal: half of nanoGPT's 12 * L * H * E * T
+  assert metrics.flops_per_token(m) == 6 * n + attention
+
+
+def test_flops_scale_with_sequence_length_only_through_attention():
+  m = resolved_model('llama')
+  a, b = metrics.flops_per_token(m, 16), metrics.flops_per_token(m, 32)
+  assert b - a == 6 * m.num_layers * m.num_heads * m.head_dim * 16
+
+
+@pytest.mark.parametrize('kind,peak', [('NVIDIA H100 80GB HBM3', 989e12), ('NVIDIA H200', 989e12),
+                                       ('TPU v5 lite', 197e12), ('TPU v4', 275e12),
+                                       ('cpu', None)])
+def test_peak_flops_table(kind, peak):
+  assert metrics.peak_flops(FakeDevice(kind)) == peak
+
+
+def test_mfu():
+  assert metrics.mfu(1000.0, 1e9, 2, 1e12) == pytest.approx(0.5)
+  assert metrics.mfu(1000.0, 1e9, 2, None) is None
+
+
+def test_writer_skips_missing_and_non_finite(tmp_path):
+  w = metrics.MetricWriter(tmp_path)
+  w.write(3, {'loss': 1.5, 'mfu': None, 'grad_norm': float('nan')}, 'train')
+  w.close()
+  line = json.loads((tmp_path / 'metrics.jsonl').read_text())
+  assert line == {'step': 3, 'split': 'train', 'loss': 1.5}
+  assert list((tmp_path / 'tb').glob('events.out.tfevents.*'))
