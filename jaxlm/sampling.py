@@ -48,9 +48,9 @@ def _mask(slots: jax.Array, query_slots: jax.Array, pad: jax.Array) -> jax.Array
 
 def init_cache(model: nnx.Module, batch: int, length: int) -> tuple[jax.Array, jax.Array]:
   """Zeroed keys and values [N, B, S, K, E] in the model's compute dtype."""
-  kernel = model.blocks.attn.k.kernel  # [N, D, K, E]
-  shape = (kernel.shape[0], batch, length, *kernel.shape[-2:])
-  dtype = model.blocks.attn.k.dtype
+  kernel = model.blocks.attn.qkv.kernel  # [N, D, K, G + 2, E]
+  shape = (kernel.shape[0], batch, length, kernel.shape[2], kernel.shape[4])
+  dtype = model.blocks.attn.qkv.dtype
   return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
 
 

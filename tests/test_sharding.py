@@ -56,11 +56,11 @@ def test_parameters_are_created_sharded():
   cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 2, 2, 2
   _, setup, _, _ = build_training(cfg)
   state = setup.init()
-  q = state.params['blocks']['attn']['q']['kernel']  # [layers, D, H, E]
-  assert q.sharding.spec == P(None, 'fsdp', 'tensor', None)
+  q = state.params['blocks']['attn']['qkv']['kernel']  # [layers, D, K, G + 2, E]
+  assert q.sharding.spec == P(None, 'fsdp', 'tensor', None, None)
   shard = q.addressable_shards[0].data
-  assert shard.shape == (2, 16, 2, 8)  # only this device's quarter exists on it
-  mu = state.opt_state[1][0].mu['blocks']['attn']['q']['kernel']
+  assert shard.shape == (2, 16, 1, 4, 8)  # only this device's quarter exists on it
+  mu = state.opt_state[1][0].mu['blocks']['attn']['qkv']['kernel']
   assert mu.sharding.spec == q.sharding.spec  # Adam moments follow their parameter
 
 

@@ -80,6 +80,6 @@ def test_resume_with_another_model_shape_names_the_parameter(tmp_path, corpus_fi
   trainer.run(cfg)
   cfg.model.embed_dim = 48
   cfg.train.steps = 6
-  with pytest.raises(UserError, match=r'holds params/blocks/attn/k/kernel with shape '
-                                      r'\(2, 32, 2, 8\), but the config builds \(2, 48, 2, 12\)'):
+  with pytest.raises(UserError, match=r'holds params/blocks/attn/o/kernel with shape '
+                                      r'\(2, 4, 8, 32\), but the config builds \(2, 4, 12, 48\)'):
     trainer.run(cfg)

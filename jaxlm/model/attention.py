@@ -55,14 +55,19 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: jax.Array | None,
 
 
 class Attention(nnx.Module):
-  """Query, key and value projections, RoPE, attention and the output projection."""
+  """Query, key and value projections (one fused matmul), RoPE, attention, output projection.
+
+  The fused projection's kernel is [D, K, G + 2, E]: for each kv head, its G = H / K query heads,
+  then its key, then its value. Query head h = k * G + g, and sharding the kv_heads axis over
+  `tensor` keeps every group of query heads with its key and value on one shard.
+  """
 
   def __init__(self, cfg: ConfigDict, *, dtype: jnp.dtype, rngs: nnx.Rngs):
     D, H, K, E = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     kw = dict(use_bias=cfg.use_bias, dtype=dtype, rngs=rngs)
-    self.q = Dense((D,), (H, E), ('embed', 'heads', 'head_dim'), std=cfg.init_std, **kw)
-    self.k = Dense((D,), (K, E), ('embed', 'kv_heads', 'head_dim'), std=cfg.init_std, **kw)
-    self.v = Dense((D,), (K, E), ('embed', 'kv_heads', 'head_dim'), std=cfg.init_std, **kw)
+    self.groups = H // K
+    self.qkv = Dense((D,), (K, self.groups + 2, E), ('embed', 'kv_heads', None, 'head_dim'),
+                     std=cfg.init_std, **kw)
     self.o = Dense((H, E), (D,), ('heads', 'head_dim', 'embed'),
                    std=scaled_std(cfg.init_std, cfg.num_layers), **kw)
     self.use_rope = cfg.position == 'rope'
@@ -77,7 +82,10 @@ class Attention(nnx.Module):
     Decoding passes a cache, the slot `cache_index` where this step's L keys go, and the mask
     [B, 1, L, S] saying which slots each query may see; training passes none of them (causal).
     """
-    q, k, v = self.q(x), self.k(x), self.v(x)
+    qkv = self.qkv(x)  # [B, L, K, G + 2, E]
+    B, L, K, _, E = qkv.shape
+    G = self.groups
+    q, k, v = qkv[:, :, :, :G].reshape(B, L, K * G, E), qkv[:, :, :, G], qkv[:, :, :, G + 1]
     if self.use_rope:
       q, k = rope(q, positions, self.theta), rope(k, positions, self.theta)
     if cache is not None:
