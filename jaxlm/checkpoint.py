@@ -21,16 +21,21 @@ ITEMS = ('state', 'data', 'meta')
 class Checkpointer:
   """A thin wrapper over `ocp.CheckpointManager` with jaxlm's three items."""
 
-  def __init__(self, directory: Path, *, keep: int, async_save: bool = True):
+  def __init__(self, directory: Path, *, keep: int | None, async_save: bool = True,
+               create: bool = True):
+    """keep=None keeps every checkpoint; create=False (for readers) never makes directories."""
     self.directory = Path(directory).absolute()
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
+        max_to_keep=keep, create=create, enable_async_checkpointing=async_save)
     handlers = dict(state=ocp.StandardCheckpointHandler(), data=ocp.JsonCheckpointHandler(),
                     meta=ocp.JsonCheckpointHandler())
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
 
   def save(self, step: int, state: Any, data_state: dict, meta: dict) -> None:
     """Starts saving; returns once the arrays are copied off the devices (the write continues

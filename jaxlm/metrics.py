@@ -99,6 +99,16 @@ class MetricWriter:
       self.tb.add_scalar(f'{prefix}/{k}', v, step)
     self.tb.flush()
 
+  def write_text(self, step: int, tag: str, texts: list[str]) -> None:
+    """Generated samples, to the JSONL file and TensorBoard's text tab."""
+    if not self.enabled:
+      return
+    self.jsonl.write(json.dumps({'step': step, 'split': tag, 'texts': texts}) + '\n')
+    self.jsonl.flush()
+    for i, text in enumerate(texts):
+      self.tb.add_text(f'{tag}/{i}', text, step)
+    self.tb.flush()
+
   def close(self) -> None:
     if self.enabled:
       self.jsonl.close()

@@ -15,10 +15,11 @@ from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
-from jaxlm import data, metrics, sampling, sharding
+from jaxlm import data, metrics, sharding
 from jaxlm.checkpoint import Checkpointer
 from jaxlm.config import resolve_model, validate
 from jaxlm.errors import UserError
+from jaxlm.evaluation import continuations, loss_over, sync_each_step, to_global
 from jaxlm.mesh import configure_cpu, initialize_distributed, make_mesh
 from jaxlm.optim import make_optimizer
 from jaxlm.state import setup_train_state
@@ -39,11 +40,6 @@ def prepare_workdir(path: str) -> Path:
   return workdir
 
 
-def to_global(batch: dict[str, np.ndarray], batch_sharding) -> dict[str, jax.Array]:
-  """This host's rows -> one global array per field, sharded over the batch axes."""
-  return {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in batch.items()}
-
-
 def load_corpus_once(cfg: ConfigDict, workdir: Path) -> data.Corpus:
   """Process 0 builds the tokenizer and token cache first; the other hosts then read them."""
   if jax.process_count() == 1:
@@ -51,32 +47,6 @@ def load_corpus_once(cfg: ConfigDict, workdir: Path) -> data.Corpus:
   corpus = data.load_corpus(cfg, workdir) if jax.process_index() == 0 else None
   multihost_utils.sync_global_devices('jaxlm: corpus ready')
   return corpus or data.load_corpus(cfg, workdir)
-
-
-def sync_each_step() -> bool:
-  """Whether to wait for each step before dispatching the next.
-
-  Several CPU devices in one process can deadlock in their all-reduce rendezvous when many steps
-  are in flight (JAX 0.10; fixed by 0.12), so there the loop keeps one step in flight. Elsewhere
-  steps are dispatched ahead and the host syncs only to log.
-  """
-  return jax.devices()[0].platform == 'cpu' and jax.local_device_count() > 1
-
-
-def evaluate(eval_step, params: Any, tokens: np.ndarray, cfg: ConfigDict,
-             batch_sharding) -> dict[str, float]:
-  """Mean loss and perplexity over the validation tokens (every token once, or eval_batches)."""
-  total, count = 0.0, 0.0
-  sync = sync_each_step()
-  for batch in data.eval_batches(
-      tokens, cfg.model.max_seq_len, cfg.train.batch_size, max_batches=cfg.train.eval_batches,
-      host_index=jax.process_index(), host_count=jax.process_count()):
-    ce, n = eval_step(params, to_global(batch, batch_sharding))
-    total, count = total + ce, count + n  # Stays on device: one host sync at the end...
-    if sync:
-      jax.block_until_ready(total)  # ...except where sync_each_step says otherwise.
-  loss = float(total) / max(float(count), 1.0)
-  return dict(loss=loss, perplexity=float(np.exp(min(loss, 80.0))), tokens=float(count))
 
 
 def run(cfg: ConfigDict) -> dict[str, Any]:
@@ -135,10 +105,17 @@ def run(cfg: ConfigDict) -> dict[str, Any]:
   result: dict[str, Any] = {}
 
   def validation(step: int) -> None:
-    val = evaluate(eval_step, state.params, corpus.val, cfg, batch_sh)
+    val = loss_over(eval_step, state.params, corpus.val, cfg, batch_sh,
+                    max_batches=t.eval_batches)
+    del val['nats']
     writer.write(step, val, 'val')
     log(f'step {step:>6} | val loss {val["loss"]:.4f} | val perplexity {val["perplexity"]:.2f}')
     result['val'] = val
+    if t.eval_samples and t.sample_tokens:
+      samples = _samples(setup.graphdef, state.params, model_cfg, tokenizer, corpus, cfg,
+                         t.eval_samples)
+      writer.write_text(step, 'samples', samples)
+      log('\n'.join(f'sample {i}: {s[:200]!r}' for i, s in enumerate(samples)))
 
   bar = tqdm(total=t.steps, initial=start, disable=not is_main, dynamic_ncols=True,
              unit='step', leave=True)
@@ -183,7 +160,8 @@ def run(cfg: ConfigDict) -> dict[str, Any]:
   else:
     log(f'Saved checkpoint {ckpt.latest_step()} in {ckpt.directory}')
   if t.sample_tokens and start < t.steps:
-    result['sample'] = _sample(setup.graphdef, state.params, model_cfg, tokenizer, corpus, cfg)
+    result['sample'] = _samples(setup.graphdef, state.params, model_cfg, tokenizer, corpus, cfg,
+                                1)[0]
     log('--- sample ---\n' + t.sample_prompt + result['sample'] + '\n--------------')
   writer.close()
   ckpt.close()
@@ -209,10 +187,12 @@ def _nonfinite(cfg: ConfigDict, step: int, values: dict[str, float], log) -> Non
   log(f'step {step}: {what} non-finite; the update was skipped')
 
 
-def _sample(graphdef, params, model_cfg, tokenizer, corpus: data.Corpus, cfg: ConfigDict) -> str:
-  prompt = tokenizer.encode(cfg.train.sample_prompt) or [int(corpus.train[0])]
+def _samples(graphdef, params, model_cfg, tokenizer, corpus: data.Corpus, cfg: ConfigDict,
+             n: int) -> list[str]:
+  """n sampled continuations (temperature 0.8) of train.sample_prompt, or of the corpus's first
+  token when the prompt is empty (that token is then shown as part of the sample)."""
+  prompt = cfg.train.sample_prompt or tokenizer.decode([int(corpus.train[0])])
   new = min(cfg.train.sample_tokens, model_cfg.max_seq_len - 1)
-  out = sampling.generate(graphdef, params, model_cfg, [prompt], max_new_tokens=new,
-                          temperature=0.8, top_k=0, seed=cfg.seed, eos_id=tokenizer.eos_id,
-                          vocab_limit=tokenizer.vocab_size)
-  return tokenizer.decode(([] if cfg.train.sample_prompt else prompt) + out[0])
+  texts = continuations(graphdef, params, model_cfg, tokenizer, [prompt] * n, max_new_tokens=new,
+                        batch_size=n, temperature=0.8, seed=cfg.seed)
+  return [('' if cfg.train.sample_prompt else prompt) + t for t in texts]

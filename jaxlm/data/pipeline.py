@@ -127,12 +127,15 @@ def train_iterator(tokens: np.ndarray, seq_len: int, host_batch: int, *, stride:
   return iter(ds.batch(host_batch, drop_remainder=True).map(_to_batch))
 
 
-def eval_batches(tokens: np.ndarray, seq_len: int, batch_size: int, *, max_batches: int = 0,
-                 host_index: int = 0, host_count: int = 1) -> Iterator[Batch]:
+def eval_batches(tokens: np.ndarray, seq_len: int, batch_size: int, *,
+                 weights: np.ndarray | None = None, max_batches: int = 0, host_index: int = 0,
+                 host_count: int = 1) -> Iterator[Batch]:
   """This host's rows of [batch_size, seq_len] batches that predict every token of `tokens` but
   the first exactly once. The last window and the last batch are padded with mask 0.
 
-  With max_batches > 0 only the first max_batches batches are produced.
+  `weights` [len(tokens)] (default all 1) is the mask of each token as a target: 0 for tokens
+  that are only context, such as the end-of-sequence ids between documents. With max_batches > 0
+  only the first max_batches batches are produced.
   """
   n_targets = len(tokens) - 1
   n_windows = -(-n_targets // seq_len)
@@ -149,5 +152,5 @@ def eval_batches(tokens: np.ndarray, seq_len: int, batch_size: int, *, max_batch
       n = max(0, min(seq_len, n_targets - start))
       inputs[r, :n] = tokens[start:start + n]
       targets[r, :n] = tokens[start + 1:start + 1 + n]
-      mask[r, :n] = 1
+      mask[r, :n] = 1 if weights is None else weights[start + 1:start + 1 + n]
     yield dict(inputs=inputs[rows], targets=targets[rows], mask=mask[rows])

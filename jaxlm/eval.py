@@ -1,0 +1,104 @@
+"""Evaluate a checkpoint: loss, perplexity and bits per byte, and BLEU / chrF of generations.
+
+  python -m jaxlm.eval --workdir=runs/base                   # the run's validation split
+  python -m jaxlm.eval --workdir=runs/base --text='essays/*.txt' --step=250
+  python -m jaxlm.eval --workdir=runs/base --references=pairs.jsonl --max_new_tokens=32
+
+The run's config and tokenizer come from the checkpoint; the parameters are restored onto the
+devices this machine has. `--references` is a JSONL file of {"prompt": ..., "reference": ...}
+lines: greedy continuations of the prompts are scored against the references with sacrebleu.
+Results are printed and written to <workdir>/eval/<step>.json and TensorBoard (<workdir>/tb).
+The evaluation is deterministic.
+"""
+
+import json
+from pathlib import Path
+
+from absl import flags
+
+from jaxlm import cli
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'The training run\'s workdir.', required=True)
+_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+_TEXT = flags.DEFINE_string('text', '', 'UTF-8 text file, directory or glob to evaluate instead '
+                            'of the validation split.')
+_REFERENCES = flags.DEFINE_string('references', '', 'JSONL of {"prompt", "reference"} pairs for '
+                                  'BLEU and chrF.')
+_MAX_NEW = flags.DEFINE_integer('max_new_tokens', 64, 'Tokens generated per prompt for BLEU.')
+_BATCH = flags.DEFINE_integer('batch_size', 0, 'Sequences per batch (default: the run\'s).')
+
+
+def read_pairs(path: str) -> tuple[list[str], list[str]]:
+  from jaxlm.errors import UserError
+  prompts, references = [], []
+  try:
+    lines = Path(path).read_text(encoding='utf-8').splitlines()
+  except (OSError, UnicodeDecodeError) as e:
+    raise UserError(f'cannot read --references={path} ({e}); give a UTF-8 JSONL file.') from None
+  for i, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      pair = json.loads(line)
+      prompts.append(str(pair['prompt']))
+      references.append(str(pair['reference']))
+    except (ValueError, KeyError, TypeError):
+      raise UserError(f'line {i} of {path} is not a JSON object with "prompt" and "reference"; '
+                      'fix that line.') from None
+  return prompts, references
+
+
+def run(workdir: str, step: int | None, text: str, references: str, max_new_tokens: int,
+        batch_size: int) -> dict:
+  import jax
+
+  from jaxlm import data, evaluation, metrics, sharding
+  from jaxlm.restore import load_trained
+  from jaxlm.step import jit_eval_step, make_eval_step
+
+  r = load_trained(workdir, step, batch_size)
+  batch_sh = sharding.batch_sharding(r.mesh, r.rules)
+  param_shardings = jax.tree.map(lambda x: x.sharding, r.params)
+  eval_step = jit_eval_step(make_eval_step(r.graphdef, r.mesh, r.rules), param_shardings, r.mesh,
+                            r.rules)
+  if text:
+    files = data.corpus_files(text)
+    tokens, weights = evaluation.document_stream([data.read_text(f) for f in files],
+                                                 r.tokenizer)
+    name = f'text:{text}'
+  else:
+    tokens, weights, name = data.load_corpus(r.cfg, r.workdir).val, None, 'validation'
+  result = evaluation.loss_over(eval_step, r.params, tokens, r.cfg, batch_sh, weights=weights)
+  n_bytes = evaluation.predicted_bytes(tokens, weights, r.tokenizer)
+  result['bits_per_byte'] = evaluation.bits_per_byte(result.pop('nats'), n_bytes)
+  result['bytes'] = n_bytes
+  results = {name: result}
+  if references:
+    prompts, refs = read_pairs(references)
+    hyps = evaluation.continuations(r.graphdef, r.params, r.model_cfg, r.tokenizer, prompts,
+                                    max_new_tokens=max_new_tokens,
+                                    batch_size=r.cfg.train.batch_size, temperature=0.0)
+    results['references'] = dict(evaluation.bleu_and_chrf(hyps, refs), pairs=len(prompts))
+  out = r.workdir / 'eval' / f'{r.step}.json'
+  out.parent.mkdir(parents=True, exist_ok=True)
+  previous = json.loads(out.read_text()) if out.exists() else {}
+  out.write_text(json.dumps({**previous, **results}, indent=2))
+  writer = metrics.MetricWriter(r.workdir)
+  for key, values in results.items():
+    writer.write(r.step, values, f'eval/{key}')
+  writer.close()
+  return dict(step=r.step, path=str(out), results=results)
+
+
+def main(argv: list[str]) -> None:
+  out = run(_WORKDIR.value, _STEP.value, _TEXT.value, _REFERENCES.value, _MAX_NEW.value,
+            _BATCH.value)
+  for name, values in out['results'].items():
+    shown = ' | '.join(f'{k} {v:.4f}' if isinstance(v, float) and not v.is_integer()
+                       else f'{k} {int(v)}' for k, v in values.items())
+    print(f'step {out["step"]} | {name} | {shown}')
+  print(f'wrote {out["path"]}')
+
+
+if __name__ == '__main__':
+  cli.run(main)

@@ -1,0 +1,116 @@
+"""Evaluation: perplexity and bits per byte over token streams, and BLEU / chrF of generations.
+
+Shared by the trainer (validation during training) and the eval command. Every target token is
+counted exactly once: text is cut into windows of L tokens that are batched, the last window and
+batch padded and masked, never dropped. Windows do not overlap, so a token's context starts at
+its window's start (as in training).
+"""
+
+import math
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+
+from jaxlm import data, sampling
+from jaxlm.data.tokenizers import Tokenizer
+from jaxlm.errors import UserError
+
+
+def sync_each_step() -> bool:
+  """Whether to wait for each step before dispatching the next.
+
+  Several CPU devices in one process can deadlock in their all-reduce rendezvous when many steps
+  are in flight (JAX 0.10; fixed by 0.12), so there the loops keep one step in flight. Elsewhere
+  steps are dispatched ahead and the host syncs only to log.
+  """
+  return jax.devices()[0].platform == 'cpu' and jax.local_device_count() > 1
+
+
+def to_global(batch: dict[str, np.ndarray], batch_sharding) -> dict[str, jax.Array]:
+  """This host's rows -> one global array per field, sharded over the batch axes."""
+  return {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in batch.items()}
+
+
+def loss_over(eval_step, params: Any, tokens: np.ndarray, cfg: ConfigDict, batch_sharding, *,
+              weights: np.ndarray | None = None, max_batches: int = 0) -> dict[str, float]:
+  """Mean cross-entropy (nats/token), perplexity and the number of tokens counted."""
+  total, count = 0.0, 0.0
+  sync = sync_each_step()
+  for batch in data.eval_batches(
+      tokens, cfg.model.max_seq_len, cfg.train.batch_size, weights=weights,
+      max_batches=max_batches, host_index=jax.process_index(), host_count=jax.process_count()):
+    ce, n = eval_step(params, to_global(batch, batch_sharding))
+    total, count = total + ce, count + n  # Stays on device: one host sync at the end...
+    if sync:
+      jax.block_until_ready(total)  # ...except where sync_each_step says otherwise.
+  total, count = float(total), float(count)
+  loss = total / max(count, 1.0)
+  return dict(loss=loss, perplexity=math.exp(min(loss, 80.0)), tokens=count, nats=total)
+
+
+def document_stream(texts: Sequence[str], tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
+  """Documents as one stream for evaluation, and the weight of each token as a target.
+
+  Each document is preceded by the end-of-sequence id (the context it has in training, where it
+  follows the previous document's end), which is context only (weight 0), so every token of the
+  text is predicted exactly once. A tokenizer without end-of-sequence id (characters) cannot
+  predict a document's first token, which then counts as context.
+  """
+  tokens, weights = [], []
+  for text in texts:
+    ids = tokenizer.encode(text)
+    if tokenizer.eos_id is not None:
+      tokens += [tokenizer.eos_id] + ids
+      weights += [0] + [1] * len(ids)
+    else:
+      tokens += ids
+      weights += [0] + [1] * (len(ids) - 1) if ids else []
+  return np.asarray(tokens, np.int32), np.asarray(weights, np.float32)
+
+
+def bits_per_byte(nats: float, n_bytes: int) -> float:
+  """Total loss in nats over the UTF-8 bytes of the predicted text, in bits: comparable across
+  tokenizers, since it does not depend on how many tokens the text became."""
+  return nats / math.log(2) / max(n_bytes, 1)
+
+
+def predicted_bytes(tokens: np.ndarray, weights: np.ndarray | None, tokenizer: Tokenizer) -> int:
+  """UTF-8 bytes of the tokens that are counted as targets (all but the first by default)."""
+  if weights is None:
+    weights = np.ones(len(tokens), np.float32)
+    weights[0] = 0
+  runs, run = [], []
+  for token, w in zip(tokens.tolist(), weights.tolist()):
+    if w:
+      run.append(token)
+    elif run:
+      runs.append(run)
+      run = []
+  runs.append(run)
+  return sum(len(tokenizer.decode(r).encode('utf-8')) for r in runs if r)
+
+
+def bleu_and_chrf(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+  """Corpus BLEU and chrF (sacrebleu, its default settings) of generations against references."""
+  import sacrebleu  # pylint: disable=import-outside-toplevel
+  return dict(bleu=sacrebleu.corpus_bleu(hypotheses, [references]).score,
+              chrf=sacrebleu.corpus_chrf(hypotheses, [references]).score)
+
+
+def continuations(graphdef, params, model_cfg: ConfigDict, tokenizer: Tokenizer,
+                  prompts: Sequence[str], *, max_new_tokens: int, batch_size: int,
+                  **sampling_args) -> list[str]:
+  """Generated continuations of text prompts, batch_size prompts at a time."""
+  if not prompts:
+    raise UserError('there are no prompts to continue.')
+  out = []
+  for i in range(0, len(prompts), batch_size):
+    chunk = [tokenizer.encode(p) for p in prompts[i:i + batch_size]]
+    chunk += [chunk[-1]] * (batch_size - len(chunk))  # fixed shapes: pad the last batch
+    rows = sampling.generate(graphdef, params, model_cfg, chunk, max_new_tokens=max_new_tokens,
+                             eos_id=tokenizer.eos_id, vocab_limit=tokenizer.vocab_size,
+                             **sampling_args)
+    out += [tokenizer.decode(r) for r in rows[:len(prompts) - i]]
+  return out

@@ -1,0 +1,56 @@
+"""Generate text from a checkpoint, with a KV cache under jit.
+
+  python -m jaxlm.generate --workdir=runs/base --prompt='ROMEO:' --max_new_tokens=200
+  python -m jaxlm.generate --workdir=runs/base --prompts_file=prompts.txt --temperature=0 \
+      --top_k=40 --top_p=0.9 --seed=1
+
+One prompt per line of --prompts_file; all prompts are decoded together in one batch. Decoding
+stops at the end-of-sequence token (if the tokenizer has one) or after --max_new_tokens, which
+with the prompt must fit the model's context. Prints each continuation and the decode speed.
+"""
+
+import time
+from pathlib import Path
+
+from absl import flags
+
+from jaxlm import cli
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'The training run\'s workdir.', required=True)
+_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+_PROMPT = flags.DEFINE_string('prompt', '', 'The prompt.')
+_PROMPTS_FILE = flags.DEFINE_string('prompts_file', '', 'A file with one prompt per line.')
+_MAX_NEW = flags.DEFINE_integer('max_new_tokens', 100, 'Tokens to generate per prompt.')
+_TEMPERATURE = flags.DEFINE_float('temperature', 0.8, '0 is greedy decoding.')
+_TOP_K = flags.DEFINE_integer('top_k', 0, 'Sample among the k most likely tokens (0: all).')
+_TOP_P = flags.DEFINE_float('top_p', 1.0, 'Nucleus sampling: the smallest set with this mass.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed: the same seed gives the same text.')
+
+
+def main(argv: list[str]) -> None:
+  from jaxlm.errors import UserError
+  from jaxlm.evaluation import continuations
+  from jaxlm.restore import load_trained
+  prompts = [_PROMPT.value]
+  if _PROMPTS_FILE.value:
+    try:
+      prompts = Path(_PROMPTS_FILE.value).read_text(encoding='utf-8').splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+      raise UserError(f'cannot read --prompts_file={_PROMPTS_FILE.value} ({e}).') from None
+  r = load_trained(_WORKDIR.value, _STEP.value, batch_size=len(prompts))
+  kw = dict(max_new_tokens=_MAX_NEW.value, batch_size=r.cfg.train.batch_size,
+            temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
+            seed=_SEED.value)
+  continuations(r.graphdef, r.params, r.model_cfg, r.tokenizer, prompts, **kw)  # compile
+  start = time.perf_counter()
+  texts = continuations(r.graphdef, r.params, r.model_cfg, r.tokenizer, prompts, **kw)
+  seconds = time.perf_counter() - start
+  for prompt, text in zip(prompts, texts):
+    print(f'{prompt}{text}\n' + '-' * 40)
+  tokens = sum(len(r.tokenizer.encode(t)) for t in texts)
+  print(f'step {r.step} | {len(prompts)} prompt(s) | {tokens} new tokens in {seconds:.2f}s | '
+        f'{tokens / seconds:,.0f} tokens/s')
+
+
+if __name__ == '__main__':
+  cli.run(main)

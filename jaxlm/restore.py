@@ -1,0 +1,82 @@
+"""Load a trained run for evaluation or generation: its config, tokenizer and parameters.
+
+The config and the tokenizer's fingerprint are read from the checkpoint itself, so
+`--workdir` is all the eval and generate commands need. Parameters are restored onto whatever
+devices this machine has: the mesh is (data=1, fsdp=all, tensor=1), which fits any model and
+still splits each batch over every device.
+"""
+
+import math
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh
+from ml_collections import ConfigDict
+
+from jaxlm import sharding
+from jaxlm.checkpoint import Checkpointer
+from jaxlm.config import resolve_model
+from jaxlm.data import corpus_files, load_tokenizer
+from jaxlm.data.tokenizers import Tokenizer
+from jaxlm.errors import UserError
+from jaxlm.mesh import configure_cpu, make_mesh
+from jaxlm.optim import make_optimizer
+from jaxlm.state import setup_train_state
+
+
+class TrainedRun(NamedTuple):
+  cfg: ConfigDict  # the run's config, with mesh and batch size set for this machine
+  model_cfg: ConfigDict  # resolved
+  tokenizer: Tokenizer
+  graphdef: nnx.GraphDef
+  params: Any
+  step: int
+  mesh: Mesh
+  rules: sharding.Rules
+  workdir: Path
+
+
+def eval_batch_size(batch_size: int) -> int:
+  """The batch rounded up to a multiple of the device count, so it splits over every device."""
+  n = jax.device_count()
+  return math.ceil(batch_size / n) * n
+
+
+def load_trained(workdir: str, step: int | None = None, batch_size: int = 0) -> TrainedRun:
+  """Restores step `step` (default: the latest) of the run in `workdir`."""
+  workdir = Path(workdir).expanduser()
+  directory = workdir / 'checkpoints'
+  if not directory.is_dir():
+    raise UserError(f'{workdir} has no checkpoints directory; give the --workdir of a training '
+                    'run (the config field workdir it was trained with).')
+  ckpt = Checkpointer(directory, keep=None, async_save=False, create=False)
+  steps = ckpt.all_steps()
+  if not steps:
+    raise UserError(f'there is no checkpoint in {directory}; train first.')
+  if step is not None and step not in steps:
+    raise UserError(f'there is no checkpoint for step {step} in {directory}; it has steps '
+                    f'{", ".join(map(str, steps))}.')
+  step = steps[-1] if step is None else step
+  meta = ckpt.restore_meta(step)
+  cfg = ConfigDict(meta['config'])
+  configure_cpu(cfg)
+  cfg.workdir = str(workdir)
+  cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, -1, 1
+  cfg.train.batch_size = eval_batch_size(batch_size or cfg.train.batch_size)
+  cfg.train.grad_accum = 1
+  files = [] if cfg.data.corpus.startswith('seqio:') else corpus_files(cfg.data.corpus)
+  tokenizer = load_tokenizer(cfg.data, files, None, workdir / 'tokenizer')
+  if tokenizer.fingerprint != meta['tokenizer']:
+    raise UserError(f'the tokenizer in {workdir / "tokenizer"} ({tokenizer.fingerprint}) is not '
+                    f'the one checkpoint {step} was trained with ({meta["tokenizer"]}).')
+  model_cfg = resolve_model(ConfigDict(meta['model']), tokenizer.vocab_size)
+  mesh = make_mesh(cfg)
+  rules = sharding.rules_from_config(cfg.mesh)
+  tx, _ = make_optimizer(cfg)
+  setup = setup_train_state(cfg, model_cfg, tx, mesh, rules)
+  state, _, _ = ckpt.restore(setup.abstract, step)
+  ckpt.close()
+  return TrainedRun(cfg, model_cfg, tokenizer, setup.graphdef, state.params, step, mesh, rules,
+                    workdir)

@@ -1,0 +1,153 @@
+"""The eval, generate and plot commands, checked against naive independent computations."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import TINY_TEXT, tiny_config
+from jaxlm import evaluation, sharding, trainer
+from jaxlm.errors import UserError
+from jaxlm.mesh import make_mesh
+from jaxlm.step import jit_eval_step, make_eval_step
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module')
+def run_dir(tmp_path_factory):
+  """A tiny trained run (byte tokenizer, so every text can be encoded)."""
+  tmp = tmp_path_factory.mktemp('evalrun')
+  (tmp / 'corpus.txt').write_text(TINY_TEXT)
+  cfg = tiny_config(workdir=str(tmp / 'run'))
+  cfg.data.corpus = str(tmp / 'corpus.txt')
+  cfg.data.tokenizer = 'byte'
+  cfg.train.steps = 4
+  cfg.train.eval_samples = 0
+  trainer.run(cfg)
+  return tmp / 'run'
+
+
+def _restored(run_dir, devices):
+  from jaxlm.restore import load_trained
+  r = load_trained(str(run_dir))
+  cfg = r.cfg
+  cfg.mesh.data, cfg.mesh.fsdp = len(devices), 1
+  mesh = make_mesh(cfg, devices)
+  params = jax.device_put(r.params, sharding.replicated(mesh))
+  shardings = jax.tree.map(lambda x: x.sharding, params)
+  step = jit_eval_step(make_eval_step(r.graphdef, mesh, r.rules), shardings, mesh, r.rules)
+  return r, params, step, sharding.batch_sharding(mesh, r.rules)
+
+
+def naive_nats(r, params, tokens, weights):
+  """Sum of -log p(target) window by window, one sequence at a time, in numpy."""
+  model = nnx.merge(r.graphdef, params)
+  L = r.model_cfg.max_seq_len
+  total = 0.0
+  for start in range(0, len(tokens) - 1, L):
+    inputs = tokens[start:start + L]
+    targets = tokens[start + 1:start + 1 + L]
+    inputs = inputs[:len(targets)]
+    logits = np.asarray(model(inputs[None]), np.float64)[0]
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1,
+                                                                              keepdims=True)) \
+        - logits.max(-1, keepdims=True)
+    w = weights[start + 1:start + 1 + len(targets)]
+    total -= float((logp[np.arange(len(targets)), targets] * w).sum())
+  return total
+
+
+def test_perplexity_and_bits_per_byte_match_a_naive_loop(run_dir):
+  r, params, step, batch_sh = _restored(run_dir, jax.devices()[:1])
+  texts = ['To be, or not to be: that is the question.', 'Whether tis nobler in the mind. ' * 3]
+  tokens, weights = evaluation.document_stream(texts, r.tokenizer)
+  out = evaluation.loss_over(step, params, tokens, r.cfg, batch_sh, weights=weights)
+  n_text_tokens = sum(len(t.encode()) for t in texts)  # bytes: one token per byte
+  assert out['tokens'] == n_text_tokens  # every token of the text, exactly once
+  nats = naive_nats(r, params, tokens, weights)
+  np.testing.assert_allclose(out['nats'], nats, rtol=1e-5)
+  assert out['perplexity'] == pytest.approx(math.exp(nats / n_text_tokens), rel=1e-5)
+  n_bytes = evaluation.predicted_bytes(tokens, weights, r.tokenizer)
+  assert n_bytes == sum(len(t.encode()) for t in texts)
+  assert evaluation.bits_per_byte(out['nats'], n_bytes) == pytest.approx(
+      nats / math.log(2) / n_bytes, rel=1e-5)
+
+
+def test_one_device_equals_eight(run_dir):
+  tokens = np.frombuffer(TINY_TEXT[:777].encode(), np.uint8).astype(np.int32)  # byte tokens
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    r, params, step, batch_sh = _restored(run_dir, devices)
+    results.append(evaluation.loss_over(step, params, tokens, r.cfg, batch_sh))
+  assert results[0]['tokens'] == results[1]['tokens'] == 776  # 777 tokens: all but the first
+  np.testing.assert_allclose(results[0]['nats'], results[1]['nats'], rtol=1e-5)
+
+
+def test_bleu_and_chrf_are_sacrebleus():
+  import sacrebleu
+  hyps = ['the cat sat on the mat', 'a quick brown fox']
+  refs = ['the cat sat on a mat', 'the quick brown fox']
+  out = evaluation.bleu_and_chrf(hyps, refs)
+  assert out['bleu'] == sacrebleu.corpus_bleu(hyps, [refs]).score
+  assert out['chrf'] == sacrebleu.corpus_chrf(hyps, [refs]).score
+  assert evaluation.bleu_and_chrf(refs, refs)['bleu'] == pytest.approx(100.0)
+
+
+def _cli(module, *args):
+  return subprocess.run([sys.executable, '-m', f'jaxlm.{module}', *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_eval_command_writes_results(run_dir, tmp_path):
+  (tmp_path / 'a.txt').write_text('To be, or not to be.')
+  pairs = tmp_path / 'pairs.jsonl'
+  pairs.write_text('\n'.join(json.dumps(dict(prompt=p, reference=r)) for p, r in [
+      ('First Citizen:\n', 'Before we proceed'), ('All:\n', 'Speak, speak.')]))
+  result = _cli('eval', f'--workdir={run_dir}', f'--text={tmp_path}/*.txt',
+                f'--references={pairs}', '--max_new_tokens=8')
+  assert result.returncode == 0, result.stderr[-3000:]
+  saved = json.loads((run_dir / 'eval' / '4.json').read_text())
+  text = saved[f'text:{tmp_path}/*.txt']
+  assert text['tokens'] == len('To be, or not to be.') and text['bits_per_byte'] > 0
+  assert 0 <= saved['references']['bleu'] <= 100 and saved['references']['pairs'] == 2
+  assert 'bits_per_byte' in result.stdout
+  again = _cli('eval', f'--workdir={run_dir}')  # the validation split, same file
+  assert again.returncode == 0, again.stderr[-3000:]
+  saved2 = json.loads((run_dir / 'eval' / '4.json').read_text())
+  assert 'validation' in saved2 and saved2[f'text:{tmp_path}/*.txt'] == text
+
+
+def test_eval_errors(run_dir, tmp_path):
+  from jaxlm import eval as eval_cli
+  with pytest.raises(UserError, match='no checkpoint for step 2 .* it has steps 3, 4'):
+    eval_cli.run(str(run_dir), 2, '', '', 8, 0)
+  with pytest.raises(UserError, match='has no checkpoints directory'):
+    eval_cli.run(str(tmp_path), None, '', '', 8, 0)
+  (tmp_path / 'bad.jsonl').write_text('{"prompt": "x"}\n')
+  with pytest.raises(UserError, match='line 1 of .* is not a JSON object with "prompt" and'):
+    eval_cli.run(str(run_dir), None, '', str(tmp_path / 'bad.jsonl'), 8, 0)
+
+
+def test_generate_command_is_reproducible(run_dir, tmp_path):
+  prompts = tmp_path / 'prompts.txt'
+  prompts.write_text('ROMEO:\nAll:\n')
+  args = ('generate', f'--workdir={run_dir}', f'--prompts_file={prompts}', '--max_new_tokens=10',
+          '--seed=3', '--top_k=5')
+  a, b = _cli(*args), _cli(*args)
+  assert a.returncode == 0, a.stderr[-3000:]
+  assert a.stdout.split('step ')[0] == b.stdout.split('step ')[0]
+  assert 'tokens/s' in a.stdout and a.stdout.startswith('ROMEO:')
+
+
+def test_plot_writes_a_png(run_dir):
+  result = _cli('plot', f'--workdir={run_dir}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  png = (run_dir / 'curves.png').read_bytes()
+  assert png[:8] == b'\x89PNG\r\n\x1a\n' and len(png) > 10_000
