@@ -14,7 +14,8 @@ def get_config() -> ConfigDict:
   c.seed = 0  # One seed drives init, data order and dropout; fold_in(seed, step) per step.
   c.workdir = 'runs/base'  # Checkpoints, metrics, the tokenizer and the token cache live here.
   c.cpu_devices = 0  # On a CPU host: JAX devices to split it into, each single-threaded (0: one per
-  #                    core). Data parallelism over cores beats intra-op threads for small models.
+  #                    core that the batch divides over). Data parallelism over cores beats
+  #                    intra-op threads for small models.
 
   c.model = ConfigDict()
   m = c.model
@@ -104,7 +105,8 @@ def get_config() -> ConfigDict:
 
   c.checkpoint = ConfigDict()
   c.checkpoint.every = 250  # Steps between checkpoints (and one at the end).
-  c.checkpoint.keep = 3  # Latest checkpoints kept; older ones are deleted.
+  c.checkpoint.keep = 3  # Latest checkpoints kept; older ones are deleted...
+  c.checkpoint.keep_period = 0  # ...except every keep_period-th step, kept for good (0: none).
   c.checkpoint.async_save = True  # Write in the background; the loop waits only for device-to-host.
 
   c.distributed = ConfigDict()

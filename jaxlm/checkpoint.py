@@ -3,14 +3,25 @@ together in one step directory, asynchronously, and restored onto any mesh.
 
 <workdir>/checkpoints/<step>/ holds three items: `state` (the TrainState arrays, written by each
 host for its own shards), `data` (the Grain iterator state, JSON) and `meta` (the resolved config,
-the tokenizer fingerprint and the jaxlm version, JSON).
+the tokenizer fingerprint and the jaxlm version, JSON). Orbax writes a step into a temporary
+directory and renames it when complete, so a save killed half-way leaves no step behind (the
+leftover is removed at the next start). A complete step that cannot be read back (a truncated
+file, a bad disk) is reported and moved to <workdir>/corrupt-checkpoints/, and the previous one is
+used; if none can be read, nothing is moved and the run stops with an error rather than start
+from scratch.
 """
 
+import logging
+import os
+import shutil
+import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 
 import jaxlm
 from jaxlm.errors import UserError
@@ -18,18 +29,50 @@ from jaxlm.errors import UserError
 ITEMS = ('state', 'data', 'meta')
 
 
+def _quiet_abandoned_reads(unraisable, previous=sys.unraisablehook) -> None:
+  """When one array of a checkpoint cannot be read, Orbax abandons the reads of the others: they
+  complete into an event loop already closed ('Event loop is closed'), or are collected as
+  coroutines that never finished. That is expected after a failed read, which jaxlm reports in
+  one sentence, so it is not printed; anything else goes to the previous hook."""
+  code = getattr(unraisable.object, 'cr_code', None)
+  if (isinstance(unraisable.exc_value, RuntimeError) and
+      str(unraisable.exc_value) == 'Event loop is closed') or (
+          code is not None and 'orbax' in code.co_filename):
+    return
+  previous(unraisable)
+
+
+sys.unraisablehook = _quiet_abandoned_reads
+
+
+class _NoOrbaxTracebacks(logging.Filter):
+  """Orbax logs the traceback of a failed background write before handing the error back to
+  the save or wait call, where jaxlm reports it as one sentence; its log copy is dropped."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.exc_info and f'{os.sep}orbax{os.sep}' in record.pathname)
+
+
+absl_logging.get_absl_logger().addFilter(_NoOrbaxTracebacks())
+
+
 class Checkpointer:
   """A thin wrapper over `ocp.CheckpointManager` with jaxlm's three items."""
 
-  def __init__(self, directory: Path, *, keep: int | None, async_save: bool = True,
-               create: bool = True):
-    """keep=None keeps every checkpoint; create=False (for readers) never makes directories."""
+  def __init__(self, directory: Path, *, keep: int | None, keep_period: int = 0,
+               async_save: bool = True, create: bool = True):
+    """Keeps the latest `keep` steps (None: all) plus every `keep_period`-th step (0: none).
+
+    create=False is for readers (eval, generate): no directory is made or cleaned.
+    """
     self.directory = Path(directory).absolute()
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=create, enable_async_checkpointing=async_save)
+        max_to_keep=keep, keep_period=keep_period or None, create=create,
+        cleanup_tmp_directories=create, enable_async_checkpointing=async_save)
     handlers = dict(state=ocp.StandardCheckpointHandler(), data=ocp.JsonCheckpointHandler(),
                     meta=ocp.JsonCheckpointHandler())
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+    self.in_flight: int | None = None  # the step being written in the background
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -39,37 +82,97 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, data_state: dict, meta: dict) -> None:
     """Starts saving; returns once the arrays are copied off the devices (the write continues
-    in the background when async_save is on)."""
+    in the background when async_save is on). A failed write is a UserError."""
     meta = dict(meta, jaxlm_version=jaxlm.__version__)
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
-        meta=ocp.args.JsonSave(meta)), force=True)
+    try:
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+          meta=ocp.args.JsonSave(meta)), force=True)
+    except Exception as e:  # pylint: disable=broad-except  # any failure to write is reported
+      raise self._write_error(self.in_flight or step, e) from None  # (maybe the previous save)
+    self.in_flight = step
 
-  def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict, dict]:
-    """Restores (state, data_state, meta) of `step` (default: the latest).
+  def wait(self) -> None:
+    """Blocks until the background write is done; a failed write is a UserError."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._write_error(self.in_flight, e) from None
+    self.in_flight = None
+
+  def _write_error(self, step: int | None, e: Exception) -> UserError:
+    good = [s for s in self.all_steps() if s != step]
+    kept = f'checkpoint {good[-1]} is intact' if good else 'no earlier checkpoint exists'
+    what = 'a checkpoint' if step is None else f'checkpoint {step}'
+    return UserError(f'writing {what} to {self.directory} failed ({_short(e)}); {kept}; free '
+                     'disk space (or fix the directory) and run the same command to resume.')
+
+  def restore(self, abstract_state: Any, step: int) -> tuple[Any, dict, dict]:
+    """Restores (state, data_state, meta) of `step`.
 
     `abstract_state` gives each array's shape, dtype and target sharding, so a checkpoint written
     on one mesh restores onto another.
     """
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise UserError(f'there is no checkpoint in {self.directory}; train first.')
     self._check_shapes(step, abstract_state)
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
         meta=ocp.args.JsonRestore()))
     return restored.state, restored.data, restored.meta
 
-  def restore_meta(self, step: int | None = None) -> dict:
+  def restore_meta(self, step: int) -> dict:
     """Only the metadata (config, tokenizer) of a checkpoint: cheap, no arrays are read."""
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise UserError(f'there is no checkpoint in {self.directory}; train first.')
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+  def restore_latest(self, abstract_state: Any,
+                     check_meta: Callable[[dict, int], None]) -> tuple[Any, dict, int] | None:
+    """(state, data_state, step) of the newest checkpoint that reads back whole, or None if there
+    is no checkpoint at all.
+
+    `check_meta(meta, step)` raises UserError when a readable checkpoint does not belong to this
+    config (another tokenizer, say): that is a mistake to report, not a corruption to skip.
+    Unreadable newer steps are moved to <workdir>/corrupt-checkpoints/ once an older one has been
+    restored; when none is readable, nothing is moved and a UserError says so.
+    """
+    steps, unreadable = self.all_steps(), []
+    for step in reversed(steps):
+      try:
+        meta = self.restore_meta(step)
+      except Exception as e:  # pylint: disable=broad-except
+        unreadable.append((step, e))
+        continue
+      check_meta(meta, step)
+      try:
+        state, data_state, _ = self.restore(abstract_state, step)
+      except UserError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        unreadable.append((step, e))
+        continue
+      for bad, reason in unreadable:
+        self._quarantine(bad, reason)
+      return state, data_state, step
+    if unreadable:
+      listed = ', '.join(f'{s} ({_short(e)})' for s, e in unreadable)
+      raise UserError(f'none of the checkpoints in {self.directory} can be read: {listed}; nothing '
+                      'was changed. Restore a good checkpoint there, or move the directory away '
+                      'to start afresh.')
+    return None
+
+  def _quarantine(self, step: int, reason: Exception) -> None:
+    target = self.directory.parent / 'corrupt-checkpoints' / f'{step}-{int(time.time())}'
+    if jax.process_index() == 0:
+      target.parent.mkdir(parents=True, exist_ok=True)
+      shutil.move(str(self.directory / str(step)), str(target))
+      print(f'checkpoint {step} in {self.directory} cannot be read ({_short(reason)}); moved it to '
+            f'{target} and resumed from an earlier one.', flush=True)
+    self.manager.reload()
 
   def _check_shapes(self, step: int, abstract_state: Any) -> None:
     """A checkpoint of another model shape is an error naming the parameter and both shapes."""
-    stored = _by_path(self.manager.item_metadata(step)['state'])
+    metadata = self.manager.item_metadata(step)
+    if not metadata or not metadata['state']:
+      raise ValueError('its array metadata is missing')  # unreadable, not another model
+    stored = _by_path(metadata['state'])
     for path, want in _by_path(abstract_state).items():
       have = stored.get(path)
       if have is None:
@@ -80,16 +183,24 @@ class Checkpointer:
                         f'{tuple(have.shape)}, but the config builds {tuple(want.shape)}; use the '
                         'config it was trained with or a new workdir.')
 
-  def wait(self) -> None:
-    self.manager.wait_until_finished()
+  def reached_preemption(self, step: int) -> bool:
+    """Multi-host: whether JAX's preemption notice (SIGTERM on any host) reached this step."""
+    return self.manager.reached_preemption(step)
 
   def close(self) -> None:
     self.manager.close()
 
 
+def _short(e: BaseException) -> str:
+  """The root cause of an error, on one line: Orbax wraps TensorStore's precise message."""
+  while e.__cause__ is not None or e.__context__ is not None:
+    e = e.__cause__ or e.__context__
+  text = ' '.join(str(e).split()) or type(e).__name__
+  return f'{text[:100]} ... {text[-140:]}' if len(text) > 260 else text  # what failed ... why
+
 
 def _by_path(tree: Any) -> dict[str, Any]:
-  """{'params/blocks/attn/q/kernel': leaf, ...} for any pytree (dataclasses, tuples, dicts)."""
+  """{'params/blocks/attn/qkv/kernel': leaf, ...} for any pytree (dataclasses, tuples, dicts)."""
   def name(key):
     for attr in ('key', 'name', 'idx'):
       if hasattr(key, attr):

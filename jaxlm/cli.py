@@ -25,18 +25,30 @@ def _fail(message: str) -> None:
   sys.exit(2)
 
 
+def _flag_error(e: BaseException) -> str:
+  """One sentence for an error that absl or config_flags raised while reading the flags."""
+  text = _one_line(e)
+  unknown = re.search(r"'(\w+)'.*Did you mean \"(\w+)\"", text)
+  if unknown:
+    return (f"a --config override names an unknown field '{unknown[1]}' (did you mean "
+            f'{unknown[2]}?); the fields are in configs/base.py.')
+  if 'get_config' in text:
+    return ('the --config file does not define get_config(); a config file returns a '
+            'ConfigDict from get_config(), see configs/base.py.')
+  loading = re.search(r'Attempted \[Relative path\]: (\S+)', text)
+  if loading:
+    return (f'cannot load the config file {loading[1]}; give --config=<path to a .py file with '
+            'get_config()>, e.g. --config=configs/base.py.')
+  if isinstance(e, KeyError):
+    return f'a --config override names an unknown field {text}; the fields are in configs/base.py.'
+  return f'{text.rstrip(".")}; check the flag against --help (config fields: configs/base.py).'
+
+
 def _parse(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
-  except flags.Error as e:
-    _fail(_one_line(e))
-  except AttributeError as e:
-    if 'get_config' in str(e):
-      _fail('the --config file does not define get_config(); a config file returns a '
-            'ConfigDict from get_config(), see configs/base.py.')
-    _fail(f'bad command-line flag: {_one_line(e)}')
-  except (KeyError, OSError, TypeError, ValueError) as e:
-    _fail(f'bad command-line flag: {_one_line(e)}')
+  except (flags.Error, AttributeError, KeyError, OSError, TypeError, ValueError) as e:
+    _fail(_flag_error(e))
 
 
 def define_config(default: str = 'configs/base.py') -> flags.FlagHolder:
@@ -50,30 +62,18 @@ def define_config(default: str = 'configs/base.py') -> flags.FlagHolder:
         'config', default, 'Config file with a get_config(); override fields with '
         '--config.field=value.', lock_config=True)
   except (AttributeError, KeyError) as e:
-    match = re.search(r"'(\w+)'.*Did you mean \"(\w+)\"", _one_line(e))
-    what = f"'{match[1]}' (did you mean {match[2]}?)" if match else _one_line(e)
-    _fail(f'a --config override names an unknown field {what}; the fields are in '
-          'configs/base.py.')
+    _fail(_flag_error(e))
 
 
 def config_value(holder: flags.FlagHolder) -> ConfigDict:
   """The config a `define_config` flag loaded, or a UserError saying why not."""
-  path = flags.FLAGS[holder.name].config_filename if holder.name in flags.FLAGS else '?'
   try:
     value = holder.value
     if not isinstance(value, ConfigDict):  # config_flags defers load errors to first use
       value.to_dict()
     return value
-  except AttributeError as e:
-    if 'get_config' in str(e):
-      raise UserError(f'the config file {path} does not define get_config(); presets return a '
-                      'ConfigDict from get_config(), see configs/base.py.') from None
-    raise UserError(f'bad config override: {_one_line(e)} (see configs/base.py).') from None
-  except OSError:
-    raise UserError(f'cannot load the config file {path}; give --config=<path to a .py file '
-                    'with get_config()>, e.g. --config=configs/base.py.') from None
-  except (KeyError, TypeError, ValueError) as e:
-    raise UserError(f'bad config override: {_one_line(e)} (see configs/base.py).') from None
+  except (AttributeError, KeyError, OSError, TypeError, ValueError) as e:
+    raise UserError(_flag_error(e)) from None
 
 
 def run(main: Callable[[list[str]], None], commands: tuple[str, ...] = ()) -> None:

@@ -77,6 +77,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'mesh.tensor': _mesh_size,
     'checkpoint.every': _positive,
     'checkpoint.keep': _positive,
+    'checkpoint.keep_period': _non_negative,
 }
 
 

@@ -16,13 +16,15 @@ from jaxlm.errors import UserError
 
 
 def configure_cpu(cfg: ConfigDict) -> None:
-  """Splits a CPU host into `cfg.cpu_devices` single-threaded JAX devices (0: one per core).
+  """Splits a CPU host into `cfg.cpu_devices` single-threaded JAX devices.
 
-  Must run before JAX starts its backends; afterwards (a test that chose its own device count,
-  say) it leaves everything as it is. Accelerator hosts are unaffected: only the CPU backend,
-  which they use for host work, sees the setting.
+  0 means one per core, as many as the micro-batch divides evenly (3 cores and a batch of 16
+  give 2 devices). Must run before JAX starts its backends; afterwards (a test that chose its own
+  device count, say) it leaves everything as it is. Accelerator hosts are unaffected: only the
+  CPU backend, which they use for host work, sees the setting.
   """
-  n = cfg.cpu_devices or os.cpu_count() or 1
+  micro = cfg.train.batch_size // cfg.train.grad_accum
+  n = cfg.cpu_devices or max(d for d in range(1, (os.cpu_count() or 1) + 1) if micro % d == 0)
   from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel
   if n == 1 or xla_bridge.backends_are_initialized():  # No public API tells this.
     return

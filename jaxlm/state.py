@@ -25,7 +25,13 @@ class TrainState:
   params: dict[str, Any]  # Pure dict of float32 parameters (the nnx.to_pure_dict layout).
   opt_state: optax.OptState
   rng: jax.Array  # Base key; step t uses fold_in(rng, t), so a resumed run draws the same bits.
+  skipped: jax.Array  # int32 [3]: steps whose update was not applied (a non-finite loss or
+  #                     gradient), the last such step, and what was non-finite (see SKIP_CAUSES).
   loss_scale: LossScale | None = None  # Only with float16 compute.
+
+
+# What made a step skip its update, as recorded in TrainState.skipped[2].
+SKIP_CAUSES = {1: 'loss', 2: 'gradient norm'}
 
 
 def abstract_model(model_cfg: ConfigDict) -> Transformer:
@@ -57,7 +63,7 @@ def setup_train_state(cfg: ConfigDict, model_cfg: ConfigDict, tx: optax.Gradient
     params = init_params(model_cfg, jax.random.fold_in(root, 0))
     return TrainState(
         step=jnp.int32(0), params=params, opt_state=tx.init(params),
-        rng=jax.random.fold_in(root, 1),
+        rng=jax.random.fold_in(root, 1), skipped=jnp.zeros((3,), jnp.int32),
         loss_scale=LossScale.create(cfg) if model_cfg.dtype == 'float16' else None)
 
   param_shardings = sharding.param_shardings(abstract_params, mesh, rules)
@@ -76,5 +82,5 @@ def state_shardings(abstract: TrainState, param_shardings: dict[str, Any],
                               transform_non_params=lambda _: replicated,
                               is_leaf=lambda x: isinstance(x, NamedSharding))
   return TrainState(
-      step=replicated, params=param_shardings, opt_state=opt, rng=replicated,
+      step=replicated, params=param_shardings, opt_state=opt, rng=replicated, skipped=replicated,
       loss_scale=jax.tree.map(lambda _: replicated, abstract.loss_scale))

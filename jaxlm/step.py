@@ -60,12 +60,15 @@ def make_train_step(cfg: ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientT
       grads = jax.tree.map(lambda g: g / (count * scale), grads)
       grad_norm = optax.tree.norm(grads)
       finite = jnp.isfinite(ce) & jnp.isfinite(grad_norm)
+      cause = jnp.where(jnp.isfinite(ce), 2, 1)  # see state.SKIP_CAUSES
+      skipped = jnp.where(finite, state.skipped, jnp.stack(
+          [state.skipped[0] + 1, state.step + 1, cause]).astype(jnp.int32))
 
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
       keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
       new_state = state.replace(
-          step=state.step + 1, params=keep(params, state.params),
+          step=state.step + 1, params=keep(params, state.params), skipped=skipped,
           opt_state=keep(opt_state, state.opt_state),
           loss_scale=None if state.loss_scale is None else state.loss_scale.update(finite))
       metrics = dict(loss=ce / count, grad_norm=grad_norm, lr=schedule(state.step),

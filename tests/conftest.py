@@ -2,38 +2,14 @@
 
 import jax
 
-jax.config.update('jax_num_cpu_devices', 8)  # Before any JAX use: tests see 8 CPU devices.
+jax.config.update('jax_num_cpu_devices', 8)  # Before any JAX use: tests see 8 CPU devices...
+assert jax.device_count() == 8  # ...and starting the backend now keeps jaxlm's cpu_devices out.
 
 import pytest  # noqa: E402
 from ml_collections import ConfigDict  # noqa: E402
 
 from jaxlm import config as jaxlm_config  # noqa: E402
-from jaxlm.configs import base  # noqa: E402
-
-TINY_TEXT = ('First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n'
-             'First Citizen:\nYou are all resolved rather to die than to famish?\n\n') * 20
-
-
-def tiny_config(variant: str = 'llama', workdir: str = '/tmp/jaxlm-test') -> ConfigDict:
-  """A model small enough to compile and train in seconds, in either architecture family."""
-  c = base.get_config()
-  c.workdir = workdir
-  m = c.model
-  m.num_layers, m.embed_dim, m.num_heads, m.max_seq_len = 2, 32, 4, 16
-  m.vocab_multiple = 8
-  if variant == 'gpt2':
-    m.num_kv_heads = 0
-    m.norm, m.position, m.mlp, m.use_bias, m.tie_embeddings = (
-        'layernorm', 'learned', 'gelu', True, True)
-  else:
-    m.num_kv_heads = 2
-  c.data.tokenizer = 'char'
-  c.train.steps, c.train.batch_size = 6, 8
-  c.train.log_every, c.train.eval_every, c.train.eval_batches = 1, 3, 2
-  c.train.sample_tokens = 8
-  c.optim.warmup_steps = 2
-  c.checkpoint.every = 3
-  return c
+from tiny import TINY_TEXT, tiny_config  # noqa: E402,F401  (tests import them from here too)
 
 
 def resolved_model(variant: str = 'llama', vocab: int = 61, **overrides) -> ConfigDict:

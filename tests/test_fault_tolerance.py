@@ -1,0 +1,195 @@
+"""Fault tolerance, end to end in subprocesses: SIGKILL (mid-save too), SIGTERM, torn and corrupt
+checkpoints, a full disk, a changed device count, and non-finite losses."""
+
+import shutil
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+import harness
+from conftest import TINY_TEXT, tiny_config
+from jaxlm import trainer
+from jaxlm.errors import UserError
+from jaxlm.restore import load_trained
+
+STEPS = 8
+COMMON = {
+    'train.steps': STEPS, 'checkpoint.every': 2, 'checkpoint.keep': 3, 'train.eval_every': 100,
+    'train.sample_tokens': 0, 'model.dropout': 0.1,  # resumed randomness must match too
+    'optim.decay_steps': STEPS,  # the schedule must not depend on where a run stops
+    'cpu_devices': 2,  # two single-threaded devices, whatever the machine
+}
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+  """The config file, and the per-step losses of an uninterrupted run."""
+  tmp = tmp_path_factory.mktemp('ft')
+  (tmp / 'corpus.txt').write_text(TINY_TEXT)
+  cfg = harness.write_config(tmp / 'cfg.py', **COMMON, **{'data.corpus': str(tmp / 'corpus.txt')})
+  result = harness.run(harness.command(f'--config={cfg}', f'--config.workdir={tmp / "ref"}'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  expected = {step: values[-1] for step, values in harness.logged_losses(tmp / 'ref').items()}
+  assert sorted(expected) == list(range(1, STEPS + 1))
+  return tmp, cfg, expected
+
+
+def _assert_same_run(workdir, expected):
+  """Every loss logged in workdir, re-executed steps included, equals the uninterrupted run's."""
+  got = harness.logged_losses(workdir)
+  assert sorted(got) == sorted(expected)
+  for step, values in got.items():
+    assert all(v == expected[step] for v in values), (step, values, expected[step])
+
+
+def test_sigkill_at_several_steps_and_mid_save_resumes_bit_for_bit(setup):
+  tmp, cfg, expected = setup
+  work = tmp / 'killed'
+  cmd = harness.command(f'--config={cfg}', f'--config.workdir={work}')
+  for kill_after in (3, 5):  # between checkpoints 2 and 4, then 4 and 6
+    log = tmp / f'kill{kill_after}.log'
+    p = harness.start(cmd, log)
+    harness.wait_until(lambda: harness.last_step(work) >= kill_after, p, log=log)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+  # Kill while the save of step 6 is in flight: its temporary directory exists, unfinished.
+  log = tmp / 'kill-mid-save.log'
+  p = harness.start(harness.command(f'--config={cfg}', f'--config.workdir={work}',
+                                    script=harness.TESTS / 'stall_save.py'), log,
+                    env=harness.env(JAXLM_TEST_STALL_SAVE='6'))
+  harness.wait_until(lambda: 'stalling the save of step 6' in log.read_text(), p, log=log)
+  assert list((work / 'checkpoints').glob('6.orbax-checkpoint-tmp*'))
+  p.send_signal(signal.SIGKILL)
+  p.wait()
+  assert not (work / 'checkpoints' / '6').exists()
+  result = harness.run(cmd)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'Resuming from step 4' in result.stdout + result.stderr
+  assert not list((work / 'checkpoints').glob('*tmp*'))  # the leftover was cleaned up
+  _assert_same_run(work, expected)
+
+
+def test_sigterm_stops_with_a_checkpoint_and_exit_0(setup):
+  tmp, cfg, expected = setup
+  work = tmp / 'sigterm'
+  long = harness.command(f'--config={cfg}', f'--config.workdir={work}',
+                         '--config.train.steps=100000', '--config.checkpoint.every=100000')
+  log = tmp / 'sigterm.log'
+  p = harness.start(long, log)
+  harness.wait_until(lambda: harness.last_step(work) >= 3, p, log=log)
+  p.send_signal(signal.SIGTERM)
+  assert p.wait(timeout=120) == 0
+  text = log.read_text()
+  assert 'Stopped by SIGTERM after step' in text and 'Run the same command to resume' in text
+  stopped = int(text.split('Stopped by SIGTERM after step ')[1].split(';')[0])
+  assert (work / 'checkpoints' / str(stopped)).is_dir()  # saved at the very step it stopped
+  # Resuming goes on from exactly there: the losses match an uninterrupted run of that length.
+  ref = tmp / f'ref{stopped + 2}'
+  for w in (ref, work):
+    result = harness.run(harness.command(f'--config={cfg}', f'--config.workdir={w}',
+                                         f'--config.train.steps={stopped + 2}'))
+    assert result.returncode == 0, result.stderr[-3000:]
+  want = {s: v[-1] for s, v in harness.logged_losses(ref).items()}
+  _assert_same_run(work, want)
+
+
+def _truncate_largest_array_file(step_dir):
+  files = sorted((step_dir / 'state').rglob('d/*'), key=lambda p: p.stat().st_size)
+  with open(files[-1], 'r+b') as f:
+    f.truncate(files[-1].stat().st_size // 2)
+
+
+def test_torn_latest_checkpoint_falls_back_to_the_previous_one(setup):
+  tmp, cfg, expected = setup
+  work = tmp / 'torn'
+  shutil.copytree(tmp / 'ref', work)
+  _truncate_largest_array_file(work / 'checkpoints' / '8')
+  (work / 'checkpoints' / '6' / 'meta' / 'metadata').write_text('{not json')
+  # Ask for two more steps: the run must restart from 4, the newest readable checkpoint.
+  result = harness.run(harness.command(f'--config={cfg}', f'--config.workdir={work}'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = result.stdout + result.stderr
+  assert 'checkpoint 8' in out and 'cannot be read' in out and 'Resuming from step 4' in out
+  moved = sorted(p.name.split('-')[0] for p in (work / 'corrupt-checkpoints').iterdir())
+  assert moved == ['6', '8']  # kept for inspection, not deleted
+  new = harness.logged_losses(work)
+  for step in (5, 6, 7, 8):
+    assert new[step][-1] == expected[step]
+
+
+def test_no_readable_checkpoint_stops_and_changes_nothing(setup):
+  tmp, cfg, _ = setup
+  work = tmp / 'allbad'
+  shutil.copytree(tmp / 'ref', work)
+  for step in (4, 6, 8):
+    _truncate_largest_array_file(work / 'checkpoints' / str(step))
+  before = harness.digest(work)
+  result = harness.run(harness.command(f'--config={cfg}', f'--config.workdir={work}'))
+  assert result.returncode == 2
+  assert 'error: none of the checkpoints in' in result.stderr and 'Traceback' not in result.stderr
+  assert harness.digest(work) == before  # not overwritten, not trained from scratch
+
+
+def test_disk_full_during_a_save(setup):
+  tmp, cfg, _ = setup
+  work = tmp / 'full'
+  shutil.copytree(tmp / 'ref', work)
+  before = harness.digest(work / 'checkpoints')
+
+  result = harness.run(harness.command(f'--config={cfg}', f'--config.workdir={work}',
+                                       '--config.train.steps=10',
+                                       script=harness.TESTS / 'small_disk.py'))
+  assert result.returncode == 2, result.stderr[-3000:]
+  [error] = [line for line in result.stderr.splitlines() if line.startswith('error:')]
+  assert error.startswith('error: writing checkpoint 10 to') and 'checkpoint 8 is intact' in error
+  assert 'Traceback' not in result.stderr
+  after = harness.digest(work / 'checkpoints')
+  assert {k: after.get(k) for k in before} == before  # every existing file as it was
+
+
+def test_resume_onto_another_device_count_and_mesh(setup):
+  tmp, cfg, expected = setup
+  work = tmp / 'topology'
+  # 4 steps fully sharded over 8 devices, then 4 more on 1 device...
+  for devices, steps, mesh in ((8, 4, ('1', '-1')), (1, STEPS, ('-1', '1'))):
+    result = harness.run(harness.command(
+        f'--config={cfg}', f'--config.workdir={work}', f'--config.cpu_devices={devices}',
+        f'--config.train.steps={steps}', f'--config.mesh.data={mesh[0]}',
+        f'--config.mesh.fsdp={mesh[1]}'))
+    assert result.returncode == 0, result.stderr[-3000:]
+  got = {s: v[-1] for s, v in harness.logged_losses(work).items()}
+  # ...track the 2-device run to float32 rounding (other devices sum in another order).
+  np.testing.assert_allclose([got[s] for s in range(1, STEPS + 1)],
+                             [expected[s] for s in range(1, STEPS + 1)], atol=2e-5)
+
+
+@pytest.mark.parametrize('policy', ['abort', 'skip'])
+def test_non_finite_loss(tmp_path, corpus_file, policy):
+  cfg = tiny_config(workdir=str(tmp_path / 'run'))
+  cfg.data.corpus = str(corpus_file)
+  cfg.optim.lr, cfg.optim.clip_norm, cfg.optim.warmup_steps = 1e30, 0.0, 0  # diverges at once
+  cfg.train.on_nonfinite = policy
+  if policy == 'abort':
+    with pytest.raises(UserError, match=r'the (loss|gradient norm) became non-finite at step '
+                                        r'\d+ .* set train.on_nonfinite=skip'):
+      trainer.run(cfg)
+    assert not list((tmp_path / 'run' / 'checkpoints').glob('[0-9]*'))  # nothing non-finite kept
+  else:
+    result = trainer.run(cfg)
+    assert result['train']['skipped_steps'] >= 1
+    params = load_trained(str(tmp_path / 'run')).params  # what was saved is still finite
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+
+
+def test_keep_period_keeps_every_kth_checkpoint(tmp_path, corpus_file):
+  cfg = tiny_config(workdir=str(tmp_path / 'run'))
+  cfg.data.corpus = str(corpus_file)
+  cfg.train.steps, cfg.checkpoint.every, cfg.checkpoint.keep = 10, 1, 2
+  cfg.checkpoint.keep_period = 4
+  cfg.train.sample_tokens = 0
+  trainer.run(cfg)
+  kept = sorted(int(p.name) for p in (tmp_path / 'run' / 'checkpoints').iterdir()
+                if p.name.isdigit())
+  assert kept == [4, 8, 9, 10]
