@@ -13,6 +13,7 @@ def get_config() -> ConfigDict:
   c = ConfigDict()
   c.seed = 0  # One seed drives init, data order and dropout; fold_in(seed, step) per step.
   c.workdir = 'runs/base'  # Checkpoints, metrics, the tokenizer and the token cache live here.
+  c.xla_flags = ''  # Added to XLA_FLAGS before JAX starts (the GPU presets set tuned ones).
   c.cpu_devices = 0  # On a CPU host: JAX devices to split it into, each single-threaded (0: one per
   #                    core that the batch divides over). Data parallelism over cores beats
   #                    intra-op threads for small models.
@@ -41,7 +42,7 @@ def get_config() -> ConfigDict:
   m.remat = 'none'  # Activation recomputation per layer: 'none', 'dots' (save matmuls) or 'full'.
   m.scan_unroll = 0  # Layers per scan iteration (0: all). Unrolling speeds up small models (no
   #                    per-layer slicing of stacked buffers); deep presets use 1 to compile fast.
-  m.attention = 'xla'  # Attention kernel: 'xla' (any device) or 'cudnn' (flash attention on GPU).
+  m.attention = 'xla'  # Kernel: 'xla' (any device), 'cudnn' (GPU flash attention) or 'splash' (TPU).
 
   c.data = ConfigDict()
   d = c.data
@@ -61,6 +62,10 @@ def get_config() -> ConfigDict:
   t.batch_size = 16  # B, global sequences per step, split over the data and fsdp mesh axes.
   t.grad_accum = 1  # Micro-batches per step; B must divide by it. Same update as one big batch.
   t.z_loss = 0.0  # Weight of log(Z)^2, which keeps logits from drifting (PaLM uses 1e-4).
+  t.loss_chunk = 0  # Positions per chunk of the loss: only [B, chunk, V] float32 logits exist at
+  #                   once (0: all); saves memory for large vocabularies. Must divide max_seq_len.
+  t.profile_start = 0  # Step at which to start a jax.profiler trace into <workdir>/profile (0: no).
+  t.profile_steps = 5  # Steps the trace covers.
   t.log_every = 10  # Steps between metric lines; the only host syncs in the loop happen here.
   t.eval_every = 100  # Steps between validation passes (and at the end).
   t.eval_batches = 0  # Validation batches per pass; 0 means the whole validation split.

@@ -57,14 +57,14 @@ def _peak_memory() -> float | None:
 def run(cfg: ConfigDict, what: list[str], steps: int, warmup: int) -> dict:
   from jaxlm import data, metrics, sampling, sharding
   from jaxlm.config import resolve_model, validate
-  from jaxlm.mesh import configure_cpu, make_mesh
+  from jaxlm.mesh import configure_backend, make_mesh
   from jaxlm.optim import make_optimizer
   from jaxlm.state import setup_train_state
   from jaxlm.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
   from jaxlm.trainer import prepare_workdir
 
   validate(cfg)
-  configure_cpu(cfg)
+  configure_backend(cfg)
   vocab = cfg.model.vocab_size
   if not vocab:
     vocab = data.load_corpus(cfg, prepare_workdir(cfg.workdir)).tokenizer.vocab_size
@@ -101,7 +101,7 @@ def run(cfg: ConfigDict, what: list[str], steps: int, warmup: int) -> dict:
     results['train'] = _summary(_timed(one_step, steps, warmup), B * L, flops)
     state = holder[0]
   if 'eval' in what:
-    eval_step = jit_eval_step(make_eval_step(setup.graphdef, mesh, rules),
+    eval_step = jit_eval_step(make_eval_step(setup.graphdef, mesh, rules, cfg.train.loss_chunk),
                               setup.shardings.params, mesh, rules)
     results['eval'] = _summary(_timed(lambda: eval_step(state.params, batch), steps, warmup),
                                B * L, flops / 3)  # forward only: a third of the train FLOPs

@@ -21,7 +21,7 @@ _CHOICES = {
     'model.mlp': ('swiglu', 'gelu'),
     'model.dtype': ('float32', 'bfloat16', 'float16'),
     'model.remat': ('none', 'dots', 'full'),
-    'model.attention': ('xla', 'cudnn'),
+    'model.attention': ('xla', 'cudnn', 'splash'),
     'data.tokenizer': ('sentencepiece', 'char', 'byte'),
     'train.on_nonfinite': ('abort', 'skip'),
     'optim.schedule': ('cosine', 'constant'),
@@ -56,6 +56,9 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'train.batch_size': _positive,
     'train.grad_accum': _positive,
     'train.z_loss': _non_negative,
+    'train.loss_chunk': _non_negative,
+    'train.profile_start': _non_negative,
+    'train.profile_steps': _positive,
     'train.log_every': _positive,
     'train.eval_every': _positive,
     'train.eval_batches': _non_negative,
@@ -133,6 +136,10 @@ def _check_model(m: ConfigDict) -> None:
     raise UserError(
         f'config field model.num_kv_heads={kv} must divide model.num_heads={m.num_heads} '
         '(each key/value head serves a whole group of query heads).')
+  if m.attention == 'splash' and m.max_seq_len % 128:
+    raise UserError(f'config field model.attention=\'splash\' needs model.max_seq_len '
+                    f'(now {m.max_seq_len}) to be a multiple of 128, the kernel\'s block; use '
+                    '\'xla\' or change the length.')
   if m.position == 'rope' and (m.head_dim or m.embed_dim // m.num_heads) % 2:
     raise UserError('RoPE rotates pairs of channels, so the head dimension '
                     '(model.head_dim, or model.embed_dim // model.num_heads) must be even.')
@@ -144,6 +151,9 @@ def _check_cross_fields(cfg: ConfigDict) -> None:
     raise UserError(
         f'config field train.batch_size={t.batch_size} must be divisible by '
         f'train.grad_accum={t.grad_accum}, the number of micro-batches per step.')
+  if t.loss_chunk and cfg.model.max_seq_len % t.loss_chunk:
+    raise UserError(f'config field train.loss_chunk={t.loss_chunk} must divide '
+                    f'model.max_seq_len={cfg.model.max_seq_len}.')
   if o.min_lr > o.lr:
     _fail('optim.min_lr', o.min_lr, f'at most optim.lr={o.lr}')
   if [cfg.mesh[a] for a in MESH_AXES].count(-1) > 1:

@@ -59,8 +59,8 @@ def run(workdir: str, step: int | None, text: str, references: str, max_new_toke
   r = load_trained(workdir, step, batch_size)
   batch_sh = sharding.batch_sharding(r.mesh, r.rules)
   param_shardings = jax.tree.map(lambda x: x.sharding, r.params)
-  eval_step = jit_eval_step(make_eval_step(r.graphdef, r.mesh, r.rules), param_shardings, r.mesh,
-                            r.rules)
+  eval_step = jit_eval_step(make_eval_step(r.graphdef, r.mesh, r.rules, r.cfg.train.loss_chunk),
+                            param_shardings, r.mesh, r.rules)
   if text:
     files = data.corpus_files(text)
     tokens, weights = evaluation.document_stream([data.read_text(f) for f in files],

@@ -15,23 +15,26 @@ from jaxlm.config import MESH_AXES
 from jaxlm.errors import UserError
 
 
-def configure_cpu(cfg: ConfigDict) -> None:
-  """Splits a CPU host into `cfg.cpu_devices` single-threaded JAX devices.
+def configure_backend(cfg: ConfigDict) -> None:
+  """Sets what JAX reads when it starts its backends: `cfg.xla_flags`, and on a CPU host
+  `cfg.cpu_devices` single-threaded devices.
 
-  0 means one per core, as many as the micro-batch divides evenly (3 cores and a batch of 16
-  give 2 devices). Must run before JAX starts its backends; afterwards (a test that chose its own
-  device count, say) it leaves everything as it is. Accelerator hosts are unaffected: only the
-  CPU backend, which they use for host work, sees the setting.
+  cpu_devices=0 means one per core, as many as the micro-batch divides evenly (3 cores and a batch
+  of 16 give 2 devices). Must run before JAX starts; afterwards (a test that chose its own device
+  count, say) it changes nothing. Accelerator hosts are unaffected by the CPU settings: only the
+  CPU backend, which they use for host work, sees them.
   """
+  from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel
+  if xla_bridge.backends_are_initialized():  # No public API tells this.
+    return
+  xla_flags = f'{os.environ.get("XLA_FLAGS", "")} {cfg.xla_flags}'.strip()
   micro = cfg.train.batch_size // cfg.train.grad_accum
   n = cfg.cpu_devices or max(d for d in range(1, (os.cpu_count() or 1) + 1) if micro % d == 0)
-  from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel
-  if n == 1 or xla_bridge.backends_are_initialized():  # No public API tells this.
-    return
-  xla_flags = os.environ.get('XLA_FLAGS', '')
-  if '--xla_cpu_multi_thread_eigen' not in xla_flags:
-    os.environ['XLA_FLAGS'] = f'{xla_flags} --xla_cpu_multi_thread_eigen=false'.strip()
-  jax.config.update('jax_num_cpu_devices', n)
+  if n > 1:
+    jax.config.update('jax_num_cpu_devices', n)
+    if '--xla_cpu_multi_thread_eigen' not in xla_flags:
+      xla_flags += ' --xla_cpu_multi_thread_eigen=false'
+  os.environ['XLA_FLAGS'] = xla_flags.strip()
 
 
 def initialize_distributed(cfg: ConfigDict) -> None:

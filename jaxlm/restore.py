@@ -21,7 +21,7 @@ from jaxlm.config import resolve_model
 from jaxlm.data import corpus_files, load_tokenizer
 from jaxlm.data.tokenizers import Tokenizer
 from jaxlm.errors import UserError
-from jaxlm.mesh import configure_cpu, make_mesh
+from jaxlm.mesh import configure_backend, make_mesh
 from jaxlm.optim import make_optimizer
 from jaxlm.state import setup_train_state
 
@@ -61,7 +61,7 @@ def load_trained(workdir: str, step: int | None = None, batch_size: int = 0) -> 
   step = steps[-1] if step is None else step
   meta = ckpt.restore_meta(step)
   cfg = ConfigDict(meta['config'])
-  configure_cpu(cfg)
+  configure_backend(cfg)
   cfg.workdir = str(workdir)
   cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, -1, 1
   cfg.train.batch_size = eval_batch_size(batch_size or cfg.train.batch_size)

@@ -64,12 +64,16 @@ def use_mesh(mesh: Mesh, rules: Rules) -> Iterator[None]:
     _CURRENT.reset(token)
 
 
+def current() -> tuple[Mesh, Rules] | None:
+  """The (mesh, rules) of the enclosing `use_mesh`, if any."""
+  return _CURRENT.get()
+
+
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
   """Constrains an activation's sharding by logical axis names; a no-op outside `use_mesh`."""
-  current = _CURRENT.get()
-  if current is None:
+  if _CURRENT.get() is None:
     return x
-  mesh, rules = current
+  mesh, rules = _CURRENT.get()
   spec = logical_to_spec(axes, rules, mesh, x.shape)
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 

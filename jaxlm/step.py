@@ -1,7 +1,7 @@
 """The pure train and eval steps, and their jitted, sharded forms. No I/O, no host syncs.
 
 A batch is a dict of [B, L] arrays: `inputs` (token ids), `targets` (the next token ids) and
-`mask` (1 where the target counts). Shape letters: B batch, L length, A micro-batches.
+`mask` (1 where the target counts); packed batches add `segment_ids` and `positions`. Shape letters: B batch, L length, A micro-batches.
 """
 
 from typing import Any, Callable
@@ -14,7 +14,7 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from jaxlm import sharding
-from jaxlm.loss import cross_entropy
+from jaxlm.loss import chunked_cross_entropy
 from jaxlm.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -30,13 +30,15 @@ def make_train_step(cfg: ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientT
   once by the total token count, so the update equals that of the whole batch at once. An update
   whose loss or gradients are not finite is not applied (metrics['finite'] says so).
   """
-  accum, z_loss = cfg.train.grad_accum, cfg.train.z_loss
+  accum, z_loss, chunk = cfg.train.grad_accum, cfg.train.z_loss, cfg.train.loss_chunk
   use_dropout = cfg.model.dropout > 0
 
   def loss_fn(params, batch, key, scale):
     model = nnx.merge(graphdef, params)
-    logits = model(batch['inputs'], dropout_key=key)
-    objective, ce, count = cross_entropy(logits, batch['targets'], batch['mask'], z_loss)
+    h, _ = model.features(batch['inputs'], batch.get('positions'),
+                          segment_ids=batch.get('segment_ids'), dropout_key=key)
+    objective, ce, count = chunked_cross_entropy(model.logits, h, batch['targets'], batch['mask'],
+                                                 z_loss, chunk)
     return objective * scale, (ce, count)
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
@@ -92,13 +94,16 @@ def split_micro_batches(batch: Batch, accum: int) -> Batch:
   return jax.tree.map(split, batch)
 
 
-def make_eval_step(graphdef: nnx.GraphDef, mesh: Mesh,
-                   rules: sharding.Rules) -> Callable[[Any, Batch], tuple[jax.Array, jax.Array]]:
+def make_eval_step(graphdef: nnx.GraphDef, mesh: Mesh, rules: sharding.Rules,
+                   chunk: int = 0) -> Callable[[Any, Batch], tuple[jax.Array, jax.Array]]:
   """Builds eval_step(params, batch) -> (summed cross-entropy, counted tokens)."""
   def eval_step(params, batch: Batch) -> tuple[jax.Array, jax.Array]:
     with sharding.use_mesh(mesh, rules):
-      logits = nnx.merge(graphdef, params)(batch['inputs'])
-      _, ce, count = cross_entropy(logits, batch['targets'], batch['mask'])
+      model = nnx.merge(graphdef, params)
+      h, _ = model.features(batch['inputs'], batch.get('positions'),
+                            segment_ids=batch.get('segment_ids'))
+      _, ce, count = chunked_cross_entropy(model.logits, h, batch['targets'], batch['mask'],
+                                           chunk=chunk)
       return ce, count
   return eval_step
 

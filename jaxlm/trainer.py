@@ -26,7 +26,7 @@ from jaxlm.checkpoint import Checkpointer
 from jaxlm.config import resolve_model, validate
 from jaxlm.errors import UserError
 from jaxlm.evaluation import continuations, loss_over, sync_each_step, to_global
-from jaxlm.mesh import configure_cpu, initialize_distributed, make_mesh
+from jaxlm.mesh import configure_backend, initialize_distributed, make_mesh
 from jaxlm.optim import make_optimizer
 from jaxlm.state import SKIP_CAUSES, setup_train_state
 from jaxlm.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
@@ -114,7 +114,7 @@ def check_skipped(cfg: ConfigDict, state: Any, seen: int, log) -> int:
 def run(cfg: ConfigDict) -> dict[str, Any]:
   """Trains (or resumes) the run `cfg` describes; returns the final metrics."""
   validate(cfg)
-  configure_cpu(cfg)
+  configure_backend(cfg)
   initialize_distributed(cfg)
   workdir = prepare_workdir(cfg.workdir)
   mesh = make_mesh(cfg)
@@ -156,15 +156,15 @@ def run(cfg: ConfigDict) -> dict[str, Any]:
     data_it.set_state(data_state)
     log(f'Resuming from step {step} in {ckpt.directory}')
 
+  t = cfg.train
   batch_sh = sharding.batch_sharding(mesh, rules)
   train_step = jit_train_step(make_train_step(cfg, setup.graphdef, tx, schedule, mesh, rules),
                               setup.shardings, mesh, rules)
-  eval_step = jit_eval_step(make_eval_step(setup.graphdef, mesh, rules),
+  eval_step = jit_eval_step(make_eval_step(setup.graphdef, mesh, rules, t.loss_chunk),
                             setup.shardings.params, mesh, rules)
   writer = metrics.MetricWriter(workdir, enabled=is_main)
   flops, peak = metrics.flops_per_token(model_cfg), metrics.peak_flops()
   tokens_per_step = cfg.train.batch_size * model_cfg.max_seq_len
-  t = cfg.train
   start = int(state.step)
   skipped = int(jax.device_get(state.skipped)[0])
   result: dict[str, Any] = {}
@@ -186,7 +186,7 @@ def run(cfg: ConfigDict) -> dict[str, Any]:
              unit='step', leave=True)
   sync = sync_each_step()
   clock, window, step = time.perf_counter(), 0, start
-  stop = StopRequest()
+  stop, profiling = StopRequest(), False
   with stop.installed(), contextlib.closing(bar):
     for step in range(start, t.steps):
       state, step_metrics = train_step(state, to_global(next(data_it), batch_sh))
@@ -200,6 +200,10 @@ def run(cfg: ConfigDict) -> dict[str, Any]:
         clock, window = time.perf_counter(), 0
       bar.update(1)
       stopping = stop.requested(done, ckpt)
+      if done == t.profile_start or (profiling and (
+          done in (t.profile_start + t.profile_steps, t.steps) or stopping)):
+        profiling = _profile(not profiling, workdir / 'profile', log)
+        clock, window = time.perf_counter(), 0
       if done % t.log_every == 0 or done == t.steps:
         values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
         del values['finite']
@@ -240,6 +244,17 @@ def run(cfg: ConfigDict) -> dict[str, Any]:
   writer.close()
   ckpt.close()
   return result
+
+
+def _profile(start: bool, directory: Path, log) -> bool:
+  """Starts or stops a jax.profiler trace (view it in TensorBoard's profile tab or Perfetto);
+  returns whether one is running."""
+  if start:
+    jax.profiler.start_trace(str(directory))
+  else:
+    jax.profiler.stop_trace()
+    log(f'wrote a profile of the last steps to {directory}')
+  return start
 
 
 def _format_line(step: int, v: dict[str, float]) -> str:

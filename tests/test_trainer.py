@@ -83,3 +83,12 @@ def test_resume_with_another_model_shape_names_the_parameter(tmp_path, corpus_fi
   with pytest.raises(UserError, match=r'holds params/blocks/attn/o/kernel with shape '
                                       r'\(2, 4, 8, 32\), but the config builds \(2, 4, 12, 48\)'):
     trainer.run(cfg)
+
+
+def test_profile_of_chosen_steps(tmp_path, corpus_file):
+  cfg = _config(tmp_path, corpus_file)
+  cfg.train.profile_start, cfg.train.profile_steps = 2, 2
+  cfg.train.sample_tokens = 0
+  trainer.run(cfg)
+  traces = list((tmp_path / 'run' / 'profile').rglob('*.xplane.pb'))
+  assert traces and traces[0].stat().st_size > 0

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 from ml_collections import ConfigDict
 
+from jaxlm.model.attention_kernels import attend
 from jaxlm.model.layers import Dense, scaled_std
 
 # A KV cache for one layer: keys [B, S, K, E] and values [B, S, K, E], S the decoding budget.
@@ -27,31 +28,6 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x.dtype)
-
-
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: jax.Array | None,
-           implementation: str) -> jax.Array:
-  """softmax(q k^T / sqrt(E)) v for q [B, L, H, E], k and v [B, S, K, E] -> [B, L, H, E].
-
-  With no mask the attention is causal (query i sees keys 0..i, and L == S). A boolean mask
-  [B, 1, L, S] (True = may attend) replaces the causal rule, e.g. when decoding against a cache.
-  `implementation` is 'xla' (the reference below, any device and dtype) or 'cudnn' (fused flash
-  attention on NVIDIA GPUs, through jax.nn.dot_product_attention).
-  """
-  if implementation == 'cudnn':
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=mask is None,
-                                        implementation='cudnn')
-  B, L, H, E = q.shape
-  K = k.shape[2]
-  q = q.reshape(B, L, K, H // K, E)  # query heads grouped by the kv head they share
-  scores = jnp.einsum('blkge,bske->bkgls', q, k).astype(jnp.float32) * E**-0.5
-  if mask is None:
-    mask = jnp.tril(jnp.ones((L, k.shape[1]), bool))
-  else:
-    mask = mask[:, :, None]  # [B, 1, 1, L, S]
-  scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  return jnp.einsum('bkgls,bske->blkge', probs, v).reshape(B, L, H, E)
 
 
 class Attention(nnx.Module):
@@ -74,13 +50,14 @@ class Attention(nnx.Module):
     self.theta = cfg.rope_theta
     self.implementation = cfg.attention
 
-  def __call__(self, x: jax.Array, positions: jax.Array, *, mask: jax.Array | None = None,
-               cache: Cache | None = None,
+  def __call__(self, x: jax.Array, positions: jax.Array, *, segment_ids: jax.Array | None = None,
+               mask: jax.Array | None = None, cache: Cache | None = None,
                cache_index: jax.Array | None = None) -> tuple[jax.Array, Cache | None]:
     """x [B, L, D] at positions [B, L] -> [B, L, D], and the cache with this step written in.
 
-    Decoding passes a cache, the slot `cache_index` where this step's L keys go, and the mask
-    [B, 1, L, S] saying which slots each query may see; training passes none of them (causal).
+    Training attends causally, within `segment_ids` [B, L] when sequences are packed. Decoding
+    passes a cache, the slot `cache_index` where this step's L keys go, and the mask
+    [B, 1, L, S] saying which slots each query may see.
     """
     qkv = self.qkv(x)  # [B, L, K, G + 2, E]
     B, L, K, _, E = qkv.shape
@@ -92,5 +69,5 @@ class Attention(nnx.Module):
       k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), cache_index, 1)
       v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), cache_index, 1)
       cache = (k, v)
-    out = attend(q, k, v, mask=mask, implementation=self.implementation)
+    out = attend(q, k, v, mask=mask, segment_ids=segment_ids, implementation=self.implementation)
     return self.o(out), cache

@@ -40,12 +40,13 @@ class Block(nnx.Module):
     self.dropout = cfg.dropout
 
   def __call__(self, x: jax.Array, positions: jax.Array, key: jax.Array | None, *,
-               mask: jax.Array | None = None, cache: Cache | None = None,
+               segment_ids: jax.Array | None = None, mask: jax.Array | None = None,
+               cache: Cache | None = None,
                cache_index: jax.Array | None = None) -> tuple[jax.Array, Cache | None]:
     """x [B, L, D] -> [B, L, D] (and the updated cache when decoding)."""
     k_attn, k_mlp = jax.random.split(key) if key is not None else (None, None)
-    h, cache = self.attn(self.attn_norm(x), positions, mask=mask, cache=cache,
-                         cache_index=cache_index)
+    h, cache = self.attn(self.attn_norm(x), positions, segment_ids=segment_ids, mask=mask,
+                         cache=cache, cache_index=cache_index)
     x = x + dropout(h, self.dropout, k_attn)
     x = x + dropout(self.mlp(self.mlp_norm(x)), self.dropout, k_mlp)
     return constrain(x, ACTIVATION_AXES), cache
@@ -76,19 +77,21 @@ class Transformer(nnx.Module):
         std=cfg.init_std, dtype=dtype, rngs=rngs)
 
   def __call__(self, tokens: jax.Array, positions: jax.Array | None = None, *,
+               segment_ids: jax.Array | None = None,
                dropout_key: jax.Array | None = None) -> jax.Array:
     """tokens [B, L] int -> logits [B, L, V] in the compute dtype. Dropout only with a key."""
-    h, _ = self.features(tokens, positions, dropout_key=dropout_key)
+    h, _ = self.features(tokens, positions, segment_ids=segment_ids, dropout_key=dropout_key)
     return self.logits(h)
 
   def features(self, tokens: jax.Array, positions: jax.Array | None = None, *,
-               dropout_key: jax.Array | None = None, mask: jax.Array | None = None,
-               cache: Cache | None = None,
+               segment_ids: jax.Array | None = None, dropout_key: jax.Array | None = None,
+               mask: jax.Array | None = None, cache: Cache | None = None,
                cache_index: jax.Array | None = None) -> tuple[jax.Array, Cache | None]:
     """tokens [B, L] -> final hidden states [B, L, D], and the cache [N, B, S, K, E] x 2 if given.
 
-    `positions` [B, L] default to 0..L-1. `mask`, `cache` and `cache_index` are for decoding
-    (see Attention); training passes none of them and gets causal attention.
+    `positions` [B, L] default to 0..L-1. Packed sequences pass `segment_ids` [B, L] (tokens
+    attend only within their segment) and positions that restart at each segment. `mask`,
+    `cache` and `cache_index` are for decoding (see Attention).
     """
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
@@ -107,7 +110,8 @@ class Transformer(nnx.Module):
     def layer(x, per_layer):
       params, key, layer_cache = per_layer
       block = nnx.merge(graphdef, params)
-      return block(x, positions, key, mask=mask, cache=layer_cache, cache_index=cache_index)
+      return block(x, positions, key, segment_ids=segment_ids, mask=mask, cache=layer_cache,
+                   cache_index=cache_index)
 
     if self.remat != 'none':
       layer = jax.checkpoint(layer, policy=REMAT_POLICIES[self.remat], prevent_cse=False)

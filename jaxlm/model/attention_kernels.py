@@ -1,0 +1,108 @@
+"""Attention implementations behind one interface, chosen by `model.attention`:
+
+- 'xla': the reference below, plain einsums and a softmax; any device, any dtype.
+- 'cudnn': cuDNN's fused flash attention on NVIDIA GPUs (jax.nn.dot_product_attention).
+- 'splash': the Pallas splash-attention kernel for TPUs (interpreted on other devices, which is
+  how the CPU tests check it), called per device under shard_map.
+
+All compute softmax(q k^T / sqrt(E)) v, causal, within segments when segment ids are given
+(packed sequences: a token sees only earlier tokens of its own document). Shape letters: B batch,
+L query length, S key length, H query heads, K kv heads, G = H / K, E head dim.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from jaxlm import sharding
+
+IMPLEMENTATIONS = ('xla', 'cudnn', 'splash')
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation: str,
+           mask: jax.Array | None = None, segment_ids: jax.Array | None = None) -> jax.Array:
+  """q [B, L, H, E], k and v [B, S, K, E] -> [B, L, H, E].
+
+  Without `mask` the attention is causal (L == S), restricted to equal `segment_ids` [B, L] when
+  given. A boolean `mask` [B, 1, L, S] (True = may attend) replaces both, e.g. for decoding
+  against a KV cache; the fused kernels are for training shapes, so decoding uses the reference.
+  """
+  if mask is None and segment_ids is not None:
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    causal_mask = same & jnp.tril(jnp.ones(same.shape[1:], bool))
+  else:
+    causal_mask = mask
+  if implementation == 'cudnn':
+    return jax.nn.dot_product_attention(
+        q, k, v, mask=None if causal_mask is None else causal_mask.reshape(
+            causal_mask.shape[0], 1, *causal_mask.shape[-2:]),
+        is_causal=causal_mask is None, implementation='cudnn')
+  if implementation == 'splash' and mask is None:
+    return splash(q, k, v, segment_ids)
+  return reference(q, k, v, causal_mask)
+
+
+def reference(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
+  """The XLA reference. mask: None (causal), [B, L, S] or [B, 1, L, S], True = may attend."""
+  B, L, H, E = q.shape
+  K = k.shape[2]
+  q = q.reshape(B, L, K, H // K, E)  # query heads grouped by the kv head they share
+  scores = jnp.einsum('blkge,bske->bkgls', q, k).astype(jnp.float32) * E**-0.5
+  if mask is None:
+    mask = jnp.tril(jnp.ones((L, k.shape[1]), bool))
+  else:
+    mask = mask.reshape(B, 1, 1, *mask.shape[-2:])
+  scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  return jnp.einsum('bkgls,bske->blkge', probs, v).reshape(B, L, H, E)
+
+
+def splash(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
+  """Causal splash attention. Pallas kernels are not partitioned by the compiler, so with a mesh
+  the kernel runs per device under shard_map, on its shard of the batch and the heads."""
+  current = sharding.current()
+  if current is None:
+    return _splash_local(q, k, v, segment_ids)
+  mesh, rules = current
+  head = lambda name: sharding.logical_to_spec(('batch', None, name, None), rules, mesh)
+  q_spec, kv_spec = head('heads'), head('kv_heads')
+  if q_spec[2] != kv_spec[2]:  # query heads must be split like the kv heads they share
+    q_spec = kv_spec
+  seg_spec = jax.sharding.PartitionSpec(q_spec[0], None)
+  fn = jax.shard_map(_splash_local, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, seg_spec),
+                     out_specs=q_spec, check_vma=False)
+  if segment_ids is None:
+    segment_ids = jnp.zeros(q.shape[:2], jnp.int32)
+  return fn(q, k, v, segment_ids)
+
+
+def _splash_local(q, k, v, segment_ids):
+  from jax.experimental.pallas.ops.tpu.splash_attention import (  # pylint: disable=g-import-not-at-top
+      splash_attention_kernel as sk)
+  B, L, H, E = q.shape
+  K = k.shape[2]
+  G = H // K
+  kernel = _kernel(L, G, jax.devices()[0].platform != 'tpu')
+  # Each kv head with its G query heads is multi-query attention: vmap over batch and kv heads.
+  q = (q * E**-0.5).reshape(B, L, K, G, E).transpose(0, 2, 3, 1, 4)  # [B, K, G, L, E]
+  k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, L, E]
+  if segment_ids is None:
+    call = lambda q, k, v: kernel(q, k, v)
+    out = jax.vmap(jax.vmap(call))(q, k, v)
+  else:
+    call = lambda q, k, v, s: kernel(q, k, v, segment_ids=sk.SegmentIds(q=s, kv=s))
+    out = jax.vmap(jax.vmap(call, in_axes=(0, 0, 0, None)))(q, k, v, segment_ids)
+  return out.transpose(0, 3, 1, 2, 4).reshape(B, L, H, E)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel(length: int, groups: int, interpret: bool):
+  from jax.experimental.pallas.ops.tpu.splash_attention import (  # pylint: disable=g-import-not-at-top
+      splash_attention_kernel as sk, splash_attention_mask as sm)
+  block = 512 if length % 512 == 0 else 128  # config.validate: length is a multiple of 128
+  sizes = sk.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
+                        block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
+                        block_q_dq=block, block_kv_dq=block)
+  mask = sm.MultiHeadMask([sm.CausalMask((length, length))] * groups)
+  return sk.make_splash_mqa_single_device(mask, block_sizes=sizes, interpret=interpret)
