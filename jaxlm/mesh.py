@@ -46,6 +46,9 @@ def initialize_distributed(cfg: ConfigDict) -> None:
   d = cfg.distributed
   if not d.initialize:
     return
+  # Processes that compute on CPUs (tests, launch/local.py) exchange data through Gloo; on
+  # accelerator hosts this setting only concerns host-side computations.
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   jax.distributed.initialize(
       coordinator_address=d.coordinator_address or None,
       num_processes=d.num_processes or None,

@@ -2,6 +2,7 @@
 checkpoints, a full disk, a changed device count, and non-finite losses."""
 
 import shutil
+import sys
 import signal
 
 import jax
@@ -193,3 +194,20 @@ def test_keep_period_keeps_every_kth_checkpoint(tmp_path, corpus_file):
   kept = sorted(int(p.name) for p in (tmp_path / 'run' / 'checkpoints').iterdir()
                 if p.name.isdigit())
   assert kept == [4, 8, 9, 10]
+
+
+def test_two_processes_train_checkpoint_and_resume_in_one(setup):
+  """Two JAX processes on this machine (launch/local.py): data split by host, a multi-process
+  checkpoint, then the same run resumed by a single process on two devices."""
+  tmp, cfg, _ = setup
+  work = tmp / 'two_hosts'
+  result = harness.run([sys.executable, 'launch/local.py', '--processes=2', '--',
+                        f'--config={cfg}', f'--config.workdir={work}', '--config.train.steps=4'])
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  assert sorted(harness.logged_losses(work)) == [1, 2, 3, 4]  # logged once, by process 0
+  assert (work / 'checkpoints' / '4').is_dir()
+  result = harness.run(harness.command(f'--config={cfg}', f'--config.workdir={work}',
+                                       '--config.train.steps=6'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'Resuming from step 4' in result.stdout + result.stderr
+  assert sorted(harness.logged_losses(work)) == [1, 2, 3, 4, 5, 6]
