@@ -47,13 +47,23 @@ sys.unraisablehook = _quiet_abandoned_reads
 
 class _NoOrbaxTracebacks(logging.Filter):
   """Orbax logs the traceback of a failed background write before handing the error back to
-  the save or wait call, where jaxlm reports it as one sentence; its log copy is dropped."""
+  the save or wait call, where jaxlm reports it as one sentence; its log copy is dropped. So is
+  asyncio's copy ("Task exception was never retrieved") of the same error from Orbax's tasks."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return not (record.exc_info and f'{os.sep}orbax{os.sep}' in record.pathname)
+    if not record.exc_info:
+      return True
+    orbax = f'{os.sep}orbax{os.sep}'
+    tb = record.exc_info[2]
+    files = [record.pathname]
+    while tb is not None:
+      files.append(tb.tb_frame.f_code.co_filename)
+      tb = tb.tb_next
+    return not any(orbax in f for f in files)
 
 
 absl_logging.get_absl_logger().addFilter(_NoOrbaxTracebacks())
+logging.getLogger('asyncio').addFilter(_NoOrbaxTracebacks())
 
 
 class Checkpointer:

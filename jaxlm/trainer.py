@@ -116,134 +116,184 @@ def run(cfg: ConfigDict) -> dict[str, Any]:
   validate(cfg)
   configure_backend(cfg)
   initialize_distributed(cfg)
-  workdir = prepare_workdir(cfg.workdir)
-  mesh = make_mesh(cfg)
-  rules = sharding.rules_from_config(cfg.mesh)
-  corpus = load_corpus_once(cfg, workdir)
-  tokenizer = corpus.tokenizer
-  tokenizer.encode(cfg.train.sample_prompt)  # a prompt it cannot encode fails now, not at the end
-  model_cfg = resolve_model(cfg.model, tokenizer.vocab_size)
-  tx, schedule = make_optimizer(cfg)
-  setup = setup_train_state(cfg, model_cfg, tx, mesh, rules)
-  is_main = jax.process_index() == 0
-  log = (lambda *a: tqdm.write(' '.join(map(str, a)))) if is_main else (lambda *a: None)
-  log(f'jaxlm | {metrics.param_count(model_cfg) / 1e6:.2f}M parameters | mesh '
-      f'{dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].device_kind} device(s) | '
-      f'{len(corpus.train):,} train / {len(corpus.val):,} val tokens | '
-      f'vocab {tokenizer.vocab_size} (model {model_cfg.vocab_size})')
+  trainer = Trainer(cfg)
+  try:
+    return trainer.train()
+  finally:
+    trainer.close()
 
-  ckpt = Checkpointer(workdir / 'checkpoints', keep=cfg.checkpoint.keep,
-                      keep_period=cfg.checkpoint.keep_period,
-                      async_save=cfg.checkpoint.async_save)
-  data_it = data.train_iterator(
-      corpus.train, model_cfg.max_seq_len, cfg.train.batch_size // jax.process_count(),
-      stride=cfg.data.stride, seed=cfg.seed, host_index=jax.process_index(),
-      host_count=jax.process_count())
-  meta = dict(config=cfg.to_dict(), model=model_cfg.to_dict(), tokenizer=tokenizer.fingerprint)
 
-  def same_tokenizer(saved: dict, step: int) -> None:
-    if saved.get('tokenizer') != tokenizer.fingerprint:
-      raise UserError(
-          f'checkpoint {step} in {ckpt.directory} was trained with a different tokenizer '
-          f'({saved.get("tokenizer")}, now {tokenizer.fingerprint}); use the same data settings '
-          'or a new workdir.')
+class Trainer:
+  """One training run: everything built from the config, the loop, and what it reports."""
 
-  restored = ckpt.restore_latest(setup.abstract, same_tokenizer)
-  if restored is None:
-    state = setup.init()
-  else:
+  def __init__(self, cfg: ConfigDict):
+    self.cfg, t = cfg, cfg.train
+    self.workdir = prepare_workdir(cfg.workdir)
+    self.mesh = make_mesh(cfg)
+    rules = sharding.rules_from_config(cfg.mesh)
+    self.corpus = load_corpus_once(cfg, self.workdir)
+    self.tokenizer = self.corpus.tokenizer
+    self.tokenizer.encode(t.sample_prompt)  # a prompt it cannot encode fails now, not at the end
+    self.model_cfg = resolve_model(cfg.model, self.tokenizer.vocab_size)
+    tx, schedule = make_optimizer(cfg)
+    self.setup = setup_train_state(cfg, self.model_cfg, tx, self.mesh, rules)
+    self.is_main = jax.process_index() == 0
+    self.log(f'jaxlm | {metrics.param_count(self.model_cfg) / 1e6:.2f}M parameters | mesh '
+             f'{dict(self.mesh.shape)} on {jax.device_count()} '
+             f'{jax.devices()[0].device_kind} device(s) | {len(self.corpus.train):,} train / '
+             f'{len(self.corpus.val):,} val tokens | vocab {self.tokenizer.vocab_size} '
+             f'(model {self.model_cfg.vocab_size})')
+    self.ckpt = Checkpointer(self.workdir / 'checkpoints', keep=cfg.checkpoint.keep,
+                             keep_period=cfg.checkpoint.keep_period,
+                             async_save=cfg.checkpoint.async_save)
+    self.data = data.train_iterator(
+        self.corpus.train, self.model_cfg.max_seq_len, t.batch_size // jax.process_count(),
+        stride=cfg.data.stride, seed=cfg.seed, host_index=jax.process_index(),
+        host_count=jax.process_count())
+    self.meta = dict(config=cfg.to_dict(), model=self.model_cfg.to_dict(),
+                     tokenizer=self.tokenizer.fingerprint)
+    self.batch_sharding = sharding.batch_sharding(self.mesh, rules)
+    self.train_step = jit_train_step(
+        make_train_step(cfg, self.setup.graphdef, tx, schedule, self.mesh, rules),
+        self.setup.shardings, self.mesh, rules)
+    self.eval_step = jit_eval_step(
+        make_eval_step(self.setup.graphdef, self.mesh, rules, t.loss_chunk),
+        self.setup.shardings.params, self.mesh, rules)
+    self.writer: metrics.MetricWriter | None = None  # opened after a successful restore
+    self.result: dict[str, Any] = {}
+
+  def log(self, text: str) -> None:
+    if self.is_main:
+      tqdm.write(text)
+
+  def close(self) -> None:
+    if self.writer is not None:
+      self.writer.close()
+    self.ckpt.close()
+
+  def restore_or_init(self) -> Any:
+    """The newest readable checkpoint of this run (with the data position), or a fresh state."""
+    def same_tokenizer(saved: dict, step: int) -> None:
+      if saved.get('tokenizer') != self.tokenizer.fingerprint:
+        raise UserError(
+            f'checkpoint {step} in {self.ckpt.directory} was trained with a different tokenizer '
+            f'({saved.get("tokenizer")}, now {self.tokenizer.fingerprint}); use the same data '
+            'settings or a new workdir.')
+    restored = self.ckpt.restore_latest(self.setup.abstract, same_tokenizer)
+    if restored is None:
+      return self.setup.init()
     state, data_state, step = restored
-    data_it.set_state(data_state)
-    log(f'Resuming from step {step} in {ckpt.directory}')
+    self.data.set_state(data_state)
+    self.log(f'Resuming from step {step} in {self.ckpt.directory}')
+    return state
 
-  t = cfg.train
-  batch_sh = sharding.batch_sharding(mesh, rules)
-  train_step = jit_train_step(make_train_step(cfg, setup.graphdef, tx, schedule, mesh, rules),
-                              setup.shardings, mesh, rules)
-  eval_step = jit_eval_step(make_eval_step(setup.graphdef, mesh, rules, t.loss_chunk),
-                            setup.shardings.params, mesh, rules)
-  writer = metrics.MetricWriter(workdir, enabled=is_main)
-  flops, peak = metrics.flops_per_token(model_cfg), metrics.peak_flops()
-  tokens_per_step = cfg.train.batch_size * model_cfg.max_seq_len
-  start = int(state.step)
-  skipped = int(jax.device_get(state.skipped)[0])
-  result: dict[str, Any] = {}
+  def train(self) -> dict[str, Any]:
+    """The loop. Host syncs happen only to log, evaluate and save (and, on a multi-device CPU,
+    after each step; see sync_each_step)."""
+    cfg, t = self.cfg, self.cfg.train
+    state = self.restore_or_init()
+    self.writer = metrics.MetricWriter(self.workdir, enabled=self.is_main)
+    start = int(state.step)
+    skipped = int(jax.device_get(state.skipped)[0])
+    tokens_per_step = t.batch_size * self.model_cfg.max_seq_len
+    bar = tqdm(total=t.steps, initial=start, disable=not self.is_main, dynamic_ncols=True,
+               unit='step', leave=True)
+    sync = sync_each_step()
+    clock, window, done = time.perf_counter(), 0, start
+    stop, profiling = StopRequest(), False
+    with stop.installed(), contextlib.closing(bar):
+      for step in range(start, t.steps):
+        batch = to_global(next(self.data), self.batch_sharding)
+        state, step_metrics = self.train_step(state, batch)
+        if sync:
+          jax.block_until_ready(step_metrics)
+        window, done = window + 1, step + 1
+        if step == start:  # The first step includes compilation: time from the end of it.
+          jax.block_until_ready(state)
+          self.log(f'compiled the train step in {time.perf_counter() - clock:.1f}s')
+          clock, window = time.perf_counter(), 0
+        bar.update(1)
+        stopping = stop.requested(done, self.ckpt)
+        if done == t.profile_start or (profiling and (
+            done in (t.profile_start + t.profile_steps, t.steps) or stopping)):
+          profiling = _profile(not profiling, self.workdir / 'profile', self.log)
+          clock, window = time.perf_counter(), 0
+        if done % t.log_every == 0 or done == t.steps:
+          seconds = time.perf_counter() - clock
+          skipped = check_skipped(cfg, state, skipped, self.log)
+          values = self.log_step(done, step_metrics, seconds / window if window else None,
+                                 tokens_per_step, skipped)
+          bar.set_postfix(loss=f'{values["loss"]:.4f}', refresh=False)
+          clock, window = time.perf_counter(), 0
+        if done % t.eval_every == 0 or done == t.steps:
+          self.validate(done, state.params)
+          clock, window = time.perf_counter(), 0
+        if done % cfg.checkpoint.every == 0 or done == t.steps or stopping:
+          skipped = check_skipped(cfg, state, skipped, self.log)  # never save past an abort
+          self.ckpt.save(done, state, self.data.get_state(), self.meta)
+          clock, window = time.perf_counter(), 0
+        if stopping:
+          break
+    self.ckpt.wait()
+    self.report_end(stop, start, done, state.params)
+    return self.result
 
-  def validation(step: int) -> None:
-    val = loss_over(eval_step, state.params, corpus.val, cfg, batch_sh,
+  def log_step(self, step: int, step_metrics: Any, step_time: float | None,
+               tokens_per_step: int, skipped: int) -> dict[str, float]:
+    values = {k: float(v) for k, v in jax.device_get(step_metrics).items() if k != 'finite'}
+    if step_time is not None:
+      values['step_time'] = step_time
+      values['tokens_per_s'] = tokens_per_step / step_time
+      values['mfu'] = metrics.mfu(values['tokens_per_s'],
+                                  metrics.flops_per_token(self.model_cfg), jax.device_count(),
+                                  metrics.peak_flops())
+    values['skipped_steps'] = float(skipped)
+    self.writer.write(step, values, 'train')
+    self.log(_format_line(step, values))
+    self.result['train'] = values
+    return values
+
+  def validate(self, step: int, params: Any) -> None:
+    """Validation loss and perplexity, and a few samples to read."""
+    t = self.cfg.train
+    val = loss_over(self.eval_step, params, self.corpus.val, self.cfg, self.batch_sharding,
                     max_batches=t.eval_batches)
     del val['nats']
-    writer.write(step, val, 'val')
-    log(f'step {step:>6} | val loss {val["loss"]:.4f} | val perplexity {val["perplexity"]:.2f}')
-    result['val'] = val
+    self.writer.write(step, val, 'val')
+    self.log(f'step {step:>6} | val loss {val["loss"]:.4f} | '
+             f'val perplexity {val["perplexity"]:.2f}')
+    self.result['val'] = val
     if t.eval_samples and t.sample_tokens:
-      samples = _samples(setup.graphdef, state.params, model_cfg, tokenizer, corpus, cfg,
-                         t.eval_samples)
-      writer.write_text(step, 'samples', samples)
-      log('\n'.join(f'sample {i}: {s[:200]!r}' for i, s in enumerate(samples)))
+      samples = self.samples(params, t.eval_samples)
+      self.writer.write_text(step, 'samples', samples)
+      self.log('\n'.join(f'sample {i}: {s[:200]!r}' for i, s in enumerate(samples)))
 
-  bar = tqdm(total=t.steps, initial=start, disable=not is_main, dynamic_ncols=True,
-             unit='step', leave=True)
-  sync = sync_each_step()
-  clock, window, step = time.perf_counter(), 0, start
-  stop, profiling = StopRequest(), False
-  with stop.installed(), contextlib.closing(bar):
-    for step in range(start, t.steps):
-      state, step_metrics = train_step(state, to_global(next(data_it), batch_sh))
-      if sync:
-        jax.block_until_ready(step_metrics)
-      window += 1
-      done = step + 1
-      if step == start:  # The first step includes compilation: time from the end of it.
-        jax.block_until_ready(state)
-        log(f'compiled the train step in {time.perf_counter() - clock:.1f}s')
-        clock, window = time.perf_counter(), 0
-      bar.update(1)
-      stopping = stop.requested(done, ckpt)
-      if done == t.profile_start or (profiling and (
-          done in (t.profile_start + t.profile_steps, t.steps) or stopping)):
-        profiling = _profile(not profiling, workdir / 'profile', log)
-        clock, window = time.perf_counter(), 0
-      if done % t.log_every == 0 or done == t.steps:
-        values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-        del values['finite']
-        now = time.perf_counter()
-        if window:
-          values['step_time'] = (now - clock) / window
-          values['tokens_per_s'] = tokens_per_step / values['step_time']
-          values['mfu'] = metrics.mfu(values['tokens_per_s'], flops, jax.device_count(), peak)
-        clock, window = now, 0
-        skipped = check_skipped(cfg, state, skipped, log)
-        values['skipped_steps'] = float(skipped)
-        writer.write(done, values, 'train')
-        bar.set_postfix(loss=f'{values["loss"]:.4f}', refresh=False)
-        log(_format_line(done, values))
-        result['train'] = values
-      if done % t.eval_every == 0 or done == t.steps:
-        validation(done)
-        clock, window = time.perf_counter(), 0
-      if done % cfg.checkpoint.every == 0 or done == t.steps or stopping:
-        skipped = check_skipped(cfg, state, skipped, log)  # never save past an abort
-        ckpt.save(done, state, data_it.get_state(), meta)
-        clock, window = time.perf_counter(), 0
-      if stopping:
-        break
-  ckpt.wait()
-  if stop.signal_name:
-    log(f'Stopped by {stop.signal_name} after step {step + 1}; checkpoint {ckpt.latest_step()} '
-        f'is in {ckpt.directory}. Run the same command to resume.')
-    result['stopped_at'] = step + 1
-  elif start >= t.steps:
-    log(f'Training already reached step {t.steps}; nothing to do (raise train.steps to go on).')
-  else:
-    log(f'Saved checkpoint {ckpt.latest_step()} in {ckpt.directory}')
-    if t.sample_tokens:
-      result['sample'] = _samples(setup.graphdef, state.params, model_cfg, tokenizer, corpus,
-                                  cfg, 1)[0]
-      log('--- sample ---\n' + t.sample_prompt + result['sample'] + '\n--------------')
-  writer.close()
-  ckpt.close()
-  return result
+  def report_end(self, stop: StopRequest, start: int, done: int, params: Any) -> None:
+    t = self.cfg.train
+    if stop.signal_name:
+      self.log(f'Stopped by {stop.signal_name} after step {done}; checkpoint '
+               f'{self.ckpt.latest_step()} is in {self.ckpt.directory}. Run the same command '
+               'to resume.')
+      self.result['stopped_at'] = done
+    elif start >= t.steps:
+      self.log(f'Training already reached step {t.steps}; nothing to do (raise train.steps '
+               'to go on).')
+    else:
+      self.log(f'Saved checkpoint {self.ckpt.latest_step()} in {self.ckpt.directory}')
+      if t.sample_tokens:
+        self.result['sample'] = self.samples(params, 1)[0]
+        self.log('--- sample ---\n' + t.sample_prompt + self.result['sample'] +
+                 '\n--------------')
+
+  def samples(self, params: Any, n: int) -> list[str]:
+    """n sampled continuations (temperature 0.8) of train.sample_prompt, or of the corpus's
+    first token when the prompt is empty (that token is then shown as part of the sample)."""
+    cfg, tok = self.cfg, self.tokenizer
+    prompt = cfg.train.sample_prompt or tok.decode([int(self.corpus.train[0])])
+    new = min(cfg.train.sample_tokens, self.model_cfg.max_seq_len - 1)
+    texts = continuations(self.setup.graphdef, params, self.model_cfg, tok, [prompt] * n,
+                          max_new_tokens=new, batch_size=n, temperature=0.8, seed=cfg.seed)
+    return [('' if cfg.train.sample_prompt else prompt) + text for text in texts]
 
 
 def _profile(start: bool, directory: Path, log) -> bool:
@@ -264,14 +314,3 @@ def _format_line(step: int, v: dict[str, float]) -> str:
     timing = f' | {1e3 * v["step_time"]:.1f} ms/step | {v["tokens_per_s"]:,.0f} tok/s | MFU {mfu}'
   return (f'step {step:>6} | loss {v["loss"]:.4f} | lr {v["lr"]:.2e} | '
           f'grad norm {v["grad_norm"]:.3f}{timing}')
-
-
-def _samples(graphdef, params, model_cfg, tokenizer, corpus: data.Corpus, cfg: ConfigDict,
-             n: int) -> list[str]:
-  """n sampled continuations (temperature 0.8) of train.sample_prompt, or of the corpus's first
-  token when the prompt is empty (that token is then shown as part of the sample)."""
-  prompt = cfg.train.sample_prompt or tokenizer.decode([int(corpus.train[0])])
-  new = min(cfg.train.sample_tokens, model_cfg.max_seq_len - 1)
-  texts = continuations(graphdef, params, model_cfg, tokenizer, [prompt] * n, max_new_tokens=new,
-                        batch_size=n, temperature=0.8, seed=cfg.seed)
-  return [('' if cfg.train.sample_prompt else prompt) + t for t in texts]
