@@ -71,9 +71,10 @@ def current() -> tuple[Mesh, Rules] | None:
 
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
   """Constrains an activation's sharding by logical axis names; a no-op outside `use_mesh`."""
-  if _CURRENT.get() is None:
+  active = current()
+  if active is None:
     return x
-  mesh, rules = _CURRENT.get()
+  mesh, rules = active
   spec = logical_to_spec(axes, rules, mesh, x.shape)
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 

@@ -1,7 +1,8 @@
 """The pure train and eval steps, and their jitted, sharded forms. No I/O, no host syncs.
 
 A batch is a dict of [B, L] arrays: `inputs` (token ids), `targets` (the next token ids) and
-`mask` (1 where the target counts); packed batches add `segment_ids` and `positions`. Shape letters: B batch, L length, A micro-batches.
+`mask` (1 where the target counts); packed batches add `segment_ids` and `positions`.
+Shape letters: B batch, L length, A micro-batches.
 """
 
 from typing import Any, Callable

@@ -15,6 +15,16 @@ def _one_step(cfg, batch, num_devices=1, state=None):
   return step(state, jax.device_put(batch, batch_sh))
 
 
+def _assert_same_update(got, want, *, param_atol: float) -> None:
+  """Two (state, metrics) results of one step: same loss and gradient norm (float32 rounding),
+  and parameters within param_atol."""
+  (state, m), (want_state, want_m) = got, want
+  np.testing.assert_allclose(m['loss'], want_m['loss'], rtol=1e-6)
+  np.testing.assert_allclose(m['grad_norm'], want_m['grad_norm'], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(want_state.params)):
+    np.testing.assert_allclose(a, b, atol=param_atol)
+
+
 def test_gradient_accumulation_equals_one_large_batch():
   cfg = tiny_config()
   cfg.mesh.data = 1
@@ -24,10 +34,7 @@ def test_gradient_accumulation_equals_one_large_batch():
   big, m_big = _one_step(cfg, batch)
   cfg.train.grad_accum = 4
   acc, m_acc = _one_step(cfg, batch)
-  np.testing.assert_allclose(m_acc['loss'], m_big['loss'], rtol=1e-6)
-  np.testing.assert_allclose(m_acc['grad_norm'], m_big['grad_norm'], rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(acc.params), jax.tree.leaves(big.params)):
-    np.testing.assert_allclose(a, b, atol=1e-6)
+  _assert_same_update((acc, m_acc), (big, m_big), param_atol=1e-6)
 
 
 def test_gradient_accumulation_on_a_mesh():
@@ -106,9 +113,6 @@ def test_chunked_loss_gives_the_same_step():
   whole, m_whole = _one_step(cfg, batch)
   cfg.train.loss_chunk = 4
   chunked, m_chunked = _one_step(cfg, batch)
-  np.testing.assert_allclose(m_chunked['loss'], m_whole['loss'], rtol=1e-6)
-  np.testing.assert_allclose(m_chunked['grad_norm'], m_whole['grad_norm'], rtol=1e-5)
   # Adam's first step moves each weight by about lr = 1.5e-3 whatever its gradient's size, so a
   # rounding-level gradient difference shows as at most a few 1e-6 on a near-zero gradient.
-  for a, b in zip(jax.tree.leaves(chunked.params), jax.tree.leaves(whole.params)):
-    np.testing.assert_allclose(a, b, atol=1e-5)
+  _assert_same_update((chunked, m_chunked), (whole, m_whole), param_atol=1e-5)
