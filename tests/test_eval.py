@@ -56,9 +56,8 @@ def naive_nats(r, params, tokens, weights):
     targets = tokens[start + 1:start + 1 + L]
     inputs = inputs[:len(targets)]
     logits = np.asarray(model(inputs[None]), np.float64)[0]
-    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1,
-                                                                              keepdims=True)) \
-        - logits.max(-1, keepdims=True)
+    shifted = logits - logits.max(-1, keepdims=True)  # a stable log-softmax
+    logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
     w = weights[start + 1:start + 1 + len(targets)]
     total -= float((logp[np.arange(len(targets)), targets] * w).sum())
   return total
