@@ -108,7 +108,7 @@ def test_torn_latest_checkpoint_falls_back_to_the_previous_one(setup):
   shutil.copytree(tmp / 'ref', work)
   _truncate_largest_array_file(work / 'checkpoints' / '8')
   (work / 'checkpoints' / '6' / 'meta' / 'metadata').write_text('{not json')
-  # Ask for two more steps: the run must restart from 4, the newest readable checkpoint.
+  # The same command: the run must restart from 4, the newest readable checkpoint.
   result = harness.run(harness.command(f'--config={cfg}', f'--config.workdir={work}'))
   assert result.returncode == 0, result.stderr[-3000:]
   out = result.stdout + result.stderr
