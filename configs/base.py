@@ -8,6 +8,11 @@ Override any field from the command line: `--config.model.num_layers=2`.
 
 from ml_collections import ConfigDict
 
+# XLA's GPU flags from the JAX/MaxText GPU performance guides, set by the GPU presets: overlap
+# collectives with compute, and cuBLAS rather than Triton for the matmuls.
+GPU_XLA_FLAGS = ('--xla_gpu_enable_latency_hiding_scheduler=true '
+                 '--xla_gpu_enable_triton_gemm=false')
+
 
 def get_config() -> ConfigDict:
   c = ConfigDict()

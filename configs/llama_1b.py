@@ -22,10 +22,7 @@ def get_config():
   m.use_bias, m.tie_embeddings = False, False
   m.dtype, m.attention, m.remat, m.scan_unroll = 'bfloat16', 'cudnn', 'dots', 1
 
-  # XLA's GPU flags from the JAX/MaxText GPU performance guides: overlap collectives with
-  # compute, and cuBLAS rather than Triton for the matmuls.
-  c.xla_flags = ('--xla_gpu_enable_latency_hiding_scheduler=true '
-                 '--xla_gpu_enable_triton_gemm=false')
+  c.xla_flags = base.GPU_XLA_FLAGS
   c.train.loss_chunk = 256  # the vocabulary is large: never hold the whole batch's logits
 
   c.data.tokenizer_vocab_size = 32000
