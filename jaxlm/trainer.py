@@ -159,6 +159,8 @@ class Trainer:
     self.eval_step = jit_eval_step(
         make_eval_step(self.setup.graphdef, self.mesh, rules, t.loss_chunk),
         self.setup.shardings.params, self.mesh, rules)
+    self.tokens_per_step = t.batch_size * self.model_cfg.max_seq_len
+    self.flops_per_token, self.peak = metrics.flops_per_token(self.model_cfg), metrics.peak_flops()
     self.writer: metrics.MetricWriter | None = None  # opened after a successful restore
     self.result: dict[str, Any] = {}
 
@@ -195,7 +197,6 @@ class Trainer:
     self.writer = metrics.MetricWriter(self.workdir, enabled=self.is_main)
     start = int(state.step)
     skipped = int(jax.device_get(state.skipped)[0])
-    tokens_per_step = t.batch_size * self.model_cfg.max_seq_len
     bar = tqdm(total=t.steps, initial=start, disable=not self.is_main, dynamic_ncols=True,
                unit='step', leave=True)
     sync = sync_each_step()
@@ -222,7 +223,7 @@ class Trainer:
           seconds = time.perf_counter() - clock
           skipped = check_skipped(cfg, state, skipped, self.log)
           values = self.log_step(done, step_metrics, seconds / window if window else None,
-                                 tokens_per_step, skipped)
+                                 skipped)
           bar.set_postfix(loss=f'{values["loss"]:.4f}', refresh=False)
           clock, window = time.perf_counter(), 0
         if done % t.eval_every == 0 or done == t.steps:
@@ -239,14 +240,13 @@ class Trainer:
     return self.result
 
   def log_step(self, step: int, step_metrics: Any, step_time: float | None,
-               tokens_per_step: int, skipped: int) -> dict[str, float]:
+               skipped: int) -> dict[str, float]:
     values = {k: float(v) for k, v in jax.device_get(step_metrics).items() if k != 'finite'}
     if step_time is not None:
       values['step_time'] = step_time
-      values['tokens_per_s'] = tokens_per_step / step_time
-      values['mfu'] = metrics.mfu(values['tokens_per_s'],
-                                  metrics.flops_per_token(self.model_cfg), jax.device_count(),
-                                  metrics.peak_flops())
+      values['tokens_per_s'] = self.tokens_per_step / step_time
+      values['mfu'] = metrics.mfu(values['tokens_per_s'], self.flops_per_token,
+                                  jax.device_count(), self.peak)
     values['skipped_steps'] = float(skipped)
     self.writer.write(step, values, 'train')
     self.log(_format_line(step, values))
