@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,7 +23,7 @@ heavy = [m for m in ('tensorflow', 'seqio', 'tensorflow_datasets') if m in sys.m
 assert not heavy, heavy
 '''
   result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                          cwd=str(__import__('pathlib').Path(__file__).parent))
+                          cwd=Path(__file__).parent)
   assert result.returncode == 0, result.stderr[-2000:]
 
 
