@@ -64,6 +64,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'train.eval_batches': _non_negative,
     'train.sample_tokens': _non_negative,
     'train.eval_samples': _non_negative,
+    'train.max_skips': _positive,
     'optim.lr': _positive,
     'optim.warmup_steps': _non_negative,
     'optim.min_lr': _non_negative,

@@ -1,4 +1,10 @@
-"""config -> optax: learning-rate schedule, AdamW with a weight-decay mask, clipping, loss scaling."""
+"""config -> optax: learning-rate schedule, AdamW with a weight-decay mask, clipping, loss scaling.
+
+The learning rate is not inside the optax chain: the train step multiplies the chain's update
+by -schedule(state.step). So the rate applied at a step is a function of that step alone, the same
+one that is logged, whether or not earlier updates were skipped (a skipped update leaves the
+optimizer state, and with it Adam's own count, untouched).
+"""
 
 from typing import Any
 
@@ -39,15 +45,21 @@ def decay_mask(params: Any, decay_embeddings: bool) -> Any:
 
 
 def make_optimizer(cfg: ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """The optax chain (global-norm clipping, then AdamW) and its learning-rate schedule."""
+  """The optax chain (global-norm clipping, then AdamW without its learning rate) and the
+  learning-rate schedule; the update is -schedule(step) * tx.update(...) (see apply_updates)."""
   o = cfg.optim
-  schedule = make_schedule(cfg)
   tx = optax.chain(
       optax.clip_by_global_norm(o.clip_norm) if o.clip_norm > 0 else optax.identity(),
-      optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
-                  mask=lambda p: decay_mask(p, o.decay_embeddings)),
+      # optax.adamw is exactly these two followed by scale_by_learning_rate.
+      optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps),
+      optax.add_decayed_weights(o.weight_decay, mask=lambda p: decay_mask(p, o.decay_embeddings)),
   )
-  return tx, schedule
+  return tx, make_schedule(cfg)
+
+
+def apply_updates(params: Any, direction: Any, lr: jax.Array) -> Any:
+  """params - lr * direction: the AdamW step, with the rate given explicitly."""
+  return jax.tree.map(lambda p, d: p - lr * d, params, direction)
 
 
 @struct.dataclass

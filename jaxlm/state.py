@@ -19,19 +19,40 @@ from jaxlm.optim import LossScale
 
 
 @struct.dataclass
+class Skips:
+  """Updates that were not applied because the loss or the gradients were not finite."""
+  count: jax.Array  # int32: skipped updates in the whole run.
+  last: jax.Array  # int32: the step (1-based, as logged) of the latest skip.
+  cause: jax.Array  # int32: what was non-finite at that step (see SKIP_CAUSES).
+  run: jax.Array  # int32: skips in a row up to now (0 after an applied update).
+  longest: jax.Array  # int32: the longest such run so far (the trainer aborts past a limit).
+
+  @classmethod
+  def create(cls) -> 'Skips':
+    return cls(*(jnp.int32(0) for _ in range(5)))
+
+  def update(self, finite: jax.Array, loss_finite: jax.Array, step: jax.Array) -> 'Skips':
+    """The record after `step` (0-based) applied its update (finite) or skipped it."""
+    run = jnp.where(finite, 0, self.run + 1)
+    return Skips(count=self.count + (~finite).astype(jnp.int32),
+                 last=jnp.where(finite, self.last, step + 1),
+                 cause=jnp.where(finite, self.cause, jnp.where(loss_finite, 2, 1)),
+                 run=run, longest=jnp.maximum(self.longest, run))
+
+
+# What made a step skip its update, as recorded in Skips.cause.
+SKIP_CAUSES = {1: 'loss', 2: 'gradient norm'}
+
+
+@struct.dataclass
 class TrainState:
   """Everything a step reads and writes; a pytree of arrays that checkpoints as it is."""
   step: jax.Array  # int32 scalar: optimizer steps taken.
   params: dict[str, Any]  # Pure dict of float32 parameters (the nnx.to_pure_dict layout).
   opt_state: optax.OptState
   rng: jax.Array  # Base key; step t uses fold_in(rng, t), so a resumed run draws the same bits.
-  skipped: jax.Array  # int32 [3]: steps whose update was not applied (a non-finite loss or
-  #                     gradient), the last such step, and what was non-finite (see SKIP_CAUSES).
+  skipped: Skips  # Updates not applied (a non-finite loss or gradient); the step still counts.
   loss_scale: LossScale | None = None  # Only with float16 compute.
-
-
-# What made a step skip its update, as recorded in TrainState.skipped[2].
-SKIP_CAUSES = {1: 'loss', 2: 'gradient norm'}
 
 
 def abstract_model(model_cfg: ConfigDict) -> Transformer:
@@ -63,7 +84,7 @@ def setup_train_state(cfg: ConfigDict, model_cfg: ConfigDict, tx: optax.Gradient
     params = init_params(model_cfg, jax.random.fold_in(root, 0))
     return TrainState(
         step=jnp.int32(0), params=params, opt_state=tx.init(params),
-        rng=jax.random.fold_in(root, 1), skipped=jnp.zeros((3,), jnp.int32),
+        rng=jax.random.fold_in(root, 1), skipped=Skips.create(),
         loss_scale=LossScale.create(cfg) if model_cfg.dtype == 'float16' else None)
 
   param_shardings = sharding.param_shardings(abstract_params, mesh, rules)
@@ -82,5 +103,6 @@ def state_shardings(abstract: TrainState, param_shardings: dict[str, Any],
                               transform_non_params=lambda _: replicated,
                               is_leaf=lambda x: isinstance(x, NamedSharding))
   return TrainState(
-      step=replicated, params=param_shardings, opt_state=opt, rng=replicated, skipped=replicated,
+      step=replicated, params=param_shardings, opt_state=opt, rng=replicated,
+      skipped=jax.tree.map(lambda _: replicated, abstract.skipped),
       loss_scale=jax.tree.map(lambda _: replicated, abstract.loss_scale))

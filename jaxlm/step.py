@@ -16,6 +16,7 @@ from ml_collections import ConfigDict
 
 from jaxlm import sharding
 from jaxlm.loss import chunked_cross_entropy
+from jaxlm.optim import apply_updates
 from jaxlm.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -27,9 +28,12 @@ def make_train_step(cfg: ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientT
                     rules: sharding.Rules) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """Builds train_step(state, batch) -> (state, metrics).
 
-  The batch is split into `train.grad_accum` micro-batches whose summed gradients are divided
-  once by the total token count, so the update equals that of the whole batch at once. An update
-  whose loss or gradients are not finite is not applied (metrics['finite'] says so).
+  The objective is the mean over every counted token of the whole batch: each of the
+  `train.grad_accum` micro-batches contributes its summed loss divided by the batch's total token
+  count, so the summed gradients equal those of the whole batch at once. With float16 compute that
+  mean is multiplied by the dynamic loss scale before the backward pass and the gradients divided
+  by it after. An update whose loss or gradients are not finite is not applied (and the scale is
+  halved); the step still counts, and the learning rate is always schedule(state.step).
   """
   accum, z_loss, chunk = cfg.train.grad_accum, cfg.train.z_loss, cfg.train.loss_chunk
   use_dropout = cfg.model.dropout > 0
@@ -45,39 +49,39 @@ def make_train_step(cfg: ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientT
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     with sharding.use_mesh(mesh, rules):
       key = jax.random.fold_in(state.rng, state.step) if use_dropout else None
-      scale = state.loss_scale.scale if state.loss_scale is not None else jnp.float32(1)
+      loss_scale = state.loss_scale.scale if state.loss_scale is not None else jnp.float32(1)
+      count = jnp.maximum(batch['mask'].astype(jnp.float32).sum(), 1)
+      scale = loss_scale / count  # the summed loss times this is the (scaled) batch mean
 
       def micro_step(carry, xs):
-        grads, ce, count = carry
+        grads, ce = carry
         micro_batch, i = xs
         micro_key = jax.random.fold_in(key, i) if use_dropout else None
-        (_, (c, n)), g = jax.value_and_grad(loss_fn, has_aux=True)(
+        (_, (c, _)), g = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, micro_batch, micro_key, scale)
-        return (jax.tree.map(jnp.add, grads, g), ce + c, count + n), None
+        return (jax.tree.map(jnp.add, grads, g), ce + c), None
 
       zeros = jax.tree.map(jnp.zeros_like, state.params)
-      init = (zeros, jnp.float32(0), jnp.float32(0))
-      (grads, ce, count), _ = jax.lax.scan(
-          micro_step, init, (split_micro_batches(batch, accum), jnp.arange(accum)))
-      count = jnp.maximum(count, 1)
-      grads = jax.tree.map(lambda g: g / (count * scale), grads)
+      (grads, ce), _ = jax.lax.scan(
+          micro_step, (zeros, jnp.float32(0)),
+          (split_micro_batches(batch, accum), jnp.arange(accum)))
+      grads = jax.tree.map(lambda g: g / loss_scale, grads)
       grad_norm = optax.tree.norm(grads)
-      finite = jnp.isfinite(ce) & jnp.isfinite(grad_norm)
-      cause = jnp.where(jnp.isfinite(ce), 2, 1)  # see state.SKIP_CAUSES
-      skipped = jnp.where(finite, state.skipped, jnp.stack(
-          [state.skipped[0] + 1, state.step + 1, cause]).astype(jnp.int32))
+      loss_finite = jnp.isfinite(ce)
+      finite = loss_finite & jnp.isfinite(grad_norm)
 
-      updates, opt_state = tx.update(grads, state.opt_state, state.params)
-      params = optax.apply_updates(state.params, updates)
+      lr = schedule(state.step)
+      direction, opt_state = tx.update(grads, state.opt_state, state.params)
+      params = apply_updates(state.params, direction, lr)
       keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
       new_state = state.replace(
-          step=state.step + 1, params=keep(params, state.params), skipped=skipped,
+          step=state.step + 1, params=keep(params, state.params),
           opt_state=keep(opt_state, state.opt_state),
+          skipped=state.skipped.update(finite, loss_finite, state.step),
           loss_scale=None if state.loss_scale is None else state.loss_scale.update(finite))
-      metrics = dict(loss=ce / count, grad_norm=grad_norm, lr=schedule(state.step),
-                     tokens=count, finite=finite)
+      metrics = dict(loss=ce / count, grad_norm=grad_norm, lr=lr, tokens=count, finite=finite)
       if state.loss_scale is not None:
-        metrics['loss_scale'] = scale
+        metrics['loss_scale'] = loss_scale
       return new_state, metrics
 
   return train_step

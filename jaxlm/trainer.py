@@ -94,20 +94,29 @@ class StopRequest:
 def check_skipped(cfg: ConfigDict, state: Any, seen: int, log) -> int:
   """Acts on updates skipped since the last check (a host sync): aborts, or reports them.
 
-  Returns the number of skipped steps so far. With float16 compute, skipped steps are how
-  dynamic loss scaling works and never abort.
+  Returns the number of skipped updates so far. A float16 run skips an update whenever its loss
+  scale overflows and goes on (with half the scale); any run aborts once train.max_skips updates
+  in a row were skipped, and with on_nonfinite=abort (float32 and bfloat16) at the first skip.
   """
-  count, last, cause = (int(x) for x in jax.device_get(state.skipped))
+  s = jax.device_get(state.skipped)
+  count, last, longest = int(s.count), int(s.last), int(s.longest)
   if count == seen:
     return count
-  what = SKIP_CAUSES.get(cause, 'update')
-  if cfg.train.on_nonfinite == 'abort' and state.loss_scale is None:
+  what = SKIP_CAUSES.get(int(s.cause), 'update')
+  float16 = state.loss_scale is not None
+  if longest >= cfg.train.max_skips:
+    hint = ('lower optim.loss_scale_init or use model.dtype=bfloat16'
+            if float16 and what == 'gradient norm' else 'lower optim.lr')
+    raise UserError(
+        f'{longest} updates in a row were skipped (the {what} was non-finite, last at step '
+        f'{last}; no checkpoint holds them); {hint} (train.max_skips={cfg.train.max_skips}).')
+  if cfg.train.on_nonfinite == 'abort' and not float16:
     raise UserError(
         f'the {what} became non-finite at step {last} (that update was not applied and no '
         'checkpoint holds it); lower optim.lr, or set train.on_nonfinite=skip to skip such steps.')
-  if state.loss_scale is None:
-    log(f'step {last}: the {what} was non-finite; the update was skipped '
-        f'({count} skipped so far)')
+  scale = f'; loss scale now {float(state.loss_scale.scale):g}' if float16 else ''
+  log(f'step {last}: the {what} was non-finite; the update was skipped '
+      f'({count} skipped so far{scale})')
   return count
 
 
@@ -196,7 +205,7 @@ class Trainer:
     state = self.restore_or_init()
     self.writer = metrics.MetricWriter(self.workdir, enabled=self.is_main)
     start = int(state.step)
-    skipped = int(jax.device_get(state.skipped)[0])
+    skipped = int(jax.device_get(state.skipped.count))
     bar = tqdm(total=t.steps, initial=start, disable=not self.is_main, dynamic_ncols=True,
                unit='step', leave=True)
     sync = sync_each_step()

@@ -184,6 +184,21 @@ def test_non_finite_loss(tmp_path, corpus_file, policy):
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
 
 
+@pytest.mark.parametrize('dtype,policy', [('float16', 'abort'), ('float32', 'skip')])
+def test_updates_skipped_in_a_row_abort(tmp_path, corpus_file, dtype, policy):
+  """A loss that stays non-finite is not skipped forever: train.max_skips in a row abort, also
+  under float16 (where skips are how loss scaling works) and with on_nonfinite=skip."""
+  cfg = tiny_config(workdir=str(tmp_path / 'run'))
+  cfg.data.corpus = str(corpus_file)
+  cfg.model.dtype, cfg.train.on_nonfinite = dtype, policy
+  cfg.optim.lr, cfg.optim.clip_norm, cfg.optim.warmup_steps = 1e30, 0.0, 0  # diverges at once
+  cfg.train.steps, cfg.train.max_skips, cfg.checkpoint.every = 12, 4, 100
+  with pytest.raises(UserError, match=r'\d+ updates in a row were skipped .* lower optim.lr '
+                                      r'\(train.max_skips=4\)'):
+    trainer.run(cfg)
+  assert not list((tmp_path / 'run' / 'checkpoints').glob('[0-9]*'))
+
+
 def test_keep_period_keeps_every_kth_checkpoint(tmp_path, corpus_file):
   cfg = tiny_config(workdir=str(tmp_path / 'run'))
   cfg.data.corpus = str(corpus_file)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import build_training, random_batch, tiny_config
-from jaxlm.optim import LossScale
+from jaxlm.optim import LossScale, make_optimizer
 
 
 def _one_step(cfg, batch, num_devices=1, state=None):
@@ -42,10 +42,11 @@ def test_gradient_accumulation_on_a_mesh():
   cfg.mesh.data, cfg.mesh.fsdp = 4, 2
   batch = random_batch(16, cfg.model.max_seq_len)
   cfg.train.batch_size = 16
-  _, m_big = _one_step(cfg, batch, 8)
+  big, m_big = _one_step(cfg, batch, 8)
   cfg.train.grad_accum = 2
-  _, m_acc = _one_step(cfg, batch, 8)
-  np.testing.assert_allclose(m_acc['loss'], m_big['loss'], rtol=1e-6)
+  acc = _one_step(cfg, batch, 8)
+  # The gradient norm sees a wrong scale of the gradients, which Adam's update would hide.
+  _assert_same_update(acc, (big, m_big), param_atol=1e-5)
 
 
 def test_non_finite_update_is_not_applied():
@@ -76,21 +77,63 @@ def test_loss_scale_dynamics():
   assert (float(s.scale), int(s.good_steps)) == (1024, 0)
 
 
-def test_float16_training_uses_and_reports_a_loss_scale():
+def _float16_config(**optim):
   cfg = tiny_config()
   cfg.mesh.data = 1
   cfg.model.dtype = 'float16'
+  for k, v in optim.items():
+    cfg.optim[k] = v
+  return cfg
+
+
+def test_float16_default_scale_does_not_overflow():
+  """The scale multiplies the batch's mean loss: the default 2^15 leaves float16 room to spare
+  on 16 x 128 tokens (a scale on the summed loss would be 2048 times larger and overflow)."""
+  cfg = _float16_config()
+  cfg.model.max_seq_len, cfg.train.batch_size = 128, 16
   _, setup, step, batch_sh = build_training(cfg, 1)
   state = setup.init()
   assert float(state.loss_scale.scale) == cfg.optim.loss_scale_init
-  batch = jax.device_put(random_batch(8, 16), batch_sh)
+  batch = jax.device_put(random_batch(16, 128), batch_sh)
   losses = []
-  for _ in range(8):
+  for _ in range(6):
     state, metrics = step(state, batch)
+    assert bool(metrics['finite']) and float(metrics['loss_scale']) == 2.0**15
     losses.append(float(metrics['loss']))
-    assert 'loss_scale' in metrics
-  assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+  assert int(state.skipped.count) == 0 and losses[-1] < losses[0]
   assert state.params['embed']['table'].dtype == jnp.float32  # master weights stay float32
+
+
+def test_float16_overflow_skips_halves_the_scale_and_keeps_the_schedule():
+  """A scale too large overflows the float16 gradients: the update is skipped and the scale
+  halved until it fits; skipped steps still count, and the first applied update uses the
+  learning rate of its own step (the one logged), not that of the number of applied updates."""
+  cfg = _float16_config(loss_scale_init=2.0**30, clip_norm=0.0, weight_decay=0.0,
+                        warmup_steps=50)
+  cfg.train.steps = 100
+  _, setup, step, batch_sh = build_training(cfg, 1)
+  state = setup.init()
+  batch = jax.device_put(random_batch(8, 16), batch_sh)
+  scales, finite = [], []
+  while not finite or not finite[-1]:
+    before = jax.tree.map(np.asarray, state.params)
+    state, metrics = step(state, batch)
+    scales.append(float(metrics['loss_scale']))
+    finite.append(bool(metrics['finite']))
+    assert len(finite) < 40
+  skips = len(finite) - 1
+  assert skips >= 3 and not any(finite[:-1])
+  assert scales == [2.0**30 / 2**i for i in range(skips + 1)]  # halved at each skip
+  assert int(state.step) == skips + 1
+  assert (int(state.skipped.count), int(state.skipped.last)) == (skips, skips)
+  assert int(state.skipped.longest) == skips and int(state.skipped.run) == 0
+  assert float(state.loss_scale.scale) == scales[-1]  # a finite step keeps the scale
+  _, schedule = make_optimizer(cfg)
+  assert float(metrics['lr']) == pytest.approx(float(schedule(skips)))
+  assert float(schedule(skips)) > 2 * float(schedule(0))  # still warming up: they differ
+  # Adam's first applied update moves every parameter with a gradient by lr (no decay here).
+  moved = np.abs(np.asarray(state.params['final_norm']['scale']) - before['final_norm']['scale'])
+  np.testing.assert_allclose(np.median(moved), float(metrics['lr']), rtol=1e-3)
 
 
 @pytest.mark.parametrize('dropout', [0.0, 0.3])

@@ -1,0 +1,104 @@
+"""The optimizer: the schedule's values, the weight-decay mask and the z-loss, through the step."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import build_training, random_batch, tiny_config
+from jaxlm.loss import cross_entropy
+from jaxlm.optim import make_schedule
+
+
+def _schedule_config(**optim):
+  cfg = tiny_config()
+  cfg.train.steps = 100
+  cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps = 1e-3, 1e-4, 10
+  for k, v in optim.items():
+    cfg.optim[k] = v
+  return cfg
+
+
+def test_cosine_schedule_equals_its_closed_form():
+  cfg = _schedule_config()
+  schedule = make_schedule(cfg)
+  lr, floor, warm, total = 1e-3, 1e-4, 10, 100
+
+  def closed_form(step):  # step t uses the curve at t + 1
+    t = step + 1
+    if t < warm:
+      return lr * t / warm
+    progress = (t - warm) / (total - warm)
+    return floor + (lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+  for step in (0, 4, 9, 30, 54, 99):
+    assert float(schedule(step)) == pytest.approx(closed_form(step), rel=1e-5), step
+  assert float(schedule(0)) == pytest.approx(lr / warm)  # the first step already moves
+  assert float(schedule(9)) == pytest.approx(lr)  # the peak at the end of warm-up
+  assert float(schedule(99)) == pytest.approx(floor)  # the last step uses min_lr
+
+
+def test_constant_schedule_and_explicit_decay_length():
+  constant = make_schedule(_schedule_config(schedule='constant'))
+  assert [float(constant(s)) for s in (0, 9, 50, 99)] == pytest.approx([1e-4, 1e-3, 1e-3, 1e-3])
+  short = make_schedule(_schedule_config(decay_steps=50))
+  assert float(short(49)) == pytest.approx(1e-4) and float(short(80)) == pytest.approx(1e-4)
+
+
+def _one_step(cfg, batch):
+  _, setup, step, batch_sh = build_training(cfg, 1)
+  state = setup.init()
+  before = jax.tree.map(np.asarray, state.params)
+  new, metrics = step(state, jax.device_put(batch, batch_sh))
+  return before, jax.tree.map(np.asarray, new.params), metrics
+
+
+@pytest.mark.parametrize('decay_embeddings', [False, True])
+def test_weight_decay_reaches_only_the_masked_parameters(decay_embeddings):
+  """With no counted token the gradients are zero, so a step is decay alone: kernels (and the
+  embeddings when asked) shrink by exactly 1 - lr * weight_decay; norms never change."""
+  cfg = tiny_config()
+  cfg.mesh.data = 1
+  cfg.optim.weight_decay, cfg.optim.decay_embeddings = 0.5, decay_embeddings
+  batch = random_batch(8, cfg.model.max_seq_len)
+  batch['mask'][:] = 0
+  before, after, metrics = _one_step(cfg, batch)
+  assert float(metrics['grad_norm']) == 0
+  factor = 1 - float(metrics['lr']) * 0.5
+  kernel = ('blocks', 'attn', 'qkv', 'kernel')
+  get = lambda tree, path: tree[path[0]][path[1]][path[2]][path[3]] if len(path) == 4 else \
+      tree[path[0]][path[1]]
+  np.testing.assert_allclose(get(after, kernel), get(before, kernel) * factor, rtol=1e-6)
+  np.testing.assert_allclose(after['head']['kernel'], before['head']['kernel'] * factor, rtol=1e-6)
+  np.testing.assert_array_equal(after['final_norm']['scale'], before['final_norm']['scale'])
+  np.testing.assert_array_equal(after['blocks']['attn_norm']['scale'],
+                                before['blocks']['attn_norm']['scale'])
+  table = (after['embed']['table'], before['embed']['table'] * (factor if decay_embeddings else 1))
+  np.testing.assert_allclose(*table, rtol=1e-6)
+
+
+def test_z_loss_enters_the_gradients_but_not_the_reported_loss():
+  cfg = tiny_config()
+  cfg.mesh.data = 1
+  cfg.optim.clip_norm = 0.0
+  batch = random_batch(8, cfg.model.max_seq_len)
+  _, _, plain = _one_step(cfg, batch)
+  cfg.train.z_loss = 0.5
+  _, setup, step, batch_sh = build_training(cfg, 1)
+  state = setup.init()
+
+  def objective(params):  # the mean of ce + z * logsumexp^2, written out independently
+    logits = nnx.merge(setup.graphdef, params)(jnp.asarray(batch['inputs']))
+    _, ce, n = cross_entropy(logits, jnp.asarray(batch['targets']), jnp.asarray(batch['mask']))
+    lse = jax.nn.logsumexp(logits.astype(jnp.float32), -1)
+    return (ce + 0.5 * jnp.sum(lse**2 * batch['mask'])) / n
+
+  grads = jax.grad(objective)(state.params)
+  norm = float(jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads))))
+  _, with_z = step(state, jax.device_put(batch, batch_sh))  # (donates state)
+  assert float(with_z['loss']) == pytest.approx(float(plain['loss']), rel=1e-6)
+  assert float(with_z['grad_norm']) == pytest.approx(norm, rel=1e-4)
+  assert abs(float(with_z['grad_norm']) - float(plain['grad_norm'])) > 1e-3 * norm
