@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from jaxlm import data, sampling
+from jaxlm import data, sampling, sharding
 from jaxlm.data.tokenizers import Tokenizer
 from jaxlm.errors import UserError
 
@@ -28,9 +28,12 @@ def sync_each_step() -> bool:
   return jax.devices()[0].platform == 'cpu' and jax.local_device_count() > 1
 
 
-def to_global(batch: dict[str, np.ndarray], batch_sharding) -> dict[str, jax.Array]:
-  """This host's rows -> one global array per field, sharded over the batch axes."""
-  return {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in batch.items()}
+def to_global(batch: dict[str, np.ndarray], batch_sharding,
+              global_batch: int) -> dict[str, jax.Array]:
+  """This host's rows (sharding.host_rows) -> one global array per field, sharded over the
+  batch axes."""
+  return {k: jax.make_array_from_process_local_data(batch_sharding, v, (global_batch,) + v.shape[1:])
+          for k, v in batch.items()}
 
 
 def loss_over(eval_step, params: Any, tokens: np.ndarray, cfg: ConfigDict, batch_sharding, *,
@@ -38,10 +41,11 @@ def loss_over(eval_step, params: Any, tokens: np.ndarray, cfg: ConfigDict, batch
   """Mean cross-entropy (nats/token), perplexity and the number of tokens counted."""
   total, count = 0.0, 0.0
   sync = sync_each_step()
-  for batch in data.eval_batches(
-      tokens, cfg.model.max_seq_len, cfg.train.batch_size, weights=weights,
-      max_batches=max_batches, host_index=jax.process_index(), host_count=jax.process_count()):
-    ce, n = eval_step(params, to_global(batch, batch_sharding))
+  B = cfg.train.batch_size
+  for batch in data.eval_batches(tokens, cfg.model.max_seq_len, B, weights=weights,
+                                 max_batches=max_batches,
+                                 rows=sharding.host_rows(batch_sharding, B)):
+    ce, n = eval_step(params, to_global(batch, batch_sharding, B))
     total, count = total + ce, count + n  # Stays on device: one host sync at the end...
     if sync:
       jax.block_until_ready(total)  # ...except where sync_each_step says otherwise.

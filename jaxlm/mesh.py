@@ -93,10 +93,6 @@ def check_divisibility(cfg: ConfigDict, sizes: dict[str, int]) -> None:
         f'config field train.batch_size={cfg.train.batch_size} (in {cfg.train.grad_accum} '
         f'micro-batches of {micro}) does not divide over the {shards} devices of the batch axes '
         f'{"x".join(batch_axes)}; make each micro-batch a multiple of {shards}.')
-  if micro % jax.process_count():
-    raise UserError(
-        f'config field train.batch_size={cfg.train.batch_size} does not divide over '
-        f'{jax.process_count()} hosts; make each micro-batch a multiple of {jax.process_count()}.')
   m, tensor = cfg.model, sizes['tensor']
   for field in ('num_heads', 'num_kv_heads'):
     heads = m[field] or m.num_heads

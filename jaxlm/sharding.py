@@ -12,6 +12,7 @@ import math
 from typing import Any, Iterator, Sequence
 
 import jax
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
@@ -96,6 +97,25 @@ def param_shardings(abstract_state: nnx.State, mesh: Mesh, rules: Rules) -> dict
 def batch_sharding(mesh: Mesh, rules: Rules, ndim: int = 2) -> NamedSharding:
   """Sharding of a [B, L, ...] batch: the batch dimension over the batch axes of the rules."""
   return NamedSharding(mesh, logical_to_spec(BATCH_AXES[:ndim], rules, mesh))
+
+
+def host_rows(batch_sh: NamedSharding, global_batch: int,
+              devices: Sequence[jax.Device] | None = None) -> np.ndarray:
+  """The rows of a [global_batch, ...] batch that this process's devices (or `devices`, to
+  simulate a host in tests) hold, in order.
+
+  A host feeds exactly these rows (see jax.make_array_from_process_local_data): its position along
+  the mesh's batch axes decides them, as MaxText derives its data index from the mesh. Hosts
+  split along the batch axes get disjoint rows; hosts that differ only along other axes (say
+  `tensor` spanning two hosts) get the same rows, and so must read the same data.
+  """
+  shape = (global_batch,) + (1,) * (len(batch_sh.spec) - 1)
+  mine = set(batch_sh.addressable_devices if devices is None else devices)
+  rows = set()
+  for device, index in batch_sh.devices_indices_map(shape).items():
+    if device in mine:
+      rows.update(range(global_batch)[index[0]])
+  return np.asarray(sorted(rows), np.int64)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

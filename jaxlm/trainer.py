@@ -155,13 +155,12 @@ class Trainer:
     self.ckpt = Checkpointer(self.workdir / 'checkpoints', keep=cfg.checkpoint.keep,
                              keep_period=cfg.checkpoint.keep_period,
                              async_save=cfg.checkpoint.async_save)
+    self.batch_sharding = sharding.batch_sharding(self.mesh, rules)
     self.data = data.train_iterator(
-        self.corpus.train, self.model_cfg.max_seq_len, t.batch_size // jax.process_count(),
-        stride=cfg.data.stride, seed=cfg.seed, host_index=jax.process_index(),
-        host_count=jax.process_count())
+        self.corpus.train, self.model_cfg.max_seq_len, t.batch_size, stride=cfg.data.stride,
+        seed=cfg.seed, rows=sharding.host_rows(self.batch_sharding, t.batch_size))
     self.meta = dict(config=cfg.to_dict(), model=self.model_cfg.to_dict(),
                      tokenizer=self.tokenizer.fingerprint)
-    self.batch_sharding = sharding.batch_sharding(self.mesh, rules)
     self.train_step = jit_train_step(
         make_train_step(cfg, self.setup.graphdef, tx, schedule, self.mesh, rules),
         self.setup.shardings, self.mesh, rules)
@@ -213,7 +212,7 @@ class Trainer:
     stop, profiling = StopRequest(), False
     with stop.installed(), contextlib.closing(bar):
       for step in range(start, t.steps):
-        batch = to_global(next(self.data), self.batch_sharding)
+        batch = to_global(next(self.data), self.batch_sharding, t.batch_size)
         state, step_metrics = self.train_step(state, batch)
         if sync:
           jax.block_until_ready(step_metrics)

@@ -211,18 +211,27 @@ def test_keep_period_keeps_every_kth_checkpoint(tmp_path, corpus_file):
   assert kept == [4, 8, 9, 10]
 
 
-def test_two_processes_train_checkpoint_and_resume_in_one(setup):
-  """Two JAX processes on this machine (launch/local.py): data split by host, a multi-process
-  checkpoint, then the same run resumed by a single process on two devices."""
-  tmp, cfg, _ = setup
-  work = tmp / 'two_hosts'
+@pytest.mark.parametrize('axis', ['data', 'tensor'])
+def test_two_processes_equal_one_and_resume_in_one(setup, axis):
+  """Two JAX processes on this machine (launch/local.py) split along `data` (each host reads
+  half of every batch) or along `tensor` (both read the whole batch): the losses are those of
+  the one-process run on two devices; then the run resumes in a single process."""
+  tmp, cfg, expected = setup
+  work = tmp / f'two_hosts_{axis}'
+  mesh = ['--config.mesh.data=1', '--config.mesh.tensor=2'] if axis == 'tensor' else []
   result = harness.run([sys.executable, 'launch/local.py', '--processes=2', '--',
-                        f'--config={cfg}', f'--config.workdir={work}', '--config.train.steps=4'])
+                        f'--config={cfg}', f'--config.workdir={work}', '--config.train.steps=4',
+                        *mesh])
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  assert sorted(harness.logged_losses(work)) == [1, 2, 3, 4]  # logged once, by process 0
+  got = harness.logged_losses(work)
+  assert sorted(got) == [1, 2, 3, 4] and all(len(v) == 1 for v in got.values())  # process 0 logs
+  # The same global batches and updates (float32 rounding: the all-reduces sum in another order).
+  np.testing.assert_allclose([got[s][0] for s in range(1, 5)],
+                             [expected[s] for s in range(1, 5)], atol=2e-5)
   assert (work / 'checkpoints' / '4').is_dir()
   result = harness.run(harness.command(f'--config={cfg}', f'--config.workdir={work}',
-                                       '--config.train.steps=6'))
+                                       '--config.train.steps=6', *mesh))
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'Resuming from step 4' in result.stdout + result.stderr
-  assert sorted(harness.logged_losses(work)) == [1, 2, 3, 4, 5, 6]
+  got = harness.logged_losses(work)
+  np.testing.assert_allclose([got[s][0] for s in (5, 6)], [expected[s] for s in (5, 6)], atol=2e-5)

@@ -30,6 +30,25 @@ def test_logical_to_spec():
   assert sharding.logical_to_spec(('vocab', 'embed'), RULES, mesh, (65, 32)) == P(None, 'fsdp')
 
 
+@pytest.mark.parametrize('shape,hosts,expected', [
+    ((8, 1, 1), 2, [range(0, 8), range(8, 16)]),  # data across hosts: disjoint halves
+    ((2, 2, 2), 4, [range(0, 4), range(4, 8), range(8, 12), range(12, 16)]),  # data x fsdp
+    ((1, 1, 8), 2, [range(16), range(16)]),  # tensor across hosts: both hold every row
+    ((2, 1, 4), 4, [range(8), range(8), range(8, 16), range(8, 16)]),  # data and tensor
+])
+def test_host_rows_follow_the_position_along_the_batch_axes(shape, hosts, expected):
+  """Simulated hosts of 8 // hosts consecutive devices each: a host's rows are those its devices
+  hold; hosts that differ only along `tensor` hold (and must read) the same rows."""
+  mesh = jax.make_mesh(shape, ('data', 'fsdp', 'tensor'),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 3, devices=jax.devices())
+  batch_sh = sharding.batch_sharding(mesh, RULES)
+  per_host = 8 // hosts
+  got = [sharding.host_rows(batch_sh, 16, jax.devices()[h * per_host:(h + 1) * per_host])
+         for h in range(hosts)]
+  assert [list(r) for r in got] == [list(r) for r in expected]
+  assert list(sharding.host_rows(batch_sh, 16)) == list(range(16))  # one process: everything
+
+
 def test_mesh_shape_resolution_and_errors():
   cfg = tiny_config()
   assert mesh_shape(cfg.mesh, 8) == (8, 1, 1)

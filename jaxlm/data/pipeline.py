@@ -10,6 +10,7 @@ covers every validation token exactly once, padding and masking the last partial
 import glob
 import hashlib
 import os
+import sys
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -115,42 +116,49 @@ def _to_batch(windows: np.ndarray) -> Batch:
               mask=np.ones(windows[:, 1:].shape, np.float32))
 
 
-def train_iterator(tokens: np.ndarray, seq_len: int, host_batch: int, *, stride: int, seed: int,
-                   host_index: int = 0, host_count: int = 1) -> grain.DatasetIterator:
-  """An endless, checkpointable iterator of this host's [host_batch, seq_len] training batches.
+def train_iterator(tokens: np.ndarray, seq_len: int, global_batch: int, *, stride: int, seed: int,
+                   rows: Sequence[int] | None = None) -> grain.DatasetIterator:
+  """An endless, checkpointable iterator of this host's rows of the [global_batch, seq_len]
+  training batches.
 
-  Windows are shuffled globally with `seed` (a new order each epoch), then host i takes every
-  host_count-th window starting at i, so the hosts together see each window once per epoch.
+  Windows are shuffled globally with `seed` (a new order each epoch); global batch j is windows
+  j*B .. j*B+B-1 of that order, whatever the number of hosts, and a host reads only its `rows`
+  of it (default: all; see sharding.host_rows).
   """
-  ds = grain.MapDataset.source(Windows(tokens, seq_len + 1, stride or seq_len))
-  ds = ds.shuffle(seed=seed)[host_index::host_count].repeat()
-  return iter(ds.batch(host_batch, drop_remainder=True).map(_to_batch))
+  rows = np.arange(global_batch) if rows is None else np.asarray(rows)
+  windows = grain.MapDataset.source(Windows(tokens, seq_len + 1, stride or seq_len))
+  windows = windows.shuffle(seed=seed).repeat()
+  per_host = len(rows)
+  ds = grain.MapDataset.range(sys.maxsize).map(
+      lambda i: windows[(i // per_host) * global_batch + int(rows[i % per_host])])
+  return iter(ds.batch(per_host, drop_remainder=True).map(_to_batch))
 
 
 def eval_batches(tokens: np.ndarray, seq_len: int, batch_size: int, *,
-                 weights: np.ndarray | None = None, max_batches: int = 0, host_index: int = 0,
-                 host_count: int = 1) -> Iterator[Batch]:
-  """This host's rows of [batch_size, seq_len] batches that predict every token of `tokens` but
-  the first exactly once. The last window and the last batch are padded with mask 0.
+                 weights: np.ndarray | None = None, max_batches: int = 0,
+                 rows: Sequence[int] | None = None) -> Iterator[Batch]:
+  """This host's `rows` (default: all) of [batch_size, seq_len] batches that predict every token
+  of `tokens` but the first exactly once. The last window and the last batch are padded with
+  mask 0.
 
   `weights` [len(tokens)] (default all 1) is the mask of each token as a target: 0 for tokens
   that are only context, such as the end-of-sequence ids between documents. With max_batches > 0
   only the first max_batches batches are produced.
   """
+  rows = np.arange(batch_size) if rows is None else np.asarray(rows)
   n_targets = len(tokens) - 1
   n_windows = -(-n_targets // seq_len)
   n_batches = -(-n_windows // batch_size)
   if max_batches:
     n_batches = min(n_batches, max_batches)
-  rows = slice(host_index * batch_size // host_count, (host_index + 1) * batch_size // host_count)
   for b in range(n_batches):
-    inputs = np.zeros((batch_size, seq_len), np.int32)
-    targets = np.zeros((batch_size, seq_len), np.int32)
-    mask = np.zeros((batch_size, seq_len), np.float32)
-    for r in range(batch_size):
-      start = (b * batch_size + r) * seq_len
+    inputs = np.zeros((len(rows), seq_len), np.int32)
+    targets = np.zeros((len(rows), seq_len), np.int32)
+    mask = np.zeros((len(rows), seq_len), np.float32)
+    for i, r in enumerate(rows):
+      start = (b * batch_size + int(r)) * seq_len
       n = max(0, min(seq_len, n_targets - start))
-      inputs[r, :n] = tokens[start:start + n]
-      targets[r, :n] = tokens[start + 1:start + 1 + n]
-      mask[r, :n] = 1 if weights is None else weights[start + 1:start + 1 + n]
-    yield dict(inputs=inputs[rows], targets=targets[rows], mask=mask[rows])
+      inputs[i, :n] = tokens[start:start + n]
+      targets[i, :n] = tokens[start + 1:start + 1 + n]
+      mask[i, :n] = 1 if weights is None else weights[start + 1:start + 1 + n]
+    yield dict(inputs=inputs, targets=targets, mask=mask)
