@@ -11,6 +11,7 @@ used; if none can be read, nothing is moved and the run stops with an error rath
 from scratch.
 """
 
+import json
 import logging
 import os
 import shutil
@@ -114,7 +115,7 @@ class Checkpointer:
     good = [s for s in self.all_steps() if s != step]
     kept = f'checkpoint {good[-1]} is intact' if good else 'no earlier checkpoint exists'
     what = 'a checkpoint' if step is None else f'checkpoint {step}'
-    return UserError(f'writing {what} to {self.directory} failed ({_short(e)}); {kept}; free '
+    return UserError(f'writing {what} to {self.directory} failed ({short_reason(e)}); {kept}; free '
                      'disk space (or fix the directory) and run the same command to resume.')
 
   def restore(self, abstract_state: Any, step: int) -> tuple[Any, dict, dict]:
@@ -162,7 +163,7 @@ class Checkpointer:
         self._quarantine(bad, reason)
       return state, data_state, step
     if unreadable:
-      listed = ', '.join(f'{s} ({_short(e)})' for s, e in unreadable)
+      listed = ', '.join(f'{s} ({short_reason(e)})' for s, e in unreadable)
       raise UserError(f'none of the checkpoints in {self.directory} can be read: {listed}; nothing '
                       'was changed. Restore a good checkpoint there, or move the directory away '
                       'to start afresh.')
@@ -173,7 +174,7 @@ class Checkpointer:
     if jax.process_index() == 0:
       target.parent.mkdir(parents=True, exist_ok=True)
       shutil.move(str(self.directory / str(step)), str(target))
-      print(f'checkpoint {step} in {self.directory} cannot be read ({_short(reason)}); moved it to '
+      print(f'checkpoint {step} in {self.directory} cannot be read ({short_reason(reason)}); moved it to '
             f'{target} and resumed from an earlier one.', flush=True)
     self.manager.reload()
 
@@ -201,7 +202,22 @@ class Checkpointer:
     self.manager.close()
 
 
-def _short(e: BaseException) -> str:
+def peek_config(directory: Path) -> dict | None:
+  """The config saved with the newest step in `directory` whose metadata reads, by reading its
+  JSON file directly: no Orbax manager, so JAX's backends are not started yet and the run's
+  cpu_devices and xla_flags can still be applied (see mesh.configure_backend). None if no step's
+  metadata reads; the restore that follows then reports why."""
+  steps = sorted((int(p.name) for p in Path(directory).iterdir() if p.name.isdigit()),
+                 reverse=True) if Path(directory).is_dir() else []
+  for step in steps:
+    try:
+      return json.loads((Path(directory) / str(step) / 'meta' / 'metadata').read_text())['config']
+    except (OSError, ValueError, KeyError, TypeError):
+      continue
+  return None
+
+
+def short_reason(e: BaseException) -> str:
   """The root cause of an error, on one line: Orbax wraps TensorStore's precise message."""
   while e.__cause__ is not None or e.__context__ is not None:
     e = e.__cause__ or e.__context__

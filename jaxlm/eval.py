@@ -87,12 +87,14 @@ def run(workdir: str, step: int | None, text: str, references: str, max_new_toke
   for key, values in results.items():
     writer.write(r.step, values, f'eval/{key}')
   writer.close()
-  return dict(step=r.step, path=str(out), results=results)
+  return dict(step=r.step, path=str(out), results=results,
+              devices=f'{jax.device_count()} {jax.devices()[0].device_kind} device(s)')
 
 
 def main(argv: list[str]) -> None:
   out = run(_WORKDIR.value, _STEP.value, _TEXT.value, _REFERENCES.value, _MAX_NEW.value,
             _BATCH.value)
+  print(f'checkpoint {out["step"]} on {out["devices"]}')
   for name, values in out['results'].items():
     shown = ' | '.join(f'{k} {v:.4f}' if isinstance(v, float) and not v.is_integer()
                        else f'{k} {int(v)}' for k, v in values.items())

@@ -48,7 +48,9 @@ def main(argv: list[str]) -> None:
   for prompt, text in zip(prompts, texts):
     print(f'{prompt}{text}\n' + '-' * 40)
   tokens = sum(len(r.tokenizer.encode(t)) for t in texts)
-  print(f'step {r.step} | {len(prompts)} prompt(s) | {tokens} new tokens in {seconds:.2f}s | '
+  import jax
+  print(f'step {r.step} | {jax.device_count()} {jax.devices()[0].device_kind} device(s) | '
+        f'{len(prompts)} prompt(s) | {tokens} new tokens in {seconds:.2f}s | '
         f'{tokens / seconds:,.0f} tokens/s')
 
 

@@ -7,6 +7,7 @@ still splits each batch over every device.
 """
 
 import math
+import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -16,7 +17,7 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from jaxlm import sharding
-from jaxlm.checkpoint import Checkpointer
+from jaxlm.checkpoint import Checkpointer, short_reason, peek_config
 from jaxlm.config import resolve_model
 from jaxlm.data import corpus_files, load_tokenizer
 from jaxlm.data.tokenizers import Tokenizer
@@ -45,23 +46,52 @@ def eval_batch_size(batch_size: int) -> int:
 
 
 def load_trained(workdir: str, step: int | None = None, batch_size: int = 0) -> TrainedRun:
-  """Restores step `step` (default: the latest) of the run in `workdir`."""
+  """Restores step `step` (default: the newest that reads back whole) of the run in `workdir`.
+
+  An unreadable newest checkpoint is reported on stderr and the one before it used, as training
+  does (nothing is moved: readers change nothing on disk); an unreadable `step` is an error.
+  """
   workdir = Path(workdir).expanduser()
   directory = workdir / 'checkpoints'
   if not directory.is_dir():
     raise UserError(f'{workdir} has no checkpoints directory; give the --workdir of a training '
                     'run (the config field workdir it was trained with).')
+  saved = peek_config(directory)
+  if saved is not None:  # before Orbax starts JAX's backends
+    configure_backend(ConfigDict(saved))
   ckpt = Checkpointer(directory, keep=None, async_save=False, create=False)
-  steps = ckpt.all_steps()
-  if not steps:
-    raise UserError(f'there is no checkpoint in {directory}; train first.')
-  if step is not None and step not in steps:
-    raise UserError(f'there is no checkpoint for step {step} in {directory}; it has steps '
-                    f'{", ".join(map(str, steps))}.')
-  step = steps[-1] if step is None else step
+  try:
+    steps = ckpt.all_steps()
+    if not steps:
+      raise UserError(f'there is no checkpoint in {directory}; train first.')
+    if step is not None and step not in steps:
+      raise UserError(f'there is no checkpoint for step {step} in {directory}; it has steps '
+                      f'{", ".join(map(str, steps))}.')
+    unreadable = []
+    for candidate in [step] if step is not None else reversed(steps):
+      try:
+        run = _restore(ckpt, workdir, candidate, batch_size)
+      except UserError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except  # a torn or corrupt checkpoint
+        unreadable.append((candidate, e))
+        continue
+      for bad, e in unreadable:
+        print(f'warning: checkpoint {bad} in {directory} cannot be read ({short_reason(e)}); using '
+              f'checkpoint {candidate}.', file=sys.stderr, flush=True)
+      return run
+    listed = ', '.join(f'{s} ({short_reason(e)})' for s, e in unreadable)
+    raise UserError(f'no checkpoint in {directory} can be read: {listed}; give --step of a '
+                    'good one, or restore the directory.' if step is None else
+                    f'checkpoint {step} in {directory} cannot be read ({listed}); give another '
+                    '--step.')
+  finally:
+    ckpt.close()
+
+
+def _restore(ckpt: Checkpointer, workdir: Path, step: int, batch_size: int) -> TrainedRun:
   meta = ckpt.restore_meta(step)
   cfg = ConfigDict(meta['config'])
-  configure_backend(cfg)
   cfg.workdir = str(workdir)
   cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, -1, 1
   cfg.train.batch_size = eval_batch_size(batch_size or cfg.train.batch_size)
@@ -77,6 +107,5 @@ def load_trained(workdir: str, step: int | None = None, batch_size: int = 0) -> 
   tx, _ = make_optimizer(cfg)
   setup = setup_train_state(cfg, model_cfg, tx, mesh, rules)
   state, _, _ = ckpt.restore(setup.abstract, step)
-  ckpt.close()
   return TrainedRun(cfg, model_cfg, tokenizer, setup.graphdef, state.params, step, mesh, rules,
                     workdir)

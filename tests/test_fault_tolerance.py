@@ -1,6 +1,7 @@
 """Fault tolerance, end to end in subprocesses: SIGKILL (mid-save too), SIGTERM, torn and corrupt
 checkpoints, a full disk, a changed device count, and non-finite losses."""
 
+import json
 import shutil
 import sys
 import signal
@@ -235,3 +236,43 @@ def test_two_processes_equal_one_and_resume_in_one(setup, axis):
   assert 'Resuming from step 4' in result.stdout + result.stderr
   got = harness.logged_losses(work)
   np.testing.assert_allclose([got[s][0] for s in (5, 6)], [expected[s] for s in (5, 6)], atol=2e-5)
+
+
+def test_eval_and_generate_fall_back_past_a_torn_checkpoint(setup):
+  """Like training, the readers use the newest checkpoint that reads back whole (and move
+  nothing); a torn checkpoint asked for by --step is one sentence."""
+  tmp, _, _ = setup
+  work = tmp / 'torn_eval'
+  shutil.copytree(tmp / 'ref', work)
+  _truncate_largest_array_file(work / 'checkpoints' / '8')
+  before = harness.digest(work / 'checkpoints')
+  for module in ('jaxlm.eval', 'jaxlm.generate'):
+    result = harness.run(harness.command(f'--workdir={work}', '--max_new_tokens=4',
+                                         module=module))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'warning: checkpoint 8' in result.stderr and 'using checkpoint 6' in result.stderr
+    assert 'Traceback' not in result.stderr
+  assert (work / 'eval' / '6.json').exists() and not (work / 'eval' / '8.json').exists()
+  result = harness.run(harness.command(f'--workdir={work}', '--step=8', module='jaxlm.eval'))
+  assert result.returncode == 2 and 'Traceback' not in result.stderr
+  assert 'error: checkpoint 8 in' in result.stderr and 'give another --step' in result.stderr
+  assert harness.digest(work / 'checkpoints') == before
+
+
+def test_eval_and_generate_apply_the_runs_backend_settings(setup):
+  """cpu_devices and xla_flags of the run reach eval and generate: they are applied before
+  anything (Orbax included) starts JAX's backends."""
+  tmp, _, _ = setup
+  work = tmp / 'backend'
+  shutil.copytree(tmp / 'ref', work)
+  dump = tmp / 'xla_dump'
+  for meta in (work / 'checkpoints').glob('*/meta/metadata'):
+    saved = json.loads(meta.read_text())
+    saved['config']['cpu_devices'], saved['config']['xla_flags'] = 3, f'--xla_dump_to={dump}'
+    meta.write_text(json.dumps(saved))
+  for module, args in (('jaxlm.eval', ['--batch_size=3']), ('jaxlm.generate', ['--max_new_tokens=4'])):
+    shutil.rmtree(dump, ignore_errors=True)
+    result = harness.run(harness.command(f'--workdir={work}', *args, module=module))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert '3 cpu device(s)' in result.stdout, result.stdout[-2000:]
+    assert list(dump.iterdir()), module  # XLA wrote its dump: the flag was applied
