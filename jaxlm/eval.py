@@ -8,7 +8,9 @@ The run's config and tokenizer come from the checkpoint; the parameters are rest
 devices this machine has. `--references` is a JSONL file of {"prompt": ..., "reference": ...}
 lines: greedy continuations of the prompts are scored against the references with sacrebleu.
 Results are printed and written to <workdir>/eval/<step>.json and TensorBoard (<workdir>/tb).
-The evaluation is deterministic.
+The evaluation is deterministic. It scores text: every token of the text is predicted once,
+end-of-document predictions (which stand for no text) are not counted, and bits per byte divide
+the nats by the UTF-8 bytes of the scored text itself.
 """
 
 import json
@@ -63,13 +65,16 @@ def run(workdir: str, step: int | None, text: str, references: str, max_new_toke
                             param_shardings, r.mesh, r.rules)
   if text:
     files = data.corpus_files(text)
-    tokens, weights = evaluation.document_stream([data.read_text(f) for f in files],
-                                                 r.tokenizer)
+    tokens, weights, n_bytes = evaluation.document_stream([data.read_text(f) for f in files],
+                                                          r.tokenizer)
     name = f'text:{text}'
   else:
-    tokens, weights, name = data.load_corpus(r.cfg, r.workdir).val, None, 'validation'
+    corpus = data.load_corpus(r.cfg, r.workdir)
+    tokens, name = corpus.val, 'validation'
+    weights, n_bytes = data.validation_text(r.cfg, r.workdir, corpus)
+  if len(tokens) < 2 or not weights[1:].any():
+    raise UserError(f'the {name} text has no token to predict; evaluate a longer text.')
   result = evaluation.loss_over(eval_step, r.params, tokens, r.cfg, batch_sh, weights=weights)
-  n_bytes = evaluation.predicted_bytes(tokens, weights, r.tokenizer)
   result['bits_per_byte'] = evaluation.bits_per_byte(result.pop('nats'), n_bytes)
   result['bytes'] = n_bytes
   results = {name: result}

@@ -54,46 +54,36 @@ def loss_over(eval_step, params: Any, tokens: np.ndarray, cfg: ConfigDict, batch
   return dict(loss=loss, perplexity=math.exp(min(loss, 80.0)), tokens=count, nats=total)
 
 
-def document_stream(texts: Sequence[str], tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
-  """Documents as one stream for evaluation, and the weight of each token as a target.
+def document_stream(texts: Sequence[str],
+                    tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray, int]:
+  """Documents as one stream for evaluation: (tokens, the weight of each token as a target, the
+  UTF-8 bytes of the text those targets stand for).
 
   Each document is preceded by the end-of-sequence id (the context it has in training, where it
   follows the previous document's end), which is context only (weight 0), so every token of the
   text is predicted exactly once. A tokenizer without end-of-sequence id (characters) cannot
-  predict a document's first token, which then counts as context.
+  predict a document's first token, which then counts as context, and its bytes as unscored.
   """
-  tokens, weights = [], []
+  tokens, weights, n_bytes = [], [], 0
   for text in texts:
-    ids = tokenizer.encode(text)
+    ids, sizes = tokenizer.encode(text), tokenizer.token_bytes(text)
     if tokenizer.eos_id is not None:
       tokens += [tokenizer.eos_id] + ids
       weights += [0] + [1] * len(ids)
-    else:
+      n_bytes += sum(sizes)
+    elif ids:
       tokens += ids
-      weights += [0] + [1] * (len(ids) - 1) if ids else []
-  return np.asarray(tokens, np.int32), np.asarray(weights, np.float32)
+      weights += [0] + [1] * (len(ids) - 1)
+      n_bytes += sum(sizes[1:])
+  return np.asarray(tokens, np.int32), np.asarray(weights, np.float32), n_bytes
 
 
 def bits_per_byte(nats: float, n_bytes: int) -> float:
   """Total loss in nats over the UTF-8 bytes of the predicted text, in bits: comparable across
   tokenizers, since it does not depend on how many tokens the text became."""
-  return nats / math.log(2) / max(n_bytes, 1)
-
-
-def predicted_bytes(tokens: np.ndarray, weights: np.ndarray | None, tokenizer: Tokenizer) -> int:
-  """UTF-8 bytes of the tokens that are counted as targets (all but the first by default)."""
-  if weights is None:
-    weights = np.ones(len(tokens), np.float32)
-    weights[0] = 0
-  runs, run = [], []
-  for token, w in zip(tokens.tolist(), weights.tolist()):
-    if w:
-      run.append(token)
-    elif run:
-      runs.append(run)
-      run = []
-  runs.append(run)
-  return sum(len(tokenizer.decode(r).encode('utf-8')) for r in runs if r)
+  if n_bytes <= 0:
+    raise UserError('there is no text to score (0 bytes); evaluate a non-empty text.')
+  return nats / math.log(2) / n_bytes
 
 
 def bleu_and_chrf(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:

@@ -66,17 +66,67 @@ def naive_nats(r, params, tokens, weights):
 def test_perplexity_and_bits_per_byte_match_a_naive_loop(run_dir):
   r, params, step, batch_sh = _restored(run_dir, jax.devices()[:1])
   texts = ['To be, or not to be: that is the question.', 'Whether tis nobler in the mind. ' * 3]
-  tokens, weights = evaluation.document_stream(texts, r.tokenizer)
+  tokens, weights, n_bytes = evaluation.document_stream(texts, r.tokenizer)
   out = evaluation.loss_over(step, params, tokens, r.cfg, batch_sh, weights=weights)
   n_text_tokens = sum(len(t.encode()) for t in texts)  # bytes: one token per byte
   assert out['tokens'] == n_text_tokens  # every token of the text, exactly once
   nats = naive_nats(r, params, tokens, weights)
   np.testing.assert_allclose(out['nats'], nats, rtol=1e-5)
   assert out['perplexity'] == pytest.approx(math.exp(nats / n_text_tokens), rel=1e-5)
-  n_bytes = evaluation.predicted_bytes(tokens, weights, r.tokenizer)
   assert n_bytes == sum(len(t.encode()) for t in texts)
   assert evaluation.bits_per_byte(out['nats'], n_bytes) == pytest.approx(
       nats / math.log(2) / n_bytes, rel=1e-5)
+
+
+TEXTS = ['Gar\u00e7on, caf\u00e9 cr\u00e8me \u2014 \u65e5\u672c\u8a9e!\n', TINY_TEXT[:300], 'Speak, speak.\n' * 7]
+
+
+@pytest.fixture(scope='module')
+def spm_tokenizer(tmp_path_factory):
+  from jaxlm.data.tokenizers import train_sentencepiece
+  tmp = tmp_path_factory.mktemp('spm')
+  (tmp / 'corpus.txt').write_text(TINY_TEXT + ''.join(TEXTS))
+  return train_sentencepiece([tmp / 'corpus.txt'], tmp / 'spm.model', 320)
+
+
+def test_bits_per_byte_counts_the_bytes_of_the_text(spm_tokenizer):
+  """Bytes are those of the text itself, whatever the tokens: many characters per token for
+  SentencePiece, multi-byte characters (and their byte-fallback pieces) included."""
+  from jaxlm.data.tokenizers import CharTokenizer
+  tokens, weights, n_bytes = evaluation.document_stream(TEXTS, spm_tokenizer)
+  assert n_bytes == sum(len(t.encode()) for t in TEXTS)
+  assert int(weights.sum()) < n_bytes - 100  # far fewer tokens than bytes
+  assert (tokens[weights == 0] == spm_tokenizer.eos_id).all()
+  chars = CharTokenizer.from_texts(TEXTS)  # no end-of-sequence id: first characters unscored
+  _, weights, n_bytes = evaluation.document_stream(TEXTS, chars)
+  assert n_bytes == sum(len(t.encode()) - len(t[0].encode()) for t in TEXTS)
+  assert int(weights.sum()) == sum(len(t) - 1 for t in TEXTS)
+  assert evaluation.bits_per_byte(100.0, 50) == pytest.approx(100 / math.log(2) / 50)
+  with pytest.raises(UserError, match='no text to score'):
+    evaluation.bits_per_byte(0.0, 0)
+
+
+def test_validation_split_scores_text_not_document_ends(spm_tokenizer, tmp_path):
+  """The validation split of a corpus of several documents: end-of-sequence targets carry no
+  text, so they are not scored, and the bytes are the text's."""
+  from jaxlm import data
+  for i, text in enumerate(TEXTS * 2):
+    (tmp_path / 'docs' / f'{i}.txt').parent.mkdir(exist_ok=True)
+    (tmp_path / 'docs' / f'{i}.txt').write_text(text)
+  cfg = tiny_config(workdir=str(tmp_path / 'run'))
+  cfg.data.corpus, cfg.data.val_fraction = str(tmp_path / 'docs'), 0.6
+  cfg.data.tokenizer, cfg.data.tokenizer_path = 'sentencepiece', str(spm_tokenizer.path)
+  corpus = data.load_corpus(cfg, tmp_path / 'run')
+  weights, n_bytes = data.validation_text(cfg, tmp_path / 'run', corpus)
+  eos = spm_tokenizer.eos_id
+  assert (corpus.val == eos).sum() >= 3 and (weights[corpus.val == eos] == 0).all()
+  assert (weights[corpus.val != eos] == 1).all()
+  # Independently: decode each run of scored targets (identity normalisation makes decoding
+  # exact here) and count its bytes.
+  runs = np.split(corpus.val[1:], np.flatnonzero(corpus.val[1:] == eos))
+  decoded = sum(len(spm_tokenizer.decode([t for t in r if t != eos]).encode()) for r in runs)
+  assert abs(n_bytes - decoded) <= 3  # (the split may fall inside a multi-byte character)
+  assert n_bytes > len(corpus.val) + 100
 
 
 def test_one_device_equals_eight(run_dir):

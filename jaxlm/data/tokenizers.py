@@ -1,8 +1,9 @@
 """Tokenizers: SentencePiece (trained by jaxlm on the corpus), character-level and byte-level.
 
 All three share one small interface: `encode(str) -> list[int]`, `decode(ids) -> str`,
-`vocab_size`, `eos_id` (None when the vocabulary has no end-of-sequence token) and `fingerprint`
-(identifies the vocabulary, so caches and checkpoints can tell tokenizers apart).
+`token_bytes(str) -> list[int]` (the UTF-8 bytes of the text each token stands for, for bits per
+byte), `vocab_size`, `eos_id` (None when the vocabulary has no end-of-sequence token) and
+`fingerprint` (identifies the vocabulary, so caches and checkpoints can tell tokenizers apart).
 """
 
 import hashlib
@@ -26,6 +27,8 @@ class Tokenizer(Protocol):
   def encode(self, text: str) -> list[int]: ...
 
   def decode(self, ids: Sequence[int]) -> str: ...
+
+  def token_bytes(self, text: str) -> list[int]: ...
 
 
 def _digest(data: bytes) -> str:
@@ -55,6 +58,10 @@ class CharTokenizer:
   def decode(self, ids: Sequence[int]) -> str:
     return ''.join(self.chars[i] for i in ids if 0 <= i < len(self.chars))
 
+  def token_bytes(self, text: str) -> list[int]:
+    self.encode(text)  # the same error for a character outside the vocabulary
+    return [len(c.encode('utf-8')) for c in text]
+
   def save(self, path: Path) -> None:
     _atomic_write(path, json.dumps({'chars': self.chars}).encode())
 
@@ -73,6 +80,9 @@ class ByteTokenizer:
 
   def decode(self, ids: Sequence[int]) -> str:
     return bytes(i for i in ids if 0 <= i < 256).decode('utf-8', errors='replace')
+
+  def token_bytes(self, text: str) -> list[int]:
+    return [1] * len(text.encode('utf-8'))
 
 
 class SentencePieceTokenizer:
@@ -99,6 +109,11 @@ class SentencePieceTokenizer:
 
   def decode(self, ids: Sequence[int]) -> str:
     return self.sp.decode([int(i) for i in ids if 0 <= i < self.vocab_size])
+
+  def token_bytes(self, text: str) -> list[int]:
+    """The byte span of each piece in the original text (a character split into byte-fallback
+    pieces counts on its first piece), so the spans add up to the text's UTF-8 length."""
+    return [piece.end - piece.begin for piece in self.sp.EncodeAsProto(text).pieces]
 
 
 def train_sentencepiece(files: Sequence[Path], output: Path, vocab_size: int,
