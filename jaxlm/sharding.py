@@ -35,20 +35,39 @@ def logical_to_spec(axes: Sequence[str | None], rules: Rules, mesh: Mesh | None 
 
   A mesh axis is used at most once per array (the first logical axis that claims it wins). Given
   `mesh` and `shape`, a dimension that its mesh axes do not divide is replicated instead (a
-  65-character vocabulary over 2 tensor shards, say), so any model runs on any mesh.
+  65-character vocabulary over 2 tensor shards, say), so any model runs on any mesh;
+  `undivided` lists the parameters where that happened.
   """
+  return _resolve(axes, rules, mesh, shape)[0]
+
+
+def _resolve(axes, rules, mesh, shape) -> tuple[PartitionSpec, list[str]]:
+  """(spec, ['vocab=65 over tensor=2', ...] for the dimensions replicated because undivided)."""
   table = dict(rules)
   used: set[str] = set()
-  spec = []
+  spec, dropped = [], []
   for i, name in enumerate(axes):
     mesh_axes = tuple(a for a in table.get(name, ()) if a not in used) if name else ()
     if mesh is not None:
       mesh_axes = tuple(a for a in mesh_axes if mesh.shape[a] > 1)
       if shape is not None and shape[i] % math.prod(mesh.shape[a] for a in mesh_axes):
+        over = 'x'.join(f'{a}={mesh.shape[a]}' for a in mesh_axes)
+        dropped.append(f'{name}={shape[i]} over {over}')
         mesh_axes = ()
     used.update(mesh_axes)
     spec.append(mesh_axes[0] if len(mesh_axes) == 1 else (mesh_axes or None))
-  return PartitionSpec(*spec)
+  return PartitionSpec(*spec), dropped
+
+
+def undivided(abstract_state: nnx.State, mesh: Mesh, rules: Rules) -> list[str]:
+  """'path: dim=size over axis=n' for every parameter dimension that the rules shard but the mesh
+  does not divide, and that is therefore replicated (the trainer logs these once)."""
+  out = []
+  for path, variable in nnx.to_flat_state(abstract_state):
+    axes = variable.get_metadata().get('out_sharding') or (None,) * variable.ndim
+    for reason in _resolve(axes, rules, mesh, variable.shape)[1]:
+      out.append(f'{"/".join(map(str, path))}: {reason}')
+  return out
 
 
 _CURRENT: contextvars.ContextVar[tuple[Mesh, Rules] | None] = contextvars.ContextVar(

@@ -68,6 +68,7 @@ def init_params(model_cfg: ConfigDict, key: jax.Array) -> dict[str, Any]:
 
 class StateSetup(NamedTuple):
   """What it takes to create or restore a train state on a mesh."""
+  undivided: list[str]  # Parameter dimensions replicated because the mesh does not divide them.
   graphdef: nnx.GraphDef  # Static structure: nnx.merge(graphdef, params) is the model again.
   shardings: TrainState  # A NamedSharding per leaf, for jit and for restoring.
   abstract: TrainState  # ShapeDtypeStructs with those shardings: the restore target.
@@ -92,7 +93,8 @@ def setup_train_state(cfg: ConfigDict, model_cfg: ConfigDict, tx: optax.Gradient
   shardings = state_shardings(shapes, param_shardings, tx, mesh)
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           shapes, shardings)
-  return StateSetup(graphdef, shardings, abstract, jax.jit(init, out_shardings=shardings))
+  return StateSetup(sharding.undivided(abstract_params, mesh, rules), graphdef, shardings,
+                    abstract, jax.jit(init, out_shardings=shardings))
 
 
 def state_shardings(abstract: TrainState, param_shardings: dict[str, Any],

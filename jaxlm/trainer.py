@@ -152,6 +152,10 @@ class Trainer:
              f'{jax.devices()[0].device_kind} device(s) | {len(self.corpus.train):,} train / '
              f'{len(self.corpus.val):,} val tokens | vocab {self.tokenizer.vocab_size} '
              f'(model {self.model_cfg.vocab_size})')
+    if self.setup.undivided:
+      self.log('note: these parameter dimensions are replicated, not sharded as mesh.rules ask, '
+               'because the mesh does not divide them (change the sizes or the mesh to shard '
+               'them): ' + '; '.join(self.setup.undivided))
     self.ckpt = Checkpointer(self.workdir / 'checkpoints', keep=cfg.checkpoint.keep,
                              keep_period=cfg.checkpoint.keep_period,
                              async_save=cfg.checkpoint.async_save)

@@ -79,8 +79,39 @@ def test_parameters_are_created_sharded():
   assert q.sharding.spec == P(None, 'fsdp', 'tensor', None, None)
   shard = q.addressable_shards[0].data
   assert shard.shape == (2, 16, 1, 4, 8)  # only this device's quarter exists on it
-  mu = state.opt_state[1][0].mu['blocks']['attn']['qkv']['kernel']
+  mu = state.opt_state[1].mu['blocks']['attn']['qkv']['kernel']
   assert mu.sharding.spec == q.sharding.spec  # Adam moments follow their parameter
+
+
+def test_embeddings_are_sharded_in_storage_and_in_the_step():
+  """The tables keep their (vocab, embed) sharding, in the state and inside the step: no
+  constraint replicates the whole V x D table (or so its gradient) on every device."""
+  cfg = tiny_config('gpt2')
+  cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 2, 2, 2
+  _, setup, step, batch_sh = build_training(cfg)
+  state = setup.init()
+  assert state.params['embed']['table'].sharding.spec == P('tensor', 'fsdp')
+  assert state.params['pos_embed'].sharding.spec == P(None, 'fsdp')
+  assert state.opt_state[1].mu['embed']['table'].sharding.spec == P('tensor', 'fsdp')
+  lowered = step.lower(state, jax.device_put(random_batch(8, 16), batch_sh)).as_text()
+  constraints = [l for l in lowered.splitlines()  # Shardy's form, or GSPMD's
+                 if 'sdy.sharding_constraint' in l or 'custom_call @Sharding' in l]
+  assert constraints  # (the activations are constrained, so the search sees constraints)
+  V, D, L = 64, 32, 16
+  for shape in (f'tensor<{V}x{D}xf32>', f'tensor<{L}x{D}xf32>'):  # the tables
+    assert not [l for l in constraints if shape in l], shape
+
+
+def test_undivided_dimensions_are_reported():
+  cfg = tiny_config()
+  cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 2, 2, 2
+  cfg.model.vocab_multiple = 1  # 61 tokens: no tensor split
+  _, setup, _, _ = build_training(cfg)
+  assert sorted(setup.undivided) == ['embed/table: vocab=61 over tensor=2',
+                                     'head/kernel: vocab=61 over tensor=2']
+  assert setup.shardings.params['embed']['table'].spec == P(None, 'fsdp')
+  cfg.model.vocab_multiple = 8
+  assert build_training(cfg)[1].undivided == []
 
 
 @functools.cache

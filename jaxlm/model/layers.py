@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxlm.sharding import constrain
 
 Axes = tuple[str, ...]
 
@@ -70,10 +69,9 @@ class Embed(nnx.Module):
 
   def __call__(self, ids: jax.Array) -> jax.Array:
     """ids [B, L] int -> [B, L, D]."""
-    # Gather from a whole (all-gathered) table: a lookup into a table sharded over vocab or embed
-    # would leave the rows sharded the wrong way for the batch-sharded activations.
-    table = constrain(self.table[...].astype(self.dtype), (None, None))
-    return jnp.take(table, ids, axis=0)
+    # The table keeps its (vocab, embed) sharding: the compiler gathers what the lookup needs, and
+    # the caller constrains the result to the batch-sharded activation layout.
+    return jnp.take(self.table[...].astype(self.dtype), ids, axis=0)
 
   def attend(self, x: jax.Array) -> jax.Array:
     """x [..., D] -> logits [..., V]."""

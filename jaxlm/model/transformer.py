@@ -97,8 +97,7 @@ class Transformer(nnx.Module):
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     x = self.embed(tokens)
     if self.pos_embed is not None:
-      table = constrain(self.pos_embed[...].astype(x.dtype), (None, None))  # as in Embed
-      x = x + jnp.take(table, positions, axis=0)
+      x = x + jnp.take(self.pos_embed[...].astype(x.dtype), positions, axis=0)  # as in Embed
     layer_keys = None
     if dropout_key is not None:
       dropout_key, layers_key = jax.random.split(dropout_key)
