@@ -134,6 +134,12 @@ def print_table(results: dict) -> None:
 
 
 def main(argv: list[str]) -> None:
+  cli.require(_STEPS, _STEPS.value >= 1, 'at least 1 timed step')
+  cli.require(_WARMUP, _WARMUP.value >= 0, 'a number of steps >= 0')
+  cli.require(_WHAT, bool(_WHAT.value) and set(_WHAT.value) <= {'train', 'eval', 'decode'},
+              'a comma-separated list of train, eval, decode')
+  cli.require(_JSON, not _JSON.value or Path(_JSON.value).parent.is_dir(),
+              'a file in an existing directory')
   results = run(cli.config_value(_CONFIG), _WHAT.value, _STEPS.value, _WARMUP.value)
   print_table(results)
   if _JSON.value:

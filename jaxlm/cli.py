@@ -7,6 +7,7 @@ never a traceback.
 
 import re
 import sys
+from pathlib import Path
 from typing import Callable
 
 from absl import app, flags, logging
@@ -44,6 +45,13 @@ def _flag_error(e: BaseException) -> str:
   return f'{text.rstrip(".")}; check the flag against --help (config fields: configs/base.py).'
 
 
+def require(flag: flags.FlagHolder, ok: bool, expected: str) -> None:
+  """A flag whose value is not what the command can use: one sentence naming it."""
+  if not ok:
+    value = ','.join(flag.value) if isinstance(flag.value, list) else repr(flag.value)
+    raise UserError(f'--{flag.name}={value} is invalid: expected {expected}.')
+
+
 def _parse(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
@@ -51,12 +59,64 @@ def _parse(argv: list[str]) -> list[str]:
     _fail(_flag_error(e))
 
 
+def _config_argument(argv: list[str], default: str) -> str:
+  """The value of --config on the command line (absl's `--config=x` or `--config x` forms)."""
+  for i, arg in enumerate(argv[1:], 1):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return default
+
+
+def check_config_file(value: str) -> None:
+  """Loads `<file>[:<argument>]` as config_flags will, and turns each way it can fail into one
+  sentence: a missing file, a syntax error, an error while importing it, no get_config, a
+  get_config that raises or takes another argument, a result that is not a ConfigDict."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import inspect  # pylint: disable=import-outside-toplevel
+  path, _, argument = value.partition(':')
+  if not Path(path).is_file():
+    raise UserError(f'cannot load the config file {path}: it does not exist; give '
+                    '--config=<path to a .py file with get_config()>, e.g. --config=configs/base.py.')
+  try:
+    spec = importlib.util.spec_from_file_location('jaxlm_config_file', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise UserError(f'the config file {path} has a syntax error at line {e.lineno} '
+                    f'({e.msg}); fix that line.') from None
+  except Exception as e:  # pylint: disable=broad-except  # whatever the file's own code raises
+    raise UserError(f'the config file {path} fails while it is imported ({type(e).__name__}: '
+                    f'{_one_line(e)}); fix the file or what it imports.') from None
+  get_config = getattr(module, 'get_config', None)
+  if not callable(get_config):
+    raise UserError(f'the config file {path} does not define get_config(); a config file returns '
+                    'a ConfigDict from get_config(), see configs/base.py.')
+  takes = len(inspect.signature(get_config).parameters)
+  if argument and not takes:
+    raise UserError(f'--config={value} passes {argument!r} to get_config(), but get_config() in '
+                    f'{path} takes no argument; drop the ":{argument}".')
+  try:
+    result = get_config(argument) if argument else get_config()
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(f'get_config() in {path} raised {type(e).__name__}: {_one_line(e)}; fix the '
+                    'config file.') from None
+  if not isinstance(result, ConfigDict):
+    raise UserError(f'get_config() in {path} returned a {type(result).__name__}, not an '
+                    'ml_collections ConfigDict; return one (start from configs/base.py).')
+
+
 def define_config(default: str = 'configs/base.py') -> flags.FlagHolder:
   """`--config=<file>` plus its `--config.x.y=v` overrides (ml_collections.config_flags).
 
-  config_flags reads the overrides from sys.argv as the flag is defined, so an unknown field is
-  reported here, at start-up, as one line.
+  The file is checked first (check_config_file); config_flags then reads the overrides from
+  sys.argv as the flag is defined, so an unknown field is reported here, at start-up, as one line.
   """
+  try:
+    check_config_file(_config_argument(sys.argv, default))
+  except UserError as e:
+    _fail(str(e))
   try:
     return config_flags.DEFINE_config_file(
         'config', default, 'Config file with a get_config(); override fields with '
@@ -76,16 +136,18 @@ def config_value(holder: flags.FlagHolder) -> ConfigDict:
     raise UserError(_flag_error(e)) from None
 
 
-def run(main: Callable[[list[str]], None], commands: tuple[str, ...] = ()) -> None:
+def run(main: Callable[[list[str]], None], commands: tuple[str, ...] = (),
+        positional: bool = False) -> None:
   """app.run(main) with friendly flag errors, absl INFO logs hidden unless --verbosity is given,
   and UserError turned into a one-line message and exit status 2. `commands` are the allowed
-  positional sub-commands (main gets argv with the chosen one at argv[1])."""
+  positional sub-commands (main gets argv with the chosen one at argv[1]); positional=True passes
+  any positional arguments on (launch/local.py's training flags after `--`)."""
   def wrapped(argv: list[str]) -> None:
     if not flags.FLAGS['verbosity'].present:
       logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO.
     if commands and (len(argv) != 2 or argv[1] not in commands):
       _fail(f'give one command: {" or ".join(commands)} (then --flags).')
-    if not commands and len(argv) > 1:
+    if not commands and not positional and len(argv) > 1:
       _fail(f'unexpected arguments {argv[1:]}; flags take the form --name=value.')
     with reported():
       main(argv)

@@ -33,6 +33,7 @@ _fraction = (lambda v: 0 <= v < 1, 'a number in [0, 1)')
 _mesh_size = (lambda v: v == -1 or v >= 1, '-1 (the remaining devices) or a positive integer')
 
 _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    'workdir': (lambda v: bool(v.strip()), 'a directory (not empty)'),
     'seed': _non_negative,
     'cpu_devices': _non_negative,
     'model.scan_unroll': _non_negative,

@@ -31,12 +31,24 @@ def main(argv: list[str]) -> None:
   from jaxlm.errors import UserError
   from jaxlm.evaluation import continuations
   from jaxlm.restore import load_trained
+  cli.require(_WORKDIR, bool(_WORKDIR.value.strip()), "a training run's workdir")
+  cli.require(_STEP, _STEP.value is None or _STEP.value >= 0, 'a checkpoint step >= 0')
+  cli.require(_MAX_NEW, _MAX_NEW.value >= 1, 'at least 1 token')
+  cli.require(_TEMPERATURE, _TEMPERATURE.value >= 0, 'a number >= 0 (0 is greedy)')
+  cli.require(_TOP_K, _TOP_K.value >= 0, '0 (all tokens) or a positive number')
+  cli.require(_TOP_P, 0 < _TOP_P.value <= 1, 'a number in (0, 1]')
+  cli.require(_PROMPTS_FILE, not (_PROMPTS_FILE.value and _PROMPT.value),
+              'either --prompt or --prompts_file, not both')
   prompts = [_PROMPT.value]
   if _PROMPTS_FILE.value:
     try:
       prompts = Path(_PROMPTS_FILE.value).read_text(encoding='utf-8').splitlines()
     except (OSError, UnicodeDecodeError) as e:
-      raise UserError(f'cannot read --prompts_file={_PROMPTS_FILE.value} ({e}).') from None
+      raise UserError(f'cannot read --prompts_file={_PROMPTS_FILE.value} '
+                      f'({getattr(e, "strerror", None) or e}); give a UTF-8 text file.') from None
+    if not prompts:
+      raise UserError(f'--prompts_file={_PROMPTS_FILE.value} holds no prompt; write one per '
+                      'line.')
   r = load_trained(_WORKDIR.value, _STEP.value, batch_size=len(prompts))
   kw = dict(max_new_tokens=_MAX_NEW.value, batch_size=r.cfg.train.batch_size,
             temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value,

@@ -23,7 +23,10 @@ def read_metrics(workdir: Path) -> dict[str, dict[str, list[tuple[int, float]]]]
     raise UserError(f'{path} does not exist; give the --workdir of a training run.')
   series: dict[str, dict[str, dict[int, float]]] = {}
   for line in path.read_text().splitlines():
-    record = json.loads(line)
+    try:
+      record = json.loads(line)
+    except ValueError:  # a line cut short when a run was killed
+      continue
     split, step = record.pop('split'), record.pop('step')
     for key, value in record.items():
       if isinstance(value, (int, float)):
@@ -38,6 +41,10 @@ def plot(workdir: Path, output: Path) -> Path:
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   series = read_metrics(workdir)
   train, val = series.get('train', {}), series.get('val', {})
+  if not train.get('loss') and not val.get('loss'):
+    from jaxlm.errors import UserError
+    raise UserError(f'{workdir / "metrics.jsonl"} holds no loss yet; train (past one log step) '
+                    'first.')
   panels = [('loss', [('train', train.get('loss')), ('validation', val.get('loss'))], 'nats/token'),
             ('perplexity', [('validation', val.get('perplexity'))], ''),
             ('learning rate', [('train', train.get('lr'))], ''),
@@ -63,6 +70,8 @@ def plot(workdir: Path, output: Path) -> Path:
 
 
 def main(argv: list[str]) -> None:
+  cli.require(_WORKDIR, bool(_WORKDIR.value.strip()), "a training run's workdir")
+  cli.require(_OUTPUT, not _OUTPUT.value or _OUTPUT.value.endswith('.png'), 'a path ending in .png')
   workdir = Path(_WORKDIR.value)
   out = plot(workdir, Path(_OUTPUT.value) if _OUTPUT.value else workdir / 'curves.png')
   print(f'wrote {out}')

@@ -8,6 +8,8 @@ and byte fallback for unseen characters. Point data.tokenizer_path at the .model
 empty and training builds one on the corpus by itself (data.tokenizer_vocab_size tokens).
 """
 
+from pathlib import Path
+
 from absl import flags
 
 from jaxlm import cli
@@ -23,13 +25,20 @@ _TEXT = flags.DEFINE_string('text', '', 'encode: text to tokenize.')
 def main(argv: list[str]) -> None:
   from jaxlm.data.pipeline import corpus_files, read_text
   from jaxlm.data.tokenizers import SentencePieceTokenizer, train_sentencepiece
+  from jaxlm.errors import UserError
   if argv[1] == 'train':
+    cli.require(_VOCAB, _VOCAB.value >= 16, 'an integer >= 16')
+    cli.require(_OUTPUT, _OUTPUT.value.endswith('.model'), 'a path ending in .model')
+    if Path(_OUTPUT.value).exists():
+      raise UserError(f'--output={_OUTPUT.value} already exists; give a new path (or delete '
+                      'the old model first).')
     files = corpus_files(_INPUT.value)
     for f in files:
       read_text(f)  # Fails early, naming the file, on bytes that are not UTF-8.
     tok = train_sentencepiece(files, _OUTPUT.value, _VOCAB.value, _TYPE.value)
     print(f'wrote {tok.path}: {tok.vocab_size} tokens ({_TYPE.value}) from {len(files)} file(s)')
   else:
+    cli.require(_MODEL, bool(_MODEL.value), 'the .model file to encode with')
     tok = SentencePieceTokenizer(_MODEL.value)
     ids = tok.encode(_TEXT.value)
     pieces = [tok.sp.id_to_piece(i) for i in ids]

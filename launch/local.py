@@ -14,7 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
+
+from jaxlm import cli
 
 _PROCESSES = flags.DEFINE_integer('processes', 2, 'How many processes (hosts) to start.')
 _DEVICES = flags.DEFINE_integer('devices_per_process', 1, 'CPU devices in each process.')
@@ -27,6 +29,8 @@ def free_port() -> int:
 
 
 def main(argv: list[str]) -> None:
+  cli.require(_PROCESSES, _PROCESSES.value >= 1, 'at least 1 process')
+  cli.require(_DEVICES, _DEVICES.value >= 1, 'at least 1 device per process')
   train_args = argv[1:]
   workdir = next((a.split('=', 1)[1] for a in train_args if a.startswith('--config.workdir=')),
                  'runs/local')
@@ -46,4 +50,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main, positional=True)

@@ -13,7 +13,10 @@ import shlex
 import subprocess
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from jaxlm import cli
+from jaxlm.errors import UserError
 
 _CONFIG = flags.DEFINE_string('config', 'configs/base.py', 'Base config file.')
 _GRID = flags.DEFINE_string('grid', '', "Space-separated 'field=v1,v2' axes of the grid.")
@@ -22,11 +25,15 @@ _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print the commands instead of ru
 
 
 def points(grid: str) -> list[list[tuple[str, str]]]:
-  axes = []
+  axes, fields = [], set()
   for axis in grid.split():
     field, _, values = axis.partition('=')
-    if not values:
-      raise app.UsageError(f'grid axis {axis!r} is not field=v1,v2,...')
+    if not field or not values or '' in values.split(','):
+      raise UserError(f'--grid axis {axis!r} is not field=v1,v2,...; write each axis as '
+                      "'optim.lr=1e-3,3e-3', axes separated by spaces.")
+    if field in fields:
+      raise UserError(f'--grid names {field} twice; give each field one axis.')
+    fields.add(field)
     axes.append([(field, v) for v in values.split(',')])
   return [list(p) for p in itertools.product(*axes)]
 
@@ -40,12 +47,16 @@ def command(point: list[tuple[str, str]]) -> list[str]:
 
 def main(argv: list[str]) -> None:
   del argv
+  cli.check_config_file(_CONFIG.value)
   for point in points(_GRID.value):
     cmd = command(point)
     print(shlex.join(cmd), flush=True)
     if not _DRY_RUN.value:
-      subprocess.run(cmd, check=True)
+      result = subprocess.run(cmd, check=False)
+      if result.returncode:
+        raise UserError(f'the run above exited with status {result.returncode}; fix it and run '
+                        'the sweep again (finished points resume and move on).')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)
