@@ -10,7 +10,10 @@ applied and never checkpointed; a mistake stops with one sentence and loses noth
 """
 
 import contextlib
+import fcntl
+import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -46,13 +49,73 @@ def prepare_workdir(path: str) -> Path:
   return workdir
 
 
+class WorkdirLock:
+  """One run per workdir: an exclusive flock on <workdir>/.lock, held by process 0 for the run.
+
+  The kernel drops the lock when its process dies, however it dies, so a crashed run never
+  leaves a stale lock behind; the file only records who held it last.
+  """
+
+  def __init__(self, workdir: Path):
+    self.file = None
+    if jax.process_index() != 0:
+      return
+    path = workdir / '.lock'
+    handle = open(path, 'a+', encoding='utf-8')
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      handle.seek(0)
+      holder = handle.read().strip() or 'another process'
+      handle.close()
+      raise UserError(f'the workdir {workdir} is in use by another jaxlm run ({holder}); wait '
+                      'for it to finish, or give another config field workdir.') from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f'pid {os.getpid()} on {socket.gethostname()}\n')
+    handle.flush()
+    self.file = handle
+
+  def release(self) -> None:
+    if self.file is not None:
+      self.file.close()  # closing the file releases the lock
+      self.file = None
+
+
 def load_corpus_once(cfg: ConfigDict, workdir: Path) -> data.Corpus:
-  """Process 0 builds the tokenizer and token cache first; the other hosts then read them."""
+  """Process 0 builds the tokenizer and token cache first; the other hosts then read them.
+
+  A cached tokenizer built from other settings is rebuilt only while no checkpoint exists (then
+  it is a leftover of a run that never saved); afterwards it is an error (see load_tokenizer).
+  """
+  checkpoints = workdir / 'checkpoints'
+  fresh = not (checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir()))
   if jax.process_count() == 1:
-    return data.load_corpus(cfg, workdir)
-  corpus = data.load_corpus(cfg, workdir) if jax.process_index() == 0 else None
+    return data.load_corpus(cfg, workdir, replace_stale=fresh)
+  corpus = data.load_corpus(cfg, workdir, fresh) if jax.process_index() == 0 else None
   multihost_utils.sync_global_devices('jaxlm: corpus ready')
   return corpus or data.load_corpus(cfg, workdir)
+
+
+# What a resumed run may change: how it computes, not what it computes with or on.
+_FREE_ON_RESUME = {'model.dtype', 'model.remat', 'model.scan_unroll', 'model.attention',
+                   'model.dropout'}
+
+
+def run_differences(saved: dict, now: dict) -> list[str]:
+  """"field=saved (now x)" for each architecture or data setting that differs between a
+  checkpoint's metadata and this run's: the resolved model, data.*, seed and train.batch_size
+  (the data position counts global batches)."""
+  def fields(meta: dict) -> dict[str, Any]:
+    out = {f'model.{k}': v for k, v in meta.get('model', {}).items()}
+    config = meta.get('config', {})
+    out.update({f'data.{k}': v for k, v in config.get('data', {}).items()})
+    out['seed'] = config.get('seed')
+    out['train.batch_size'] = config.get('train', {}).get('batch_size')
+    return out
+  old, new = fields(saved), fields(now)
+  return [f'{k}={old.get(k)!r} (now {new.get(k)!r})' for k in sorted(set(old) | set(new))
+          if k not in _FREE_ON_RESUME and old.get(k) != new.get(k)]
 
 
 class StopRequest:
@@ -136,8 +199,19 @@ class Trainer:
   """One training run: everything built from the config, the loop, and what it reports."""
 
   def __init__(self, cfg: ConfigDict):
-    self.cfg, t = cfg, cfg.train
+    self.cfg = cfg
     self.workdir = prepare_workdir(cfg.workdir)
+    self.lock = WorkdirLock(self.workdir)  # before anything is written into the workdir
+    self.ckpt: Checkpointer | None = None
+    self.writer: metrics.MetricWriter | None = None  # opened after a successful restore
+    try:
+      self._build(cfg)
+    except BaseException:
+      self.close()  # a failed start-up leaves the workdir unlocked
+      raise
+
+  def _build(self, cfg: ConfigDict) -> None:
+    t = cfg.train
     self.mesh = make_mesh(cfg)
     rules = sharding.rules_from_config(cfg.mesh)
     self.corpus = load_corpus_once(cfg, self.workdir)
@@ -173,7 +247,6 @@ class Trainer:
         self.setup.shardings.params, self.mesh, rules)
     self.tokens_per_step = t.batch_size * self.model_cfg.max_seq_len
     self.flops_per_token, self.peak = metrics.flops_per_token(self.model_cfg), metrics.peak_flops()
-    self.writer: metrics.MetricWriter | None = None  # opened after a successful restore
     self.result: dict[str, Any] = {}
 
   def log(self, text: str) -> None:
@@ -183,17 +256,25 @@ class Trainer:
   def close(self) -> None:
     if self.writer is not None:
       self.writer.close()
-    self.ckpt.close()
+    if self.ckpt is not None:
+      self.ckpt.close()
+    self.lock.release()
 
   def restore_or_init(self) -> Any:
     """The newest readable checkpoint of this run (with the data position), or a fresh state."""
-    def same_tokenizer(saved: dict, step: int) -> None:
+    def same_run(saved: dict, step: int) -> None:
       if saved.get('tokenizer') != self.tokenizer.fingerprint:
         raise UserError(
             f'checkpoint {step} in {self.ckpt.directory} was trained with a different tokenizer '
             f'({saved.get("tokenizer")}, now {self.tokenizer.fingerprint}); use the same data '
             'settings or a new workdir.')
-    restored = self.ckpt.restore_latest(self.setup.abstract, same_tokenizer)
+      changed = run_differences(saved, self.meta)
+      if changed:
+        raise UserError(
+            f'checkpoint {step} in {self.ckpt.directory} was trained with {", ".join(changed)}; '
+            'a resumed run must keep the model and the data settings: use the config it was '
+            'trained with, or a new workdir.')
+    restored = self.ckpt.restore_latest(self.setup.abstract, same_run)
     if restored is None:
       return self.setup.init()
     state, data_state, step = restored

@@ -54,7 +54,7 @@ CASES = [
     ('tokenizer differs from the checkpoint', ['--config.data.tokenizer=byte'],
      'different tokenizer'),
     ('model differs from the checkpoint', ['--config.model.embed_dim=48'],
-     'but the config builds'),
+     'model.embed_dim=32 (now 48)'),
     ('vocabulary smaller than the tokenizer', ['--config.model.vocab_size=8'],
      'smaller than the tokenizer'),
     ('unwritable workdir', ['--config.workdir={tmp}/a_file/run'], 'is not writable'),

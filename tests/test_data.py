@@ -59,11 +59,38 @@ def test_sentencepiece_errors(tmp_path):
 
 def test_tokenizer_is_built_once_and_cached(tmp_path, corpus_file):
   cfg = ConfigDict(dict(tokenizer='sentencepiece', tokenizer_path='', tokenizer_vocab_size=300))
-  first = load_tokenizer(cfg, [corpus_file], None, tmp_path / 'tok')
+  texts = [corpus_file.read_text()]
+  first = load_tokenizer(cfg, [corpus_file], texts, tmp_path / 'tok')
   mtime = (tmp_path / 'tok' / 'spm.model').stat().st_mtime_ns
-  second = load_tokenizer(cfg, [corpus_file], None, tmp_path / 'tok')
+  second = load_tokenizer(cfg, [corpus_file], texts, tmp_path / 'tok')
   assert first.fingerprint == second.fingerprint
   assert (tmp_path / 'tok' / 'spm.model').stat().st_mtime_ns == mtime
+  assert load_tokenizer(cfg, [], None, tmp_path / 'tok').fingerprint == first.fingerprint  # readers
+  # Identified by content: the same vocabulary trained elsewhere (other paths in the file).
+  copy = tmp_path / 'elsewhere' / 'corpus.txt'
+  copy.parent.mkdir()
+  copy.write_text(texts[0])
+  again = load_tokenizer(cfg, [copy], texts, tmp_path / 'tok2')
+  assert again.fingerprint == first.fingerprint
+  assert (tmp_path / 'tok2' / 'spm.model').read_bytes() != (tmp_path / 'tok' / 'spm.model').read_bytes()
+
+
+def test_a_cached_tokenizer_of_other_settings_is_never_reused_silently(tmp_path, corpus_file):
+  cfg = ConfigDict(dict(tokenizer='sentencepiece', tokenizer_path='', tokenizer_vocab_size=300))
+  texts = [corpus_file.read_text()]
+  first = load_tokenizer(cfg, [corpus_file], texts, tmp_path / 'tok')
+  cfg.tokenizer_vocab_size = 320
+  with pytest.raises(UserError, match=r'built from data.tokenizer_vocab_size=300 \(now 320\)'):
+    load_tokenizer(cfg, [corpus_file], texts, tmp_path / 'tok')
+  with pytest.raises(UserError, match='built from another corpus'):
+    load_tokenizer(ConfigDict(dict(cfg, tokenizer_vocab_size=300)), [corpus_file],
+                   [texts[0] + 'more'], tmp_path / 'tok')
+  rebuilt = load_tokenizer(cfg, [corpus_file], texts, tmp_path / 'tok', replace_stale=True)
+  assert rebuilt.vocab_size == 320 != first.vocab_size
+  chars = ConfigDict(dict(cfg, tokenizer='char'))
+  load_tokenizer(chars, [], ['abc'], tmp_path / 'tok')
+  with pytest.raises(UserError, match='another corpus'):
+    load_tokenizer(chars, [], ['abd'], tmp_path / 'tok')
 
 
 def test_corpus_files_and_read_errors(tmp_path):

@@ -276,3 +276,31 @@ def test_eval_and_generate_apply_the_runs_backend_settings(setup):
     assert result.returncode == 0, result.stderr[-3000:]
     assert '3 cpu device(s)' in result.stdout, result.stdout[-2000:]
     assert list(dump.iterdir()), module  # XLA wrote its dump: the flag was applied
+
+
+def test_one_run_per_workdir_and_no_stale_lock_after_a_crash(setup):
+  """A second run on a workdir in use refuses before writing anything; once the first is
+  killed (its lock dies with it), the same command resumes."""
+  tmp, cfg, expected = setup
+  work = tmp / 'locked'
+  long_run = harness.command(f'--config={cfg}', f'--config.workdir={work}',
+                             '--config.train.steps=100000')  # still running when the second starts
+  log = tmp / 'locked.log'
+  p = harness.start(long_run, log)
+  harness.wait_until(lambda: harness.last_step(work) >= 3, p, log=log)
+  second = harness.run(harness.command(f'--config={cfg}', f'--config.workdir={work}',
+                                       '--config.data.tokenizer=byte'))
+  assert p.poll() is None, 'the first run ended before the second started'
+  before = harness.digest(work / 'tokenizer')
+  p.send_signal(signal.SIGKILL)
+  p.wait()
+  assert second.returncode == 2 and 'Traceback' not in second.stderr
+  assert f'error: the workdir {work} is in use by another jaxlm run (pid {p.pid} on' in \
+      second.stderr, second.stderr[-2000:]
+  assert harness.digest(work / 'tokenizer') == before  # (the byte run wrote no tokenizer)
+  got = harness.logged_losses(work)
+  assert all(got[s][0] == expected[s] for s in range(1, STEPS + 1))
+  latest = max(int(d.name) for d in (work / 'checkpoints').iterdir() if d.name.isdigit())
+  result = harness.run(long_run[:-1] + [f'--config.train.steps={latest + 1}'])
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'Resuming from step {latest}' in result.stdout + result.stderr

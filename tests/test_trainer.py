@@ -1,6 +1,8 @@
 """End to end: a tiny run trains, evaluates, checkpoints and samples; stop + resume = one run."""
 
 import json
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -79,13 +81,49 @@ def test_unwritable_workdir(tmp_path, corpus_file):
     trainer.run(cfg)
 
 
-def test_resume_with_another_model_shape_names_the_parameter(tmp_path, corpus_file):
+def test_resume_with_another_model_names_what_differs(tmp_path, corpus_file):
   cfg = _config(tmp_path, corpus_file, steps=3)
   trainer.run(cfg)
   cfg.model.embed_dim = 48
   cfg.train.steps = 6
-  with pytest.raises(UserError, match=r'holds params/blocks/attn/o/kernel with shape '
-                                      r'\(2, 4, 8, 32\), but the config builds \(2, 4, 12, 48\)'):
+  with pytest.raises(UserError, match=r'trained with model.embed_dim=32 \(now 48\), '
+                                      r'model.head_dim=8 \(now 12\); a resumed run must keep'):
+    trainer.run(cfg)
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('model.norm', 'layernorm', "model.norm='rmsnorm' (now 'layernorm')"),  # same shapes
+    ('model.max_seq_len', 32, 'model.max_seq_len=16 (now 32)'),
+    ('data.stride', 4, 'data.stride=0 (now 4)'),
+    ('train.batch_size', 16, 'train.batch_size=8 (now 16)'),
+])
+def test_resume_compares_the_whole_architecture_and_data(tmp_path, corpus_file, field, value,
+                                                          message):
+  cfg = _config(tmp_path, corpus_file, steps=3, sample_tokens=0)
+  trainer.run(cfg)
+  section, name = field.split('.')
+  cfg[section][name] = value
+  cfg.train.steps = 6
+  with pytest.raises(UserError, match=re.escape(message)):
+    trainer.run(cfg)
+  cfg[section][name] = tiny_config()[section][name]
+  cfg.model.dtype, cfg.model.remat = 'bfloat16', 'full'  # how it computes may change
+  assert trainer.run(cfg)['train']['loss'] > 0
+
+
+def test_sentencepiece_run_resumes_after_its_tokenizer_is_deleted(tmp_path, corpus_file):
+  """Tokenizers are identified by their vocabulary, not file bytes: retraining the same one
+  (deleted from the workdir) resumes; another vocabulary size does not, nor silently."""
+  cfg = _config(tmp_path, corpus_file, steps=3, sample_tokens=0)
+  cfg.data.tokenizer, cfg.data.tokenizer_vocab_size = 'sentencepiece', 300
+  trainer.run(cfg)
+  shutil.rmtree(tmp_path / 'run' / 'tokenizer')
+  cfg.train.steps = 6
+  assert trainer.run(cfg)['train']['loss'] > 0  # resumed from 3: the same vocabulary again
+  assert sorted(_train_losses(tmp_path / 'run')) == [1, 2, 3, 4, 5, 6]
+  cfg.data.tokenizer_vocab_size, cfg.train.steps = 320, 9
+  with pytest.raises(UserError, match=r'spm.model was built from data.tokenizer_vocab_size=300 '
+                                      r'\(now 320\), and a checkpoint was trained with it'):
     trainer.run(cfg)
 
 

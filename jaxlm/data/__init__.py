@@ -33,17 +33,18 @@ def _read_texts(cfg: ConfigDict, workdir: Path) -> tuple[list[Path], list[str], 
   return files, [read_text(f) for f in files], None
 
 
-def load_corpus(cfg: ConfigDict, workdir: Path) -> Corpus:
+def load_corpus(cfg: ConfigDict, workdir: Path, replace_stale: bool = False) -> Corpus:
   """The config's corpus, tokenized (with the tokenizer built on first use) and split.
 
   Text files are one stream split by data.val_fraction; a SeqIO task brings its own splits.
+  `replace_stale`: see load_tokenizer.
   """
   workdir = Path(workdir)
   files, texts, val_texts = _read_texts(cfg, workdir)
   if not any(texts):
     raise UserError(f'the corpus ({", ".join(map(str, files[:3]))}) holds no text; point '
                     'data.corpus at non-empty UTF-8 files.')
-  tokenizer = load_tokenizer(cfg.data, files, texts, workdir / 'tokenizer')
+  tokenizer = load_tokenizer(cfg.data, files, texts, workdir / 'tokenizer', replace_stale)
   tokens = tokenize_texts([str(f.name) for f in files] if val_texts is None else
                           [cfg.data.corpus] * len(texts), texts, tokenizer, workdir / 'cache')
   if val_texts is None:

@@ -35,6 +35,26 @@ def _digest(data: bytes) -> str:
   return hashlib.sha256(data).hexdigest()[:16]
 
 
+def _content_digest(model: bytes) -> str:
+  """A SentencePiece model's identity: its pieces, scores and types and its normaliser, not the
+  file's bytes (which also record the training files' paths and thread count), so retraining the
+  same vocabulary gives the same fingerprint."""
+  from sentencepiece import sentencepiece_model_pb2  # pylint: disable=import-outside-toplevel
+  proto = sentencepiece_model_pb2.ModelProto.FromString(model)
+  key = hashlib.sha256(proto.normalizer_spec.SerializeToString(deterministic=True))
+  for piece in proto.pieces:
+    key.update(piece.SerializeToString(deterministic=True))
+  return key.hexdigest()[:16]
+
+
+def texts_digest(texts: Iterable[str]) -> str:
+  """Identifies a corpus by its content (the documents in order)."""
+  key = hashlib.sha256()
+  for text in texts:
+    key.update(text.encode('utf-8') + b'\0')
+  return key.hexdigest()[:16]
+
+
 class CharTokenizer:
   """One id per distinct character of the corpus, in sorted order (nanoGPT's shakespeare_char)."""
 
@@ -102,7 +122,7 @@ class SentencePieceTokenizer:
     self.path = path
     self.vocab_size = self.sp.get_piece_size()
     self.eos_id = self.sp.eos_id() if self.sp.eos_id() >= 0 else None
-    self.fingerprint = 'spm-' + _digest(data)
+    self.fingerprint = 'spm-' + _content_digest(data)
 
   def encode(self, text: str) -> list[int]:
     return self.sp.encode(text)
@@ -143,31 +163,69 @@ def train_sentencepiece(files: Sequence[Path], output: Path, vocab_size: int,
   return SentencePieceTokenizer(output)
 
 
-def load_tokenizer(data_cfg: ConfigDict, corpus: Sequence[Path], texts: Iterable[str] | None,
-                   directory: Path) -> Tokenizer:
+def load_tokenizer(data_cfg: ConfigDict, corpus: Sequence[Path], texts: Sequence[str] | None,
+                   directory: Path, replace_stale: bool = False) -> Tokenizer:
   """The tokenizer the config asks for, trained or built on the corpus on first use and cached in
   `directory` (the run's `<workdir>/tokenizer`), so that every later run, eval and generation
-  sees the same vocabulary."""
+  sees the same vocabulary.
+
+  Given the corpus `texts`, a cached tokenizer built from other settings (another vocabulary size,
+  another corpus: left by an earlier, failed run, say) is never used silently: it is rebuilt when
+  `replace_stale` (no checkpoint depends on it yet), else it is an error. Readers (texts=None)
+  take the cached one; the checkpoint's fingerprint then tells whether it is the right one.
+  """
   directory = Path(directory)
   if data_cfg.tokenizer == 'byte':
     return ByteTokenizer()
+  if data_cfg.tokenizer_path and data_cfg.tokenizer == 'sentencepiece':
+    return SentencePieceTokenizer(Path(data_cfg.tokenizer_path))
   if data_cfg.tokenizer == 'char':
-    path = directory / 'chars.json'
-    if path.exists():
-      return CharTokenizer.load(path)
+    path, settings = directory / 'chars.json', None
+  else:
+    path, settings = directory / 'spm.model', dict(vocab_size=data_cfg.tokenizer_vocab_size)
+  if texts is not None and settings is not None:
+    settings['corpus'] = texts_digest(texts)
+  if path.exists():
     if texts is None:
-      raise UserError(f'no character vocabulary at {path}; run training first.')
+      return CharTokenizer.load(path) if settings is None else SentencePieceTokenizer(path)
+    stale = _stale(path, settings, texts, strict=replace_stale)
+    if not stale:
+      return CharTokenizer.load(path) if settings is None else SentencePieceTokenizer(path)
+    if not replace_stale:
+      raise UserError(f'the tokenizer {path} was built from {stale}, and a checkpoint was trained '
+                      'with it; use the data settings of that run, or a new workdir.')
+    print(f'Rebuilding {path}: the one there was built from {stale}.', flush=True)
+  elif texts is None:
+    raise UserError(f'there is no tokenizer at {path}; train the run first.')
+  if settings is None:
     tok = CharTokenizer.from_texts(texts)
     tok.save(path)
     return tok
-  if data_cfg.tokenizer_path:
-    return SentencePieceTokenizer(Path(data_cfg.tokenizer_path))
-  path = directory / 'spm.model'
-  if path.exists():
-    return SentencePieceTokenizer(path)
   print(f'Training a {data_cfg.tokenizer_vocab_size}-token SentencePiece vocabulary -> {path}',
         flush=True)
-  return train_sentencepiece(corpus, path, data_cfg.tokenizer_vocab_size)
+  tok = train_sentencepiece(corpus, path, data_cfg.tokenizer_vocab_size)
+  _atomic_write(path.with_suffix('.json'), json.dumps(settings).encode())
+  return tok
+
+
+def _stale(path: Path, settings: dict | None, texts: Sequence[str], strict: bool) -> str:
+  """'' if the cached tokenizer at `path` was built from these settings, else what differs.
+
+  Characters: a fresh run (strict) needs exactly the corpus's set; a resumed one only needs every
+  character of the corpus to be in the vocabulary (a changed data.corpus is reported on resume).
+  """
+  if settings is None:
+    saved, now = set(CharTokenizer.load(path).chars), set(CharTokenizer.from_texts(texts).chars)
+    same = saved == now if strict else now <= saved
+    return '' if same else 'another corpus (other characters)'
+  try:
+    saved = json.loads(path.with_suffix('.json').read_text())
+  except (OSError, ValueError):
+    return 'unknown settings (its record spm.json is missing)'
+  if saved.get('vocab_size') != settings['vocab_size']:
+    return (f'data.tokenizer_vocab_size={saved.get("vocab_size")} (now '
+            f'{settings["vocab_size"]})')
+  return '' if saved.get('corpus') == settings['corpus'] else 'another corpus'
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
