@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from absl import logging as absl_logging
 
 import jaxlm
@@ -30,7 +31,7 @@ from jaxlm.errors import UserError
 ITEMS = ('state', 'data', 'meta')
 
 
-def _quiet_abandoned_reads(unraisable, previous=sys.unraisablehook) -> None:
+def _quiet_abandoned_reads(unraisable) -> None:
   """When one array of a checkpoint cannot be read, Orbax abandons the reads of the others: they
   complete into an event loop already closed ('Event loop is closed'), or are collected as
   coroutines that never finished. That is expected after a failed read, which jaxlm reports in
@@ -40,10 +41,7 @@ def _quiet_abandoned_reads(unraisable, previous=sys.unraisablehook) -> None:
       str(unraisable.exc_value) == 'Event loop is closed') or (
           code is not None and 'orbax' in code.co_filename):
     return
-  previous(unraisable)
-
-
-sys.unraisablehook = _quiet_abandoned_reads
+  _Quiet.previous_hook(unraisable)
 
 
 class _NoOrbaxTracebacks(logging.Filter):
@@ -63,8 +61,30 @@ class _NoOrbaxTracebacks(logging.Filter):
     return not any(orbax in f for f in files)
 
 
-absl_logging.get_absl_logger().addFilter(_NoOrbaxTracebacks())
-logging.getLogger('asyncio').addFilter(_NoOrbaxTracebacks())
+class _Quiet:
+  """The two filters above, in force only while a jaxlm Checkpointer is open (reference-counted):
+  importing jaxlm changes nothing, and Orbax used on its own elsewhere keeps its messages."""
+  open = 0
+  previous_hook = sys.unraisablehook
+  filter = _NoOrbaxTracebacks()
+  loggers = ()
+
+  @classmethod
+  def enter(cls) -> None:
+    if cls.open == 0:
+      cls.previous_hook, sys.unraisablehook = sys.unraisablehook, _quiet_abandoned_reads
+      cls.loggers = (absl_logging.get_absl_logger(), logging.getLogger('asyncio'))
+      for logger in cls.loggers:
+        logger.addFilter(cls.filter)
+    cls.open += 1
+
+  @classmethod
+  def exit(cls) -> None:
+    cls.open -= 1
+    if cls.open == 0:
+      sys.unraisablehook = cls.previous_hook
+      for logger in cls.loggers:
+        logger.removeFilter(cls.filter)
 
 
 class Checkpointer:
@@ -83,6 +103,8 @@ class Checkpointer:
     handlers = dict(state=ocp.StandardCheckpointHandler(), data=ocp.JsonCheckpointHandler(),
                     meta=ocp.JsonCheckpointHandler())
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+    _Quiet.enter()
+    self.closed = False
     self.in_flight: int | None = None  # the step being written in the background
 
   def latest_step(self) -> int | None:
@@ -174,8 +196,10 @@ class Checkpointer:
     if jax.process_index() == 0:
       target.parent.mkdir(parents=True, exist_ok=True)
       shutil.move(str(self.directory / str(step)), str(target))
-      print(f'checkpoint {step} in {self.directory} cannot be read ({short_reason(reason)}); moved it to '
-            f'{target} and resumed from an earlier one.', flush=True)
+      print(f'checkpoint {step} in {self.directory} cannot be read ({short_reason(reason)}); '
+            f'moved it to {target} and resumed from an earlier one.', flush=True)
+    if jax.process_count() > 1:  # the other hosts look again only once it has moved
+      multihost_utils.sync_global_devices(f'jaxlm: checkpoint {step} moved aside')
     self.manager.reload()
 
   def _check_shapes(self, step: int, abstract_state: Any) -> None:
@@ -199,7 +223,12 @@ class Checkpointer:
     return self.manager.reached_preemption(step)
 
   def close(self) -> None:
-    self.manager.close()
+    if not self.closed:
+      self.closed = True
+      try:
+        self.manager.close()
+      finally:
+        _Quiet.exit()
 
 
 def peek_config(directory: Path) -> dict | None:

@@ -13,7 +13,7 @@ from typing import Callable
 from absl import app, flags, logging
 from ml_collections import ConfigDict, config_flags
 
-from jaxlm.errors import UserError, reported
+from jaxlm.errors import UserError, exit_on_signals, reported
 
 
 def _one_line(e: BaseException) -> str:
@@ -113,6 +113,7 @@ def define_config(default: str = 'configs/base.py') -> flags.FlagHolder:
   The file is checked first (check_config_file); config_flags then reads the overrides from
   sys.argv as the flag is defined, so an unknown field is reported here, at start-up, as one line.
   """
+  exit_on_signals()  # (defined at import, before the config file runs)
   try:
     check_config_file(_config_argument(sys.argv, default))
   except UserError as e:
@@ -139,9 +140,12 @@ def config_value(holder: flags.FlagHolder) -> ConfigDict:
 def run(main: Callable[[list[str]], None], commands: tuple[str, ...] = (),
         positional: bool = False) -> None:
   """app.run(main) with friendly flag errors, absl INFO logs hidden unless --verbosity is given,
-  and UserError turned into a one-line message and exit status 2. `commands` are the allowed
-  positional sub-commands (main gets argv with the chosen one at argv[1]); positional=True passes
+  a UserError turned into a one-line message and exit status 2, and SIGINT/SIGTERM into one line
+  and 128 + the signal's number (errors.reported). `commands` are the allowed positional
+  sub-commands (main gets argv with the chosen one at argv[1]); positional=True passes
   any positional arguments on (launch/local.py's training flags after `--`)."""
+  exit_on_signals()
+
   def wrapped(argv: list[str]) -> None:
     if not flags.FLAGS['verbosity'].present:
       logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO.

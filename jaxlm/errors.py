@@ -6,18 +6,56 @@ its traceback.
 """
 
 import contextlib
+import os
+import signal
 import sys
+import threading
+from typing import Callable
 
 
 class UserError(Exception):
   """A bad config value, a missing file, an unusable checkpoint: something the user can fix."""
 
 
+STOPPED = ('error: stopped by {} before the command finished; what was already saved is kept: '
+           'run the same command again to resume (or redo) it.')
+
+
+def exit_on_signals(before_exit: Callable[[], None] | None = None) -> None:
+  """From now on SIGINT and SIGTERM end the process at once with one sentence and status
+  128 + the signal's number (the training loop swaps in its own handler, which stops after a step
+  with a checkpoint).
+
+  Ending at once is safe outside the loop: everything jaxlm writes is written to a temporary name
+  and renamed, so nothing already on disk is lost. Raising an exception instead would not be: it
+  can land inside a garbage-collection callback, which ignores it, or leave threads behind.
+  """
+  if threading.current_thread() is not threading.main_thread():
+    return
+
+  def handler(signum, frame):
+    del frame
+    if before_exit is not None:
+      before_exit()
+    try:
+      sys.stdout.flush()
+    except (OSError, RuntimeError, ValueError):  # a write the signal interrupted
+      pass
+    os.write(2, (STOPPED.format(signal.Signals(signum).name) + '\n').encode())
+    os._exit(128 + signum)
+  for s in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(s, handler)
+
+
 @contextlib.contextmanager
 def reported():
-  """Turns a UserError raised inside into `error: <sentence>` on stderr and exit status 2."""
+  """Turns a UserError raised inside into `error: <sentence>` on stderr and exit status 2, and an
+  interruption into one sentence and 128 + the signal's number."""
   try:
     yield
   except UserError as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
     sys.exit(2)
+  except KeyboardInterrupt:  # a SIGINT before exit_on_signals was in place
+    print(STOPPED.format('SIGINT'), file=sys.stderr, flush=True)
+    sys.exit(128 + signal.SIGINT)

@@ -14,6 +14,7 @@ the nats by the UTF-8 bytes of the scored text itself.
 """
 
 import json
+import os
 from pathlib import Path
 
 from absl import flags
@@ -47,7 +48,25 @@ def read_pairs(path: str) -> tuple[list[str], list[str]]:
     except (ValueError, KeyError, TypeError):
       raise UserError(f'line {i} of {path} is not a JSON object with "prompt" and "reference"; '
                       'fix that line.') from None
+  if not prompts:
+    raise UserError(f'{path} holds no {{"prompt", "reference"}} line; add some.')
   return prompts, references
+
+
+def write_results(out: Path, results: dict) -> None:
+  """Merges `results` into the JSON file `out`, written to a temporary name and renamed: an
+  interrupted write never leaves a truncated file, and the evaluations already in it stay."""
+  from jaxlm.errors import UserError
+  previous = {}
+  if out.exists():
+    try:
+      previous = json.loads(out.read_text())
+    except ValueError:
+      raise UserError(f'{out} is not JSON; move it away (nothing was written).') from None
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = out.with_name(out.name + '.tmp')
+  tmp.write_text(json.dumps({**previous, **results}, indent=2))
+  os.replace(tmp, out)
 
 
 def run(workdir: str, step: int | None, text: str, references: str, max_new_tokens: int,
@@ -58,6 +77,7 @@ def run(workdir: str, step: int | None, text: str, references: str, max_new_toke
   from jaxlm.restore import load_trained
   from jaxlm.step import jit_eval_step, make_eval_step
 
+  pairs = read_pairs(references) if references else None  # a bad file fails before any work
   r = load_trained(workdir, step, batch_size)
   batch_sh = sharding.batch_sharding(r.mesh, r.rules)
   param_shardings = jax.tree.map(lambda x: x.sharding, r.params)
@@ -79,19 +99,18 @@ def run(workdir: str, step: int | None, text: str, references: str, max_new_toke
   result['bytes'] = n_bytes
   results = {name: result}
   if references:
-    prompts, refs = read_pairs(references)
+    prompts, refs = pairs
     hyps = evaluation.continuations(r.graphdef, r.params, r.model_cfg, r.tokenizer, prompts,
                                     max_new_tokens=max_new_tokens,
                                     batch_size=r.cfg.train.batch_size, temperature=0.0)
     results['references'] = dict(evaluation.bleu_and_chrf(hyps, refs), pairs=len(prompts))
   out = r.workdir / 'eval' / f'{r.step}.json'
-  out.parent.mkdir(parents=True, exist_ok=True)
-  previous = json.loads(out.read_text()) if out.exists() else {}
-  out.write_text(json.dumps({**previous, **results}, indent=2))
-  writer = metrics.MetricWriter(r.workdir)
-  for key, values in results.items():
-    writer.write(r.step, values, f'eval/{key}')
-  writer.close()
+  if jax.process_index() == 0:  # one host writes the results
+    write_results(out, results)
+    writer = metrics.MetricWriter(r.workdir)
+    for key, values in results.items():
+      writer.write(r.step, values, f'eval/{key}')
+    writer.close()
   return dict(step=r.step, path=str(out), results=results,
               devices=f'{jax.device_count()} {jax.devices()[0].device_kind} device(s)')
 

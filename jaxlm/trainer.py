@@ -328,7 +328,7 @@ class Trainer:
           clock, window = time.perf_counter(), 0
         if stopping:
           break
-    self.ckpt.wait()
+      self.ckpt.wait()  # (still inside: a signal now only asks to stop, which is under way)
     self.report_end(stop, start, done, state.params)
     return self.result
 

@@ -9,6 +9,7 @@ Everything after `--` goes to `python -m jaxlm.train` in every process. Process 
 shown; the others' goes to <workdir>/process_<i>.log. Exits with the first non-zero status.
 """
 
+import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 from absl import flags
 
 from jaxlm import cli
+from jaxlm.errors import exit_on_signals
 
 _PROCESSES = flags.DEFINE_integer('processes', 2, 'How many processes (hosts) to start.')
 _DEVICES = flags.DEFINE_integer('devices_per_process', 1, 'CPU devices in each process.')
@@ -45,6 +47,12 @@ def main(argv: list[str]) -> None:
            f'--config.distributed.process_id={i}', f'--config.cpu_devices={_DEVICES.value}']
     out = None if i == 0 else open(Path(workdir) / f'process_{i}.log', 'w')
     processes.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None))
+  def stop_all():  # pass a stop on: each process checkpoints and ends (JAX's preemption notice)
+    for p in processes:
+      p.send_signal(signal.SIGTERM)
+    for p in processes:
+      p.wait()
+  exit_on_signals(stop_all)
   codes = [p.wait() for p in processes]
   sys.exit(next((c for c in codes if c), 0))
 

@@ -3,8 +3,9 @@ checkpoints, a full disk, a changed device count, and non-finite losses."""
 
 import json
 import shutil
-import sys
 import signal
+import sys
+import time
 
 import jax
 import numpy as np
@@ -304,3 +305,28 @@ def test_one_run_per_workdir_and_no_stale_lock_after_a_crash(setup):
   result = harness.run(long_run[:-1] + [f'--config.train.steps={latest + 1}'])
   assert result.returncode == 0, result.stderr[-3000:]
   assert f'Resuming from step {latest}' in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize('signum,moment', [
+    (signal.SIGINT, 'start-up'), (signal.SIGTERM, 'start-up'), (signal.SIGINT, 'first compile'),
+    (signal.SIGTERM, 'first compile')])
+def test_a_signal_outside_the_loop_ends_cleanly(setup, signum, moment):
+  """SIGINT or SIGTERM before the loop (while Python imports JAX, or while the first step
+  compiles) is one sentence and 128 + the signal's number: no traceback, no crash."""
+  tmp, cfg, _ = setup
+  work = tmp / f'signal-{signum}-{moment}'
+  log = tmp / f'signal-{signum}-{moment}.log'
+  p = harness.start(harness.command(f'--config={cfg}', f'--config.workdir={work}'), log)
+  if moment == 'start-up':
+    time.sleep(1.5)  # inside the imports and the config check
+  else:
+    harness.wait_until(lambda: 'jaxlm |' in log.read_text(), p, log=log)  # then it compiles
+  p.send_signal(signum)
+  assert p.wait(timeout=120) == 128 + signum, log.read_text()[-3000:]
+  out = log.read_text()
+  assert 'Traceback' not in out and 'Segmentation' not in out, out[-3000:]
+  errors = [l for l in out.splitlines() if l.startswith('error: ')]
+  assert errors == [f'error: stopped by {signal.Signals(signum).name} before the command '
+                    'finished; what was already saved is kept: run the same command again to '
+                    'resume (or redo) it.'], out[-2000:]
+  assert 'compiled the train step' not in out or moment == 'first compile'

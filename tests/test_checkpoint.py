@@ -1,0 +1,42 @@
+"""The checkpointer's own quieting of Orbax is scoped to its lifetime, and drops only Orbax's."""
+
+import logging
+import sys
+
+from absl import logging as absl_logging
+
+from jaxlm import checkpoint
+
+
+def _filters():
+  return [f for f in absl_logging.get_absl_logger().filters
+          if isinstance(f, checkpoint._NoOrbaxTracebacks)]
+
+
+def _record(filename):
+  try:
+    raise RuntimeError('boom')
+  except RuntimeError:
+    record = logging.LogRecord('x', logging.ERROR, filename, 1, 'failed', None, sys.exc_info())
+  return record
+
+
+def test_quieting_exists_only_while_a_checkpointer_is_open(tmp_path):
+  hook = sys.unraisablehook
+  assert not _filters() and sys.unraisablehook is hook  # importing jaxlm changed nothing
+  a = checkpoint.Checkpointer(tmp_path / 'a', keep=1, async_save=False)
+  b = checkpoint.Checkpointer(tmp_path / 'b', keep=1, async_save=False)
+  assert len(_filters()) == 1 and sys.unraisablehook is checkpoint._quiet_abandoned_reads
+  a.close()
+  assert len(_filters()) == 1  # b is still open
+  b.close()
+  b.close()  # closing twice is harmless and does not unbalance the count
+  assert not _filters() and sys.unraisablehook is hook
+
+
+def test_only_records_from_orbax_are_dropped():
+  quiet = checkpoint._NoOrbaxTracebacks()
+  assert quiet.filter(_record(__file__))  # an error of anyone else's shows
+  orbax_file = '/site-packages/orbax/checkpoint/async_checkpointer.py'
+  assert not quiet.filter(_record(orbax_file))
+  assert quiet.filter(logging.LogRecord('x', logging.INFO, orbax_file, 1, 'saved', None, None))
