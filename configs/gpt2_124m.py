@@ -2,7 +2,9 @@
 
 The shape of nanoGPT's GPT-2 reproduction, for real hardware: bf16 compute with float32 master
 weights, cuDNN flash attention, AdamW lr 6e-4 with 2000 warm-up steps and cosine decay over
-600k steps to 6e-5, beta2 0.95, weight decay 0.1, batch 480 x 1024 tokens (~0.5M, as GPT-2).
+600k steps to 6e-5, beta2 0.95, weight decay 0.1, batch 480 x 1024 tokens (~0.5M, as GPT-2) in 20
+micro-batches of 24 sequences: nanoGPT fits 12 per 40 GB GPU, so 24 should fit one 80 GB GPU (an
+estimate, not measured); on N GPUs divide train.grad_accum by N.
 Point data.corpus at a large corpus and data.tokenizer_path at a 50257-token SentencePiece model,
 or train one (data.tokenizer_vocab_size) on the corpus.
 """
@@ -28,7 +30,7 @@ def get_config():
   c.data.tokenizer_vocab_size = 50257
 
   t = c.train
-  t.steps, t.batch_size, t.grad_accum = 600_000, 480, 1
+  t.steps, t.batch_size, t.grad_accum = 600_000, 480, 20
   t.log_every, t.eval_every, t.eval_batches = 100, 2000, 100
   t.sample_tokens = 0
 

@@ -1,5 +1,8 @@
-"""A Llama-style 1B model (the Llama 3.2 1B shape): 16 layers, width 2048, 32 query heads sharing
-8 key/value heads, SwiGLU width 8192, RoPE theta 500k, context 2048, untied head.
+"""The Llama 3.2 1B shape: 16 layers, width 2048, 32 query heads sharing 8 key/value heads of
+dimension 64, SwiGLU width 8192, RoPE theta 500k, a 128,256-token vocabulary and the output head
+tied to the embedding (1.24B parameters, as Meta's model). Not modelled: its `llama3` RoPE
+scaling, which changes only positions beyond its 8k pretraining context; this preset trains at
+2048.
 
 For real hardware: bf16 compute, cuDNN flash attention, FSDP over all devices, AdamW lr 3e-4 with
 2000 warm-up steps and cosine decay to 3e-5, batch 512 x 2048 tokens (1M). Give data.corpus and
@@ -17,15 +20,15 @@ def get_config():
   m.num_layers, m.embed_dim, m.mlp_dim = 16, 2048, 8192
   m.num_heads, m.num_kv_heads, m.head_dim = 32, 8, 64
   m.max_seq_len, m.rope_theta = 2048, 500_000.0
-  m.vocab_size = 32768
+  m.vocab_size = 128_256  # Llama 3's 128,000 tokens and 256 reserved special ones.
   m.norm, m.position, m.mlp = 'rmsnorm', 'rope', 'swiglu'
-  m.use_bias, m.tie_embeddings = False, False
+  m.use_bias, m.tie_embeddings = False, True
   m.dtype, m.attention, m.remat, m.scan_unroll = 'bfloat16', 'cudnn', 'dots', 1
 
   c.xla_flags = base.GPU_XLA_FLAGS
   c.train.loss_chunk = 256  # the vocabulary is large: never hold the whole batch's logits
 
-  c.data.tokenizer_vocab_size = 32000
+  c.data.tokenizer_vocab_size = 128_000  # a vocabulary trained on the corpus fills the regular ids
 
   t = c.train
   t.steps, t.batch_size = 100_000, 512

@@ -40,6 +40,9 @@ def _flag_error(e: BaseException) -> str:
   if loading:
     return (f'cannot load the config file {loading[1]}; give --config=<path to a .py file with '
             'get_config()>, e.g. --config=configs/base.py.')
+  if isinstance(e, AttributeError) and isinstance(e.args[0] if e.args else None, KeyError):
+    e = e.args[0]  # config_flags wraps the KeyError of an unknown field without a suggestion
+    text = _one_line(e).strip('"')
   if isinstance(e, KeyError):
     return f'a --config override names an unknown field {text}; the fields are in configs/base.py.'
   return f'{text.rstrip(".")}; check the flag against --help (config fields: configs/base.py).'

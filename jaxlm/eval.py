@@ -74,6 +74,7 @@ def run(workdir: str, step: int | None, text: str, references: str, max_new_toke
   import jax
 
   from jaxlm import data, evaluation, metrics, sharding
+  from jaxlm.errors import UserError
   from jaxlm.restore import load_trained
   from jaxlm.step import jit_eval_step, make_eval_step
 

@@ -32,8 +32,10 @@ bench() {  # name, then jaxlm.bench flags
 if [[ -z "${BENCH_TINY:-}" ]]; then  # the fused attention kernel against the reference, first
   timeout 300 "$py" -m pytest -q tests/test_attention.py 2>&1 | tee "$out/attention_tests.log" | tail -3
 fi
-bench gpt2_124m_b16 --config=configs/gpt2_124m.py --config.train.batch_size=16 --steps=50
-bench gpt2_124m_b32 --config=configs/gpt2_124m.py --config.train.batch_size=32 --steps=50
+bench gpt2_124m_b16 --config=configs/gpt2_124m.py --config.train.batch_size=16 \
+  --config.train.grad_accum=1 --steps=50
+bench gpt2_124m_b32 --config=configs/gpt2_124m.py --config.train.batch_size=32 \
+  --config.train.grad_accum=1 --steps=50
 bench llama_1b --config=configs/llama_1b.py --config.train.batch_size=16 --config.mesh.fsdp=1 \
   --config.mesh.data=-1 --steps=20 --what=train,eval
 

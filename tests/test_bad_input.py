@@ -20,6 +20,17 @@ def trained(tmp_path_factory):
   (tmp / 'junk.model').write_bytes(b'this is not a sentencepiece model')
   (tmp / 'no_get_config.py').write_text('CONFIG = None\n')
   (tmp / 'a_file').write_text('not a directory')
+  (tmp / 'syntax.py').write_text('def get_config(:\n')
+  (tmp / 'imports.py').write_text('import no_such_module_anywhere\n')
+  (tmp / 'raises.py').write_text('def get_config():\n  raise ValueError("no such preset")\n')
+  (tmp / 'a_dict.py').write_text('def get_config():\n  return {"model": {}}\n')
+  (tmp / 'empty.jsonl').write_text('')
+  (tmp / 'bad.jsonl').write_text('{"prompt": "First"}\n')
+  (tmp / 'prompts.txt').write_text('First\n')
+  (tmp / 'out.model').write_bytes(b'an existing file')
+  (tmp / 'no_metrics').mkdir()
+  (tmp / 'no_loss').mkdir()
+  (tmp / 'no_loss' / 'metrics.jsonl').write_text('{"step": 1, "split": "samples", "texts": []}\n')
   cfg = harness.write_config(tmp / 'cfg.py', **{
       'data.corpus': str(tmp / 'corpus.txt'), 'cpu_devices': 2, 'train.sample_tokens': 0})
   result = harness.run(harness.command(f'--config={cfg}', f'--config.workdir={tmp / "run"}'))
@@ -72,6 +83,27 @@ CASES = [
     ('unknown SeqIO task', ['--config.data.corpus=seqio:no_such_task'],
      "no SeqIO task or mixture is registered as 'no_such_task'"),
     ('stray argument', ['oops'], "unexpected arguments ['oops']"),
+    ('config file with a syntax error', ['--config={tmp}/syntax.py'],
+     'has a syntax error at line 1'),
+    ('config file whose import fails', ['--config={tmp}/imports.py'],
+     "fails while it is imported (ModuleNotFoundError: No module named 'no_such_module_anywhere')"),
+    ('get_config that raises', ['--config={tmp}/raises.py'],
+     'raised ValueError: no such preset'),
+    ('get_config that returns a dict', ['--config={tmp}/a_dict.py'],
+     'returned a dict, not an ml_collections ConfigDict'),
+    ('get_config given an argument it does not take', ['--config=configs/base.py:llama'],
+     "passes 'llama' to get_config(), but get_config() in configs/base.py takes no argument"),
+    ('empty workdir', ['--config.workdir='], "config field workdir='' is invalid"),
+    ('no skips allowed', ['--config.train.max_skips=0'], 'train.max_skips=0 is invalid'),
+    ('norm differs from the checkpoint', ['--config.model.norm=layernorm'],
+     "model.norm='rmsnorm' (now 'layernorm')"),
+    ('context differs from the checkpoint', ['--config.model.max_seq_len=32'],
+     'model.max_seq_len=16 (now 32)'),
+    ('seed differs from the checkpoint', ['--config.seed=1'], 'seed=0 (now 1)'),
+    ('batch differs from the checkpoint', ['--config.train.batch_size=16'],
+     'train.batch_size=8 (now 16)'),
+    ('window stride differs from the checkpoint', ['--config.data.stride=4'],
+     'data.stride=0 (now 4)'),
 ]
 
 
@@ -91,19 +123,102 @@ def test_bad_training_input(trained, tmp_path, name, args, message):
   assert harness.digest(work / 'checkpoints') == before, name
 
 
-@pytest.mark.parametrize('module,args,message', [
-    ('jaxlm.eval', ['--step=5'], 'no checkpoint for step 5'),
-    ('jaxlm.eval', ['--text=/no/such/*.txt'], 'matches no file'),
-    ('jaxlm.eval', ['--references=/no/such.jsonl'], 'cannot read --references'),
-    ('jaxlm.generate', ['--max_new_tokens=100'], 'max_new_tokens=100'),
-    ('jaxlm.generate', ['--prompt=Zebra'], "'Z' is not in the character vocabulary"),
-], ids=['eval step', 'eval text', 'eval references', 'generate length', 'generate prompt'])
-def test_bad_eval_and_generate_input(trained, module, args, message):
-  tmp, _ = trained
-  before = harness.digest(tmp / 'run' / 'checkpoints')
-  result = harness.run(harness.command(f'--workdir={tmp / "run"}', *args, module=module))
+# Every other command: (name, module or script, arguments, a fragment of the expected error).
+# '{run}' is the trained run's workdir, '{tmp}' the fixture's directory.
+OTHER_CASES = [
+    ('eval step', 'jaxlm.eval', ['--workdir={run}', '--step=5'], 'no checkpoint for step 5'),
+    ('eval negative step', 'jaxlm.eval', ['--workdir={run}', '--step=-1'], '--step=-1 is invalid'),
+    ('eval text', 'jaxlm.eval', ['--workdir={run}', '--text=/no/such/*.txt'], 'matches no file'),
+    ('eval empty text', 'jaxlm.eval', ['--workdir={run}', '--text={tmp}/empty.txt'],
+     'has no token to predict'),
+    ('eval references', 'jaxlm.eval', ['--workdir={run}', '--references=/no/such.jsonl'],
+     'cannot read --references'),
+    ('eval empty references', 'jaxlm.eval', ['--workdir={run}', '--references={tmp}/empty.jsonl'],
+     'holds no {"prompt", "reference"} line'),
+    ('eval references line', 'jaxlm.eval', ['--workdir={run}', '--references={tmp}/bad.jsonl'],
+     'line 1 of'),
+    ('eval negative batch', 'jaxlm.eval', ['--workdir={run}', '--batch_size=-4'],
+     '--batch_size=-4 is invalid'),
+    ('eval no new tokens', 'jaxlm.eval', ['--workdir={run}', '--max_new_tokens=0'],
+     '--max_new_tokens=0 is invalid'),
+    ('eval empty workdir', 'jaxlm.eval', ['--workdir='], "--workdir='' is invalid"),
+    ('eval not a run', 'jaxlm.eval', ['--workdir={tmp}/no_metrics'], 'has no checkpoints directory'),
+    ('eval stray argument', 'jaxlm.eval', ['--workdir={run}', 'x'], "unexpected arguments ['x']"),
+    ('generate length', 'jaxlm.generate', ['--workdir={run}', '--max_new_tokens=100'],
+     'max_new_tokens=100'),
+    ('generate no tokens', 'jaxlm.generate', ['--workdir={run}', '--max_new_tokens=0'],
+     '--max_new_tokens=0 is invalid'),
+    ('generate prompt', 'jaxlm.generate', ['--workdir={run}', '--prompt=Zebra'],
+     "'Z' is not in the character vocabulary"),
+    ('generate temperature', 'jaxlm.generate', ['--workdir={run}', '--temperature=-1'],
+     '--temperature=-1.0 is invalid'),
+    ('generate top_k', 'jaxlm.generate', ['--workdir={run}', '--top_k=-3'], '--top_k=-3 is invalid'),
+    ('generate top_p zero', 'jaxlm.generate', ['--workdir={run}', '--top_p=0'],
+     '--top_p=0.0 is invalid'),
+    ('generate top_p above one', 'jaxlm.generate', ['--workdir={run}', '--top_p=1.5'],
+     '--top_p=1.5 is invalid'),
+    ('generate missing prompts file', 'jaxlm.generate',
+     ['--workdir={run}', '--prompts_file=/no/such.txt'], 'cannot read --prompts_file'),
+    ('generate empty prompts file', 'jaxlm.generate',
+     ['--workdir={run}', '--prompts_file={tmp}/empty.txt'], 'holds no prompt'),
+    ('generate prompt and prompts file', 'jaxlm.generate',
+     ['--workdir={run}', '--prompt=First', '--prompts_file={tmp}/prompts.txt'], 'not both'),
+    ('generate step', 'jaxlm.generate', ['--workdir={run}', '--step=7'], 'no checkpoint for step 7'),
+    ('tokenizer vocabulary', 'jaxlm.tokenizer', ['train', '--vocab_size=3'],
+     '--vocab_size=3 is invalid'),
+    ('tokenizer output name', 'jaxlm.tokenizer', ['train', '--output={tmp}/spm.txt'],
+     'a path ending in .model'),
+    ('tokenizer output exists', 'jaxlm.tokenizer', ['train', '--output={tmp}/out.model'],
+     'already exists'),
+    ('tokenizer input', 'jaxlm.tokenizer', ['train', '--input=/no/such/*.txt',
+                                            '--output={tmp}/new.model'], 'matches no file'),
+    ('tokenizer not UTF-8', 'jaxlm.tokenizer', ['train', '--input={tmp}/latin1.txt',
+                                                '--output={tmp}/new.model'], 'is not UTF-8 text'),
+    ('tokenizer encode without model', 'jaxlm.tokenizer', ['encode', '--text=hi'],
+     'the .model file to encode with'),
+    ('tokenizer encode junk model', 'jaxlm.tokenizer', ['encode', '--model={tmp}/junk.model'],
+     'is not a SentencePiece model'),
+    ('tokenizer without command', 'jaxlm.tokenizer', [], 'give one command: train or encode'),
+    ('tokenizer unknown command', 'jaxlm.tokenizer', ['decode'], 'give one command'),
+    ('plot no metrics', 'jaxlm.plot', ['--workdir={tmp}/no_metrics'], 'metrics.jsonl does not exist'),
+    ('plot no loss', 'jaxlm.plot', ['--workdir={tmp}/no_loss'], 'holds no loss yet'),
+    ('plot output', 'jaxlm.plot', ['--workdir={run}', '--output={tmp}/curves.jpg'],
+     'a path ending in .png'),
+    ('bench steps', 'jaxlm.bench', ['--config={cfg}', '--steps=0'], '--steps=0 is invalid'),
+    ('bench warmup', 'jaxlm.bench', ['--config={cfg}', '--warmup=-1'], '--warmup=-1 is invalid'),
+    ('bench what', 'jaxlm.bench', ['--config={cfg}', '--what=train,speed'],
+     '--what=train,speed is invalid'),
+    ('bench json', 'jaxlm.bench', ['--config={cfg}', '--json=/no/such/dir/out.json'],
+     '--json=\'/no/such/dir/out.json\' is invalid'),
+    ('bench config field', 'jaxlm.bench', ['--config={cfg}', '--config.model.depth=2'],
+     "unknown field 'depth'"),
+    ('sweep grid axis', 'launch/sweep.py', ['--config={cfg}', '--grid=optim.lr', '--dry_run'],
+     "--grid axis 'optim.lr' is not field=v1,v2"),
+    ('sweep repeated field', 'launch/sweep.py',
+     ['--config={cfg}', '--grid=optim.lr=1,2 optim.lr=3', '--dry_run'], 'names optim.lr twice'),
+    ('sweep config file', 'launch/sweep.py', ['--config={tmp}/syntax.py', '--dry_run'],
+     'has a syntax error at line 1'),
+    ('local processes', 'launch/local.py', ['--processes=0', '--', '--config={cfg}'],
+     '--processes=0 is invalid'),
+    ('local devices', 'launch/local.py', ['--devices_per_process=0', '--', '--config={cfg}'],
+     '--devices_per_process=0 is invalid'),
+]
+
+
+@pytest.mark.parametrize('name,module,args,message', OTHER_CASES, ids=[c[0] for c in OTHER_CASES])
+def test_bad_input_to_every_other_command(trained, name, module, args, message):
+  tmp, cfg = trained
+  before = harness.digest(tmp)
+  args = [a.format(tmp=tmp, run=tmp / 'run', cfg=cfg) for a in args]
+  script = harness.ROOT / module if module.endswith('.py') else None
+  result = harness.run(harness.command(*args, module=module, script=script))
   _assert_one_sentence(result, message)
-  assert harness.digest(tmp / 'run' / 'checkpoints') == before
+  assert harness.digest(tmp) == before, name  # nothing written, nothing changed
+
+
+def test_there_are_at_least_sixty_distinct_bad_inputs():
+  names = [c[0] for c in CASES] + [c[0] for c in OTHER_CASES]
+  assert len(set(names)) == len(names) >= 60
 
 
 def _assert_one_sentence(result, message):

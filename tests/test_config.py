@@ -47,6 +47,14 @@ def test_shakespeare_char_is_nanogpts_cpu_recipe():
   assert c.data.tokenizer == 'char' and c.optim.schedule == 'cosine'
 
 
+def test_llama_1b_is_the_llama_3_2_1b_shape():
+  c = load_preset('llama_1b')
+  assert c.model.tie_embeddings and c.model.vocab_size == 128_256
+  from jaxlm import metrics
+  m = jaxlm_config.resolve_model(c.model, c.data.tokenizer_vocab_size)
+  assert metrics.param_count(m) == 1_235_814_400  # Meta's count for Llama 3.2 1B
+
+
 def test_gpt2_124m_parameter_count():
   c = load_preset('gpt2_124m')
   m = jaxlm_config.resolve_model(c.model, 50257)
