@@ -62,17 +62,21 @@ class _NoOrbaxTracebacks(logging.Filter):
 
 
 class _Quiet:
-  """The two filters above, in force only while a jaxlm Checkpointer is open (reference-counted):
-  importing jaxlm changes nothing, and Orbax used on its own elsewhere keeps its messages."""
+  """The log filter above, in force only while a jaxlm Checkpointer is open (reference-counted),
+  so that importing jaxlm changes nothing and Orbax used on its own keeps its messages. The
+  unraisable hook is installed with the first Checkpointer and stays: reads abandoned after a
+  failed restore can be collected at any later moment, up to the interpreter's exit, and it drops
+  only those (coroutines of Orbax's files, or "Event loop is closed")."""
   open = 0
-  previous_hook = sys.unraisablehook
+  previous_hook = None
   filter = _NoOrbaxTracebacks()
   loggers = ()
 
   @classmethod
   def enter(cls) -> None:
-    if cls.open == 0:
+    if cls.previous_hook is None:
       cls.previous_hook, sys.unraisablehook = sys.unraisablehook, _quiet_abandoned_reads
+    if cls.open == 0:
       cls.loggers = (absl_logging.get_absl_logger(), logging.getLogger('asyncio'))
       for logger in cls.loggers:
         logger.addFilter(cls.filter)
@@ -82,7 +86,6 @@ class _Quiet:
   def exit(cls) -> None:
     cls.open -= 1
     if cls.open == 0:
-      sys.unraisablehook = cls.previous_hook
       for logger in cls.loggers:
         logger.removeFilter(cls.filter)
 

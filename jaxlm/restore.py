@@ -74,13 +74,15 @@ def load_trained(workdir: str, step: int | None = None, batch_size: int = 0) -> 
       except UserError:
         raise
       except Exception as e:  # pylint: disable=broad-except  # a torn or corrupt checkpoint
-        unreadable.append((candidate, e))
+        # Only the text is kept: the exception's frames hold Orbax's abandoned reads, which
+        # must be collected while the checkpointer still quiets them.
+        unreadable.append((candidate, short_reason(e)))
         continue
-      for bad, e in unreadable:
-        print(f'warning: checkpoint {bad} in {directory} cannot be read ({short_reason(e)}); using '
+      for bad, reason in unreadable:
+        print(f'warning: checkpoint {bad} in {directory} cannot be read ({reason}); using '
               f'checkpoint {candidate}.', file=sys.stderr, flush=True)
       return run
-    listed = ', '.join(f'{s} ({short_reason(e)})' for s, e in unreadable)
+    listed = ', '.join(f'{s} ({reason})' for s, reason in unreadable)
     raise UserError(f'no checkpoint in {directory} can be read: {listed}; give --step of a '
                     'good one, or restore the directory.' if step is None else
                     f'checkpoint {step} in {directory} cannot be read ({listed}); give another '

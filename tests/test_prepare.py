@@ -1,0 +1,110 @@
+"""jaxlm.prepare: prepared token ids equal direct tokenization; workers and kills do not change
+the bytes; bad inputs are one sentence naming the file and line."""
+
+import gzip
+import json
+import signal
+
+import numpy as np
+import pytest
+
+import harness
+from jaxlm.data.prepare import Settings, documents, plan_chunks, prepare, prepared_tokenizer
+from jaxlm.data.pipeline import corpus_files
+from jaxlm.errors import UserError
+from tiny import TINY_TEXT
+
+SHIPPED = open(harness.ROOT / 'jaxlm' / 'data' / 'tinyshakespeare.txt', encoding='utf-8').read()
+
+
+@pytest.fixture(scope='module')
+def source(tmp_path_factory):
+  """Speeches of the shipped corpus as documents: a plain JSONL, a gzip JSONL, two text files."""
+  tmp = tmp_path_factory.mktemp('source')
+  speeches = [p for p in SHIPPED.split('\n\n') if p.strip()][:1500]
+  with open(tmp / 'a.jsonl', 'w', encoding='utf-8') as f:
+    for s in speeches[:1000]:
+      f.write(json.dumps({'text': s, 'meta': 1}) + '\n')
+  with gzip.open(tmp / 'b.jsonl.gz', 'wt', encoding='utf-8') as f:
+    for s in speeches[1000:]:
+      f.write(json.dumps({'text': s}) + '\n')
+  (tmp / 'c.txt').write_text('Caf\u00e9 cr\u00e8me \u2014 a document of its own.\n')
+  (tmp / 'd.txt').write_text(TINY_TEXT)
+  return tmp, speeches + [(tmp / 'c.txt').read_text(), TINY_TEXT]
+
+
+def _read(output, split):
+  import grain
+  manifest = json.loads((output / 'manifest.json').read_text())
+  paths = [str(output / name) for name in manifest['splits'][split]['shards']]
+  records = grain.sources.ArrayRecordDataSource(paths)
+  return [np.frombuffer(records[i], '<i4').tolist() for i in range(len(records))]
+
+
+@pytest.mark.parametrize('tokenizer', ['byte', 'sentencepiece'])
+def test_prepared_ids_equal_tokenizing_the_documents(source, tmp_path, tokenizer):
+  src, texts = source
+  s = Settings(source=str(src), tokenizer=tokenizer, vocab_size=400, val_fraction=0.1,
+               chunk_mb=0.05)
+  assert len(plan_chunks(corpus_files(s.source), s.chunk_mb)) > 4  # a.jsonl is cut in pieces
+  manifest = prepare(s, tmp_path / 'out', workers=2)
+  tok = prepared_tokenizer(tmp_path / 'out', s)
+  got = _read(tmp_path / 'out', 'train') + _read(tmp_path / 'out', 'validation')
+  assert sorted(got) == sorted(tok.encode(t) for t in texts)  # every document once, as encoded
+  val = manifest['splits']['validation']
+  assert 0.05 < val['documents'] / len(texts) < 0.15
+  assert manifest['splits']['train']['documents'] + val['documents'] == len(texts)
+  assert sum(m['bytes'] for m in manifest['splits'].values()) == \
+      sum(len(t.encode()) for t in texts)
+  assert manifest['tokenizer']['fingerprint'] == tok.fingerprint
+
+
+def test_workers_and_a_kill_do_not_change_the_bytes(source, tmp_path):
+  src, _ = source
+  args = [f'--source={src}', '--tokenizer=byte', '--chunk_mb=0.02', '--val_fraction=0.1']
+  one = harness.run(harness.command(*args, f'--output={tmp_path / "one"}', '--workers=1',
+                                    module='jaxlm.prepare'))
+  assert one.returncode == 0, one.stderr[-2000:]
+  two = harness.run(harness.command(*args, f'--output={tmp_path / "two"}', '--workers=2',
+                                    module='jaxlm.prepare'))
+  assert two.returncode == 0, two.stderr[-2000:]
+  expected = harness.digest(tmp_path / 'one')
+  assert harness.digest(tmp_path / 'two') == expected
+  killed = tmp_path / 'killed'
+  cmd = harness.command(*args, f'--output={killed}', '--workers=1', module='jaxlm.prepare')
+  p = harness.start(cmd, tmp_path / 'kill.log')
+  harness.wait_until(lambda: len(list((killed / 'chunks').glob('*.json'))) >= 2, p,
+                     log=tmp_path / 'kill.log')
+  p.send_signal(signal.SIGKILL)
+  p.wait()
+  assert not (killed / 'manifest.json').exists()
+  again = harness.run(cmd)
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert harness.digest(killed) == expected
+
+
+def test_first_documents_as_validation(source, tmp_path):
+  src, texts = source
+  s = Settings(source=str(src / 'a.jsonl'), tokenizer='byte', val_docs=7, chunk_mb=0.05)
+  manifest = prepare(s, tmp_path / 'out', workers=2)
+  assert manifest['splits']['validation']['documents'] == 7
+  assert _read(tmp_path / 'out', 'validation') == [list(t.encode()) for t in texts[:7]]
+
+
+def test_bad_sources_and_outputs(source, tmp_path):
+  src, _ = source
+  (tmp_path / 'bad.jsonl').write_text('{"text": "fine"}\n\n{"text": "cut sh\n')
+  with pytest.raises(UserError, match=r'line 3 of .*bad.jsonl is not JSON'):
+    prepare(Settings(source=str(tmp_path / 'bad.jsonl'), tokenizer='byte'), tmp_path / 'o1')
+  (tmp_path / 'nofield.jsonl').write_text('{"content": "x"}\n')
+  with pytest.raises(UserError, match=r"line 1 of .*nofield.jsonl has no text field 'text'"):
+    prepare(Settings(source=str(tmp_path / 'nofield.jsonl'), tokenizer='byte'), tmp_path / 'o2')
+  prepare(Settings(source=str(src / '*.txt'), tokenizer='byte', val_docs=1), tmp_path / 'o3')
+  with pytest.raises(UserError, match='the training split of .* is empty'):
+    prepare(Settings(source=str(src / '*.txt'), tokenizer='byte', val_docs=2), tmp_path / 'o4')
+  before = harness.digest(tmp_path / 'o3')
+  with pytest.raises(UserError, match='already holds a preparation with other settings'):
+    prepare(Settings(source=str(src), tokenizer='byte'), tmp_path / 'o3')
+  assert harness.digest(tmp_path / 'o3') == before
+  assert list(documents(plan_chunks([src / 'c.txt'], 1)[0], 'text')) == [
+      (src / 'c.txt').read_text()]
