@@ -61,13 +61,18 @@ def run(cfg: ConfigDict, what: list[str], steps: int, warmup: int) -> dict:
   from jaxlm.optim import make_optimizer
   from jaxlm.state import setup_train_state
   from jaxlm.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
-  from jaxlm.trainer import prepare_workdir
+  from jaxlm.workdir import WorkdirLock, prepare_workdir
 
   validate(cfg)
   configure_backend(cfg)
   vocab = cfg.model.vocab_size
   if not vocab:
-    vocab = data.load_corpus(cfg, prepare_workdir(cfg.workdir)).tokenizer.vocab_size
+    workdir = prepare_workdir(cfg.workdir)
+    lock = WorkdirLock(workdir)  # it may build the tokenizer there
+    try:
+      vocab = data.load_corpus(cfg, workdir).tokenizer.vocab_size
+    finally:
+      lock.release()
   model_cfg = resolve_model(cfg.model, vocab)
   mesh = make_mesh(cfg)
   rules = sharding.rules_from_config(cfg.mesh)

@@ -62,32 +62,30 @@ class _NoOrbaxTracebacks(logging.Filter):
 
 
 class _Quiet:
-  """The log filter above, in force only while a jaxlm Checkpointer is open (reference-counted),
-  so that importing jaxlm changes nothing and Orbax used on its own keeps its messages. The
-  unraisable hook is installed with the first Checkpointer and stays: reads abandoned after a
-  failed restore can be collected at any later moment, up to the interpreter's exit, and it drops
-  only those (coroutines of Orbax's files, or "Event loop is closed")."""
+  """The filters above, in force only once a jaxlm Checkpointer exists, so that importing jaxlm
+  changes nothing. Orbax's own log of a failed write is dropped only while a Checkpointer is open
+  (reference-counted), so Orbax used on its own keeps its messages. Abandoned async work (reads
+  given up after a failed restore, tasks whose error jaxlm already reported) can surface at any
+  later moment, up to the interpreter's exit, so the unraisable hook and the asyncio filter stay
+  from the first Checkpointer on; they drop only what comes from Orbax's files."""
   open = 0
   previous_hook = None
   filter = _NoOrbaxTracebacks()
-  loggers = ()
 
   @classmethod
   def enter(cls) -> None:
     if cls.previous_hook is None:
       cls.previous_hook, sys.unraisablehook = sys.unraisablehook, _quiet_abandoned_reads
+      logging.getLogger('asyncio').addFilter(cls.filter)
     if cls.open == 0:
-      cls.loggers = (absl_logging.get_absl_logger(), logging.getLogger('asyncio'))
-      for logger in cls.loggers:
-        logger.addFilter(cls.filter)
+      absl_logging.get_absl_logger().addFilter(cls.filter)
     cls.open += 1
 
   @classmethod
   def exit(cls) -> None:
     cls.open -= 1
     if cls.open == 0:
-      for logger in cls.loggers:
-        logger.removeFilter(cls.filter)
+      absl_logging.get_absl_logger().removeFilter(cls.filter)
 
 
 class Checkpointer:

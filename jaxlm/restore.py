@@ -82,11 +82,12 @@ def load_trained(workdir: str, step: int | None = None, batch_size: int = 0) -> 
         print(f'warning: checkpoint {bad} in {directory} cannot be read ({reason}); using '
               f'checkpoint {candidate}.', file=sys.stderr, flush=True)
       return run
+    if step is not None:
+      raise UserError(f'checkpoint {step} in {directory} cannot be read ({unreadable[0][1]}); '
+                      'give another --step.')
     listed = ', '.join(f'{s} ({reason})' for s, reason in unreadable)
     raise UserError(f'no checkpoint in {directory} can be read: {listed}; give --step of a '
-                    'good one, or restore the directory.' if step is None else
-                    f'checkpoint {step} in {directory} cannot be read ({listed}); give another '
-                    '--step.')
+                    'good one, or restore the directory.')
   finally:
     ckpt.close()
 

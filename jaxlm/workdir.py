@@ -1,0 +1,80 @@
+"""A run's workdir: created and checked before any work, held by one run at a time, and the test
+of whether a checkpoint in it belongs to the run at hand."""
+
+import fcntl
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from jaxlm.errors import UserError
+
+
+def prepare_workdir(path: str) -> Path:
+  """Creates the workdir and checks that it is writable, before any work is done."""
+  workdir = Path(path).expanduser()
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe = workdir / f'.write-test-{jax.process_index()}'
+    probe.write_text('ok')
+    probe.unlink()
+  except OSError as e:
+    raise UserError(f'the workdir {workdir} is not writable ({e.strerror}); set config field '
+                    'workdir to a directory you can write to.') from None
+  return workdir
+
+
+class WorkdirLock:
+  """One run per workdir: an exclusive flock on <workdir>/.lock, held by process 0 for the run.
+
+  The kernel drops the lock when its process dies, however it dies, so a crashed run never
+  leaves a stale lock behind; the file only records who held it last.
+  """
+
+  def __init__(self, workdir: Path):
+    self.file = None
+    if jax.process_index() != 0:
+      return
+    path = workdir / '.lock'
+    handle = open(path, 'a+', encoding='utf-8')
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      handle.seek(0)
+      holder = handle.read().strip() or 'another process'
+      handle.close()
+      raise UserError(f'the workdir {workdir} is in use by another jaxlm run ({holder}); wait '
+                      'for it to finish, or give another config field workdir.') from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f'pid {os.getpid()} on {socket.gethostname()}\n')
+    handle.flush()
+    self.file = handle
+
+  def release(self) -> None:
+    if self.file is not None:
+      self.file.close()  # closing the file releases the lock
+      self.file = None
+
+
+# What a resumed run may change: how it computes, not what it computes with or on.
+_FREE_ON_RESUME = {'model.dtype', 'model.remat', 'model.scan_unroll', 'model.attention',
+                   'model.dropout'}
+
+
+def run_differences(saved: dict, now: dict) -> list[str]:
+  """"field=saved (now x)" for each architecture or data setting that differs between a
+  checkpoint's metadata and this run's: the resolved model, data.*, seed and train.batch_size
+  (the data position counts global batches)."""
+  def fields(meta: dict) -> dict[str, Any]:
+    out = {f'model.{k}': v for k, v in meta.get('model', {}).items()}
+    config = meta.get('config', {})
+    out.update({f'data.{k}': v for k, v in config.get('data', {}).items()})
+    out['seed'] = config.get('seed')
+    out['train.batch_size'] = config.get('train', {}).get('batch_size')
+    return out
+  old, new = fields(saved), fields(now)
+  return [f'{k}={old.get(k)!r} (now {new.get(k)!r})' for k in sorted(set(old) | set(new))
+          if k not in _FREE_ON_RESUME and old.get(k) != new.get(k)]
