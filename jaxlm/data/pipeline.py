@@ -49,7 +49,7 @@ def read_text(path: Path) -> str:
     return data.decode('utf-8')
   except UnicodeDecodeError as e:
     raise UserError(f'{path} is not UTF-8 text (byte {e.start} is {data[e.start:e.start + 1]!r}); '
-                    're-encode it as UTF-8 or remove it from data.corpus.') from None
+                    're-encode it as UTF-8 or leave it out of the corpus.') from None
 
 
 def tokenize_texts(names: Sequence[str], texts: Sequence[str], tokenizer: Tokenizer,

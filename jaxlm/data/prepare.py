@@ -30,7 +30,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from jaxlm.data.pipeline import corpus_files
+from jaxlm.data.pipeline import corpus_files, read_text
 from jaxlm.data.tokenizers import Tokenizer, load_tokenizer
 from jaxlm.errors import UserError
 
@@ -96,12 +96,7 @@ def documents(chunk: Chunk, text_field: str) -> Iterator[str]:
   """The documents of a chunk, in order; a bad JSONL line is an error naming file and line."""
   path = Path(chunk.path)
   if not is_jsonl(path):
-    data = path.read_bytes()
-    try:
-      yield data.decode('utf-8')
-    except UnicodeDecodeError as e:
-      raise UserError(f'{path} is not UTF-8 text (byte {e.start}); re-encode it as UTF-8 or '
-                      'leave it out of the source.') from None
+    yield read_text(path)
     return
   whole = path.name.endswith('.gz') or chunk.start == 0 and chunk.stop == path.stat().st_size
   with _open(path) as f:
