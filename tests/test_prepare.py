@@ -60,7 +60,9 @@ def test_prepared_ids_equal_tokenizing_the_documents(source, tmp_path, tokenizer
 
 
 def test_workers_and_a_kill_do_not_change_the_bytes(source, tmp_path):
-  src, _ = source
+  _, texts = source
+  src = tmp_path / 'big.jsonl'  # ~2 MB in ~100 chunks: long enough to be killed half-way
+  src.write_text(''.join(json.dumps({'text': t}) + '\n' for t in texts * 8))
   args = [f'--source={src}', '--tokenizer=byte', '--chunk_mb=0.02', '--val_fraction=0.1']
   one = harness.run(harness.command(*args, f'--output={tmp_path / "one"}', '--workers=1',
                                     module='jaxlm.prepare'))
