@@ -78,8 +78,8 @@ def get_config() -> ConfigDict:
   t.eval_samples = 2  # Samples generated and logged at each validation pass; one more at the end.
   t.sample_prompt = ''  # Prompt for that sample; '' starts from the first token of the corpus.
   t.on_nonfinite = 'abort'  # A NaN/Inf loss or gradient: 'abort' (with the step) or 'skip' the update.
-  t.max_skips = 20  # Skipped updates in a row that abort the run, whatever the policy: float16's loss
-  #                   scale halves at each (2^15 reaches 1 in 15), so 20 means it cannot recover.
+  t.max_skips = 20  # Skipped updates in a row that abort the run, whatever the policy: float16's
+  #                   loss scale halves at each (2^15 reaches 1 in 15), so 20 means no recovery.
 
   c.optim = ConfigDict()
   o = c.optim

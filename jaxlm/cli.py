@@ -80,8 +80,8 @@ def check_config_file(value: str) -> None:
   import inspect  # pylint: disable=import-outside-toplevel
   path, _, argument = value.partition(':')
   if not Path(path).is_file():
-    raise UserError(f'cannot load the config file {path}: it does not exist; give '
-                    '--config=<path to a .py file with get_config()>, e.g. --config=configs/base.py.')
+    raise UserError(f'cannot load the config file {path}: it does not exist; give --config=<path '
+                    'to a .py file with get_config()>, e.g. --config=configs/base.py.')
   try:
     spec = importlib.util.spec_from_file_location('jaxlm_config_file', path)
     module = importlib.util.module_from_spec(spec)

@@ -32,7 +32,8 @@ def to_global(batch: dict[str, np.ndarray], batch_sharding,
               global_batch: int) -> dict[str, jax.Array]:
   """This host's rows (sharding.host_rows) -> one global array per field, sharded over the
   batch axes."""
-  return {k: jax.make_array_from_process_local_data(batch_sharding, v, (global_batch,) + v.shape[1:])
+  return {k: jax.make_array_from_process_local_data(batch_sharding, v,
+                                                    (global_batch, *v.shape[1:]))
           for k, v in batch.items()}
 
 

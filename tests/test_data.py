@@ -72,7 +72,8 @@ def test_tokenizer_is_built_once_and_cached(tmp_path, corpus_file):
   copy.write_text(texts[0])
   again = load_tokenizer(cfg, [copy], texts, tmp_path / 'tok2')
   assert again.fingerprint == first.fingerprint
-  assert (tmp_path / 'tok2' / 'spm.model').read_bytes() != (tmp_path / 'tok' / 'spm.model').read_bytes()
+  files = [tmp_path / d / 'spm.model' for d in ('tok', 'tok2')]
+  assert files[0].read_bytes() != files[1].read_bytes()  # (the files record the paths)
 
 
 def test_a_cached_tokenizer_of_other_settings_is_never_reused_silently(tmp_path, corpus_file):

@@ -78,7 +78,8 @@ def test_perplexity_and_bits_per_byte_match_a_naive_loop(run_dir):
       nats / math.log(2) / n_bytes, rel=1e-5)
 
 
-TEXTS = ['Gar\u00e7on, caf\u00e9 cr\u00e8me \u2014 \u65e5\u672c\u8a9e!\n', TINY_TEXT[:300], 'Speak, speak.\n' * 7]
+TEXTS = ['Gar\u00e7on, caf\u00e9 cr\u00e8me \u2014 \u65e5\u672c\u8a9e!\n', TINY_TEXT[:300],
+         'Speak, speak.\n' * 7]
 
 
 @pytest.fixture(scope='module')

@@ -273,7 +273,8 @@ def test_eval_and_generate_apply_the_runs_backend_settings(setup):
     saved = json.loads(meta.read_text())
     saved['config']['cpu_devices'], saved['config']['xla_flags'] = 3, f'--xla_dump_to={dump}'
     meta.write_text(json.dumps(saved))
-  for module, args in (('jaxlm.eval', ['--batch_size=3']), ('jaxlm.generate', ['--max_new_tokens=4'])):
+  for module, args in (('jaxlm.eval', ['--batch_size=3']),
+                       ('jaxlm.generate', ['--max_new_tokens=4'])):
     shutil.rmtree(dump, ignore_errors=True)
     result = harness.run(harness.command(f'--workdir={work}', *args, module=module))
     assert result.returncode == 0, result.stderr[-3000:]

@@ -145,7 +145,8 @@ def _init_worker(settings: Settings, output: str) -> None:
 
 def _prepare_chunk(chunk: Chunk) -> dict:
   """Writes one chunk's two shards (to temporary names, then renamed) and its record."""
-  from array_record.python.array_record_module import ArrayRecordWriter  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel  # (only the workers write)
+  from array_record.python.array_record_module import ArrayRecordWriter
   s, output, tok = _WORKER['settings'], _WORKER['output'], _WORKER['tokenizer']
   counts = {split: dict(documents=0, tokens=0, bytes=0) for split in SPLITS}
   writers, tmps = {}, {}
@@ -224,7 +225,9 @@ def prepare(s: Settings, output: Path, workers: int = 0) -> dict:
   for chunk in chunks:
     done = output / 'chunks' / f'{chunk.index:05d}.json'
     if done.exists() and all(_shard(output, sp, chunk.index).exists() for sp in SPLITS):
-      records[chunk.index] = json.loads(done.read_text())
+      record = json.loads(done.read_text())
+      if record['chunk'] == dataclasses.asdict(chunk):  # (the same bytes of the same file)
+        records[chunk.index] = record
   todo = [c for c in chunks if c.index not in records]
   workers = workers or os.cpu_count() or 1
   bar = tqdm(total=len(chunks), initial=len(records), unit='chunk', dynamic_ncols=True)
