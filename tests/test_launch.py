@@ -30,3 +30,17 @@ def test_gpu_benchmark_script_rehearses_on_cpu(tmp_path):
     assert figures['train']['tokens_per_s'] > 0
   table = result.stdout.split('benchmark ')[-1]
   assert 'gpt2_124m_b32' in table and 'llama_1b' in table
+
+
+def test_prepare_benchmark_prints_its_figures(tmp_path):
+  """A smoke test of launch/bench_prepare.py on a 1 MiB corpus: it runs and prints a line of
+  figures per worker count (the figures themselves are in docs/BENCHMARKS.md)."""
+  result = subprocess.run(
+      [sys.executable, 'launch/bench_prepare.py', '--size_mb=1', '--chunk_mb=0.25',
+       f'--workdir={tmp_path / "scratch"}'], cwd=harness.ROOT, env=harness.env(),
+      capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  lines = [l for l in result.stdout.splitlines() if l.startswith('workers ')]
+  assert [l.split(':')[0] for l in lines] == ['workers 1', 'workers 2']
+  assert all('MiB/s' in l and 'peak RSS' in l for l in lines)
+  assert not (tmp_path / 'scratch').exists()  # it cleans up after itself
