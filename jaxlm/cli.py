@@ -55,6 +55,13 @@ def require(flag: flags.FlagHolder, ok: bool, expected: str) -> None:
     raise UserError(f'--{flag.name}={value} is invalid: expected {expected}.')
 
 
+def require_local(*holders: flags.FlagHolder) -> None:
+  """Flags that name a location must be local (or mounted) paths: see config.check_local_path."""
+  from jaxlm.config import check_local_path  # pylint: disable=import-outside-toplevel
+  for flag in holders:
+    check_local_path(f'--{flag.name}', flag.value or '')
+
+
 def _parse(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)

@@ -101,6 +101,18 @@ def _fail(field: str, value: Any, expected: str) -> None:
   raise UserError(f'config field {field}={value!r} is invalid: expected {expected}.')
 
 
+# Fields that name a location. jaxlm reads and writes local (or mounted) paths only, for now: a
+# cloud URL is refused before anything is written (it used to become a local directory 'gs:').
+_PATHS = ('workdir', 'data.corpus', 'data.tokenizer_path')
+
+
+def check_local_path(name: str, value: str) -> None:
+  """A cloud URL (gs://, s3://, ...) is one sentence naming the field: not supported yet."""
+  if '://' in value:
+    raise UserError(f'{name}={value!r} is a cloud URL, which jaxlm does not read or write yet; '
+                    'give a local or mounted path (gcsfuse, for instance).')
+
+
 def validate(cfg: ConfigDict) -> None:
   """Raises UserError naming the first field that is unknown, mistyped or out of range."""
   reference = _flatten(base.get_config())
@@ -124,6 +136,8 @@ def validate(cfg: ConfigDict) -> None:
   for field, (ok, expected) in _RANGES.items():
     if not ok(values[field]):
       _fail(field, values[field], expected)
+  for field in _PATHS:
+    check_local_path(f'config field {field}', values[field])
   _check_model(cfg.model)
   _check_cross_fields(cfg)
 

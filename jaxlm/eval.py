@@ -118,6 +118,7 @@ def run(workdir: str, step: int | None, text: str, references: str, max_new_toke
 
 def main(argv: list[str]) -> None:
   cli.require(_WORKDIR, bool(_WORKDIR.value.strip()), "a training run's workdir")
+  cli.require_local(_WORKDIR, _TEXT, _REFERENCES)
   cli.require(_STEP, _STEP.value is None or _STEP.value >= 0, 'a checkpoint step >= 0')
   cli.require(_MAX_NEW, _MAX_NEW.value >= 1, 'at least 1 token')
   cli.require(_BATCH, _BATCH.value >= 0, '0 (the run\'s batch size) or a positive number')

@@ -32,6 +32,7 @@ def main(argv: list[str]) -> None:
   from jaxlm.evaluation import continuations
   from jaxlm.restore import load_trained
   cli.require(_WORKDIR, bool(_WORKDIR.value.strip()), "a training run's workdir")
+  cli.require_local(_WORKDIR, _PROMPTS_FILE)
   cli.require(_STEP, _STEP.value is None or _STEP.value >= 0, 'a checkpoint step >= 0')
   cli.require(_MAX_NEW, _MAX_NEW.value >= 1, 'at least 1 token')
   cli.require(_TEMPERATURE, _TEMPERATURE.value >= 0, 'a number >= 0 (0 is greedy)')

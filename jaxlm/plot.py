@@ -71,6 +71,7 @@ def plot(workdir: Path, output: Path) -> Path:
 
 def main(argv: list[str]) -> None:
   cli.require(_WORKDIR, bool(_WORKDIR.value.strip()), "a training run's workdir")
+  cli.require_local(_WORKDIR, _OUTPUT)
   cli.require(_OUTPUT, not _OUTPUT.value or _OUTPUT.value.endswith('.png'), 'a path ending in .png')
   workdir = Path(_WORKDIR.value)
   out = plot(workdir, Path(_OUTPUT.value) if _OUTPUT.value else workdir / 'curves.png')

@@ -30,6 +30,7 @@ _WORKERS = flags.DEFINE_integer('workers', 0, 'Worker processes (0: one per core
 def main(argv: list[str]) -> None:
   del argv
   cli.require(_OUTPUT, bool(_OUTPUT.value.strip()), 'a directory to write')
+  cli.require_local(_SOURCE, _OUTPUT, _TOKENIZER_PATH)
   cli.require(_VOCAB, _VOCAB.value >= 16, 'an integer >= 16')
   cli.require(_SAMPLE_MB, _SAMPLE_MB.value > 0, 'a positive number of MiB')
   cli.require(_VAL_FRACTION, 0 < _VAL_FRACTION.value < 1 or _VAL_DOCS.value > 0,

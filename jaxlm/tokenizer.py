@@ -26,6 +26,7 @@ def main(argv: list[str]) -> None:
   from jaxlm.data.pipeline import corpus_files, read_text
   from jaxlm.data.tokenizers import SentencePieceTokenizer, train_sentencepiece
   from jaxlm.errors import UserError
+  cli.require_local(_INPUT, _OUTPUT, _MODEL)
   if argv[1] == 'train':
     cli.require(_VOCAB, _VOCAB.value >= 16, 'an integer >= 16')
     cli.require(_OUTPUT, _OUTPUT.value.endswith('.model'), 'a path ending in .model')

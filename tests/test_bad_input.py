@@ -104,6 +104,9 @@ CASES = [
      'train.batch_size=8 (now 16)'),
     ('window stride differs from the checkpoint', ['--config.data.stride=4'],
      'data.stride=0 (now 4)'),
+    ('cloud workdir', ['--config.workdir=gs://bucket/run'],
+     "workdir='gs://bucket/run' is a cloud URL, which jaxlm does not read or write yet"),
+    ('cloud corpus', ['--config.data.corpus=gs://bucket/*.txt'], 'is a cloud URL'),
 ]
 
 
@@ -121,6 +124,7 @@ def test_bad_training_input(trained, tmp_path, name, args, message):
   result = harness.run(harness.command(*args))
   _assert_one_sentence(result, message)
   assert harness.digest(work / 'checkpoints') == before, name
+  assert not (harness.ROOT / 'gs:').exists()  # a cloud URL never becomes a local directory
 
 
 # Every other command: (name, module or script, arguments, a fragment of the expected error).
@@ -142,6 +146,7 @@ OTHER_CASES = [
     ('eval no new tokens', 'jaxlm.eval', ['--workdir={run}', '--max_new_tokens=0'],
      '--max_new_tokens=0 is invalid'),
     ('eval empty workdir', 'jaxlm.eval', ['--workdir='], "--workdir='' is invalid"),
+    ('eval cloud workdir', 'jaxlm.eval', ['--workdir=gs://bucket/run'], 'is a cloud URL'),
     ('eval not a run', 'jaxlm.eval', ['--workdir={tmp}/no_metrics'],
      'has no checkpoints directory'),
     ('eval stray argument', 'jaxlm.eval', ['--workdir={run}', 'x'], "unexpected arguments ['x']"),
@@ -203,6 +208,8 @@ OTHER_CASES = [
     ('sweep config file', 'launch/sweep.py', ['--config={tmp}/syntax.py', '--dry_run'],
      'has a syntax error at line 1'),
     ('prepare empty output', 'jaxlm.prepare', ['--output='], "--output='' is invalid"),
+    ('prepare cloud source', 'jaxlm.prepare', ['--output={tmp}/p', '--source=gs://b/*.jsonl'],
+     "--source='gs://b/*.jsonl' is a cloud URL"),
     ('prepare validation fraction', 'jaxlm.prepare', ['--output={tmp}/p', '--val_fraction=1.5'],
      '--val_fraction=1.5 is invalid'),
     ('prepare workers', 'jaxlm.prepare', ['--output={tmp}/p', '--workers=-1'],
