@@ -232,14 +232,21 @@ class Checkpointer:
         _Quiet.exit()
 
 
+def step_dirs(directory: Path) -> list[int]:
+  """The steps of the finished checkpoints in `directory`, newest first, from the directory
+  names alone (Orbax's unfinished ones carry a suffix): no Orbax, no JAX backend."""
+  directory = Path(directory)
+  if not directory.is_dir():
+    return []
+  return sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()), reverse=True)
+
+
 def peek_config(directory: Path) -> dict | None:
   """The config saved with the newest step in `directory` whose metadata reads, by reading its
   JSON file directly: no Orbax manager, so JAX's backends are not started yet and the run's
   cpu_devices and xla_flags can still be applied (see mesh.configure_backend). None if no step's
   metadata reads; the restore that follows then reports why."""
-  steps = sorted((int(p.name) for p in Path(directory).iterdir() if p.name.isdigit()),
-                 reverse=True) if Path(directory).is_dir() else []
-  for step in steps:
+  for step in step_dirs(directory):
     try:
       return json.loads((Path(directory) / str(step) / 'meta' / 'metadata').read_text())['config']
     except (OSError, ValueError, KeyError, TypeError):

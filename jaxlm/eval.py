@@ -20,6 +20,7 @@ from pathlib import Path
 from absl import flags
 
 from jaxlm import cli
+from jaxlm.errors import UserError
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The training run\'s workdir.', required=True)
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
@@ -32,7 +33,6 @@ _BATCH = flags.DEFINE_integer('batch_size', 0, 'Sequences per batch (default: th
 
 
 def read_pairs(path: str) -> tuple[list[str], list[str]]:
-  from jaxlm.errors import UserError
   prompts, references = [], []
   try:
     lines = Path(path).read_text(encoding='utf-8').splitlines()
@@ -56,7 +56,6 @@ def read_pairs(path: str) -> tuple[list[str], list[str]]:
 def write_results(out: Path, results: dict) -> None:
   """Merges `results` into the JSON file `out`, written to a temporary name and renamed: an
   interrupted write never leaves a truncated file, and the evaluations already in it stay."""
-  from jaxlm.errors import UserError
   previous = {}
   if out.exists():
     try:
@@ -74,7 +73,6 @@ def run(workdir: str, step: int | None, text: str, references: str, max_new_toke
   import jax
 
   from jaxlm import data, evaluation, metrics, sharding
-  from jaxlm.errors import UserError
   from jaxlm.restore import load_trained
   from jaxlm.step import jit_eval_step, make_eval_step
 
@@ -113,7 +111,7 @@ def run(workdir: str, step: int | None, text: str, references: str, max_new_toke
       writer.write(r.step, values, f'eval/{key}')
     writer.close()
   return dict(step=r.step, path=str(out), results=results,
-              devices=f'{jax.device_count()} {jax.devices()[0].device_kind} device(s)')
+              devices=metrics.devices_text())
 
 
 def main(argv: list[str]) -> None:

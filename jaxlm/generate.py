@@ -15,6 +15,7 @@ from pathlib import Path
 from absl import flags
 
 from jaxlm import cli
+from jaxlm.errors import UserError
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The training run\'s workdir.', required=True)
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
@@ -28,7 +29,6 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed: the same seed gives the 
 
 
 def main(argv: list[str]) -> None:
-  from jaxlm.errors import UserError
   from jaxlm.evaluation import continuations
   from jaxlm.restore import load_trained
   cli.require(_WORKDIR, bool(_WORKDIR.value.strip()), "a training run's workdir")
@@ -61,8 +61,8 @@ def main(argv: list[str]) -> None:
   for prompt, text in zip(prompts, texts):
     print(f'{prompt}{text}\n' + '-' * 40)
   tokens = sum(len(r.tokenizer.encode(t)) for t in texts)
-  import jax
-  print(f'step {r.step} | {jax.device_count()} {jax.devices()[0].device_kind} device(s) | '
+  from jaxlm.metrics import devices_text
+  print(f'step {r.step} | {devices_text()} | '
         f'{len(prompts)} prompt(s) | {tokens} new tokens in {seconds:.2f}s | '
         f'{tokens / seconds:,.0f} tokens/s')
 

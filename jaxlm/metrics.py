@@ -54,6 +54,11 @@ def param_count(m: ConfigDict) -> int:
   return m.num_layers * per_layer + embed + norm + head
 
 
+def devices_text() -> str:
+  """'8 cpu device(s)': how many devices of which kind this run computes on."""
+  return f'{jax.device_count()} {jax.devices()[0].device_kind} device(s)'
+
+
 def peak_flops(device: jax.Device | None = None) -> float | None:
   """Peak bf16 FLOP/s of one device, or None where unknown (a CPU)."""
   kind = (device or jax.devices()[0]).device_kind.lower()

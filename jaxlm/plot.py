@@ -9,6 +9,7 @@ from pathlib import Path
 from absl import flags
 
 from jaxlm import cli
+from jaxlm.errors import UserError
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The training run\'s workdir.', required=True)
 _OUTPUT = flags.DEFINE_string('output', '', 'PNG to write (default: <workdir>/curves.png).')
@@ -17,7 +18,6 @@ _OUTPUT = flags.DEFINE_string('output', '', 'PNG to write (default: <workdir>/cu
 def read_metrics(workdir: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
   """{split: {metric: [(step, value), ...]}} from <workdir>/metrics.jsonl; a resumed run's
   repeated steps keep their last value."""
-  from jaxlm.errors import UserError
   path = workdir / 'metrics.jsonl'
   if not path.exists():
     raise UserError(f'{path} does not exist; give the --workdir of a training run.')
@@ -42,7 +42,6 @@ def plot(workdir: Path, output: Path) -> Path:
   series = read_metrics(workdir)
   train, val = series.get('train', {}), series.get('val', {})
   if not train.get('loss') and not val.get('loss'):
-    from jaxlm.errors import UserError
     raise UserError(f'{workdir / "metrics.jsonl"} holds no loss yet; train (past one log step) '
                     'first.')
   panels = [('loss', [('train', train.get('loss')), ('validation', val.get('loss'))], 'nats/token'),

@@ -74,9 +74,7 @@ def load_trained(workdir: str, step: int | None = None, batch_size: int = 0) -> 
       except UserError:
         raise
       except Exception as e:  # pylint: disable=broad-except  # a torn or corrupt checkpoint
-        # Only the text is kept: the exception's frames hold Orbax's abandoned reads, which
-        # must be collected while the checkpointer still quiets them.
-        unreadable.append((candidate, short_reason(e)))
+        unreadable.append((candidate, short_reason(e)))  # the text, not the frames
         continue
       for bad, reason in unreadable:
         print(f'warning: checkpoint {bad} in {directory} cannot be read ({reason}); using '

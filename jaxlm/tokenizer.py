@@ -13,6 +13,7 @@ from pathlib import Path
 from absl import flags
 
 from jaxlm import cli
+from jaxlm.errors import UserError
 
 _INPUT = flags.DEFINE_string('input', '', 'train: UTF-8 text file, directory or glob.')
 _VOCAB = flags.DEFINE_integer('vocab_size', 8192, 'train: vocabulary size.')
@@ -25,7 +26,6 @@ _TEXT = flags.DEFINE_string('text', '', 'encode: text to tokenize.')
 def main(argv: list[str]) -> None:
   from jaxlm.data.pipeline import corpus_files, read_text
   from jaxlm.data.tokenizers import SentencePieceTokenizer, train_sentencepiece
-  from jaxlm.errors import UserError
   cli.require_local(_INPUT, _OUTPUT, _MODEL)
   if argv[1] == 'train':
     cli.require(_VOCAB, _VOCAB.value >= 16, 'an integer >= 16')

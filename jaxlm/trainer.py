@@ -22,7 +22,7 @@ from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from jaxlm import data, metrics, sharding
-from jaxlm.checkpoint import Checkpointer
+from jaxlm.checkpoint import Checkpointer, step_dirs
 from jaxlm.config import resolve_model, validate
 from jaxlm.errors import UserError
 from jaxlm.evaluation import continuations, loss_over, sync_each_step, to_global
@@ -39,8 +39,7 @@ def load_corpus_once(cfg: ConfigDict, workdir: Path) -> data.Corpus:
   A cached tokenizer built from other settings is rebuilt only while no checkpoint exists (then
   it is a leftover of a run that never saved); afterwards it is an error (see load_tokenizer).
   """
-  checkpoints = workdir / 'checkpoints'
-  fresh = not (checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir()))
+  fresh = not step_dirs(workdir / 'checkpoints')
   if jax.process_count() == 1:
     return data.load_corpus(cfg, workdir, replace_stale=fresh)
   corpus = data.load_corpus(cfg, workdir, fresh) if jax.process_index() == 0 else None
@@ -152,8 +151,8 @@ class Trainer:
     self.setup = setup_train_state(cfg, self.model_cfg, tx, self.mesh, rules)
     self.is_main = jax.process_index() == 0
     self.log(f'jaxlm | {metrics.param_count(self.model_cfg) / 1e6:.2f}M parameters | mesh '
-             f'{dict(self.mesh.shape)} on {jax.device_count()} '
-             f'{jax.devices()[0].device_kind} device(s) | {len(self.corpus.train):,} train / '
+             f'{dict(self.mesh.shape)} on {metrics.devices_text()} | '
+             f'{len(self.corpus.train):,} train / '
              f'{len(self.corpus.val):,} val tokens | vocab {self.tokenizer.vocab_size} '
              f'(model {self.model_cfg.vocab_size})')
     if self.setup.undivided:

@@ -171,9 +171,9 @@ def _prepare_chunk(chunk: Chunk) -> dict:
   return record
 
 
-def prepared_tokenizer(output: Path, s: Settings) -> Tokenizer:
+def prepared_tokenizer(output: Path, s: Settings, chunks: Sequence[Chunk] = ()) -> Tokenizer:
   """The preparation's tokenizer: byte, an existing SentencePiece model, or one trained (a
-  character set collected) on the first sample_mb of the source, kept in <output>/tokenizer."""
+  character set collected) on the first sample_mb of `chunks`, kept in <output>/tokenizer."""
   from ml_collections import ConfigDict  # pylint: disable=import-outside-toplevel
   cfg = ConfigDict(dict(tokenizer=s.tokenizer, tokenizer_path=s.tokenizer_path,
                         tokenizer_vocab_size=s.vocab_size))
@@ -181,7 +181,7 @@ def prepared_tokenizer(output: Path, s: Settings) -> Tokenizer:
   if s.tokenizer == 'byte' or s.tokenizer_path or any(directory.glob('*.json')):
     return load_tokenizer(cfg, [], None, directory)  # given, or built by an earlier run
   texts, budget = [], int(s.sample_mb * 2**20)
-  for chunk in plan_chunks(corpus_files(s.source), s.chunk_mb):
+  for chunk in chunks:
     for text in documents(chunk, s.text_field):
       if budget <= 0:
         break
@@ -220,7 +220,7 @@ def prepare(s: Settings, output: Path, workers: int = 0) -> dict:
       numbered.append(dataclasses.replace(chunk, first_doc=seen))
       seen += sum(1 for _ in documents(chunk, s.text_field))
     chunks = numbered
-  tok = prepared_tokenizer(output, s)
+  tok = prepared_tokenizer(output, s, chunks)
   records = {}
   for chunk in chunks:
     done = output / 'chunks' / f'{chunk.index:05d}.json'

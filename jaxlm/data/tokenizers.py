@@ -186,9 +186,7 @@ def load_tokenizer(data_cfg: ConfigDict, corpus: Sequence[Path], texts: Sequence
   if texts is not None and settings is not None:
     settings['corpus'] = texts_digest(texts)
   if path.exists():
-    if texts is None:
-      return CharTokenizer.load(path) if settings is None else SentencePieceTokenizer(path)
-    stale = _stale(path, settings, texts, strict=replace_stale)
+    stale = '' if texts is None else _stale(path, settings, texts, strict=replace_stale)
     if not stale:
       return CharTokenizer.load(path) if settings is None else SentencePieceTokenizer(path)
     if not replace_stale:
