@@ -51,15 +51,28 @@ def get_config() -> ConfigDict:
 
   c.data = ConfigDict()
   d = c.data
-  d.corpus = ''  # '' is the shipped tinyshakespeare; else a UTF-8 text file, a directory, a glob,
-  #                or 'seqio:<task>' for a SeqIO task or mixture (needs the seqio extra).
+  d.corpus = ''  # '' is the shipped tinyshakespeare; a prepared dataset directory (jaxlm.prepare);
+  #                or a source that training prepares into <workdir>/data on first use: UTF-8
+  #                text files (a file, directory or glob; each file a document), JSONL (.jsonl,
+  #                .jsonl.gz), 'seqio:<task>' or 'tfds:<name>' (the seqio extra).
+  d.mixture = ''  # Prepared datasets mixed by weight, 'web:0.7,books:0.3' (directories); replaces
+  #                 data.corpus. Rows are interleaved in these proportions, deterministically.
+  d.packing = 'concat'  # 'concat': windows over the documents joined by end-of-sequence (as in
+  #                       nanoGPT); 'pack': whole documents packed into rows, attention within each.
+  d.max_docs_per_row = 0  # With 'pack': at most this many documents (or pieces) per row; 0: no limit.
+  d.stride = 0  # With 'concat': start of consecutive windows; 0 means L (no overlap), 1 every offset.
+  d.workers = 0  # Grain worker processes reading batches (0: a thread of the training process).
+  #                The batches are the same with any number; 2+ pay off for large batches.
+  d.text_field = 'text'  # The JSONL field (SeqIO or TFDS feature) that holds a document's text.
   d.seqio_module = ''  # Module to import that registers the SeqIO task, e.g. 'my_project.tasks'.
-  d.seqio_feature = 'text'  # The task's feature that holds the text.
+  d.tfds_data_dir = ''  # Where a 'tfds:' dataset was built ('' is TFDS's default); never downloaded.
+  # How a source is prepared (a prepared dataset brings its own tokenizer and split):
   d.tokenizer = 'sentencepiece'  # 'sentencepiece', 'char' (nanoGPT's) or 'byte'.
   d.tokenizer_path = ''  # A trained SentencePiece .model; '' trains one on the corpus (cached).
   d.tokenizer_vocab_size = 1024  # Vocabulary learnt when training SentencePiece on the corpus.
-  d.val_fraction = 0.1  # The last 10% of the token stream is held out, as in nanoGPT.
-  d.stride = 0  # Start of consecutive training windows; 0 means L (no overlap), 1 every offset.
+  d.val_fraction = 0.1  # Held out for validation, as in nanoGPT (10%).
+  d.val_split = 'tail'  # 'tail': the last val_fraction of each document's tokens (for one long
+  #                       text, nanoGPT's split); 'documents': whole documents, chosen by a hash.
 
   c.train = ConfigDict()
   t = c.train

@@ -1,11 +1,17 @@
 """Benchmark: step time, tokens/s and MFU of the train step, the eval forward pass and decoding.
 
   python -m jaxlm.bench --config=configs/shakespeare_char.py [--steps=100] [--json=out.json]
+  python -m jaxlm.bench --config=configs/gpt2_124m.py --what=data --config.data.corpus=prep/web
 
 Batches are random token ids of the config's shape (no corpus is read when model.vocab_size is
 set; otherwise the corpus's tokenizer gives the vocabulary). Every timed step ends with a host sync,
 so a step's time is its full latency; the first `--warmup` steps (compilation included) are not
 timed. MFU is against the dense bf16 peak of the device (see jaxlm.metrics), 'n/a' on a CPU.
+
+`--what=data` times the input pipeline alone (no model, no devices): `--steps` global batches of
+the config's data (prepared first if needed) as one host reading every row, with
+data.packing and data.workers as configured; it prints batches/s, tokens/s (rows x L, padding
+included) and the fraction of those tokens that are targets (packing's fill).
 """
 
 import json
@@ -22,7 +28,8 @@ from jaxlm import cli
 _CONFIG = cli.define_config()
 _STEPS = flags.DEFINE_integer('steps', 50, 'Timed steps of each benchmark.')
 _WARMUP = flags.DEFINE_integer('warmup', 5, 'Untimed steps first (compilation included).')
-_WHAT = flags.DEFINE_list('what', ['train', 'eval', 'decode'], 'Which benchmarks to run.')
+_WHAT = flags.DEFINE_list('what', ['train', 'eval', 'decode'],
+                          'Which benchmarks to run: train, eval, decode, data.')
 _JSON = flags.DEFINE_string('json', '', 'Also write the figures to this JSON file.')
 
 
@@ -54,25 +61,51 @@ def _peak_memory() -> float | None:
   return peak / 2**30 if peak else None
 
 
+def data_benchmark(cfg: ConfigDict, run_data, steps: int, warmup: int) -> dict:
+  """The input pipeline's throughput for the config's batch shape (see the module docstring)."""
+  from jaxlm import data
+  B, L = cfg.train.batch_size, cfg.model.max_seq_len
+  batches = data.train_batches(run_data, cfg, L, range(B))
+  try:
+    for _ in range(warmup):
+      next(batches)
+    start, targets = time.perf_counter(), 0.0
+    for _ in range(steps):
+      targets += float(next(batches)['mask'].sum())
+    seconds = time.perf_counter() - start
+  finally:
+    batches.close()
+  return dict(batches_per_s=steps / seconds, tokens_per_s=steps * B * L / seconds,
+              fill=targets / (steps * B * L), batch=B, seq_len=L, packing=cfg.data.packing,
+              workers=cfg.data.workers)
+
+
+def open_data(cfg: ConfigDict):
+  """The config's data, prepared if needed, with the workdir locked meanwhile."""
+  from jaxlm import data
+  from jaxlm.workdir import WorkdirLock, prepare_workdir
+  workdir = prepare_workdir(cfg.workdir)
+  lock = WorkdirLock(workdir)  # it may prepare the data there
+  try:
+    return data.open_run_data(cfg, workdir)
+  finally:
+    lock.release()
+
+
 def run(cfg: ConfigDict, what: list[str], steps: int, warmup: int) -> dict:
-  from jaxlm import data, metrics, sampling, sharding
+  from jaxlm import metrics, sampling, sharding
   from jaxlm.config import resolve_model, validate
   from jaxlm.mesh import configure_backend, make_mesh
   from jaxlm.optim import make_optimizer
   from jaxlm.state import setup_train_state
   from jaxlm.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
-  from jaxlm.workdir import WorkdirLock, prepare_workdir
 
   validate(cfg)
+  run_data = open_data(cfg) if 'data' in what or not cfg.model.vocab_size else None
+  if what == ['data']:
+    return dict(data=data_benchmark(cfg, run_data, steps, warmup))
   configure_backend(cfg)
-  vocab = cfg.model.vocab_size
-  if not vocab:
-    workdir = prepare_workdir(cfg.workdir)
-    lock = WorkdirLock(workdir)  # it may build the tokenizer there
-    try:
-      vocab = data.load_corpus(cfg, workdir).tokenizer.vocab_size
-    finally:
-      lock.release()
+  vocab = cfg.model.vocab_size or run_data.tokenizer.vocab_size
   model_cfg = resolve_model(cfg.model, vocab)
   mesh = make_mesh(cfg)
   rules = sharding.rules_from_config(cfg.mesh)
@@ -117,10 +150,19 @@ def run(cfg: ConfigDict, what: list[str], steps: int, warmup: int) -> dict:
                                        max_new_tokens=new, temperature=1.0, seed=0)
     results['decode'] = _summary(_timed(decode, max(steps // 10, 3), 1), B * new, None)
   results['peak_memory_gib'] = _peak_memory()
+  if 'data' in what:
+    results['data'] = data_benchmark(cfg, run_data, steps, warmup)
   return results
 
 
 def print_table(results: dict) -> None:
+  if 'data' in results:
+    r = results['data']
+    print(f'data | {r["packing"]} | {r["workers"]} worker(s) | batch {r["batch"]} x '
+          f'{r["seq_len"]} | {r["batches_per_s"]:.2f} batches/s | {r["tokens_per_s"]:,.0f} '
+          f'tokens/s | fill {100 * r["fill"]:.1f}%')
+    if 'config' not in results:
+      return
   c = results['config']
   print(f'{results["device"]} | jax {results["jax"]} | {results["params"] / 1e6:.2f}M params | '
         f'{c["layers"]}L {c["width"]}D {c["heads"]}H/{c["kv_heads"]}KV | batch {c["batch"]} x '
@@ -141,8 +183,8 @@ def print_table(results: dict) -> None:
 def main(argv: list[str]) -> None:
   cli.require(_STEPS, _STEPS.value >= 1, 'at least 1 timed step')
   cli.require(_WARMUP, _WARMUP.value >= 0, 'a number of steps >= 0')
-  cli.require(_WHAT, bool(_WHAT.value) and set(_WHAT.value) <= {'train', 'eval', 'decode'},
-              'a comma-separated list of train, eval, decode')
+  cli.require(_WHAT, bool(_WHAT.value) and set(_WHAT.value) <= {'train', 'eval', 'decode', 'data'},
+              'a comma-separated list of train, eval, decode, data')
   cli.require(_JSON, not _JSON.value or Path(_JSON.value).parent.is_dir(),
               'a file in an existing directory')
   results = run(cli.config_value(_CONFIG), _WHAT.value, _STEPS.value, _WARMUP.value)

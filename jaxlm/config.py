@@ -23,6 +23,8 @@ _CHOICES = {
     'model.remat': ('none', 'dots', 'full'),
     'model.attention': ('xla', 'cudnn', 'splash'),
     'data.tokenizer': ('sentencepiece', 'char', 'byte'),
+    'data.packing': ('concat', 'pack'),
+    'data.val_split': ('tail', 'documents'),
     'train.on_nonfinite': ('abort', 'skip'),
     'optim.schedule': ('cosine', 'constant'),
 }
@@ -53,6 +55,9 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'data.tokenizer_vocab_size': (lambda v: v >= 16, 'an integer >= 16'),
     'data.val_fraction': (lambda v: 0 < v < 1, 'a number strictly between 0 and 1'),
     'data.stride': _non_negative,
+    'data.max_docs_per_row': _non_negative,
+    'data.workers': _non_negative,
+    'data.text_field': (lambda v: bool(v.strip()), 'a field name (not empty)'),
     'train.steps': _positive,
     'train.batch_size': _positive,
     'train.grad_accum': _positive,
@@ -103,7 +108,7 @@ def _fail(field: str, value: Any, expected: str) -> None:
 
 # Fields that name a location. jaxlm reads and writes local (or mounted) paths only, for now: a
 # cloud URL is refused before anything is written (it used to become a local directory 'gs:').
-_PATHS = ('workdir', 'data.corpus', 'data.tokenizer_path')
+_PATHS = ('workdir', 'data.corpus', 'data.mixture', 'data.tokenizer_path', 'data.tfds_data_dir')
 
 
 def check_local_path(name: str, value: str) -> None:
@@ -172,6 +177,15 @@ def _check_cross_fields(cfg: ConfigDict) -> None:
                     f'model.max_seq_len={cfg.model.max_seq_len}.')
   if o.min_lr > o.lr:
     _fail('optim.min_lr', o.min_lr, f'at most optim.lr={o.lr}')
+  d = cfg.data
+  if d.mixture and d.corpus:
+    raise UserError(f'config fields data.corpus={d.corpus!r} and data.mixture={d.mixture!r} are '
+                    'both set; give one (a mixture names its prepared datasets itself).')
+  if d.packing == 'pack' and d.stride:
+    _fail('data.stride', d.stride, "0 with data.packing='pack' (strides are for concat windows)")
+  if d.packing == 'concat' and d.max_docs_per_row:
+    _fail('data.max_docs_per_row', d.max_docs_per_row,
+          "0 with data.packing='concat' (it limits packed rows)")
   if [cfg.mesh[a] for a in MESH_AXES].count(-1) > 1:
     raise UserError('at most one of config fields mesh.data, mesh.fsdp, mesh.tensor may be -1.')
   for logical, axes in cfg.mesh.rules.items():

@@ -10,7 +10,9 @@ lines: greedy continuations of the prompts are scored against the references wit
 Results are printed and written to <workdir>/eval/<step>.json and TensorBoard (<workdir>/tb).
 The evaluation is deterministic. It scores text: every token of the text is predicted once,
 end-of-document predictions (which stand for no text) are not counted, and bits per byte divide
-the nats by the UTF-8 bytes of the scored text itself.
+the nats by the UTF-8 bytes of the scored text itself. The validation split is the prepared one
+the run trained beside (each dataset's too, for a mixture); documents see each other only if the
+run concatenated them (data.packing='concat').
 """
 
 import json
@@ -82,21 +84,25 @@ def run(workdir: str, step: int | None, text: str, references: str, max_new_toke
   param_shardings = jax.tree.map(lambda x: x.sharding, r.params)
   eval_step = jit_eval_step(make_eval_step(r.graphdef, r.mesh, r.rules, r.cfg.train.loss_chunk),
                             param_shardings, r.mesh, r.rules)
+  packing, length = r.cfg.data.packing, r.model_cfg.max_seq_len
   if text:
     files = data.corpus_files(text)
-    tokens, weights, n_bytes = evaluation.document_stream([data.read_text(f) for f in files],
-                                                          r.tokenizer)
-    name = f'text:{text}'
+    streams = {f'text:{text}': data.text_stream([data.read_text(f) for f in files], r.tokenizer,
+                                                packing, length)}
   else:
-    corpus = data.load_corpus(r.cfg, r.workdir)
-    tokens, name = corpus.val, 'validation'
-    weights, n_bytes = data.validation_text(r.cfg, r.workdir, corpus)
-  if len(tokens) < 2 or not weights[1:].any():
-    raise UserError(f'the {name} text has no token to predict; evaluate a longer text.')
-  result = evaluation.loss_over(eval_step, r.params, tokens, r.cfg, batch_sh, weights=weights)
-  result['bits_per_byte'] = evaluation.bits_per_byte(result.pop('nats'), n_bytes)
-  result['bytes'] = n_bytes
-  results = {name: result}
+    streams = {'validation': data.validation_stream(r.data, r.cfg, length)}
+    if len(r.data.datasets) > 1:  # a mixture: each dataset's validation split on its own too
+      for i, ds in enumerate(r.data.datasets):
+        streams[f'validation:{ds.name}'] = data.validation_stream(r.data, r.cfg, length,
+                                                                  dataset=i)
+  results = {}
+  for name, stream in streams.items():
+    if len(stream.tokens) < 2 or not stream.weights[1:].any():
+      raise UserError(f'the {name} text has no token to predict; evaluate a longer text.')
+    result = evaluation.loss_over(eval_step, r.params, stream, r.cfg, batch_sh)
+    result['bits_per_byte'] = evaluation.bits_per_byte(result.pop('nats'), stream.bytes)
+    result['bytes'] = stream.bytes
+    results[name] = result
   if references:
     prompts, refs = pairs
     hyps = evaluation.continuations(r.graphdef, r.params, r.model_cfg, r.tokenizer, prompts,

@@ -1,9 +1,10 @@
 """Evaluation: perplexity and bits per byte over token streams, and BLEU / chrF of generations.
 
-Shared by the trainer (validation during training) and the eval command. Every target token is
-counted exactly once: text is cut into windows of L tokens that are batched, the last window and
-batch padded and masked, never dropped. Windows do not overlap, so a token's context starts at
-its window's start (as in training).
+Shared by the trainer (validation during training) and the eval command. Every token of the text
+is counted exactly once (data.document_stream): the stream is cut into windows of L tokens that
+are batched, the last window and batch padded and masked, never dropped. Windows do not overlap,
+so a token's context starts at its window's start, or at its document's start when the run packs
+documents (then they never see each other, as in training).
 """
 
 import math
@@ -37,14 +38,15 @@ def to_global(batch: dict[str, np.ndarray], batch_sharding,
           for k, v in batch.items()}
 
 
-def loss_over(eval_step, params: Any, tokens: np.ndarray, cfg: ConfigDict, batch_sharding, *,
-              weights: np.ndarray | None = None, max_batches: int = 0) -> dict[str, float]:
-  """Mean cross-entropy (nats/token), perplexity and the number of tokens counted."""
+def loss_over(eval_step, params: Any, stream: data.EvalStream, cfg: ConfigDict, batch_sharding,
+              *, max_batches: int = 0) -> dict[str, float]:
+  """Mean cross-entropy (nats/token) over the weighted targets of a stream, perplexity and the
+  number of tokens counted."""
   total, count = 0.0, 0.0
   sync = sync_each_step()
   B = cfg.train.batch_size
-  for batch in data.eval_batches(tokens, cfg.model.max_seq_len, B, weights=weights,
-                                 max_batches=max_batches,
+  for batch in data.eval_batches(stream.tokens, cfg.model.max_seq_len, B, weights=stream.weights,
+                                 segments=stream.segments, max_batches=max_batches,
                                  rows=sharding.host_rows(batch_sharding, B)):
     ce, n = eval_step(params, to_global(batch, batch_sharding, B))
     total, count = total + ce, count + n  # Stays on device: one host sync at the end...
@@ -53,30 +55,6 @@ def loss_over(eval_step, params: Any, tokens: np.ndarray, cfg: ConfigDict, batch
   total, count = float(total), float(count)
   loss = total / max(count, 1.0)
   return dict(loss=loss, perplexity=math.exp(min(loss, 80.0)), tokens=count, nats=total)
-
-
-def document_stream(texts: Sequence[str],
-                    tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray, int]:
-  """Documents as one stream for evaluation: (tokens, the weight of each token as a target, the
-  UTF-8 bytes of the text those targets stand for).
-
-  Each document is preceded by the end-of-sequence id (the context it has in training, where it
-  follows the previous document's end), which is context only (weight 0), so every token of the
-  text is predicted exactly once. A tokenizer without end-of-sequence id (characters) cannot
-  predict a document's first token, which then counts as context, and its bytes as unscored.
-  """
-  tokens, weights, n_bytes = [], [], 0
-  for text in texts:
-    ids, sizes = tokenizer.encode(text), tokenizer.token_bytes(text)
-    if tokenizer.eos_id is not None:
-      tokens += [tokenizer.eos_id] + ids
-      weights += [0] + [1] * len(ids)
-      n_bytes += sum(sizes)
-    elif ids:
-      tokens += ids
-      weights += [0] + [1] * (len(ids) - 1)
-      n_bytes += sum(sizes[1:])
-  return np.asarray(tokens, np.int32), np.asarray(weights, np.float32), n_bytes
 
 
 def bits_per_byte(nats: float, n_bytes: int) -> float:

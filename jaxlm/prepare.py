@@ -2,6 +2,9 @@
 
   python -m jaxlm.prepare --source='web/*.jsonl.gz' --output=prepared/web --vocab_size=32000
   python -m jaxlm.prepare --source=books/ --output=prepared/books --tokenizer=byte --val_docs=50
+  python -m jaxlm.prepare --source=tfds:my_dataset --tfds_data_dir=/data/tfds --output=prep/x
+
+Then train on it: python -m jaxlm.train --config=... --config.data.corpus=prepared/web
 
 Killed and run again with the same flags, it continues from the chunks already complete.
 """
@@ -11,7 +14,8 @@ from absl import flags
 from jaxlm import cli
 
 _SOURCE = flags.DEFINE_string('source', '', 'UTF-8 text or JSONL (.jsonl, .jsonl.gz) files: a '
-                              'file, a directory or a glob ("" is the shipped corpus).')
+                              'file, a directory or a glob ("" is the shipped corpus); or '
+                              'seqio:<task>, tfds:<name>.')
 _OUTPUT = flags.DEFINE_string('output', None, 'The prepared dataset directory.', required=True)
 _TOKENIZER = flags.DEFINE_enum('tokenizer', 'sentencepiece', ['sentencepiece', 'char', 'byte'],
                                'How text becomes token ids.')
@@ -22,6 +26,11 @@ _SAMPLE_MB = flags.DEFINE_float('sample_mb', 100.0, 'Text the tokenizer is train
 _FIELD = flags.DEFINE_string('text_field', 'text', 'The JSONL field that holds the text.')
 _VAL_FRACTION = flags.DEFINE_float('val_fraction', 0.01, 'Documents held out for validation.')
 _VAL_DOCS = flags.DEFINE_integer('val_docs', 0, 'Hold out the first N documents instead.')
+_VAL_TAIL = flags.DEFINE_bool('val_tail', False, 'Hold out the last --val_fraction of every '
+                              "document's tokens instead (for a few long texts).")
+_SEQIO_MODULE = flags.DEFINE_string('seqio_module', '', 'Module that registers a SeqIO task.')
+_TFDS_DIR = flags.DEFINE_string('tfds_data_dir', '', 'Where a TFDS dataset was built (no '
+                                'download); "" is TFDS\'s default.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the validation choice.')
 _CHUNK_MB = flags.DEFINE_float('chunk_mb', 64.0, 'Input MiB per shard pair (a unit of work).')
 _WORKERS = flags.DEFINE_integer('workers', 0, 'Worker processes (0: one per core).')
@@ -30,7 +39,7 @@ _WORKERS = flags.DEFINE_integer('workers', 0, 'Worker processes (0: one per core
 def main(argv: list[str]) -> None:
   del argv
   cli.require(_OUTPUT, bool(_OUTPUT.value.strip()), 'a directory to write')
-  cli.require_local(_SOURCE, _OUTPUT, _TOKENIZER_PATH)
+  cli.require_local(_SOURCE, _OUTPUT, _TOKENIZER_PATH, _TFDS_DIR)
   cli.require(_VOCAB, _VOCAB.value >= 16, 'an integer >= 16')
   cli.require(_SAMPLE_MB, _SAMPLE_MB.value > 0, 'a positive number of MiB')
   cli.require(_VAL_FRACTION, 0 < _VAL_FRACTION.value < 1 or _VAL_DOCS.value > 0,
@@ -39,6 +48,7 @@ def main(argv: list[str]) -> None:
   cli.require(_SEED, _SEED.value >= 0, 'a number >= 0')
   cli.require(_CHUNK_MB, _CHUNK_MB.value > 0, 'a positive number of MiB')
   cli.require(_WORKERS, _WORKERS.value >= 0, '0 (one per core) or a positive number')
+  cli.require(_VAL_TAIL, not (_VAL_TAIL.value and _VAL_DOCS.value), 'false when --val_docs is set')
   cli.require(_TOKENIZER_PATH, not _TOKENIZER_PATH.value or _TOKENIZER.value == 'sentencepiece',
               'empty unless --tokenizer=sentencepiece')
   from pathlib import Path  # pylint: disable=import-outside-toplevel
@@ -46,8 +56,9 @@ def main(argv: list[str]) -> None:
   settings = Settings(
       source=_SOURCE.value, tokenizer=_TOKENIZER.value, tokenizer_path=_TOKENIZER_PATH.value,
       vocab_size=_VOCAB.value, sample_mb=_SAMPLE_MB.value, text_field=_FIELD.value,
-      val_fraction=_VAL_FRACTION.value, val_docs=_VAL_DOCS.value, seed=_SEED.value,
-      chunk_mb=_CHUNK_MB.value)
+      val_fraction=_VAL_FRACTION.value, val_docs=_VAL_DOCS.value, val_tail=_VAL_TAIL.value,
+      seed=_SEED.value, chunk_mb=_CHUNK_MB.value, seqio_module=_SEQIO_MODULE.value,
+      data_dir=_TFDS_DIR.value)
   manifest = prepare(settings, Path(_OUTPUT.value), _WORKERS.value)
   for split, c in manifest['splits'].items():
     print(f'{split}: {c["documents"]:,} documents, {c["tokens"]:,} tokens, {c["bytes"]:,} bytes '

@@ -19,7 +19,7 @@ from ml_collections import ConfigDict
 from jaxlm import sharding
 from jaxlm.checkpoint import Checkpointer, short_reason, peek_config
 from jaxlm.config import resolve_model
-from jaxlm.data import corpus_files, load_tokenizer
+from jaxlm.data import RunData, open_run_data_at
 from jaxlm.data.tokenizers import Tokenizer
 from jaxlm.errors import UserError
 from jaxlm.mesh import configure_backend, make_mesh
@@ -31,6 +31,7 @@ class TrainedRun(NamedTuple):
   cfg: ConfigDict  # the run's config, with mesh and batch size set for this machine
   model_cfg: ConfigDict  # resolved
   tokenizer: Tokenizer
+  data: RunData  # the prepared datasets it trained on
   graphdef: nnx.GraphDef
   params: Any
   step: int
@@ -97,16 +98,34 @@ def _restore(ckpt: Checkpointer, workdir: Path, step: int, batch_size: int) -> T
   cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, -1, 1
   cfg.train.batch_size = eval_batch_size(batch_size or cfg.train.batch_size)
   cfg.train.grad_accum = 1
-  files = [] if cfg.data.corpus.startswith('seqio:') else corpus_files(cfg.data.corpus)
-  tokenizer = load_tokenizer(cfg.data, files, None, workdir / 'tokenizer')
+  run_data = trained_data(meta, workdir, step, cfg)
+  tokenizer = run_data.tokenizer
   if tokenizer.fingerprint != meta['tokenizer']:
-    raise UserError(f'the tokenizer in {workdir / "tokenizer"} ({tokenizer.fingerprint}) is not '
-                    f'the one checkpoint {step} was trained with ({meta["tokenizer"]}).')
+    raise UserError(f'the tokenizer of {run_data.datasets[0].directory} ({tokenizer.fingerprint}) '
+                    f'is not the one checkpoint {step} was trained with ({meta["tokenizer"]}).')
   model_cfg = resolve_model(ConfigDict(meta['model']), tokenizer.vocab_size)
   mesh = make_mesh(cfg)
   rules = sharding.rules_from_config(cfg.mesh)
   tx, _ = make_optimizer(cfg)
   setup = setup_train_state(cfg, model_cfg, tx, mesh, rules)
   state, _, _ = ckpt.restore(setup.abstract, step)
-  return TrainedRun(cfg, model_cfg, tokenizer, setup.graphdef, state.params, step, mesh, rules,
-                    workdir)
+  return TrainedRun(cfg, model_cfg, tokenizer, run_data, setup.graphdef, state.params, step, mesh,
+                    rules, workdir)
+
+
+def trained_data(meta: dict, workdir: Path, step: int, cfg: ConfigDict) -> RunData:
+  """The prepared datasets a checkpoint records (paths relative to the workdir when inside it)."""
+  if 'data' not in meta:
+    raise UserError(f'checkpoint {step} in {workdir} was written by an older jaxlm that did not '
+                    'record its prepared data; evaluate it with that version.')
+  paths = [workdir / d['path'] for d in meta['data']]
+  for path, record in zip(paths, meta['data']):
+    if not (path / 'manifest.json').is_file():
+      raise UserError(f'the prepared data checkpoint {step} was trained on ({path}) is missing; '
+                      'restore it (training with the same config prepares it again).')
+  run_data = open_run_data_at(paths, [1.0] * len(paths), cfg)
+  for ds, record in zip(run_data.datasets, meta['data']):
+    if ds.fingerprint != record['fingerprint']:
+      raise UserError(f'the prepared data in {ds.directory} is not what checkpoint {step} was '
+                      'trained on (its manifest differs); restore that data.')
+  return run_data

@@ -4,8 +4,9 @@
   python -m jaxlm.tokenizer encode --model=tok/spm.model --text='To be, or not to be'
 
 Training (BPE by default) keeps text exactly recoverable: no normalisation, whitespace as it is,
-and byte fallback for unseen characters. Point data.tokenizer_path at the .model file; or leave it
-empty and training builds one on the corpus by itself (data.tokenizer_vocab_size tokens).
+and byte fallback for unseen characters. Point data.tokenizer_path (or jaxlm.prepare's
+--tokenizer_path) at the .model file; or leave it empty and preparation trains one on a sample of
+the corpus by itself (data.tokenizer_vocab_size or --vocab_size tokens).
 """
 
 from pathlib import Path
@@ -24,7 +25,7 @@ _TEXT = flags.DEFINE_string('text', '', 'encode: text to tokenize.')
 
 
 def main(argv: list[str]) -> None:
-  from jaxlm.data.pipeline import corpus_files, read_text
+  from jaxlm.data.sources import corpus_files, read_text
   from jaxlm.data.tokenizers import SentencePieceTokenizer, train_sentencepiece
   cli.require_local(_INPUT, _OUTPUT, _MODEL)
   if argv[1] == 'train':

@@ -1,6 +1,6 @@
 """The training loop: the only module that does I/O, timing and host syncs.
 
-run(cfg): validate -> mesh -> corpus and tokenizer -> state (restored or fresh) -> loop of
+run(cfg): validate -> mesh -> prepared data and tokenizer -> state (restored or fresh) -> loop of
 [batch -> jitted step -> every log_every: metrics -> every eval_every: validation and samples ->
 every checkpoint.every: Orbax save] -> final checkpoint and a generated sample.
 
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import jax
+import numpy as np
 from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 from tqdm import tqdm
@@ -33,18 +34,14 @@ from jaxlm.step import jit_eval_step, jit_train_step, make_eval_step, make_train
 from jaxlm.workdir import WorkdirLock, prepare_workdir, run_differences
 
 
-def load_corpus_once(cfg: ConfigDict, workdir: Path) -> data.Corpus:
-  """Process 0 builds the tokenizer and token cache first; the other hosts then read them.
-
-  A cached tokenizer built from other settings is rebuilt only while no checkpoint exists (then
-  it is a leftover of a run that never saved); afterwards it is an error (see load_tokenizer).
-  """
-  fresh = not step_dirs(workdir / 'checkpoints')
+def open_data_once(cfg: ConfigDict, workdir: Path) -> data.RunData:
+  """Process 0 prepares the data (when the config names a source not prepared yet) while the
+  other hosts wait; then every host opens it."""
   if jax.process_count() == 1:
-    return data.load_corpus(cfg, workdir, replace_stale=fresh)
-  corpus = data.load_corpus(cfg, workdir, fresh) if jax.process_index() == 0 else None
-  multihost_utils.sync_global_devices('jaxlm: corpus ready')
-  return corpus or data.load_corpus(cfg, workdir)
+    return data.open_run_data(cfg, workdir)
+  run_data = data.open_run_data(cfg, workdir) if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices('jaxlm: data ready')
+  return run_data or data.open_run_data(cfg, workdir)
 
 
 class StopRequest:
@@ -143,8 +140,8 @@ class Trainer:
     t = cfg.train
     self.mesh = make_mesh(cfg)
     rules = sharding.rules_from_config(cfg.mesh)
-    self.corpus = load_corpus_once(cfg, self.workdir)
-    self.tokenizer = self.corpus.tokenizer
+    self.run_data = open_data_once(cfg, self.workdir)
+    self.tokenizer = self.run_data.tokenizer
     self.tokenizer.encode(t.sample_prompt)  # a prompt it cannot encode fails now, not at the end
     self.model_cfg = resolve_model(cfg.model, self.tokenizer.vocab_size)
     tx, schedule = make_optimizer(cfg)
@@ -152,8 +149,9 @@ class Trainer:
     self.is_main = jax.process_index() == 0
     self.log(f'jaxlm | {metrics.param_count(self.model_cfg) / 1e6:.2f}M parameters | mesh '
              f'{dict(self.mesh.shape)} on {metrics.devices_text()} | '
-             f'{len(self.corpus.train):,} train / '
-             f'{len(self.corpus.val):,} val tokens | vocab {self.tokenizer.vocab_size} '
+             f'{sum(d.train.tokens for d in self.run_data.datasets):,} train / '
+             f'{sum(d.validation.tokens for d in self.run_data.datasets):,} val tokens '
+             f'({cfg.data.packing}) | vocab {self.tokenizer.vocab_size} '
              f'(model {self.model_cfg.vocab_size})')
     if self.setup.undivided:
       self.log('note: these parameter dimensions are replicated, not sharded as mesh.rules ask, '
@@ -163,11 +161,13 @@ class Trainer:
                              keep_period=cfg.checkpoint.keep_period,
                              async_save=cfg.checkpoint.async_save)
     self.batch_sharding = sharding.batch_sharding(self.mesh, rules)
-    self.data = data.train_iterator(
-        self.corpus.train, self.model_cfg.max_seq_len, t.batch_size, stride=cfg.data.stride,
-        seed=cfg.seed, rows=sharding.host_rows(self.batch_sharding, t.batch_size))
+    self.data = data.train_batches(self.run_data, cfg, self.model_cfg.max_seq_len,
+                                   sharding.host_rows(self.batch_sharding, t.batch_size))
+    self.mixed = np.zeros(len(self.run_data.datasets), np.int64)  # rows read per dataset
+    self.val_stream: data.EvalStream | None = None  # read at the first validation
     self.meta = dict(config=cfg.to_dict(), model=self.model_cfg.to_dict(),
-                     tokenizer=self.tokenizer.fingerprint)
+                     tokenizer=self.tokenizer.fingerprint,
+                     data=self.run_data.record(self.workdir))
     self.train_step = jit_train_step(
         make_train_step(cfg, self.setup.graphdef, tx, schedule, self.mesh, rules),
         self.setup.shardings, self.mesh, rules)
@@ -183,6 +183,8 @@ class Trainer:
       tqdm.write(text)
 
   def close(self) -> None:
+    if getattr(self, 'data', None) is not None:
+      self.data.close()
     if self.writer is not None:
       self.writer.close()
     if self.ckpt is not None:
@@ -203,6 +205,12 @@ class Trainer:
             f'checkpoint {step} in {self.ckpt.directory} was trained with {", ".join(changed)}; '
             'a resumed run must keep the model and the data settings: use the config it was '
             'trained with, or a new workdir.')
+      trained_on = [d['fingerprint'] for d in saved.get('data', [])]
+      if trained_on != [d['fingerprint'] for d in self.meta['data']]:
+        raise UserError(
+            f'checkpoint {step} in {self.ckpt.directory} was trained on other prepared data '
+            f'({", ".join(d["path"] for d in saved.get("data", [])) or "an older format"}); a '
+            'resumed run must read the same data: use its data settings, or a new workdir.')
     restored = self.ckpt.restore_latest(self.setup.abstract, same_run)
     if restored is None:
       return self.setup.init()
@@ -226,7 +234,9 @@ class Trainer:
     stop, profiling = StopRequest(), False
     with stop.installed(), contextlib.closing(bar):
       for step in range(start, t.steps):
-        batch = to_global(next(self.data), self.batch_sharding, t.batch_size)
+        host_batch = next(self.data)
+        np.add.at(self.mixed, host_batch.pop('source'), 1)
+        batch = to_global(host_batch, self.batch_sharding, t.batch_size)
         state, step_metrics = self.train_step(state, batch)
         if sync:
           jax.block_until_ready(step_metrics)
@@ -270,6 +280,9 @@ class Trainer:
       values['mfu'] = metrics.mfu(values['tokens_per_s'], self.flops_per_token,
                                   jax.device_count(), self.peak)
     values['skipped_steps'] = float(skipped)
+    if len(self.mixed) > 1:  # the realised mixture (this host's rows since this process began)
+      for ds, n in zip(self.run_data.datasets, self.mixed):
+        values[f'mix/{ds.name}'] = float(n / self.mixed.sum())
     self.writer.write(step, values, 'train')
     self.log(_format_line(step, values))
     self.result['train'] = values
@@ -278,7 +291,11 @@ class Trainer:
   def validate(self, step: int, params: Any) -> None:
     """Validation loss and perplexity, and a few samples to read."""
     t = self.cfg.train
-    val = loss_over(self.eval_step, params, self.corpus.val, self.cfg, self.batch_sharding,
+    if self.val_stream is None:
+      limit = t.eval_batches * t.batch_size * self.model_cfg.max_seq_len + 1
+      self.val_stream = data.validation_stream(self.run_data, self.cfg, self.model_cfg.max_seq_len,
+                                               limit if t.eval_batches else 0)
+    val = loss_over(self.eval_step, params, self.val_stream, self.cfg, self.batch_sharding,
                     max_batches=t.eval_batches)
     del val['nats']
     self.writer.write(step, val, 'val')
@@ -311,7 +328,8 @@ class Trainer:
     """n sampled continuations (temperature 0.8) of train.sample_prompt, or of the corpus's
     first token when the prompt is empty (that token is then shown as part of the sample)."""
     cfg, tok = self.cfg, self.tokenizer
-    prompt = cfg.train.sample_prompt or tok.decode([int(self.corpus.train[0])])
+    first = self.run_data.datasets[0].train.doc(0)[:1]
+    prompt = cfg.train.sample_prompt or tok.decode([int(i) for i in first])
     new = min(cfg.train.sample_tokens, self.model_cfg.max_seq_len - 1)
     texts = continuations(self.setup.graphdef, params, self.model_cfg, tok, [prompt] * n,
                           max_new_tokens=new, batch_size=n, temperature=0.8, seed=cfg.seed)

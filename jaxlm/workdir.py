@@ -61,7 +61,7 @@ class WorkdirLock:
 
 # What a resumed run may change: how it computes, not what it computes with or on.
 _FREE_ON_RESUME = {'model.dtype', 'model.remat', 'model.scan_unroll', 'model.attention',
-                   'model.dropout'}
+                   'model.dropout', 'data.workers'}
 
 
 def run_differences(saved: dict, now: dict) -> list[str]:

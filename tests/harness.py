@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / 'tests'
+SHIPPED = ROOT / 'jaxlm' / 'data' / 'tinyshakespeare.txt'
 
 
 def write_config(path: Path, **fields: Any) -> Path:

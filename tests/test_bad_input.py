@@ -15,7 +15,8 @@ def trained(tmp_path_factory):
   tmp = tmp_path_factory.mktemp('bad')
   (tmp / 'corpus.txt').write_text(TINY_TEXT)
   (tmp / 'empty.txt').write_text('')
-  (tmp / 'short.txt').write_text('First Cit')  # characters of the run's vocabulary
+  (tmp / 'short.txt').write_text('First Citizen:\n')  # 14 tokens train, 1 validates
+  (tmp / 'bad_lines.jsonl').write_text('{"text": "First"}\n{"text": "Citi\n')
   (tmp / 'latin1.txt').write_bytes('caf\xe9 au lait'.encode('latin-1') * 10)
   (tmp / 'junk.model').write_bytes(b'this is not a sentencepiece model')
   (tmp / 'no_get_config.py').write_text('CONFIG = None\n')
@@ -31,11 +32,27 @@ def trained(tmp_path_factory):
   (tmp / 'no_metrics').mkdir()
   (tmp / 'no_loss').mkdir()
   (tmp / 'no_loss' / 'metrics.jsonl').write_text('{"step": 1, "split": "samples", "texts": []}\n')
+  _prepared_datasets(tmp)
   cfg = harness.write_config(tmp / 'cfg.py', **{
       'data.corpus': str(tmp / 'corpus.txt'), 'cpu_devices': 2, 'train.sample_tokens': 0})
   result = harness.run(harness.command(f'--config={cfg}', f'--config.workdir={tmp / "run"}'))
   assert result.returncode == 0, result.stderr[-3000:]
   return tmp, cfg
+
+
+def _prepared_datasets(tmp):
+  """Prepared datasets to point runs at: byte and char tokenized, and two damaged copies; a
+  SentencePiece model none of them was made with."""
+  from jaxlm.data.prepare import Settings, prepare
+  from jaxlm.data.tokenizers import train_sentencepiece
+  for name, tokenizer in [('prep_byte', 'byte'), ('prep_char', 'char'), ('prep_missing', 'byte'),
+                          ('prep_truncated', 'byte')]:
+    prepare(Settings(source=str(tmp / 'corpus.txt'), tokenizer=tokenizer, val_fraction=0.1,
+                     val_tail=True), tmp / name, workers=1, progress=False)
+  (tmp / 'prep_missing' / 'train-00000.arrayrecord').unlink()
+  shard = tmp / 'prep_truncated' / 'validation-00000.arrayrecord'
+  shard.write_bytes(shard.read_bytes()[:-10])
+  train_sentencepiece([tmp / 'corpus.txt'], tmp / 'spm.model', vocab_size=320)
 
 
 CASES = [
@@ -107,6 +124,39 @@ CASES = [
     ('cloud workdir', ['--config.workdir=gs://bucket/run'],
      "workdir='gs://bucket/run' is a cloud URL, which jaxlm does not read or write yet"),
     ('cloud corpus', ['--config.data.corpus=gs://bucket/*.txt'], 'is a cloud URL'),
+    ('prepared with another tokenizer',
+     ['--config.data.corpus={tmp}/prep_byte', '--config.data.tokenizer=sentencepiece',
+      '--config.data.tokenizer_path={tmp}/spm.model'],
+     'was made with another tokenizer than data.tokenizer_path'),
+    ('mixture of two tokenizers',
+     ['--config.data.corpus=', '--config.data.mixture={tmp}/prep_byte:1,{tmp}/prep_char:1'],
+     'were made with different tokenizers'),
+    ('mixture of an unknown dataset', ['--config.data.corpus=',
+                                       '--config.data.mixture={tmp}/prep_byte:1,{tmp}/web:1'],
+     'which is not a prepared dataset'),
+    ('mixture weight not positive', ['--config.data.corpus=',
+                                     '--config.data.mixture={tmp}/prep_byte:0'],
+     "is invalid at '{tmp}/prep_byte:0'"),
+    ('mixture weight not a number', ['--config.data.corpus=',
+                                     '--config.data.mixture={tmp}/prep_byte'],
+     'expected comma-separated <prepared dataset directory>:<positive weight>'),
+    ('mixture and corpus', ['--config.data.mixture={tmp}/prep_byte:1'], 'are both set'),
+    ('missing shard', ['--config.data.corpus={tmp}/prep_missing'],
+     'train-00000.arrayrecord is missing from the prepared dataset'),
+    ('truncated shard', ['--config.data.corpus={tmp}/prep_truncated'],
+     'validation-00000.arrayrecord is truncated or changed'),
+    ('JSONL line that is not JSON', ['--config.data.corpus={tmp}/bad_lines.jsonl'],
+     'line 2 of {tmp}/bad_lines.jsonl is not JSON'),
+    ('JSONL without the text field', ['--config.data.corpus={tmp}/bad_lines.jsonl',
+                                      '--config.data.text_field=content'],
+     "line 1 of {tmp}/bad_lines.jsonl has no text field 'content'"),
+    ('TFDS dataset not available offline',
+     ['--config.data.corpus=tfds:jaxlm_no_such_dataset', '--config.data.tfds_data_dir={tmp}'],
+     "the TFDS dataset 'jaxlm_no_such_dataset' is not available offline"),
+    ('stride with packing', ['--config.data.packing=pack', '--config.data.stride=4'],
+     'data.stride=4 is invalid'),
+    ('packing differs from the checkpoint', ['--config.data.packing=pack'],
+     "data.packing='concat' (now 'pack')"),
 ]
 
 
@@ -122,7 +172,7 @@ def test_bad_training_input(trained, tmp_path, name, args, message):
   if not any(a.startswith('--config.workdir=') for a in args):
     args.append(f'--config.workdir={work}')
   result = harness.run(harness.command(*args))
-  _assert_one_sentence(result, message)
+  _assert_one_sentence(result, message.format(tmp=tmp))
   assert harness.digest(work / 'checkpoints') == before, name
   assert not (harness.ROOT / 'gs:').exists()  # a cloud URL never becomes a local directory
 
@@ -217,6 +267,17 @@ OTHER_CASES = [
     ('prepare tokenizer path with bytes', 'jaxlm.prepare',
      ['--output={tmp}/p', '--tokenizer=byte', '--tokenizer_path={tmp}/junk.model'],
      'empty unless --tokenizer=sentencepiece'),
+    ('prepare over another preparation', 'jaxlm.prepare',
+     ['--source={tmp}/corpus.txt', '--output={tmp}/prep_byte', '--tokenizer=char'],
+     'already holds a preparation with other settings'),
+    ('prepare tail and first documents', 'jaxlm.prepare',
+     ['--output={tmp}/p', '--val_tail', '--val_docs=2'], '--val_tail=True is invalid'),
+    ('prepare TFDS dataset not available offline', 'jaxlm.prepare',
+     ['--source=tfds:jaxlm_no_such_dataset', '--tfds_data_dir={tmp}', '--output={tmp}/p'],
+     "the TFDS dataset 'jaxlm_no_such_dataset' is not available offline"),
+    ('bench data of a missing shard', 'jaxlm.bench',
+     ['--config={cfg}', '--what=data', '--config.data.corpus={tmp}/prep_missing'],
+     'is missing from the prepared dataset'),
     ('local processes', 'launch/local.py', ['--processes=0', '--', '--config={cfg}'],
      '--processes=0 is invalid'),
     ('local devices', 'launch/local.py', ['--devices_per_process=0', '--', '--config={cfg}'],

@@ -1,4 +1,4 @@
-"""Data: tokenizer round trips, corpus reading errors, windows, eval coverage, Grain iterators."""
+"""Data: tokenizer round trips, corpus reading errors, the run's prepared data, eval coverage."""
 
 import numpy as np
 import pytest
@@ -6,9 +6,9 @@ from ml_collections import ConfigDict
 
 from conftest import TINY_TEXT, tiny_config
 from jaxlm import data
-from jaxlm.data import pipeline
+from jaxlm.data import sources
 from jaxlm.data.tokenizers import (ByteTokenizer, CharTokenizer, SentencePieceTokenizer,
-                                   load_tokenizer, train_sentencepiece)
+                                   build_tokenizer, open_tokenizer, train_sentencepiece)
 from jaxlm.errors import UserError
 
 SAMPLES = ['Hello, world!\n', '  two  spaces\tand a tab\n\n', 'ÆØÅ — naïve café 日本 🙂', '']
@@ -57,121 +57,74 @@ def test_sentencepiece_errors(tmp_path):
     train_sentencepiece([tmp_path / 'small.txt'], tmp_path / 'x.model', vocab_size=5000)
 
 
-def test_tokenizer_is_built_once_and_cached(tmp_path, corpus_file):
-  cfg = ConfigDict(dict(tokenizer='sentencepiece', tokenizer_path='', tokenizer_vocab_size=300))
+def test_built_tokenizers_reopen_and_are_identified_by_content(tmp_path, corpus_file):
   texts = [corpus_file.read_text()]
-  first = load_tokenizer(cfg, [corpus_file], texts, tmp_path / 'tok')
-  mtime = (tmp_path / 'tok' / 'spm.model').stat().st_mtime_ns
-  second = load_tokenizer(cfg, [corpus_file], texts, tmp_path / 'tok')
-  assert first.fingerprint == second.fingerprint
-  assert (tmp_path / 'tok' / 'spm.model').stat().st_mtime_ns == mtime
-  assert load_tokenizer(cfg, [], None, tmp_path / 'tok').fingerprint == first.fingerprint  # readers
-  # Identified by content: the same vocabulary trained elsewhere (other paths in the file).
-  copy = tmp_path / 'elsewhere' / 'corpus.txt'
-  copy.parent.mkdir()
-  copy.write_text(texts[0])
-  again = load_tokenizer(cfg, [copy], texts, tmp_path / 'tok2')
+  first = build_tokenizer(tmp_path / 'tok', 'sentencepiece', texts, 300)
+  assert open_tokenizer(tmp_path / 'tok', 'sentencepiece').fingerprint == first.fingerprint
+  again = build_tokenizer(tmp_path / 'tok2', 'sentencepiece', texts, 300)  # trained elsewhere
   assert again.fingerprint == first.fingerprint
-  files = [tmp_path / d / 'spm.model' for d in ('tok', 'tok2')]
-  assert files[0].read_bytes() != files[1].read_bytes()  # (the files record the paths)
-
-
-def test_a_cached_tokenizer_of_other_settings_is_never_reused_silently(tmp_path, corpus_file):
-  cfg = ConfigDict(dict(tokenizer='sentencepiece', tokenizer_path='', tokenizer_vocab_size=300))
-  texts = [corpus_file.read_text()]
-  first = load_tokenizer(cfg, [corpus_file], texts, tmp_path / 'tok')
-  cfg.tokenizer_vocab_size = 320
-  with pytest.raises(UserError, match=r'built from data.tokenizer_vocab_size=300 \(now 320\)'):
-    load_tokenizer(cfg, [corpus_file], texts, tmp_path / 'tok')
-  with pytest.raises(UserError, match='built from another corpus'):
-    load_tokenizer(ConfigDict(dict(cfg, tokenizer_vocab_size=300)), [corpus_file],
-                   [texts[0] + 'more'], tmp_path / 'tok')
-  rebuilt = load_tokenizer(cfg, [corpus_file], texts, tmp_path / 'tok', replace_stale=True)
-  assert rebuilt.vocab_size == 320 != first.vocab_size
-  chars = ConfigDict(dict(cfg, tokenizer='char'))
-  load_tokenizer(chars, [], ['abc'], tmp_path / 'tok')
-  with pytest.raises(UserError, match='another corpus'):
-    load_tokenizer(chars, [], ['abd'], tmp_path / 'tok')
+  assert build_tokenizer(tmp_path / 'tok3', 'sentencepiece', texts, 320).fingerprint != \
+      first.fingerprint
+  copied = build_tokenizer(tmp_path / 'tok4', 'sentencepiece', [], 0, str(first.path))
+  assert copied.fingerprint == first.fingerprint and copied.path.parent == tmp_path / 'tok4'
+  chars = build_tokenizer(tmp_path / 'tok', 'char', ['abc', 'cd'], 0)
+  assert chars.vocab_size == 4 and open_tokenizer(tmp_path / 'tok', 'char').encode('dc') == [3, 2]
+  with pytest.raises(UserError, match=r'the tokenizer .*chars.json is missing'):
+    open_tokenizer(tmp_path / 'none', 'char')
 
 
 def test_corpus_files_and_read_errors(tmp_path):
-  assert pipeline.corpus_files('') == [pipeline.SHIPPED_CORPUS]
-  assert pipeline.SHIPPED_CORPUS.stat().st_size > 1_000_000
+  assert sources.corpus_files('') == [sources.SHIPPED_CORPUS]
+  assert sources.SHIPPED_CORPUS.stat().st_size > 1_000_000
   (tmp_path / 'a.txt').write_text('a')
   (tmp_path / 'sub').mkdir()
   (tmp_path / 'sub' / 'b.txt').write_text('b')
-  assert len(pipeline.corpus_files(str(tmp_path))) == 2
-  assert len(pipeline.corpus_files(str(tmp_path / '*.txt'))) == 1
+  assert len(sources.corpus_files(str(tmp_path))) == 2
+  assert len(sources.corpus_files(str(tmp_path / '*.txt'))) == 1
   with pytest.raises(UserError, match='matches no file'):
-    pipeline.corpus_files(str(tmp_path / 'nothing*.txt'))
+    sources.corpus_files(str(tmp_path / 'nothing*.txt'))
   (tmp_path / 'bad.bin').write_bytes(b'ok\xff\xfe')
   with pytest.raises(UserError, match=r'bad.bin is not UTF-8 text \(byte 2'):
-    pipeline.read_text(tmp_path / 'bad.bin')
+    sources.read_text(tmp_path / 'bad.bin')
 
 
-def test_load_corpus_rejects_empty_and_short_corpora(tmp_path):
+def test_run_data_rejects_empty_and_short_corpora(tmp_path):
   cfg = tiny_config(workdir=str(tmp_path / 'run'))
   (tmp_path / 'empty.txt').write_text('')
   cfg.data.corpus = str(tmp_path / 'empty.txt')
   with pytest.raises(UserError, match='holds no text'):
-    data.load_corpus(cfg, tmp_path / 'run')
-  (tmp_path / 'short.txt').write_text('To be, or not')
+    data.open_run_data(cfg, tmp_path / 'run')
+  (tmp_path / 'short.txt').write_text('To be, or not to')  # 16 characters: 15 train, 1 validation
   cfg.data.corpus = str(tmp_path / 'short.txt')
-  with pytest.raises(UserError, match='the corpus has 13 tokens, fewer than one sequence'):
-    data.load_corpus(cfg, tmp_path / 'run')
-  (tmp_path / 'val.txt').write_text('To be, or not to be')
+  run = data.open_run_data(cfg, tmp_path / 'run')
+  with pytest.raises(UserError, match='has 15 tokens, fewer than one sequence'):
+    data.train_batches(run, cfg, 16, range(8))
+  (tmp_path / 'val.txt').write_text('To be, or')  # 10% of 9 characters: none
   cfg.data.corpus = str(tmp_path / 'val.txt')
-  with pytest.raises(UserError, match='the validation split has 1 tokens'):
-    data.load_corpus(cfg, tmp_path / 'run')
+  with pytest.raises(UserError, match='the validation split of .* is empty'):
+    data.open_run_data(cfg, tmp_path / 'run')
 
 
-def test_tokens_are_cached_and_documents_separated(tmp_path):
-  files = ['a.txt', 'b.txt']
-  tokens = pipeline.tokenize_texts(files, ['ab', 'cd'], ByteTokenizer(), tmp_path / 'cache')
-  assert tokens.tolist() == [97, 98, 256, 99, 100, 256]  # end-of-sequence after each document
-  assert len(list((tmp_path / 'cache').glob('tokens-*.npy'))) == 1
-  again = pipeline.tokenize_texts(files, ['ab', 'cd'], ByteTokenizer(), tmp_path / 'cache')
-  np.testing.assert_array_equal(tokens, again)
-
-
-def test_windows_pack_the_stream():
-  tokens = np.arange(20)
-  w = pipeline.Windows(tokens, 5, 4)
-  assert len(w) == 4 and w[0].tolist() == [0, 1, 2, 3, 4] and w[3].tolist() == [12, 13, 14, 15, 16]
-  assert len(pipeline.Windows(tokens, 5, 1)) == 16
-
-
-def test_train_iterator_is_deterministic_and_resumable():
-  tokens = np.arange(1000, dtype=np.int32)
-  it = data.train_iterator(tokens, 8, 4, stride=0, seed=3)
-  batches = [next(it) for _ in range(40)]  # several epochs of 124 windows / 4
-  b = batches[0]
-  assert b['inputs'].shape == (4, 8) and (b['targets'] == b['inputs'] + 1).all()
-  assert b['mask'].all()
-  first_epoch = np.concatenate([x['inputs'][:, 0] for x in batches[:31]])
-  assert len(set(first_epoch.tolist())) == 124  # each window once per epoch
-  it2 = data.train_iterator(tokens, 8, 4, stride=0, seed=3)
-  for _ in range(17):
-    next(it2)
-  state = it2.get_state()
-  it3 = data.train_iterator(tokens, 8, 4, stride=0, seed=3)
-  it3.set_state(state)
-  for i in range(17, 40):
-    np.testing.assert_array_equal(next(it3)['inputs'], batches[i]['inputs'])
-  other = data.train_iterator(tokens, 8, 4, stride=0, seed=4)
-  assert not np.array_equal(next(other)['inputs'], batches[0]['inputs'])
-
-
-def test_hosts_read_their_rows_of_the_same_global_batches():
-  """Whatever the rows a host holds, they are its rows of the one-host global batch."""
-  tokens = np.arange(1000, dtype=np.int32)
-  whole = data.train_iterator(tokens, 8, 4, stride=0, seed=0)
-  halves = [data.train_iterator(tokens, 8, 4, stride=0, seed=0, rows=r) for r in ([0, 1], [2, 3])]
-  odd = data.train_iterator(tokens, 8, 4, stride=0, seed=0, rows=[1, 3])
-  for _ in range(40):  # past the end of the first epoch (31 batches)
-    want = next(whole)['inputs']
-    np.testing.assert_array_equal(np.concatenate([next(h)['inputs'] for h in halves]), want)
-    np.testing.assert_array_equal(next(odd)['inputs'], want[[1, 3]])
+def test_a_source_is_prepared_once_into_the_workdir_and_anew_when_it_changes(tmp_path):
+  cfg = tiny_config(workdir=str(tmp_path / 'run'))
+  corpus = tmp_path / 'corpus.txt'
+  corpus.write_text(TINY_TEXT)
+  cfg.data.corpus = str(corpus)
+  first = data.open_run_data(cfg, tmp_path / 'run').datasets[0]
+  stream = [t for i in range(len(first.train.lengths)) for t in first.train.doc(i)]
+  val = [t for i in range(len(first.validation.lengths)) for t in first.validation.doc(i)]
+  assert first.tokenizer.decode(stream + val) == TINY_TEXT  # the last 10% validates (tail)
+  assert len(val) == int(len(TINY_TEXT) * 0.1)
+  mtime = (first.directory / 'manifest.json').stat().st_mtime_ns
+  again = data.open_run_data(cfg, tmp_path / 'run').datasets[0]
+  assert again.directory == first.directory and again.fingerprint == first.fingerprint
+  assert (first.directory / 'manifest.json').stat().st_mtime_ns == mtime  # not prepared again
+  corpus.write_text(TINY_TEXT + 'More.\n')
+  changed = data.open_run_data(cfg, tmp_path / 'run').datasets[0]
+  assert changed.directory != first.directory and (first.directory / 'manifest.json').exists()
+  cfg.data.val_split = 'documents'  # one document: nothing to hold out by documents
+  with pytest.raises(UserError, match='split of .* is empty'):
+    data.open_run_data(cfg, tmp_path / 'run')
 
 
 @pytest.mark.parametrize('n,seq,batch,hosts', [(101, 8, 4, 1), (100, 8, 4, 1), (9, 8, 4, 1),

@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from conftest import TINY_TEXT, tiny_config
-from jaxlm import evaluation, sharding, trainer
+from jaxlm import data, evaluation, sharding, trainer
 from jaxlm.errors import UserError
 from jaxlm.mesh import make_mesh
 from jaxlm.step import jit_eval_step, make_eval_step
@@ -63,19 +63,26 @@ def naive_nats(r, params, tokens, weights):
   return total
 
 
-def test_perplexity_and_bits_per_byte_match_a_naive_loop(run_dir):
+@pytest.mark.parametrize('packing', ['concat', 'pack'])
+def test_perplexity_and_bits_per_byte_match_a_naive_loop(run_dir, packing):
+  """Concatenated, the documents are one stream cut into windows; packed, each document is
+  scored alone, from its own start (segments and restarted positions)."""
   r, params, step, batch_sh = _restored(run_dir, jax.devices()[:1])
   texts = ['To be, or not to be: that is the question.', 'Whether tis nobler in the mind. ' * 3]
-  tokens, weights, n_bytes = evaluation.document_stream(texts, r.tokenizer)
-  out = evaluation.loss_over(step, params, tokens, r.cfg, batch_sh, weights=weights)
+  stream = data.text_stream(texts, r.tokenizer, packing, r.model_cfg.max_seq_len)
+  out = evaluation.loss_over(step, params, stream, r.cfg, batch_sh)
   n_text_tokens = sum(len(t.encode()) for t in texts)  # bytes: one token per byte
   assert out['tokens'] == n_text_tokens  # every token of the text, exactly once
-  nats = naive_nats(r, params, tokens, weights)
+  if packing == 'concat':
+    nats = naive_nats(r, params, stream.tokens, stream.weights)
+  else:  # each document alone: [eos] + its bytes
+    nats = sum(naive_nats(r, params, *data.text_stream([t], r.tokenizer, 'concat', 16)[:2])
+               for t in texts)
   np.testing.assert_allclose(out['nats'], nats, rtol=1e-5)
   assert out['perplexity'] == pytest.approx(math.exp(nats / n_text_tokens), rel=1e-5)
-  assert n_bytes == sum(len(t.encode()) for t in texts)
-  assert evaluation.bits_per_byte(out['nats'], n_bytes) == pytest.approx(
-      nats / math.log(2) / n_bytes, rel=1e-5)
+  assert stream.bytes == sum(len(t.encode()) for t in texts)
+  assert evaluation.bits_per_byte(out['nats'], stream.bytes) == pytest.approx(
+      nats / math.log(2) / stream.bytes, rel=1e-5)
 
 
 TEXTS = ['Gar\u00e7on, caf\u00e9 cr\u00e8me \u2014 \u65e5\u672c\u8a9e!\n', TINY_TEXT[:300],
@@ -94,40 +101,39 @@ def test_bits_per_byte_counts_the_bytes_of_the_text(spm_tokenizer):
   """Bytes are those of the text itself, whatever the tokens: many characters per token for
   SentencePiece, multi-byte characters (and their byte-fallback pieces) included."""
   from jaxlm.data.tokenizers import CharTokenizer
-  tokens, weights, n_bytes = evaluation.document_stream(TEXTS, spm_tokenizer)
-  assert n_bytes == sum(len(t.encode()) for t in TEXTS)
-  assert int(weights.sum()) < n_bytes - 100  # far fewer tokens than bytes
-  assert (tokens[weights == 0] == spm_tokenizer.eos_id).all()
+  stream = data.text_stream(TEXTS, spm_tokenizer, 'concat', 16)
+  assert stream.bytes == sum(len(t.encode()) for t in TEXTS)
+  assert int(stream.weights.sum()) < stream.bytes - 100  # far fewer tokens than bytes
+  assert (stream.tokens[stream.weights == 0] == spm_tokenizer.eos_id).all()
   chars = CharTokenizer.from_texts(TEXTS)  # no end-of-sequence id: first characters unscored
-  _, weights, n_bytes = evaluation.document_stream(TEXTS, chars)
-  assert n_bytes == sum(len(t.encode()) - len(t[0].encode()) for t in TEXTS)
-  assert int(weights.sum()) == sum(len(t) - 1 for t in TEXTS)
+  stream = data.text_stream(TEXTS, chars, 'concat', 16)
+  assert stream.bytes == sum(len(t.encode()) - len(t[0].encode()) for t in TEXTS)
+  assert int(stream.weights.sum()) == sum(len(t) - 1 for t in TEXTS)
   assert evaluation.bits_per_byte(100.0, 50) == pytest.approx(100 / math.log(2) / 50)
   with pytest.raises(UserError, match='no text to score'):
     evaluation.bits_per_byte(0.0, 0)
 
 
 def test_validation_split_scores_text_not_document_ends(spm_tokenizer, tmp_path):
-  """The validation split of a corpus of several documents: end-of-sequence targets carry no
-  text, so they are not scored, and the bytes are the text's."""
-  from jaxlm import data
-  for i, text in enumerate(TEXTS * 2):
+  """The prepared validation split of a corpus of several documents: end-of-sequence targets
+  carry no text, so they are not scored, and the bytes are the documents' own."""
+  for i, text in enumerate(TEXTS * 3):
     (tmp_path / 'docs' / f'{i}.txt').parent.mkdir(exist_ok=True)
     (tmp_path / 'docs' / f'{i}.txt').write_text(text)
   cfg = tiny_config(workdir=str(tmp_path / 'run'))
-  cfg.data.corpus, cfg.data.val_fraction = str(tmp_path / 'docs'), 0.6
+  cfg.data.corpus, cfg.data.val_fraction, cfg.data.val_split = (str(tmp_path / 'docs'), 0.5,
+                                                                'documents')
   cfg.data.tokenizer, cfg.data.tokenizer_path = 'sentencepiece', str(spm_tokenizer.path)
-  corpus = data.load_corpus(cfg, tmp_path / 'run')
-  weights, n_bytes = data.validation_text(cfg, tmp_path / 'run', corpus)
+  run = data.open_run_data(cfg, tmp_path / 'run')
+  stream = data.validation_stream(run, cfg, 16)
   eos = spm_tokenizer.eos_id
-  assert (corpus.val == eos).sum() >= 3 and (weights[corpus.val == eos] == 0).all()
-  assert (weights[corpus.val != eos] == 1).all()
-  # Independently: decode each run of scored targets (identity normalisation makes decoding
-  # exact here) and count its bytes.
-  runs = np.split(corpus.val[1:], np.flatnonzero(corpus.val[1:] == eos))
-  decoded = sum(len(spm_tokenizer.decode([t for t in r if t != eos]).encode()) for r in runs)
-  assert abs(n_bytes - decoded) <= 3  # (the split may fall inside a multi-byte character)
-  assert n_bytes > len(corpus.val) + 100
+  assert (stream.tokens == eos).sum() >= 2 and (stream.weights[stream.tokens == eos] == 0).all()
+  assert (stream.weights[stream.tokens != eos] == 1).all()
+  # Independently: decode each document (identity normalisation makes decoding exact here).
+  docs = np.split(stream.tokens, np.flatnonzero(stream.tokens == eos))
+  decoded = [spm_tokenizer.decode([t for t in d if t != eos]) for d in docs if len(d)]
+  assert all(d in TEXTS for d in decoded)
+  assert stream.bytes == sum(len(d.encode()) for d in decoded)
 
 
 def test_one_device_equals_eight(run_dir):
@@ -135,7 +141,8 @@ def test_one_device_equals_eight(run_dir):
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     r, params, step, batch_sh = _restored(run_dir, devices)
-    results.append(evaluation.loss_over(step, params, tokens, r.cfg, batch_sh))
+    stream = data.EvalStream(tokens, np.ones(len(tokens), np.float32), None, 0)
+    results.append(evaluation.loss_over(step, params, stream, r.cfg, batch_sh))
   assert results[0]['tokens'] == results[1]['tokens'] == 776  # 777 tokens: all but the first
   np.testing.assert_allclose(results[0]['nats'], results[1]['nats'], rtol=1e-5)
 

@@ -2,6 +2,7 @@
 checkpoints, a full disk, a changed device count, and non-finite losses."""
 
 import json
+import re
 import shutil
 import signal
 import sys
@@ -9,6 +10,7 @@ import time
 
 import jax
 import numpy as np
+import psutil
 import pytest
 
 import harness
@@ -72,6 +74,38 @@ def test_sigkill_at_several_steps_and_mid_save_resumes_bit_for_bit(setup):
   assert 'Resuming from step 4' in result.stdout + result.stderr
   assert not list((work / 'checkpoints').glob('*tmp*'))  # the leftover was cleaned up
   _assert_same_run(work, expected)
+
+
+def test_packed_run_with_two_workers_resumes_after_sigkill(setup):
+  """Packed rows of many documents, read by two Grain worker processes: killed and re-run, the
+  losses of every step equal an uninterrupted run's (which read its batches in-process)."""
+  tmp, cfg, _ = setup
+  docs = tmp / 'speeches.jsonl'
+  speeches = harness.SHIPPED.read_text().split('\n\n')[:300]
+  docs.write_text(''.join(json.dumps({'text': t}) + '\n' for t in speeches))
+  packed = [f'--config.data.corpus={docs}', '--config.data.packing=pack',
+            '--config.data.val_split=documents', '--config.data.max_docs_per_row=3']
+  ref = harness.run(harness.command(f'--config={cfg}', f'--config.workdir={tmp / "pack_ref"}',
+                                    *packed))
+  assert ref.returncode == 0, ref.stderr[-3000:]
+  expected = {step: v[-1] for step, v in harness.logged_losses(tmp / 'pack_ref').items()}
+  work = tmp / 'pack_killed'
+  cmd = harness.command(f'--config={cfg}', f'--config.workdir={work}', *packed,
+                        '--config.data.workers=2')
+  log = tmp / 'pack_kill.log'
+  p = harness.start(cmd, log)
+  harness.wait_until(lambda: (work / 'checkpoints' / '2').exists() and
+                     harness.last_step(work) >= 3, p, log=log)
+  workers = psutil.Process(p.pid).children(recursive=True)
+  p.send_signal(signal.SIGKILL)
+  p.wait()
+  result = harness.run(cmd)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert re.search(r'Resuming from step [2-7]\b', result.stdout + result.stderr)
+  _assert_same_run(work, expected)
+  assert len(workers) >= 2
+  gone, alive = psutil.wait_procs(workers, timeout=10)  # the killed run's workers end too
+  assert not alive, alive
 
 
 def test_sigterm_stops_with_a_checkpoint_and_exit_0(setup):
@@ -295,13 +329,13 @@ def test_one_run_per_workdir_and_no_stale_lock_after_a_crash(setup):
   second = harness.run(harness.command(f'--config={cfg}', f'--config.workdir={work}',
                                        '--config.data.tokenizer=byte'))
   assert p.poll() is None, 'the first run ended before the second started'
-  before = harness.digest(work / 'tokenizer')
+  before = harness.digest(work / 'data')
   p.send_signal(signal.SIGKILL)
   p.wait()
   assert second.returncode == 2 and 'Traceback' not in second.stderr
   assert f'error: the workdir {work} is in use by another jaxlm run (pid {p.pid} on' in \
       second.stderr, second.stderr[-2000:]
-  assert harness.digest(work / 'tokenizer') == before  # (the byte run wrote no tokenizer)
+  assert harness.digest(work / 'data') == before  # (the byte run prepared nothing)
   got = harness.logged_losses(work)
   assert all(got[s][0] == expected[s] for s in range(1, STEPS + 1))
   latest = max(int(d.name) for d in (work / 'checkpoints').iterdir() if d.name.isdigit())

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import harness
-from jaxlm.data.prepare import Settings, documents, plan_chunks, prepare, prepared_tokenizer
-from jaxlm.data.pipeline import corpus_files
+from jaxlm.data.prepare import Settings, prepare, prepared_tokenizer
+from jaxlm.data.prepared import Prepared
+from jaxlm.data.sources import documents, plan_chunks
 from jaxlm.errors import UserError
 from tiny import TINY_TEXT
 
@@ -38,7 +39,10 @@ def _read(output, split):
   manifest = json.loads((output / 'manifest.json').read_text())
   paths = [str(output / name) for name in manifest['splits'][split]['shards']]
   records = grain.sources.ArrayRecordDataSource(paths)
-  return [np.frombuffer(records[i], '<i4').tolist() for i in range(len(records))]
+  docs = [np.frombuffer(records[i], '<i4').tolist() for i in range(len(records))]
+  lengths = np.concatenate([np.load(output / n) for n in manifest['splits'][split]['lengths']])
+  assert lengths.tolist() == [len(d) for d in docs]  # the lengths that plan batches are right
+  return docs
 
 
 @pytest.mark.parametrize('tokenizer', ['byte', 'sentencepiece'])
@@ -46,7 +50,7 @@ def test_prepared_ids_equal_tokenizing_the_documents(source, tmp_path, tokenizer
   src, texts = source
   s = Settings(source=str(src), tokenizer=tokenizer, vocab_size=400, val_fraction=0.1,
                chunk_mb=0.05)
-  assert len(plan_chunks(corpus_files(s.source), s.chunk_mb)) > 4  # a.jsonl is cut in pieces
+  assert len(plan_chunks(s.source, s.chunk_mb)) > 4  # a.jsonl is cut in pieces
   manifest = prepare(s, tmp_path / 'out', workers=2)
   tok = prepared_tokenizer(tmp_path / 'out', s)
   got = _read(tmp_path / 'out', 'train') + _read(tmp_path / 'out', 'validation')
@@ -108,5 +112,37 @@ def test_bad_sources_and_outputs(source, tmp_path):
   with pytest.raises(UserError, match='already holds a preparation with other settings'):
     prepare(Settings(source=str(src), tokenizer='byte'), tmp_path / 'o3')
   assert harness.digest(tmp_path / 'o3') == before
-  assert list(documents(plan_chunks([src / 'c.txt'], 1)[0], 'text')) == [
-      (src / 'c.txt').read_text()]
+  assert list(documents(plan_chunks(str(src / 'c.txt'), 1)[0])) == [(src / 'c.txt').read_text()]
+
+
+def test_tail_holdout_splits_every_document_and_counts_its_bytes(source, tmp_path):
+  src, _ = source
+  text = (src / 'd.txt').read_text() + 'caf\u00e9 \u65e5\u672c'  # multi-byte characters at the end
+  (tmp_path / 'one.txt').write_text(text)
+  s = Settings(source=str(tmp_path / 'one.txt'), tokenizer='sentencepiece', vocab_size=300,
+               val_fraction=0.2, val_tail=True)
+  manifest = prepare(s, tmp_path / 'out', workers=1)
+  tok = prepared_tokenizer(tmp_path / 'out', s)
+  (train,), (val,) = _read(tmp_path / 'out', 'train'), _read(tmp_path / 'out', 'validation')
+  ids = tok.encode(text)
+  assert train + val == ids and len(val) == int(len(ids) * 0.2)
+  counts = manifest['splits']
+  assert counts['validation']['bytes'] == len(tok.decode(val).encode())  # exact: identity
+  assert counts['train']['bytes'] + counts['validation']['bytes'] == len(text.encode())
+
+
+def test_damaged_shards_are_errors_and_prepare_repairs_them(source, tmp_path):
+  src, _ = source
+  s = Settings(source=str(src / 'a.jsonl'), tokenizer='byte', val_docs=3, chunk_mb=0.05)
+  prepare(s, tmp_path / 'out', workers=1)
+  expected = harness.digest(tmp_path / 'out')
+  shard = tmp_path / 'out' / 'train-00001.arrayrecord'
+  shard.write_bytes(shard.read_bytes()[:-100])
+  with pytest.raises(UserError, match=r'train-00001.arrayrecord is truncated or changed'):
+    Prepared(tmp_path / 'out')
+  (tmp_path / 'out' / 'train-00000.lengths.npy').unlink()
+  with pytest.raises(UserError, match=r'train-00000.lengths.npy is missing from the '):
+    Prepared(tmp_path / 'out')
+  prepare(s, tmp_path / 'out', workers=1)  # the same settings: redoes just those chunks
+  assert harness.digest(tmp_path / 'out') == expected
+  assert Prepared(tmp_path / 'out').train.doc(0).tolist() == _read(tmp_path / 'out', 'train')[0]

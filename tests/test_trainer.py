@@ -34,7 +34,7 @@ def test_tiny_run_end_to_end(tmp_path, corpus_file):
   losses = _train_losses(workdir)
   assert sorted(losses) == [1, 2, 3, 4, 5, 6]
   assert np.isfinite(result['val']['loss']) and result['val']['perplexity'] > 1
-  vocab = trainer.data.load_tokenizer(cfg.data, [], None, workdir / 'tokenizer').vocab_size
+  vocab = trainer.data.open_run_data(cfg, workdir).tokenizer.vocab_size
   assert result['val']['loss'] < np.log(vocab) - 0.3  # learnt beyond uniform over the vocabulary
   assert losses[6] < losses[1] - 0.5  # and training lowered its loss
   assert sorted(p.name for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()) == \
@@ -111,19 +111,27 @@ def test_resume_compares_the_whole_architecture_and_data(tmp_path, corpus_file, 
   assert trainer.run(cfg)['train']['loss'] > 0
 
 
-def test_sentencepiece_run_resumes_after_its_tokenizer_is_deleted(tmp_path, corpus_file):
-  """Tokenizers are identified by their vocabulary, not file bytes: retraining the same one
-  (deleted from the workdir) resumes; another vocabulary size does not, nor silently."""
+def test_sentencepiece_run_resumes_after_its_prepared_data_is_deleted(tmp_path, corpus_file):
+  """The workdir's prepared data is a cache: deleted, it is prepared again (the same vocabulary,
+  the same shards) and the run resumes; another vocabulary size is refused, not used silently."""
   cfg = _config(tmp_path, corpus_file, steps=3, sample_tokens=0)
   cfg.data.tokenizer, cfg.data.tokenizer_vocab_size = 'sentencepiece', 300
   trainer.run(cfg)
-  shutil.rmtree(tmp_path / 'run' / 'tokenizer')
+  shutil.rmtree(tmp_path / 'run' / 'data')
   cfg.train.steps = 6
-  assert trainer.run(cfg)['train']['loss'] > 0  # resumed from 3: the same vocabulary again
+  assert trainer.run(cfg)['train']['loss'] > 0  # resumed from 3: the same data again
   assert sorted(_train_losses(tmp_path / 'run')) == [1, 2, 3, 4, 5, 6]
   cfg.data.tokenizer_vocab_size, cfg.train.steps = 320, 9
-  with pytest.raises(UserError, match=r'spm.model was built from data.tokenizer_vocab_size=300 '
-                                      r'\(now 320\), and a checkpoint was trained with it'):
+  with pytest.raises(UserError, match='was trained with a different tokenizer'):
+    trainer.run(cfg)
+
+
+def test_resume_on_another_corpus_is_refused(tmp_path, corpus_file):
+  cfg = _config(tmp_path, corpus_file, steps=3, sample_tokens=0)
+  trainer.run(cfg)
+  corpus_file.write_text(corpus_file.read_text()[::-1])  # the same characters, other text
+  cfg.train.steps = 6
+  with pytest.raises(UserError, match='was trained on other prepared data'):
     trainer.run(cfg)
 
 

@@ -1,82 +1,185 @@
-"""Data: tokenizers, the Grain text pipeline, and SeqIO tasks as a text source."""
+"""Data: a run's prepared datasets, the training batches and the validation stream.
 
+There is one path: training always reads prepared data (prepare.py) through Grain. `data.corpus`
+names a prepared dataset directory (one with a manifest.json), or a source (text or JSONL files,
+'seqio:<task>', 'tfds:<name>'; '' is the shipped corpus) that is prepared into
+<workdir>/data/<name>-<key>/ on first use by the same code as `python -m jaxlm.prepare`, the key
+a digest of the preparation settings and of the files' sizes and times (a changed corpus is
+prepared anew beside the old one, never over it). `data.mixture` mixes prepared datasets by weight.
+"""
+
+import dataclasses
+import hashlib
+import json
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
 from ml_collections import ConfigDict
 
-from jaxlm.data import seqio_source
-from jaxlm.data.pipeline import (check_splits, corpus_files, eval_batches, read_text,
-                                 split_tokens, tokenize_texts, train_iterator)
-from jaxlm.data.tokenizers import Tokenizer, load_tokenizer
+from jaxlm.data.pipeline import (TrainBatches, document_stream, eval_batches, split_documents,
+                                 train_rows)
+from jaxlm.data.prepare import Settings, prepare
+from jaxlm.data.prepared import Prepared, Split, is_prepared
+from jaxlm.data.sources import corpus_files, read_text
+from jaxlm.data.tf_sources import is_tf_source
+from jaxlm.data.tokenizers import Tokenizer
 from jaxlm.errors import UserError
 
 
-class Corpus(NamedTuple):
+class RunData(NamedTuple):
   tokenizer: Tokenizer
-  train: np.ndarray  # int32 token ids
-  val: np.ndarray
+  datasets: list[Prepared]
+  weights: list[float]
+
+  def record(self, workdir: Path) -> list[dict]:
+    """What a checkpoint records of its data: each dataset's name, path and fingerprint."""
+    out = []
+    for ds in self.datasets:
+      path = ds.directory.absolute()
+      try:
+        path = path.relative_to(Path(workdir).absolute())  # a workdir can move with its data
+      except ValueError:
+        pass
+      out.append(dict(name=ds.name, path=str(path), fingerprint=ds.fingerprint))
+    return out
 
 
-def _read_texts(cfg: ConfigDict, workdir: Path) -> tuple[list[Path], list[str], list[str] | None]:
-  """(files SentencePiece trains on, training texts, validation texts or None)."""
-  if seqio_source.is_seqio(cfg.data.corpus):
-    splits = seqio_source.load_texts(cfg.data)
-    texts, val_texts = splits['train'], splits.get('validation')
-    name = cfg.data.corpus.replace(':', '-').replace('/', '-')
-    files = [workdir / 'cache' / f'{name}.train.txt']  # what SentencePiece trains on
-    files[0].parent.mkdir(parents=True, exist_ok=True)
-    files[0].write_text('\n'.join(texts), encoding='utf-8')
-    return files, texts, val_texts
-  files = corpus_files(cfg.data.corpus)
-  return files, [read_text(f) for f in files], None
+def parse_mixture(text: str) -> list[tuple[str, float]]:
+  """'web:0.7,books:0.3' -> [('web', 0.7), ('books', 0.3)]: prepared dataset directories and
+  positive weights (normalised by Grain's mix)."""
+  out = []
+  for item in filter(None, (i.strip() for i in text.split(','))):
+    path, _, weight = item.rpartition(':')
+    try:
+      value = float(weight)
+    except ValueError:
+      value = None
+    if not path or value is None or not value > 0 or not np.isfinite(value):
+      raise UserError(f'config field data.mixture={text!r} is invalid at {item!r}: expected '
+                      'comma-separated <prepared dataset directory>:<positive weight> items.')
+    if not is_prepared(path):
+      raise UserError(f'config field data.mixture names {path!r}, which is not a prepared dataset '
+                      '(no manifest.json there); prepare it with python -m jaxlm.prepare or fix '
+                      'the name.')
+    out.append((path, value))
+  if len({p for p, _ in out}) != len(out):
+    raise UserError(f'config field data.mixture={text!r} names a dataset twice; give each once.')
+  return out
 
 
-def load_corpus(cfg: ConfigDict, workdir: Path, replace_stale: bool = False) -> Corpus:
-  """The config's corpus, tokenized (with the tokenizer built on first use) and split.
-
-  Text files are one stream split by data.val_fraction; a SeqIO task brings its own splits.
-  `replace_stale`: see load_tokenizer.
-  """
-  workdir = Path(workdir)
-  files, texts, val_texts = _read_texts(cfg, workdir)
-  if not any(texts):
-    raise UserError(f'the corpus ({", ".join(map(str, files[:3]))}) holds no text; point '
-                    'data.corpus at non-empty UTF-8 files.')
-  tokenizer = load_tokenizer(cfg.data, files, texts, workdir / 'tokenizer', replace_stale)
-  tokens = tokenize_texts([str(f.name) for f in files] if val_texts is None else
-                          [cfg.data.corpus] * len(texts), texts, tokenizer, workdir / 'cache')
-  if val_texts is None:
-    train, val = split_tokens(tokens, cfg.data.val_fraction, cfg.model.max_seq_len)
-  else:
-    val = tokenize_texts([cfg.data.corpus + ':validation'] * len(val_texts), val_texts,
-                         tokenizer, workdir / 'cache')
-    train, val = check_splits(tokens, val, cfg.model.max_seq_len)
-  return Corpus(tokenizer, train, val)
+def workdir_settings(cfg: ConfigDict) -> Settings:
+  """How a source given to training is prepared in the workdir."""
+  d = cfg.data
+  return Settings(source=d.corpus, tokenizer=d.tokenizer, tokenizer_path=d.tokenizer_path,
+                  vocab_size=d.tokenizer_vocab_size, text_field=d.text_field,
+                  val_fraction=d.val_fraction, val_tail=d.val_split == 'tail',
+                  seqio_module=d.seqio_module, data_dir=d.tfds_data_dir)
 
 
-def validation_text(cfg: ConfigDict, workdir: Path, corpus: Corpus) -> tuple[np.ndarray, int]:
-  """The validation split as text to score: (weights [len(val)], UTF-8 bytes of the text).
-
-  A target counts (weight 1) unless it is an end-of-sequence id, which stands for no text; the
-  bytes are those of the counted targets in the original text (Tokenizer.token_bytes), not of
-  their decoding.
-  """
-  tok = corpus.tokenizer
-  _, texts, val_texts = _read_texts(cfg, Path(workdir))
-  eos = [] if tok.eos_id is None else [0]
-  sizes = np.fromiter((b for t in (val_texts if val_texts is not None else texts)
-                       for b in tok.token_bytes(t) + eos), np.int64)
-  if len(sizes) < len(corpus.val):
-    raise UserError('the corpus changed since it was tokenized; evaluate with the corpus the '
-                    'run was trained on.')
-  sizes = sizes[len(sizes) - len(corpus.val):]
-  weights = np.ones(len(corpus.val), np.float32)
-  if tok.eos_id is not None:
-    weights[corpus.val == tok.eos_id] = 0
-  return weights, int((sizes[1:] * weights[1:]).sum())
+def workdir_dataset(cfg: ConfigDict, workdir: Path) -> Path:
+  """Where the config's source is prepared in the workdir (see the module docstring)."""
+  from jaxlm.data.sources import describe  # pylint: disable=import-outside-toplevel
+  settings = workdir_settings(cfg)
+  key = hashlib.sha256(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode())
+  if not is_tf_source(cfg.data.corpus):
+    for f in corpus_files(cfg.data.corpus):
+      st = f.stat()
+      key.update(f'{f.absolute()}\0{st.st_size}\0{st.st_mtime_ns}\0'.encode())
+  return Path(workdir) / 'data' / f'{describe(cfg.data.corpus)}-{key.hexdigest()[:10]}'
 
 
-__all__ = ['Corpus', 'validation_text', 'Tokenizer', 'corpus_files', 'eval_batches', 'load_corpus',
-           'load_tokenizer', 'train_iterator']
+def open_run_data(cfg: ConfigDict, workdir: Path) -> RunData:
+  """The run's datasets, preparing a source into the workdir first if it is not there yet (or
+  cannot be read: preparation resumes, and rewrites what is missing or damaged)."""
+  d = cfg.data
+  if d.mixture:
+    pairs = parse_mixture(d.mixture)
+    return _checked([Prepared(p) for p, _ in pairs], [w for _, w in pairs], cfg)
+  if is_prepared(d.corpus):
+    return _checked([Prepared(d.corpus)], [1.0], cfg)
+  path = workdir_dataset(cfg, workdir)
+  try:
+    return _checked([Prepared(path)], [1.0], cfg)
+  except UserError as e:
+    if (path / 'manifest.json').exists():
+      print(f'The prepared data in {path} cannot be used ({e}); preparing it again.', flush=True)
+  print(f'Preparing {d.corpus or "the shipped corpus"} -> {path}', flush=True)
+  prepare(workdir_settings(cfg), path, workers=0)
+  return _checked([Prepared(path)], [1.0], cfg)
+
+
+def open_run_data_at(paths: Sequence[Path], weights: Sequence[float], cfg: ConfigDict) -> RunData:
+  return _checked([Prepared(p) for p in paths], list(weights), cfg)
+
+
+def _checked(datasets: list[Prepared], weights: list[float], cfg: ConfigDict) -> RunData:
+  """One tokenizer for all: the datasets' must agree, and with data.tokenizer_path if set."""
+  tokenizer = datasets[0].tokenizer
+  for ds in datasets[1:]:
+    if ds.tokenizer.fingerprint != tokenizer.fingerprint:
+      raise UserError(f'the prepared datasets {datasets[0].directory} and {ds.directory} were '
+                      'made with different tokenizers; prepare them with the same one '
+                      '(--tokenizer_path) to mix them.')
+  if cfg.data.tokenizer_path and cfg.data.tokenizer == 'sentencepiece':
+    from jaxlm.data.tokenizers import SentencePieceTokenizer  # pylint: disable=import-outside-toplevel
+    wanted = SentencePieceTokenizer(Path(cfg.data.tokenizer_path))
+    if wanted.fingerprint != tokenizer.fingerprint:
+      raise UserError(f'the prepared dataset {datasets[0].directory} was made with another '
+                      f'tokenizer than data.tokenizer_path={cfg.data.tokenizer_path}; prepare it '
+                      'with that model, or leave data.tokenizer_path empty to use its own.')
+  return RunData(tokenizer, datasets, weights)
+
+
+def train_batches(run: RunData, cfg: ConfigDict, length: int,
+                  host_rows: Sequence[int]) -> TrainBatches:
+  """This host's rows of every training batch of the run (see pipeline.TrainBatches)."""
+  d = cfg.data
+  rows = train_rows([ds.train for ds in run.datasets], run.weights, packing=d.packing,
+                    length=length, eos=run.tokenizer.eos_id, seed=cfg.seed, stride=d.stride,
+                    max_docs=d.max_docs_per_row)
+  return TrainBatches(rows, cfg.train.batch_size, host_rows, workers=d.workers)
+
+
+class EvalStream(NamedTuple):
+  """Text to score as one stream (see pipeline.document_stream) and its UTF-8 bytes."""
+  tokens: np.ndarray
+  weights: np.ndarray
+  segments: np.ndarray | None  # given when the run packs documents (they never see each other)
+  bytes: int
+
+
+def eval_stream(docs: Sequence[np.ndarray], n_bytes: int, tokenizer: Tokenizer, packing: str,
+                length: int) -> EvalStream:
+  """`n_bytes` is the text's size; without an end-of-sequence id the unscored first token of
+  each document does not count. A packing run (windows of `length`) scores documents alone."""
+  tokens, weights, segments = document_stream(docs, tokenizer.eos_id,
+                                              length if packing == 'pack' else 0)
+  if tokenizer.eos_id is None:
+    n_bytes -= sum(len(tokenizer.decode([int(d[0])]).encode()) for d in docs if len(d))
+  return EvalStream(tokens, weights, segments if packing == 'pack' else None, n_bytes)
+
+
+def validation_stream(run: RunData, cfg: ConfigDict, length: int, limit: int = 0,
+                      dataset: int | None = None) -> EvalStream:
+  """The validation documents of every dataset (or of one), in order; with limit > 0 only about
+  that many tokens (training's periodic validation over train.eval_batches)."""
+  chosen = run.datasets if dataset is None else [run.datasets[dataset]]
+  docs: list[np.ndarray] = []
+  for ds in chosen:
+    docs += split_documents(ds.validation, max(limit - sum(map(len, docs)), 1) if limit else 0)
+  n_bytes = sum(ds.validation.bytes for ds in chosen) if not limit else 0
+  return eval_stream(docs, n_bytes, run.tokenizer, cfg.data.packing, length)
+
+
+def text_stream(texts: Sequence[str], tokenizer: Tokenizer, packing: str,
+                length: int) -> EvalStream:
+  """Texts (each a document) to score."""
+  docs = [np.asarray(tokenizer.encode(t), np.int32) for t in texts]
+  return eval_stream(docs, sum(len(t.encode('utf-8')) for t in texts), tokenizer, packing,
+                     length)
+
+
+__all__ = ['EvalStream', 'Prepared', 'RunData', 'Split', 'Tokenizer', 'TrainBatches',
+           'corpus_files', 'eval_batches', 'open_run_data', 'read_text', 'text_stream',
+           'train_batches', 'validation_stream']

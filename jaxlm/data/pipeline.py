@@ -1,149 +1,200 @@
-"""The text pipeline: corpus files -> tokens -> train/validation split -> Grain windows -> batches.
+"""The input pipeline: prepared splits -> rows -> a weighted mixture -> this host's part of each
+global batch, on Grain; and the document streams that evaluation scores.
 
-The corpus is tokenized once (each file a document, separated by the tokenizer's end-of-sequence
-id when it has one) and cached as a .npy array. Training reads windows of L+1 tokens from that
-stream through a Grain `MapDataset`: shuffled with the seed, reshuffled each epoch, sharded over
-hosts and batched. Its iterator state is a small dict, saved with every checkpoint. Evaluation
-covers every validation token exactly once, padding and masking the last partial window.
+Training: each dataset's rows (rows.py) are a Grain `MapDataset`; several datasets are mixed by
+`MapDataset.mix`, which interleaves them deterministically in the given proportions. Global batch
+j is rows j*B .. j*B+B-1 of that stream whatever the number of hosts, and a host reads only its
+`rows` of it (sharding.host_rows): hosts split along the batch axes read disjoint rows, hosts that
+differ only along other axes (tensor, say) read the same ones. Batches are read ahead in a thread,
+or in `workers` Grain worker processes; because batch j is a pure function of j, the batches are
+the same with any number of workers, and the iterator's whole state is the next batch index.
+
+Evaluation: a split's documents as one token stream in which every token of the text is predicted
+exactly once: each document is preceded by the end-of-sequence id, which is context only (weight
+0), so end-of-document predictions (which stand for no text) are not scored either. A run that
+packs documents evaluates each one alone, cut where its training pieces are cut.
 """
 
-import glob
-import hashlib
+import functools
 import os
 import sys
-from pathlib import Path
+import threading
+import time
 from typing import Iterator, Sequence
 
 import grain
 import numpy as np
 
-from jaxlm.data.tokenizers import Tokenizer
-from jaxlm.errors import UserError
-
-SHIPPED_CORPUS = Path(__file__).with_name('tinyshakespeare.txt')
+from jaxlm.data.prepared import Split
+from jaxlm.data.rows import ConcatRows, PackedRows
 
 Batch = dict[str, np.ndarray]
 
 
-def corpus_files(pattern: str) -> list[Path]:
-  """'' -> the shipped corpus; else a file, a directory (every file below it) or a glob."""
-  if not pattern:
-    return [SHIPPED_CORPUS]
-  path = Path(pattern).expanduser()
-  if path.is_file():
-    return [path]
-  if path.is_dir():
-    files = sorted(p for p in path.rglob('*') if p.is_file() and not p.name.startswith('.'))
-  else:
-    files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
-  if not files:
-    raise UserError(f'config field data.corpus={pattern!r} matches no file; give a UTF-8 text '
-                    'file, a directory or a glob (or leave it empty for the shipped corpus).')
-  return files
+def dataset_seed(seed: int, index: int) -> int:
+  """A 32-bit seed per dataset of a mixture, so that two datasets are not shuffled alike."""
+  return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
-def read_text(path: Path) -> str:
-  """A file's text; bytes that are not UTF-8 are an error that names the file and the offset."""
-  data = path.read_bytes()
-  try:
-    return data.decode('utf-8')
-  except UnicodeDecodeError as e:
-    raise UserError(f'{path} is not UTF-8 text (byte {e.start} is {data[e.start:e.start + 1]!r}); '
-                    're-encode it as UTF-8 or leave it out of the corpus.') from None
+class _Tagged:
+  """A row source whose rows also say which dataset of the mixture they come from."""
 
-
-def tokenize_texts(names: Sequence[str], texts: Sequence[str], tokenizer: Tokenizer,
-                   cache_dir: Path) -> np.ndarray:
-  """Documents (named, e.g. by file name) as one token stream (int32), cached under `cache_dir`
-  by name, content and tokenizer."""
-  key = hashlib.sha256(tokenizer.fingerprint.encode())
-  for name, t in zip(names, texts):
-    key.update(name.encode() + b'\0' + t.encode() + b'\0')
-  cache = Path(cache_dir) / f'tokens-{key.hexdigest()[:16]}.npy'
-  if cache.exists():
-    return np.load(cache)
-  eos = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
-  tokens = np.fromiter((i for t in texts for i in tokenizer.encode(t) + eos), dtype=np.int32)
-  cache.parent.mkdir(parents=True, exist_ok=True)
-  tmp = cache.with_name(cache.name + '.tmp.npy')
-  np.save(tmp, tokens)
-  os.replace(tmp, cache)
-  return tokens
-
-
-def split_tokens(tokens: np.ndarray, val_fraction: float,
-                 seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-  """The first (1 - val_fraction) of the stream trains, the rest validates (as in nanoGPT)."""
-  if len(tokens) < seq_len + 1:
-    raise UserError(
-        f'the corpus has {len(tokens)} tokens, fewer than one sequence of '
-        f'model.max_seq_len+1={seq_len + 1}; use a larger corpus or a shorter model.max_seq_len.')
-  n_val = int(len(tokens) * val_fraction)
-  return check_splits(tokens[:len(tokens) - n_val], tokens[len(tokens) - n_val:], seq_len)
-
-
-def check_splits(train: np.ndarray, val: np.ndarray,
-                 seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-  """Training needs one whole window of L+1 tokens, validation at least one target."""
-  if len(train) < seq_len + 1:
-    raise UserError(
-        f'the training split has {len(train)} tokens, fewer than one sequence of '
-        f'model.max_seq_len+1={seq_len + 1}; use a larger corpus, a smaller data.val_fraction or '
-        'a shorter model.max_seq_len.')
-  if len(val) < 2:
-    raise UserError(f'the validation split has {len(val)} tokens; raise data.val_fraction '
-                    'or use a larger corpus.')
-  return train, val
-
-
-class Windows:
-  """A random-access source of windows tokens[i*stride : i*stride + length]."""
-
-  def __init__(self, tokens: np.ndarray, length: int, stride: int):
-    self.tokens, self.length, self.stride = tokens, length, stride
+  def __init__(self, rows, index: int):
+    self.rows, self.index = rows, index
 
   def __len__(self) -> int:
-    return (len(self.tokens) - self.length) // self.stride + 1
+    return len(self.rows)
 
-  def __getitem__(self, i: int) -> np.ndarray:
-    start = i * self.stride
-    return self.tokens[start:start + self.length]
-
-
-def _to_batch(windows: np.ndarray) -> Batch:
-  """[B, L+1] windows -> inputs, targets (shifted by one) and a mask of ones."""
-  return dict(inputs=windows[:, :-1], targets=windows[:, 1:],
-              mask=np.ones(windows[:, 1:].shape, np.float32))
+  def __getitem__(self, k: int) -> Batch:
+    return dict(self.rows[k], source=np.int32(self.index))
 
 
-def train_iterator(tokens: np.ndarray, seq_len: int, global_batch: int, *, stride: int, seed: int,
-                   rows: Sequence[int] | None = None) -> grain.DatasetIterator:
-  """An endless, checkpointable iterator of this host's rows of the [global_batch, seq_len]
-  training batches.
+class HostBatch:
+  """Global batch j -> this host's rows of it, stacked: [len(rows), L] arrays, and `source` [b],
+  the dataset each row comes from (for the mixture metrics; not fed to the model)."""
 
-  Windows are shuffled globally with `seed` (a new order each epoch); global batch j is windows
-  j*B .. j*B+B-1 of that order, whatever the number of hosts, and a host reads only its `rows`
-  of it (default: all; see sharding.host_rows).
+  def __init__(self, rows: grain.MapDataset, global_batch: int, host_rows: Sequence[int]):
+    self.rows, self.global_batch = rows, global_batch
+    self.host_rows = [int(r) for r in host_rows]
+
+  def __call__(self, j: int) -> Batch:
+    items = [self.rows[j * self.global_batch + r] for r in self.host_rows]
+    return {k: np.stack([item[k] for item in items]) for k in items[0]}
+
+
+def train_rows(splits: Sequence[Split], weights: Sequence[float], *, packing: str, length: int,
+               eos: int | None, seed: int, stride: int = 0, max_docs: int = 0) -> grain.MapDataset:
+  """The mixed, endless stream of training rows of the datasets' train splits."""
+  sources = []
+  for i, split in enumerate(splits):
+    s = dataset_seed(seed, i)
+    rows = (PackedRows(split, eos, length, s, max_docs) if packing == 'pack' else
+            ConcatRows(split, eos, length, stride or length, s))
+    sources.append(grain.MapDataset.source(_Tagged(rows, i)))
+  return sources[0] if len(sources) == 1 else grain.MapDataset.mix(sources, list(weights))
+
+
+class TrainBatches:
+  """An endless, checkpointable iterator of this host's part of each global batch."""
+
+  def __init__(self, rows: grain.MapDataset, global_batch: int, host_rows: Sequence[int], *,
+               workers: int = 0, prefetch: int = 2):
+    self.batches = grain.MapDataset.range(sys.maxsize).map(HostBatch(rows, global_batch,
+                                                                     host_rows))
+    self.workers, self.prefetch = workers, prefetch
+    self.position = 0  # the next global batch
+    self._iterator = None
+
+  def _open(self):
+    ds = self.batches[self.position:].to_iter_dataset(
+        grain.ReadOptions(num_threads=1, prefetch_buffer_size=self.prefetch))
+    # Batches cross from the workers pickled, not in shared memory: a few MB each, and Grain's
+    # shared-memory blocks outlive an iterator closed early (leaked at exit).
+    ds = grain.experimental.WithOptionsIterDataset(
+        ds, grain.experimental.DatasetOptions(min_shm_size=2**62))
+    if self.workers:
+      from absl import flags  # pylint: disable=import-outside-toplevel
+      if not flags.FLAGS.is_parsed():  # Grain's workers read its absl flags (defaults outside a
+        flags.FLAGS.mark_as_parsed()  # jaxlm command, in tests and notebooks)
+      ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+          num_workers=self.workers, per_worker_buffer_size=self.prefetch),
+                          worker_init_fn=functools.partial(_exit_with_parent, os.getpid()))
+    return iter(ds)
+
+  def __iter__(self) -> 'TrainBatches':
+    return self
+
+  def __next__(self) -> Batch:
+    if self._iterator is None:
+      self._iterator = self._open()
+    batch = next(self._iterator)
+    self.position += 1
+    return batch
+
+  def get_state(self) -> dict:
+    return dict(next_batch=self.position)
+
+  def set_state(self, state: dict) -> None:
+    self.close()
+    self.position = int(state['next_batch'])
+
+  def close(self) -> None:
+    if self._iterator is not None and hasattr(self._iterator, 'close'):
+      self._iterator.close()
+    self._iterator = None
+
+
+def _exit_with_parent(parent: int, worker_index: int, worker_count: int) -> None:
+  """Runs in each Grain worker: ends it when the training process is gone (a SIGKILLed trainer
+  would otherwise leave its workers running forever)."""
+  del worker_index, worker_count
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(1)
+    os._exit(0)
+  threading.Thread(target=watch, daemon=True, name='jaxlm-exit-with-parent').start()
+
+
+def document_stream(docs: Sequence[np.ndarray], eos: int | None,
+                    align: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Documents (token ids) as one stream for evaluation: (tokens, the weight of each token as a
+  target, the segment of each token: 1 + its document's index, 0 for padding).
+
+  With an end-of-sequence id each document is [eos] + ids, the eos weighted 0. Without one
+  (characters), a document's first token cannot be predicted and counts as context. With
+  align = L each document is padded to a multiple of L, so that windows of L start where it
+  starts and every L tokens after, as the pieces of packed training do.
   """
-  rows = np.arange(global_batch) if rows is None else np.asarray(rows)
-  windows = grain.MapDataset.source(Windows(tokens, seq_len + 1, stride or seq_len))
-  windows = windows.shuffle(seed=seed).repeat()
-  per_host = len(rows)
-  ds = grain.MapDataset.range(sys.maxsize).map(
-      lambda i: windows[(i // per_host) * global_batch + int(rows[i % per_host])])
-  return iter(ds.batch(per_host, drop_remainder=True).map(_to_batch))
+  tokens, weights, segments = [], [], []
+  for i, ids in enumerate(docs):
+    ids = np.asarray(ids, np.int32)
+    if eos is not None:
+      ids = np.concatenate([[eos], ids]).astype(np.int32)
+    if not len(ids):
+      continue
+    n = -(-len(ids) // align) * align if align else len(ids)
+    t, w, seg = np.zeros(n, np.int32), np.zeros(n, np.float32), np.zeros(n, np.int32)
+    t[:len(ids)], w[1:len(ids)], seg[:len(ids)] = ids, 1, i + 1
+    tokens.append(t)
+    weights.append(w)
+    segments.append(seg)
+  if not tokens:
+    return np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.int32)
+  return np.concatenate(tokens), np.concatenate(weights), np.concatenate(segments)
+
+
+def split_documents(split: Split, limit: int = 0) -> list[np.ndarray]:
+  """The documents of a split in order; with limit > 0, only as many as hold `limit` tokens."""
+  docs, total = [], 0
+  for i in range(len(split.lengths)):
+    if limit and total >= limit:
+      break
+    docs.append(split.doc(i))
+    total += len(docs[-1]) + 1
+  return docs
+
+
+def _positions(segments: np.ndarray) -> np.ndarray:
+  """Positions that restart at 0 where the segment changes (and at the start)."""
+  n = len(segments)
+  if not n:
+    return np.zeros(0, np.int32)
+  starts = np.flatnonzero(np.concatenate([[True], segments[1:] != segments[:-1]]))
+  return (np.arange(n) - np.repeat(starts, np.diff(np.append(starts, n)))).astype(np.int32)
 
 
 def eval_batches(tokens: np.ndarray, seq_len: int, batch_size: int, *,
-                 weights: np.ndarray | None = None, max_batches: int = 0,
-                 rows: Sequence[int] | None = None) -> Iterator[Batch]:
+                 weights: np.ndarray | None = None, segments: np.ndarray | None = None,
+                 max_batches: int = 0, rows: Sequence[int] | None = None) -> Iterator[Batch]:
   """This host's `rows` (default: all) of [batch_size, seq_len] batches that predict every token
   of `tokens` but the first exactly once. The last window and the last batch are padded with
   mask 0.
 
-  `weights` [len(tokens)] (default all 1) is the mask of each token as a target: 0 for tokens
-  that are only context, such as the end-of-sequence ids between documents. With max_batches > 0
-  only the first max_batches batches are produced.
+  `weights` [len(tokens)] (default all 1) is the mask of each token as a target. Given
+  `segments` (the document of each token, as from document_stream), batches carry `segment_ids`
+  and `positions` restarting at each document, so a window's documents do not see each other
+  (as in packed training). With max_batches > 0 only the first max_batches batches are produced.
   """
   rows = np.arange(batch_size) if rows is None else np.asarray(rows)
   n_targets = len(tokens) - 1
@@ -151,14 +202,18 @@ def eval_batches(tokens: np.ndarray, seq_len: int, batch_size: int, *,
   n_batches = -(-n_windows // batch_size)
   if max_batches:
     n_batches = min(n_batches, max_batches)
+  keys = ['inputs', 'targets', 'mask'] + (['segment_ids', 'positions'] if segments is not None
+                                          else [])
   for b in range(n_batches):
-    inputs = np.zeros((len(rows), seq_len), np.int32)
-    targets = np.zeros((len(rows), seq_len), np.int32)
-    mask = np.zeros((len(rows), seq_len), np.float32)
+    batch = {k: np.zeros((len(rows), seq_len), np.float32 if k == 'mask' else np.int32)
+             for k in keys}
     for i, r in enumerate(rows):
       start = (b * batch_size + int(r)) * seq_len
       n = max(0, min(seq_len, n_targets - start))
-      inputs[i, :n] = tokens[start:start + n]
-      targets[i, :n] = tokens[start + 1:start + 1 + n]
-      mask[i, :n] = 1 if weights is None else weights[start + 1:start + 1 + n]
-    yield dict(inputs=inputs, targets=targets, mask=mask)
+      batch['inputs'][i, :n] = tokens[start:start + n]
+      batch['targets'][i, :n] = tokens[start + 1:start + 1 + n]
+      batch['mask'][i, :n] = 1 if weights is None else weights[start + 1:start + 1 + n]
+      if segments is not None:
+        batch['segment_ids'][i, :n] = segments[start:start + n]
+        batch['positions'][i, :n] = _positions(segments[start:start + n])
+    yield batch

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Iterable, Protocol, Sequence
 
 import sentencepiece as spm
-from ml_collections import ConfigDict
 
 from jaxlm.errors import UserError
 
@@ -44,14 +43,6 @@ def _content_digest(model: bytes) -> str:
   key = hashlib.sha256(proto.normalizer_spec.SerializeToString(deterministic=True))
   for piece in proto.pieces:
     key.update(piece.SerializeToString(deterministic=True))
-  return key.hexdigest()[:16]
-
-
-def texts_digest(texts: Iterable[str]) -> str:
-  """Identifies a corpus by its content (the documents in order)."""
-  key = hashlib.sha256()
-  for text in texts:
-    key.update(text.encode('utf-8') + b'\0')
   return key.hexdigest()[:16]
 
 
@@ -163,67 +154,45 @@ def train_sentencepiece(files: Sequence[Path], output: Path, vocab_size: int,
   return SentencePieceTokenizer(output)
 
 
-def load_tokenizer(data_cfg: ConfigDict, corpus: Sequence[Path], texts: Sequence[str] | None,
-                   directory: Path, replace_stale: bool = False) -> Tokenizer:
-  """The tokenizer the config asks for, trained or built on the corpus on first use and cached in
-  `directory` (the run's `<workdir>/tokenizer`), so that every later run, eval and generation
-  sees the same vocabulary.
+TOKENIZER_FILES = {'char': 'chars.json', 'sentencepiece': 'spm.model'}
 
-  Given the corpus `texts`, a cached tokenizer built from other settings (another vocabulary size,
-  another corpus: left by an earlier, failed run, say) is never used silently: it is rebuilt when
-  `replace_stale` (no checkpoint depends on it yet), else it is an error. Readers (texts=None)
-  take the cached one; the checkpoint's fingerprint then tells whether it is the right one.
-  """
-  directory = Path(directory)
-  if data_cfg.tokenizer == 'byte':
+
+def open_tokenizer(directory: Path, kind: str) -> Tokenizer:
+  """The tokenizer of kind 'byte', 'char' or 'sentencepiece' kept in `directory` (a prepared
+  dataset's tokenizer/ folder); a missing one is an error naming the file."""
+  if kind == 'byte':
     return ByteTokenizer()
-  if data_cfg.tokenizer_path and data_cfg.tokenizer == 'sentencepiece':
-    return SentencePieceTokenizer(Path(data_cfg.tokenizer_path))
-  if data_cfg.tokenizer == 'char':
-    path, settings = directory / 'chars.json', None
+  path = Path(directory) / TOKENIZER_FILES[kind]
+  if not path.is_file():
+    raise UserError(f'the tokenizer {path} is missing; prepare the data again (or restore the '
+                    'file).')
+  return CharTokenizer.load(path) if kind == 'char' else SentencePieceTokenizer(path)
+
+
+def build_tokenizer(directory: Path, kind: str, texts: Sequence[str], vocab_size: int,
+                    model_path: str = '') -> Tokenizer:
+  """Makes the tokenizer of a prepared dataset in `directory`: a given SentencePiece model
+  (copied in, so the dataset is self-contained), a SentencePiece model trained on `texts`, or
+  the character set of `texts`. Byte tokenizers need nothing."""
+  directory = Path(directory)
+  if kind == 'byte':
+    return ByteTokenizer()
+  if kind == 'sentencepiece' and model_path:
+    model = SentencePieceTokenizer(Path(model_path))  # the errors for a missing or bad model
+    _atomic_write(directory / 'spm.model', model.path.read_bytes())
+  elif kind == 'char':
+    CharTokenizer.from_texts(texts).save(directory / 'chars.json')
   else:
-    path, settings = directory / 'spm.model', dict(vocab_size=data_cfg.tokenizer_vocab_size)
-  if texts is not None and settings is not None:
-    settings['corpus'] = texts_digest(texts)
-  if path.exists():
-    stale = '' if texts is None else _stale(path, settings, texts, strict=replace_stale)
-    if not stale:
-      return CharTokenizer.load(path) if settings is None else SentencePieceTokenizer(path)
-    if not replace_stale:
-      raise UserError(f'the tokenizer {path} was built from {stale}, and a checkpoint was trained '
-                      'with it; use the data settings of that run, or a new workdir.')
-    print(f'Rebuilding {path}: the one there was built from {stale}.', flush=True)
-  elif texts is None:
-    raise UserError(f'there is no tokenizer at {path}; train the run first.')
-  if settings is None:
-    tok = CharTokenizer.from_texts(texts)
-    tok.save(path)
-    return tok
-  print(f'Training a {data_cfg.tokenizer_vocab_size}-token SentencePiece vocabulary -> {path}',
-        flush=True)
-  tok = train_sentencepiece(corpus, path, data_cfg.tokenizer_vocab_size)
-  _atomic_write(path.with_suffix('.json'), json.dumps(settings).encode())
-  return tok
-
-
-def _stale(path: Path, settings: dict | None, texts: Sequence[str], strict: bool) -> str:
-  """'' if the cached tokenizer at `path` was built from these settings, else what differs.
-
-  Characters: a fresh run (strict) needs exactly the corpus's set; a resumed one only needs every
-  character of the corpus to be in the vocabulary (a changed data.corpus is reported on resume).
-  """
-  if settings is None:
-    saved, now = set(CharTokenizer.load(path).chars), set(CharTokenizer.from_texts(texts).chars)
-    same = saved == now if strict else now <= saved
-    return '' if same else 'another corpus (other characters)'
-  try:
-    saved = json.loads(path.with_suffix('.json').read_text())
-  except (OSError, ValueError):
-    return 'unknown settings (its record spm.json is missing)'
-  if saved.get('vocab_size') != settings['vocab_size']:
-    return (f'data.tokenizer_vocab_size={saved.get("vocab_size")} (now '
-            f'{settings["vocab_size"]})')
-  return '' if saved.get('corpus') == settings['corpus'] else 'another corpus'
+    sample = directory / 'sample.txt'
+    directory.mkdir(parents=True, exist_ok=True)
+    sample.write_text('\n'.join(texts), encoding='utf-8')
+    print(f'Training a {vocab_size}-token SentencePiece vocabulary -> {directory / "spm.model"}',
+          flush=True)
+    try:
+      train_sentencepiece([sample], directory / 'spm.model', vocab_size)
+    finally:
+      sample.unlink()
+  return open_tokenizer(directory, kind)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -1,0 +1,135 @@
+"""Reading a prepared dataset (see prepare.py): its manifest, tokenizer, and documents by index.
+
+Opening checks what can be checked cheaply, so that a damaged dataset is one sentence at start-up
+rather than an error deep in training: the manifest's format, every shard and lengths file
+present with the size the manifest records, and the record counts. Documents are read through
+Grain's ArrayRecordDataSource, only when asked for, with a small cache (a long document feeds
+many consecutive windows).
+"""
+
+import collections
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from jaxlm.data.prepare import FORMAT, SPLITS
+from jaxlm.data.tokenizers import Tokenizer, open_tokenizer
+from jaxlm.errors import UserError
+
+CACHE_BYTES = 64 * 2**20  # decoded documents kept per process
+
+
+def is_prepared(path: str) -> bool:
+  return bool(path) and (Path(path).expanduser() / 'manifest.json').is_file()
+
+
+class Split:
+  """One split's documents: `lengths` [N] tokens each, and `doc(i)` -> int32 token ids."""
+
+  def __init__(self, directory: Path, info: dict, name: str):
+    self.directory, self.info, self.name = directory, info, name
+    self.paths = [str(directory / shard) for shard in info['shards']]
+    lengths = []
+    for shard, lengths_file, size in zip(info['shards'], info['lengths'], info['shard_bytes']):
+      path = directory / shard
+      if not path.is_file() or not (directory / lengths_file).is_file():
+        raise UserError(f'{path if not path.is_file() else directory / lengths_file} is missing '
+                        f'from the prepared dataset {directory}; run jaxlm.prepare again with the '
+                        'same flags to complete it.')
+      if path.stat().st_size != size:
+        raise UserError(f'{path} is truncated or changed ({path.stat().st_size} bytes, the '
+                        f'manifest says {size}); run jaxlm.prepare again with the same flags to '
+                        'rewrite it.')
+      try:
+        lengths.append(np.load(directory / lengths_file))
+      except (OSError, ValueError):
+        raise UserError(f'{directory / lengths_file} cannot be read; delete it and run '
+                        'jaxlm.prepare again with the same flags.') from None
+    self.lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int32)
+    if len(self.lengths) != info['documents'] or int(self.lengths.sum()) != info['tokens']:
+      raise UserError(f'the {name} split of {directory} does not hold what its manifest says '
+                      f'({len(self.lengths)} documents, {int(self.lengths.sum())} tokens); run '
+                      'jaxlm.prepare again into a new directory.')
+    self.documents, self.tokens, self.bytes = info['documents'], info['tokens'], info['bytes']
+    self._source = None
+    self._cache: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+    self._cached_bytes = 0
+    self.reads = 0  # records read from disk in this process (for tests and benchmarks)
+
+  def __getstate__(self):  # pickled into Grain's worker processes: no open files, no cache
+    state = dict(self.__dict__, _source=None, _cache=collections.OrderedDict(), _cached_bytes=0)
+    return state
+
+  def _open(self):
+    import grain  # pylint: disable=import-outside-toplevel
+    try:
+      self._source = grain.sources.ArrayRecordDataSource(self.paths)
+    except Exception as e:  # pylint: disable=broad-except  # riegeli's errors for a bad file
+      raise UserError(f'the shards of {self.directory} cannot be read ({str(e)[:200]}); run '
+                      'jaxlm.prepare again with the same flags.') from None
+    if len(self._source) != len(self.lengths):
+      raise UserError(f'the {self.name} shards of {self.directory} hold {len(self._source)} '
+                      f'records, not {len(self.lengths)}; run jaxlm.prepare again.')
+
+  def doc(self, i: int) -> np.ndarray:
+    """The token ids of document i (read-only int32)."""
+    hit = self._cache.get(i)
+    if hit is not None:
+      self._cache.move_to_end(i)
+      return hit
+    if self._source is None:
+      self._open()
+    ids = np.frombuffer(self._source[int(i)], '<i4').astype(np.int32, copy=False)
+    self.reads += 1
+    if ids.nbytes <= CACHE_BYTES // 4:
+      self._cache[i] = ids
+      self._cached_bytes += ids.nbytes
+      while self._cached_bytes > CACHE_BYTES:
+        self._cached_bytes -= self._cache.popitem(last=False)[1].nbytes
+    return ids
+
+
+class Prepared:
+  """A prepared dataset: manifest, tokenizer, and its train and validation splits."""
+
+  def __init__(self, path: str, name: str = ''):
+    self.directory = Path(path).expanduser()
+    manifest_path = self.directory / 'manifest.json'
+    if not manifest_path.is_file():
+      raise UserError(f'{self.directory} is not a prepared dataset (it has no manifest.json); '
+                      'prepare it with python -m jaxlm.prepare, or finish that run.')
+    raw = manifest_path.read_bytes()
+    try:
+      self.manifest = json.loads(raw)
+      for split in SPLITS:
+        self.manifest['splits'][split]['digests']  # pylint: disable=pointless-statement
+    except (ValueError, KeyError, TypeError):
+      raise UserError(f'{manifest_path} is not a jaxlm manifest; prepare the data again.') from None
+    if self.manifest.get('format') != FORMAT:
+      raise UserError(f'{self.directory} was prepared by another version of jaxlm (format '
+                      f'{self.manifest.get("format")}, this one reads {FORMAT}); prepare it '
+                      'again into a new directory.')
+    self.name = name or self.directory.name
+    self.splits = {split: Split(self.directory, self.manifest['splits'][split], split)
+                   for split in SPLITS}
+    # What a checkpoint was trained on: the token ids (prepare hashed each shard's) and the
+    # tokenizer, not where they came from, so a moved corpus is still the same data.
+    key = hashlib.sha256(self.manifest['tokenizer']['fingerprint'].encode())
+    for split in SPLITS:
+      key.update(json.dumps(self.manifest['splits'][split]['digests']).encode())
+    self.fingerprint = key.hexdigest()[:16]
+    kind = self.manifest['tokenizer']['kind']
+    self.tokenizer: Tokenizer = open_tokenizer(self.directory / 'tokenizer', kind)
+    if self.tokenizer.fingerprint != self.manifest['tokenizer']['fingerprint']:
+      raise UserError(f'the tokenizer in {self.directory / "tokenizer"} is not the one the data '
+                      'was prepared with; restore it, or prepare the data again.')
+
+  @property
+  def train(self) -> Split:
+    return self.splits['train']
+
+  @property
+  def validation(self) -> Split:
+    return self.splits['validation']

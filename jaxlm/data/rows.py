@@ -1,0 +1,173 @@
+"""Training rows from one prepared split, addressable by a global row index k = 0, 1, 2, ...
+
+- `ConcatRows` (data.packing='concat'): the documents, each followed by the end-of-sequence id,
+  form one stream, cut into windows of L+1 tokens every `stride`; an epoch visits every window
+  once in an order shuffled with the seed (Grain's index_shuffle, new each epoch). Attention runs
+  across document boundaries, as in nanoGPT and most pretraining.
+- `PackedRows` (data.packing='pack'): each document becomes (input, target) pairs that start
+  from the end-of-sequence id as a beginning-of-document token, [eos] + ids -> ids + [eos];
+  a document longer than L is split into pieces of L. An epoch shuffles the pieces and packs them
+  first-fit into rows of L, with `segment_ids` 1..k and positions restarting at each piece, so
+  attention never crosses a document and no row holds more than `max_docs` pieces.
+
+The packing plan is computed from the documents' lengths alone (prepare stored them), so every
+host computes the same rows without reading any text, and then reads only the documents of the
+rows it feeds. That is what makes the global batches independent of the number of hosts and of
+data workers, and a resumed run exact: row k is a pure function of (data, seed, k).
+Shape letters: L length.
+"""
+
+import sys
+
+import numpy as np
+from grain.experimental import index_shuffle
+
+from jaxlm.data.prepared import Split
+from jaxlm.errors import UserError
+
+PACK_BINS = 16  # rows open at once while packing: more pack tighter, fewer plan faster
+
+
+def padded_slice(doc: np.ndarray, a: int, b: int, lead: int | None,
+                 trail: int | None) -> np.ndarray:
+  """x[a:b] for x = [lead] + doc + [trail] (lead or trail None: absent), without building x."""
+  parts = []
+  offset = 0
+  if lead is not None:
+    if a == 0 < b:
+      parts.append(np.array([lead], np.int32))
+    offset = 1
+  lo, hi = max(a - offset, 0), min(b - offset, len(doc))
+  if lo < hi:
+    parts.append(doc[lo:hi])
+  if trail is not None and a <= offset + len(doc) < b:
+    parts.append(np.array([trail], np.int32))
+  return np.concatenate(parts) if parts else np.zeros(0, np.int32)
+
+
+class ConcatRows:
+  """Windows of L+1 tokens over the stream of documents (see the module docstring)."""
+
+  def __init__(self, split: Split, eos: int | None, length: int, stride: int, seed: int):
+    self.split, self.eos, self.length, self.stride, self.seed = split, eos, length, stride, seed
+    self.sizes = split.lengths.astype(np.int64) + (eos is not None)
+    self.offsets = np.concatenate([[0], np.cumsum(self.sizes)])
+    total = int(self.offsets[-1])
+    if total < length + 1:
+      raise UserError(
+          f'the training split of {split.directory} has {total} tokens, fewer than one sequence '
+          f'of model.max_seq_len+1={length + 1}; use a larger corpus or a shorter '
+          'model.max_seq_len.')
+    self.windows = (total - length - 1) // stride + 1
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def tokens(self, start: int, stop: int) -> np.ndarray:
+    """Tokens [start, stop) of the stream."""
+    d = int(np.searchsorted(self.offsets, start, 'right')) - 1
+    parts = []
+    while d < len(self.sizes) and self.offsets[d] < stop:
+      base = int(self.offsets[d])
+      parts.append(padded_slice(self.split.doc(d), max(start - base, 0),
+                                min(stop - base, int(self.sizes[d])), None, self.eos))
+      d += 1
+    return np.concatenate(parts)
+
+  def __getitem__(self, k: int) -> dict[str, np.ndarray]:
+    epoch, i = divmod(int(k), self.windows)
+    w = index_shuffle(i, max_index=self.windows - 1, seed=(self.seed + epoch) % 2**32, rounds=4)
+    window = self.tokens(w * self.stride, w * self.stride + self.length + 1)
+    return dict(inputs=window[:-1], targets=window[1:], mask=np.ones(self.length, np.float32))
+
+
+def first_fit(sizes: list[int], capacity: int, bins: int, max_items: int = 0) -> list[list[int]]:
+  """Packs items (by position) into rows of `capacity`: each goes into the first open row with
+  room (and fewer than max_items items, 0 = no limit); when none has room, the fullest of `bins`
+  open rows is closed. A row is closed as soon as it is full. Rows come out as they close."""
+  done: list[list[int]] = []
+  rows: list[list[int]] = []
+  room: list[int] = []
+  for i, n in enumerate(sizes):
+    for b, r in enumerate(room):
+      if n <= r:
+        break
+    else:
+      b = -1
+    if b < 0:
+      if len(rows) == bins:
+        full = room.index(min(room))
+        done.append(rows.pop(full))
+        room.pop(full)
+      rows.append([])
+      room.append(capacity)
+      b = len(rows) - 1
+    rows[b].append(i)
+    room[b] -= n
+    if room[b] == 0 or len(rows[b]) == max_items:
+      done.append(rows.pop(b))
+      room.pop(b)
+  return done + rows
+
+
+class PackedRows:
+  """Whole documents packed into rows of L (see the module docstring)."""
+
+  def __init__(self, split: Split, eos: int | None, length: int, seed: int, max_docs: int = 0,
+               bins: int = PACK_BINS):
+    self.split, self.length, self.seed, self.max_docs, self.bins = split, length, seed, max_docs, bins
+    self.lead = self.trail = eos
+    pairs = split.lengths.astype(np.int64) + (1 if eos is not None else -1)
+    pairs = np.maximum(pairs, 0)  # (a one-token document without eos has nothing to predict)
+    per_doc = -(-pairs // length)
+    self.piece_doc = np.repeat(np.arange(len(pairs)), per_doc)
+    first = np.concatenate([[0], np.cumsum(per_doc)[:-1]])
+    self.piece_start = (np.arange(len(self.piece_doc)) - np.repeat(first, per_doc)) * length
+    self.piece_len = np.minimum(length, pairs[self.piece_doc] - self.piece_start).astype(np.int64)
+    if not len(self.piece_doc):
+      raise UserError(f'the training split of {split.directory} has no token to predict; give a '
+                      'larger corpus.')
+    self._row_counts: list[int] = [0]  # rows before each planned epoch
+    self._plans: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+  def __getstate__(self):  # pickled into Grain's workers: plans are recomputed there
+    return dict(self.__dict__, _row_counts=[0], _plans={})
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pieces in row order, row starts into them) of one epoch."""
+    if epoch not in self._plans:
+      order = np.random.default_rng([self.seed, epoch]).permutation(len(self.piece_doc))
+      rows = first_fit(self.piece_len[order].tolist(), self.length, self.bins, self.max_docs)
+      starts = np.cumsum([0] + [len(r) for r in rows])
+      self._plans = {e: p for e, p in self._plans.items() if e >= epoch - 1}  # keep a few
+      self._plans[epoch] = order[np.concatenate([np.asarray(r) for r in rows])], starts
+    return self._plans[epoch]
+
+  def _locate(self, k: int) -> tuple[int, int]:
+    while k >= self._row_counts[-1]:
+      epoch = len(self._row_counts) - 1
+      self._row_counts.append(self._row_counts[-1] + len(self.plan(epoch)[1]) - 1)
+    epoch = int(np.searchsorted(self._row_counts, k, 'right')) - 1
+    return epoch, k - self._row_counts[epoch]
+
+  def __getitem__(self, k: int) -> dict[str, np.ndarray]:
+    epoch, r = self._locate(int(k))
+    order, starts = self.plan(epoch)
+    L = self.length
+    out = dict(inputs=np.zeros(L, np.int32), targets=np.zeros(L, np.int32),
+               mask=np.zeros(L, np.float32), segment_ids=np.zeros(L, np.int32),
+               positions=np.zeros(L, np.int32))
+    at = 0
+    for segment, piece in enumerate(order[starts[r]:starts[r + 1]], 1):
+      doc = self.split.doc(int(self.piece_doc[piece]))
+      a, m = int(self.piece_start[piece]), int(self.piece_len[piece])
+      out['inputs'][at:at + m] = padded_slice(doc, a, a + m, self.lead, self.trail)
+      out['targets'][at:at + m] = padded_slice(doc, a + 1, a + m + 1, self.lead, self.trail)
+      out['mask'][at:at + m] = 1
+      out['segment_ids'][at:at + m] = segment
+      out['positions'][at:at + m] = np.arange(m)
+      at += m
+    return out

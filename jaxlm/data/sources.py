@@ -1,0 +1,169 @@
+"""Where documents come from, and how a source is cut into chunks, jaxlm.prepare's units of work.
+
+A source is one of:
+
+- UTF-8 text files (a file, a directory or a glob; '' is the shipped tinyshakespeare): each file
+  is one document;
+- JSONL files (.jsonl, .ndjson, .jsonl.gz, .json.gz), one document per line in a text field, the
+  format of FineWeb, SlimPajama and the Pile;
+- 'seqio:<task or mixture>' or 'tfds:<name>' (the TensorFlow extra, see tf_sources): each example
+  is one document, and the source's own validation split, when it has one, is kept.
+
+A chunk is a run of documents that one worker prepares into one shard per split: small text
+files grouped up to about chunk_mb, a plain JSONL file cut every ~chunk_mb at a line start, a
+gzip file whole (it cannot be cut), a SeqIO or TFDS split whole. A chunk records the size and
+modification time of its files, so a file changed since is prepared again.
+"""
+
+import dataclasses
+import glob
+import gzip
+import json
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from jaxlm.data import tf_sources
+from jaxlm.errors import UserError
+
+SHIPPED_CORPUS = Path(__file__).with_name('tinyshakespeare.txt')
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+  """Documents of one or more files (or of one SeqIO/TFDS split) prepared together."""
+  index: int
+  paths: tuple[str, ...]  # text files (each a document), one JSONL file, or 'seqio:x' / 'tfds:x'
+  start: int = 0  # JSONL: bytes [start, stop) of the file, both at line starts
+  stop: int = 0
+  first_doc: int = 0  # the number of documents before this chunk (set only for val_docs)
+  split: str = ''  # '' chooses by the holdout rule; else the source's own split, kept
+  stamps: tuple[tuple[int, int], ...] = ()  # (size, mtime_ns) of each file
+
+
+def corpus_files(pattern: str) -> list[Path]:
+  """'' -> the shipped corpus; else a file, a directory (every file below it) or a glob."""
+  if not pattern:
+    return [SHIPPED_CORPUS]
+  path = Path(pattern).expanduser()
+  if path.is_file():
+    return [path]
+  if path.is_dir():
+    files = sorted(p for p in path.rglob('*') if p.is_file() and not p.name.startswith('.'))
+  else:
+    files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+  if not files:
+    raise UserError(f'the corpus {pattern!r} matches no file; give a UTF-8 text or JSONL file, a '
+                    'directory or a glob (or leave data.corpus empty for the shipped corpus).')
+  return files
+
+
+def read_text(path: Path) -> str:
+  """A file's text; bytes that are not UTF-8 are an error that names the file and the offset."""
+  data = Path(path).read_bytes()
+  try:
+    return data.decode('utf-8')
+  except UnicodeDecodeError as e:
+    raise UserError(f'{path} is not UTF-8 text (byte {e.start} is {data[e.start:e.start + 1]!r}); '
+                    're-encode it as UTF-8 or leave it out of the corpus.') from None
+
+
+def is_jsonl(path: Path) -> bool:
+  return Path(path).name.endswith(('.jsonl', '.jsonl.gz', '.json.gz', '.ndjson'))
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+  st = path.stat()
+  return st.st_size, st.st_mtime_ns
+
+
+def plan_chunks(source: str, chunk_mb: float, **tf_options) -> list[Chunk]:
+  """Cuts a source into chunks (see the module docstring). tf_options: seqio_module, data_dir."""
+  if tf_sources.is_tf_source(source):
+    return [Chunk(i, (source,), split=split)
+            for i, split in enumerate(tf_sources.splits(source, **tf_options))]
+  size = max(int(chunk_mb * 2**20), 1)
+  chunks: list[Chunk] = []
+  texts: list[Path] = []  # text files waiting to be grouped
+
+  def flush_texts():
+    if texts:
+      chunks.append(Chunk(len(chunks), tuple(map(str, texts)),
+                          stamps=tuple(_stamp(p) for p in texts)))
+      texts.clear()
+
+  grouped = 0
+  for path in corpus_files(source):
+    total = path.stat().st_size
+    if not is_jsonl(path):
+      if texts and grouped + total > size:
+        flush_texts()
+        grouped = 0
+      texts.append(path)
+      grouped += total
+      continue
+    stamp = (_stamp(path),)
+    if path.name.endswith('.gz') or total <= size:
+      chunks.append(Chunk(len(chunks), (str(path),), 0, total, stamps=stamp))
+      continue
+    with open(path, 'rb') as f:
+      start = 0
+      while start < total:
+        f.seek(min(start + size, total))
+        f.readline()  # to the start of the next line
+        stop = min(f.tell(), total)
+        chunks.append(Chunk(len(chunks), (str(path),), start, stop, stamps=stamp))
+        start = stop
+  flush_texts()
+  return chunks
+
+
+def documents(chunk: Chunk, text_field: str = 'text', **tf_options) -> Iterator[str]:
+  """The documents of a chunk, in order; a bad JSONL line is an error naming file and line."""
+  first = chunk.paths[0]
+  if tf_sources.is_tf_source(first):
+    yield from tf_sources.documents(first, chunk.split, text_field, **tf_options)
+    return
+  path = Path(first)
+  if not is_jsonl(path):
+    for p in chunk.paths:
+      yield read_text(Path(p))
+    return
+  whole = path.name.endswith('.gz') or chunk.start == 0 and chunk.stop == path.stat().st_size
+  with gzip.open(path, 'rb') if path.name.endswith('.gz') else open(path, 'rb') as f:
+    f.seek(0 if whole else chunk.start)
+    position, line_no = chunk.start, 1
+    while whole or position < chunk.stop:
+      line = f.readline()
+      if not line:
+        break
+      if line.strip():
+        where = (f'line {line_no} of {path}' if chunk.start == 0 else
+                 f'the line at byte {position} of {path}')
+        yield _field(line, text_field, where)
+      position, line_no = position + len(line), line_no + 1
+
+
+def _field(line: bytes, field: str, where: str) -> str:
+  try:
+    record = json.loads(line)
+  except ValueError:
+    raise UserError(f'{where} is not JSON; fix or remove that line.') from None
+  if not isinstance(record, dict) or not isinstance(record.get(field), str):
+    raise UserError(f'{where} has no text field {field!r}; set the text field (--text_field, or '
+                    'data.text_field) to the one that holds the text.')
+  return record[field]
+
+
+def describe(source: str) -> str:
+  """A short name for a source, for directory names and messages."""
+  if not source:
+    return SHIPPED_CORPUS.stem
+  if tf_sources.is_tf_source(source):
+    return source.replace(':', '-').replace('/', '-')
+  stem = Path(source.rstrip('/*')).name or 'corpus'
+  return ''.join(c if c.isalnum() or c in '-_.' else '-' for c in stem)[:40]
+
+
+def stamps_of(chunks: Sequence[Chunk]) -> list:
+  """Every file's (path, size, mtime) in the chunks: what the prepared data was made from."""
+  return sorted({(p, *s) for c in chunks for p, s in zip(c.paths, c.stamps)})

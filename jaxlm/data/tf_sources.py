@@ -1,0 +1,92 @@
+"""Documents from a SeqIO task or mixture ('seqio:<name>') or a TFDS dataset ('tfds:<name>').
+
+The TensorFlow stack is an optional extra (`pip install 'jaxlm[seqio]'`), imported here and only
+here, lazily. Each example is one document, its text in the feature named by the text field. The
+source's `train` split trains; its `validation` split, when it has one, validates (otherwise
+jaxlm.prepare holds documents out of the training split by its usual rule). SeqIO tasks are
+registered by importing the module named by seqio_module. TFDS datasets are read from data_dir
+(TFDS's default when empty) and never downloaded: a dataset that is not there is an error.
+"""
+
+import importlib
+import os
+from typing import Iterator
+
+from jaxlm.errors import UserError
+
+PREFIXES = ('seqio:', 'tfds:')
+SPLITS = ('train', 'validation')
+
+
+def is_tf_source(source: str) -> bool:
+  return source.startswith(PREFIXES)
+
+
+def _seqio_task(name: str, seqio_module: str):
+  try:
+    import seqio  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise UserError(f"the corpus 'seqio:{name}' needs SeqIO, an optional extra: "
+                    "pip install 'jaxlm[seqio]'.") from None
+  if seqio_module:
+    try:
+      importlib.import_module(seqio_module)
+    except ImportError as e:
+      raise UserError(f'cannot import the SeqIO module {seqio_module!r} ({e}); give the module '
+                      'that registers the task (data.seqio_module or --seqio_module).') from None
+  try:
+    return seqio.get_mixture_or_task(name)
+  except (KeyError, ValueError):
+    raise UserError(f'no SeqIO task or mixture is registered as {name!r}; set data.seqio_module '
+                    '(or --seqio_module) to the module that registers it.') from None
+
+
+def _tfds_builder(name: str, data_dir: str):
+  os.environ.setdefault('NO_GCE_CHECK', 'true')  # no metadata-server probe on an offline host
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise UserError(f"the corpus 'tfds:{name}' needs TensorFlow Datasets, an optional extra: "
+                    "pip install 'jaxlm[seqio]'.") from None
+  where = data_dir or 'the default TFDS data_dir'
+  try:
+    builder = tfds.builder(name, data_dir=data_dir or None, try_gcs=False)
+  except Exception as e:  # pylint: disable=broad-except  # DatasetNotFoundError and kin
+    raise UserError(f'the TFDS dataset {name!r} is not available offline in {where} '
+                    f'({type(e).__name__}); build it there first (jaxlm never downloads), or set '
+                    'the TFDS data_dir (data.tfds_data_dir or --tfds_data_dir).') from None
+  if not builder.is_prepared():
+    raise UserError(f'the TFDS dataset {name!r} is not prepared in {where}; jaxlm never '
+                    'downloads: build it there first, or set the TFDS data_dir '
+                    '(data.tfds_data_dir or --tfds_data_dir).')
+  return builder
+
+
+def splits(source: str, seqio_module: str = '', data_dir: str = '') -> list[str]:
+  """Which of train and validation the source has; it must have train."""
+  kind, name = source.split(':', 1)
+  if kind == 'seqio':
+    have = _seqio_task(name, seqio_module).splits
+  else:
+    have = _tfds_builder(name, data_dir).info.splits
+  if 'train' not in have:
+    raise UserError(f'the {kind} source {name!r} has no train split (it has '
+                    f'{sorted(have)}); give a source with one.')
+  return [s for s in SPLITS if s in have]
+
+
+def documents(source: str, split: str, feature: str, seqio_module: str = '',
+              data_dir: str = '') -> Iterator[str]:
+  """The text of each example of one split, in order."""
+  kind, name = source.split(':', 1)
+  if kind == 'seqio':
+    dataset = _seqio_task(name, seqio_module).get_dataset(
+        split=split, shuffle=False, sequence_length=None)
+  else:
+    dataset = _tfds_builder(name, data_dir).as_dataset(split=split, shuffle_files=False)
+  for example in dataset.as_numpy_iterator():
+    if feature not in example:
+      raise UserError(f'the {kind} source {name!r} has no feature {feature!r} (it has '
+                      f'{sorted(example)}); set the text field (data.text_field or --text_field).')
+    value = example[feature]
+    yield value.decode('utf-8') if isinstance(value, bytes) else str(value)
