@@ -2,12 +2,16 @@
 JSONL corpus made from the shipped text.
 
   python launch/bench_prepare.py --size_mb=2048 --tokenizer=byte [--workdir=/tmp/bench_prepare]
+  python launch/bench_prepare.py --size_mb=256 --workers=2 --keep=/tmp/prepared  # then:
+  python -m jaxlm.bench --config=configs/gpt2_124m.py --what=data --config.data.corpus=/tmp/prepared
 
 The corpus is the shipped corpus's speeches, shuffled with a fixed seed and repeated, one JSONL
 line each, until it holds --size_mb MiB. Each worker count prepares it from scratch in its own
 output directory; the script prints MiB/s, documents/s, tokens/s and the peak resident memory of
 the whole process tree (sampled every 0.1 s with psutil, the sum over the main process and its
-workers) and of its largest process. Everything it writes is deleted at the end.
+workers) and of its largest process. Everything it writes is deleted at the end, except the
+dataset of the last worker count when --keep names where to move it (for `jaxlm.bench
+--what=data`).
 """
 
 import json
@@ -28,6 +32,8 @@ _TOKENIZER = flags.DEFINE_enum('tokenizer', 'byte', ['byte', 'sentencepiece'], '
 _WORKERS = flags.DEFINE_list('workers', ['1', '2'], 'Worker counts to compare.')
 _WORKDIR = flags.DEFINE_string('workdir', '/tmp/jaxlm_bench_prepare', 'Scratch directory.')
 _CHUNK_MB = flags.DEFINE_float('chunk_mb', 64.0, 'As jaxlm.prepare.')
+_KEEP = flags.DEFINE_string('keep', '', 'Move the last prepared dataset here instead of deleting '
+                            'it (a new directory).')
 
 
 def make_corpus(path: Path, size_mb: int) -> int:
@@ -72,6 +78,7 @@ def main(argv: list[str]) -> None:
   cli.require(_SIZE, _SIZE.value >= 1, 'at least 1 MiB')
   cli.require(_WORKERS, all(w.isdigit() and int(w) >= 1 for w in _WORKERS.value),
               'a comma-separated list of positive worker counts')
+  cli.require(_KEEP, not _KEEP.value or not Path(_KEEP.value).exists(), 'a path that does not exist')
   root = Path(_WORKDIR.value)
   shutil.rmtree(root, ignore_errors=True)
   root.mkdir(parents=True)
@@ -92,7 +99,11 @@ def main(argv: list[str]) -> None:
             f'{docs / r["seconds"]:,.0f} docs/s | {tokens / r["seconds"]:,.0f} tokens/s | peak RSS '
             f'{r["tree_rss_mib"]:,.0f} MiB in all, {r["process_rss_mib"]:,.0f} MiB in the largest '
             'process', flush=True)
-      shutil.rmtree(out)
+      if _KEEP.value and workers == _WORKERS.value[-1]:
+        shutil.move(str(out), _KEEP.value)
+        print(f'kept the prepared dataset in {_KEEP.value}')
+      else:
+        shutil.rmtree(out)
   finally:
     shutil.rmtree(root, ignore_errors=True)
 

@@ -135,10 +135,10 @@ def train_batches(run: RunData, cfg: ConfigDict, length: int,
                   host_rows: Sequence[int]) -> TrainBatches:
   """This host's rows of every training batch of the run (see pipeline.TrainBatches)."""
   d = cfg.data
-  rows = train_rows([ds.train for ds in run.datasets], run.weights, packing=d.packing,
-                    length=length, eos=run.tokenizer.eos_id, seed=cfg.seed, stride=d.stride,
-                    max_docs=d.max_docs_per_row)
-  return TrainBatches(rows, cfg.train.batch_size, host_rows, workers=d.workers)
+  sources = train_rows([ds.train for ds in run.datasets], packing=d.packing, length=length,
+                       eos=run.tokenizer.eos_id, seed=cfg.seed, stride=d.stride,
+                       max_docs=d.max_docs_per_row)
+  return TrainBatches(sources, run.weights, cfg.train.batch_size, host_rows, workers=d.workers)
 
 
 class EvalStream(NamedTuple):

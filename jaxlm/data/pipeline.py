@@ -37,7 +37,7 @@ def dataset_seed(seed: int, index: int) -> int:
 
 
 class _Tagged:
-  """A row source whose rows also say which dataset of the mixture they come from."""
+  """A row source whose plans also say which dataset of the mixture they come from."""
 
   def __init__(self, rows, index: int):
     self.rows, self.index = rows, index
@@ -45,42 +45,57 @@ class _Tagged:
   def __len__(self) -> int:
     return len(self.rows)
 
-  def __getitem__(self, k: int) -> Batch:
-    return dict(self.rows[k], source=np.int32(self.index))
+  def __getitem__(self, k: int) -> tuple[int, list]:
+    return self.index, self.rows[k]
 
 
 class HostBatch:
   """Global batch j -> this host's rows of it, stacked: [len(rows), L] arrays, and `source` [b],
-  the dataset each row comes from (for the mixture metrics; not fed to the model)."""
+  the dataset each row comes from (for the mixture metrics; not fed to the model).
 
-  def __init__(self, rows: grain.MapDataset, global_batch: int, host_rows: Sequence[int]):
-    self.rows, self.global_batch = rows, global_batch
+  The rows' plans come first (from lengths only); then every document they need is read in one
+  batched call per dataset, and the rows are assembled.
+  """
+
+  def __init__(self, plans: grain.MapDataset, sources: Sequence, global_batch: int,
+               host_rows: Sequence[int]):
+    self.plans, self.sources, self.global_batch = plans, list(sources), global_batch
     self.host_rows = [int(r) for r in host_rows]
 
   def __call__(self, j: int) -> Batch:
-    items = [self.rows[j * self.global_batch + r] for r in self.host_rows]
-    return {k: np.stack([item[k] for item in items]) for k in items[0]}
+    plans = [self.plans[j * self.global_batch + r] for r in self.host_rows]
+    docs = {}
+    for i, rows in enumerate(self.sources):
+      wanted = {d for source, plan in plans if source == i for d, _, _ in plan}
+      if wanted:
+        docs[i] = rows.split.docs(sorted(wanted))
+    items = [self.sources[i].assemble(plan, docs[i]) for i, plan in plans]
+    batch = {k: np.stack([item[k] for item in items]) for k in items[0]}
+    batch['source'] = np.array([i for i, _ in plans], np.int32)
+    return batch
 
 
-def train_rows(splits: Sequence[Split], weights: Sequence[float], *, packing: str, length: int,
-               eos: int | None, seed: int, stride: int = 0, max_docs: int = 0) -> grain.MapDataset:
-  """The mixed, endless stream of training rows of the datasets' train splits."""
-  sources = []
-  for i, split in enumerate(splits):
-    s = dataset_seed(seed, i)
-    rows = (PackedRows(split, eos, length, s, max_docs) if packing == 'pack' else
-            ConcatRows(split, eos, length, stride or length, s))
-    sources.append(grain.MapDataset.source(_Tagged(rows, i)))
-  return sources[0] if len(sources) == 1 else grain.MapDataset.mix(sources, list(weights))
+def train_rows(splits: Sequence[Split], *, packing: str, length: int, eos: int | None, seed: int,
+               stride: int = 0, max_docs: int = 0) -> list:
+  """Each dataset's row source (rows.py) over its train split."""
+  return [PackedRows(split, eos, length, dataset_seed(seed, i), max_docs) if packing == 'pack'
+          else ConcatRows(split, eos, length, stride or length, dataset_seed(seed, i))
+          for i, split in enumerate(splits)]
+
+
+def mixed_plans(sources: Sequence, weights: Sequence[float]) -> grain.MapDataset:
+  """The endless stream of row plans, (dataset index, plan), mixed in the given proportions."""
+  streams = [grain.MapDataset.source(_Tagged(rows, i)) for i, rows in enumerate(sources)]
+  return streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, list(weights))
 
 
 class TrainBatches:
   """An endless, checkpointable iterator of this host's part of each global batch."""
 
-  def __init__(self, rows: grain.MapDataset, global_batch: int, host_rows: Sequence[int], *,
-               workers: int = 0, prefetch: int = 2):
-    self.batches = grain.MapDataset.range(sys.maxsize).map(HostBatch(rows, global_batch,
-                                                                     host_rows))
+  def __init__(self, sources: Sequence, weights: Sequence[float], global_batch: int,
+               host_rows: Sequence[int], *, workers: int = 0, prefetch: int = 2):
+    host_batch = HostBatch(mixed_plans(sources, weights), sources, global_batch, host_rows)
+    self.batches = grain.MapDataset.range(sys.maxsize).map(host_batch)
     self.workers, self.prefetch = workers, prefetch
     self.position = 0  # the next global batch
     self._iterator = None
@@ -166,12 +181,13 @@ def document_stream(docs: Sequence[np.ndarray], eos: int | None,
 
 def split_documents(split: Split, limit: int = 0) -> list[np.ndarray]:
   """The documents of a split in order; with limit > 0, only as many as hold `limit` tokens."""
-  docs, total = [], 0
-  for i in range(len(split.lengths)):
-    if limit and total >= limit:
-      break
-    docs.append(split.doc(i))
-    total += len(docs[-1]) + 1
+  n = len(split.lengths)
+  if limit:
+    n = min(n, int(np.searchsorted(np.cumsum(split.lengths.astype(np.int64) + 1), limit)) + 1)
+  docs = []
+  for start in range(0, n, 4096):  # batched reads
+    got = split.docs(range(start, min(n, start + 4096)))
+    docs += [got[i] for i in range(start, min(n, start + 4096))]
   return docs
 
 

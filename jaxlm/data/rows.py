@@ -10,9 +10,10 @@
   first-fit into rows of L, with `segment_ids` 1..k and positions restarting at each piece, so
   attention never crosses a document and no row holds more than `max_docs` pieces.
 
-The packing plan is computed from the documents' lengths alone (prepare stored them), so every
-host computes the same rows without reading any text, and then reads only the documents of the
-rows it feeds. That is what makes the global batches independent of the number of hosts and of
+Row k is a plan first, computed from the documents' lengths alone (prepare stored them): a list
+of document spans. So every host computes the same rows without reading any text, and then reads
+only the documents of the rows it feeds, in one batched read per batch (`assemble` builds a row
+from its plan and those documents). That is what makes the global batches independent of the number of hosts and of
 data workers, and a resumed run exact: row k is a pure function of (data, seed, k).
 Shape letters: L length.
 """
@@ -45,7 +46,20 @@ def padded_slice(doc: np.ndarray, a: int, b: int, lead: int | None,
   return np.concatenate(parts) if parts else np.zeros(0, np.int32)
 
 
-class ConcatRows:
+class _Rows:
+  """An endless sequence of row plans (document spans), with `assemble(plan, docs)`."""
+  split: Split
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def row(self, k: int) -> dict[str, np.ndarray]:
+    """Row k, read and assembled (for tests and one-off use; batches read many rows at once)."""
+    plan = self[k]
+    return self.assemble(plan, self.split.docs([d for d, _, _ in plan]))
+
+
+class ConcatRows(_Rows):
   """Windows of L+1 tokens over the stream of documents (see the module docstring)."""
 
   def __init__(self, split: Split, eos: int | None, length: int, stride: int, seed: int):
@@ -60,24 +74,26 @@ class ConcatRows:
           'model.max_seq_len.')
     self.windows = (total - length - 1) // stride + 1
 
-  def __len__(self) -> int:
-    return sys.maxsize
-
-  def tokens(self, start: int, stop: int) -> np.ndarray:
-    """Tokens [start, stop) of the stream."""
+  def spans(self, start: int, stop: int) -> list[tuple[int, int, int]]:
+    """(document, lo, hi) pieces of tokens [start, stop) of the stream; lo and hi index the
+    document followed by its end-of-sequence id."""
     d = int(np.searchsorted(self.offsets, start, 'right')) - 1
-    parts = []
+    out = []
     while d < len(self.sizes) and self.offsets[d] < stop:
       base = int(self.offsets[d])
-      parts.append(padded_slice(self.split.doc(d), max(start - base, 0),
-                                min(stop - base, int(self.sizes[d])), None, self.eos))
+      out.append((d, max(start - base, 0), min(stop - base, int(self.sizes[d]))))
       d += 1
-    return np.concatenate(parts)
+    return out
 
-  def __getitem__(self, k: int) -> dict[str, np.ndarray]:
+  def __getitem__(self, k: int) -> list[tuple[int, int, int]]:
+    """Row k's plan: the spans of its window (see assemble)."""
     epoch, i = divmod(int(k), self.windows)
     w = index_shuffle(i, max_index=self.windows - 1, seed=(self.seed + epoch) % 2**32, rounds=4)
-    window = self.tokens(w * self.stride, w * self.stride + self.length + 1)
+    return self.spans(w * self.stride, w * self.stride + self.length + 1)
+
+  def assemble(self, plan: list, docs: dict[int, np.ndarray]) -> dict[str, np.ndarray]:
+    """A row from its plan and the documents it names."""
+    window = np.concatenate([padded_slice(docs[d], lo, hi, None, self.eos) for d, lo, hi in plan])
     return dict(inputs=window[:-1], targets=window[1:], mask=np.ones(self.length, np.float32))
 
 
@@ -110,7 +126,7 @@ def first_fit(sizes: list[int], capacity: int, bins: int, max_items: int = 0) ->
   return done + rows
 
 
-class PackedRows:
+class PackedRows(_Rows):
   """Whole documents packed into rows of L (see the module docstring)."""
 
   def __init__(self, split: Split, eos: int | None, length: int, seed: int, max_docs: int = 0,
@@ -133,9 +149,6 @@ class PackedRows:
   def __getstate__(self):  # pickled into Grain's workers: plans are recomputed there
     return dict(self.__dict__, _row_counts=[0], _plans={})
 
-  def __len__(self) -> int:
-    return sys.maxsize
-
   def plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
     """(pieces in row order, row starts into them) of one epoch."""
     if epoch not in self._plans:
@@ -153,17 +166,22 @@ class PackedRows:
     epoch = int(np.searchsorted(self._row_counts, k, 'right')) - 1
     return epoch, k - self._row_counts[epoch]
 
-  def __getitem__(self, k: int) -> dict[str, np.ndarray]:
+  def __getitem__(self, k: int) -> list[tuple[int, int, int]]:
+    """Row k's plan: its pieces, (document, first pair, pairs) each (see assemble)."""
     epoch, r = self._locate(int(k))
     order, starts = self.plan(epoch)
+    return [(int(self.piece_doc[p]), int(self.piece_start[p]), int(self.piece_len[p]))
+            for p in order[starts[r]:starts[r + 1]]]
+
+  def assemble(self, plan: list, docs: dict[int, np.ndarray]) -> dict[str, np.ndarray]:
+    """A row from its plan and the documents it names."""
     L = self.length
     out = dict(inputs=np.zeros(L, np.int32), targets=np.zeros(L, np.int32),
                mask=np.zeros(L, np.float32), segment_ids=np.zeros(L, np.int32),
                positions=np.zeros(L, np.int32))
     at = 0
-    for segment, piece in enumerate(order[starts[r]:starts[r + 1]], 1):
-      doc = self.split.doc(int(self.piece_doc[piece]))
-      a, m = int(self.piece_start[piece]), int(self.piece_len[piece])
+    for segment, (d, a, m) in enumerate(plan, 1):
+      doc = docs[d]
       out['inputs'][at:at + m] = padded_slice(doc, a, a + m, self.lead, self.trail)
       out['targets'][at:at + m] = padded_slice(doc, a + 1, a + m + 1, self.lead, self.trail)
       out['mask'][at:at + m] = 1
