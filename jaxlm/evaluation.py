@@ -3,8 +3,8 @@
 Shared by the trainer (validation during training) and the eval command. Every token of the text
 is counted exactly once (data.document_stream): the stream is cut into windows of L tokens that
 are batched, the last window and batch padded and masked, never dropped. Windows do not overlap,
-so a token's context starts at its window's start, or at its document's start when the run packs
-documents (then they never see each other, as in training).
+so a token's context starts at its window's start; a run that packs documents has each document
+start a window (data.document_stream), so documents never see each other, as in its training.
 """
 
 import math
@@ -46,7 +46,7 @@ def loss_over(eval_step, params: Any, stream: data.EvalStream, cfg: ConfigDict, 
   sync = sync_each_step()
   B = cfg.train.batch_size
   for batch in data.eval_batches(stream.tokens, cfg.model.max_seq_len, B, weights=stream.weights,
-                                 segments=stream.segments, max_batches=max_batches,
+                                 max_batches=max_batches,
                                  rows=sharding.host_rows(batch_sharding, B)):
     ce, n = eval_step(params, to_global(batch, batch_sharding, B))
     total, count = total + ce, count + n  # Stays on device: one host sync at the end...

@@ -66,7 +66,7 @@ def naive_nats(r, params, tokens, weights):
 @pytest.mark.parametrize('packing', ['concat', 'pack'])
 def test_perplexity_and_bits_per_byte_match_a_naive_loop(run_dir, packing):
   """Concatenated, the documents are one stream cut into windows; packed, each document is
-  scored alone, from its own start (segments and restarted positions)."""
+  scored alone, in windows from its own start."""
   r, params, step, batch_sh = _restored(run_dir, jax.devices()[:1])
   texts = ['To be, or not to be: that is the question.', 'Whether tis nobler in the mind. ' * 3]
   stream = data.text_stream(texts, r.tokenizer, packing, r.model_cfg.max_seq_len)
@@ -141,7 +141,7 @@ def test_one_device_equals_eight(run_dir):
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     r, params, step, batch_sh = _restored(run_dir, devices)
-    stream = data.EvalStream(tokens, np.ones(len(tokens), np.float32), None, 0)
+    stream = data.EvalStream(tokens, np.ones(len(tokens), np.float32), 0)
     results.append(evaluation.loss_over(step, params, stream, r.cfg, batch_sh))
   assert results[0]['tokens'] == results[1]['tokens'] == 776  # 777 tokens: all but the first
   np.testing.assert_allclose(results[0]['nats'], results[1]['nats'], rtol=1e-5)

@@ -145,7 +145,6 @@ class EvalStream(NamedTuple):
   """Text to score as one stream (see pipeline.document_stream) and its UTF-8 bytes."""
   tokens: np.ndarray
   weights: np.ndarray
-  segments: np.ndarray | None  # given when the run packs documents (they never see each other)
   bytes: int
 
 
@@ -153,11 +152,10 @@ def eval_stream(docs: Sequence[np.ndarray], n_bytes: int, tokenizer: Tokenizer, 
                 length: int) -> EvalStream:
   """`n_bytes` is the text's size; without an end-of-sequence id the unscored first token of
   each document does not count. A packing run (windows of `length`) scores documents alone."""
-  tokens, weights, segments = document_stream(docs, tokenizer.eos_id,
-                                              length if packing == 'pack' else 0)
+  tokens, weights = document_stream(docs, tokenizer.eos_id, length if packing == 'pack' else 0)
   if tokenizer.eos_id is None:
     n_bytes -= sum(len(tokenizer.decode([int(d[0])]).encode()) for d in docs if len(d))
-  return EvalStream(tokens, weights, segments if packing == 'pack' else None, n_bytes)
+  return EvalStream(tokens, weights, n_bytes)
 
 
 def validation_stream(run: RunData, cfg: ConfigDict, length: int, limit: int = 0,

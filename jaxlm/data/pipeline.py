@@ -152,31 +152,31 @@ def _exit_with_parent(parent: int, worker_index: int, worker_count: int) -> None
 
 
 def document_stream(docs: Sequence[np.ndarray], eos: int | None,
-                    align: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    align: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """Documents (token ids) as one stream for evaluation: (tokens, the weight of each token as a
-  target, the segment of each token: 1 + its document's index, 0 for padding).
+  target).
 
   With an end-of-sequence id each document is [eos] + ids, the eos weighted 0. Without one
   (characters), a document's first token cannot be predicted and counts as context. With
-  align = L each document is padded to a multiple of L, so that windows of L start where it
-  starts and every L tokens after, as the pieces of packed training do.
+  align = L each document is padded (weight 0) to a multiple of L, so that windows of L start
+  where it starts and every L tokens after, as the pieces of packed training do: a window then
+  holds one document, which sees nothing of any other.
   """
-  tokens, weights, segments = [], [], []
-  for i, ids in enumerate(docs):
+  tokens, weights = [], []
+  for ids in docs:
     ids = np.asarray(ids, np.int32)
     if eos is not None:
       ids = np.concatenate([[eos], ids]).astype(np.int32)
     if not len(ids):
       continue
     n = -(-len(ids) // align) * align if align else len(ids)
-    t, w, seg = np.zeros(n, np.int32), np.zeros(n, np.float32), np.zeros(n, np.int32)
-    t[:len(ids)], w[1:len(ids)], seg[:len(ids)] = ids, 1, i + 1
+    t, w = np.zeros(n, np.int32), np.zeros(n, np.float32)
+    t[:len(ids)], w[1:len(ids)] = ids, 1
     tokens.append(t)
     weights.append(w)
-    segments.append(seg)
   if not tokens:
-    return np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.int32)
-  return np.concatenate(tokens), np.concatenate(weights), np.concatenate(segments)
+    return np.zeros(0, np.int32), np.zeros(0, np.float32)
+  return np.concatenate(tokens), np.concatenate(weights)
 
 
 def split_documents(split: Split, limit: int = 0) -> list[np.ndarray]:
@@ -191,26 +191,15 @@ def split_documents(split: Split, limit: int = 0) -> list[np.ndarray]:
   return docs
 
 
-def _positions(segments: np.ndarray) -> np.ndarray:
-  """Positions that restart at 0 where the segment changes (and at the start)."""
-  n = len(segments)
-  if not n:
-    return np.zeros(0, np.int32)
-  starts = np.flatnonzero(np.concatenate([[True], segments[1:] != segments[:-1]]))
-  return (np.arange(n) - np.repeat(starts, np.diff(np.append(starts, n)))).astype(np.int32)
-
-
 def eval_batches(tokens: np.ndarray, seq_len: int, batch_size: int, *,
-                 weights: np.ndarray | None = None, segments: np.ndarray | None = None,
-                 max_batches: int = 0, rows: Sequence[int] | None = None) -> Iterator[Batch]:
+                 weights: np.ndarray | None = None, max_batches: int = 0,
+                 rows: Sequence[int] | None = None) -> Iterator[Batch]:
   """This host's `rows` (default: all) of [batch_size, seq_len] batches that predict every token
   of `tokens` but the first exactly once. The last window and the last batch are padded with
   mask 0.
 
-  `weights` [len(tokens)] (default all 1) is the mask of each token as a target. Given
-  `segments` (the document of each token, as from document_stream), batches carry `segment_ids`
-  and `positions` restarting at each document, so a window's documents do not see each other
-  (as in packed training). With max_batches > 0 only the first max_batches batches are produced.
+  `weights` [len(tokens)] (default all 1) is the mask of each token as a target. With
+  max_batches > 0 only the first max_batches batches are produced.
   """
   rows = np.arange(batch_size) if rows is None else np.asarray(rows)
   n_targets = len(tokens) - 1
@@ -218,18 +207,13 @@ def eval_batches(tokens: np.ndarray, seq_len: int, batch_size: int, *,
   n_batches = -(-n_windows // batch_size)
   if max_batches:
     n_batches = min(n_batches, max_batches)
-  keys = ['inputs', 'targets', 'mask'] + (['segment_ids', 'positions'] if segments is not None
-                                          else [])
   for b in range(n_batches):
     batch = {k: np.zeros((len(rows), seq_len), np.float32 if k == 'mask' else np.int32)
-             for k in keys}
+             for k in ('inputs', 'targets', 'mask')}
     for i, r in enumerate(rows):
       start = (b * batch_size + int(r)) * seq_len
       n = max(0, min(seq_len, n_targets - start))
       batch['inputs'][i, :n] = tokens[start:start + n]
       batch['targets'][i, :n] = tokens[start + 1:start + 1 + n]
       batch['mask'][i, :n] = 1 if weights is None else weights[start + 1:start + 1 + n]
-      if segments is not None:
-        batch['segment_ids'][i, :n] = segments[start:start + n]
-        batch['positions'][i, :n] = _positions(segments[start:start + n])
     yield batch
