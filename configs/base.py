@@ -32,7 +32,7 @@ def get_config() -> ConfigDict:
   m.num_heads = 6  # H query heads.
   m.num_kv_heads = 2  # K key/value heads; K < H is grouped-query attention (0 means K = H).
   m.head_dim = 0  # E; 0 means D // H.
-  m.mlp_dim = 0  # F; 0 means 4*D for GELU and the Llama rule (2/3 * 4D, to a multiple of 64) for SwiGLU.
+  m.mlp_dim = 0  # F; 0: 4*D for GELU, the Llama rule (2/3 * 4D, to a multiple of 64) for SwiGLU.
   m.max_seq_len = 128  # L, the context; windows of the corpus are this long.
   m.norm = 'rmsnorm'  # 'rmsnorm' (Llama) or 'layernorm' (GPT-2).
   m.position = 'rope'  # 'rope' (Llama) or 'learned' absolute positions (GPT-2).
@@ -47,7 +47,7 @@ def get_config() -> ConfigDict:
   m.remat = 'none'  # Activation recomputation per layer: 'none', 'dots' (save matmuls) or 'full'.
   m.scan_unroll = 0  # Layers per scan iteration (0: all). Unrolling speeds up small models (no
   #                    per-layer slicing of stacked buffers); deep presets use 1 to compile fast.
-  m.attention = 'xla'  # Kernel: 'xla' (any device), 'cudnn' (GPU flash attention) or 'splash' (TPU).
+  m.attention = 'xla'  # Kernel: 'xla' (any device), 'cudnn' (GPU flash attention), 'splash' (TPU).
 
   c.data = ConfigDict()
   d = c.data
@@ -59,13 +59,13 @@ def get_config() -> ConfigDict:
   #                 data.corpus. Rows are interleaved in these proportions, deterministically.
   d.packing = 'concat'  # 'concat': windows over the documents joined by end-of-sequence (as in
   #                       nanoGPT); 'pack': whole documents packed into rows, attention within each.
-  d.max_docs_per_row = 0  # With 'pack': at most this many documents (or pieces) per row; 0: no limit.
-  d.stride = 0  # With 'concat': start of consecutive windows; 0 means L (no overlap), 1 every offset.
+  d.max_docs_per_row = 0  # With 'pack': at most this many documents (pieces) a row; 0: no limit.
+  d.stride = 0  # With 'concat': start of consecutive windows; 0: L (no overlap), 1: every offset.
   d.workers = 0  # Grain worker processes reading batches (0: a thread of the training process).
   #                The batches are the same with any number; 2+ pay off for large batches.
   d.text_field = 'text'  # The JSONL field (SeqIO or TFDS feature) that holds a document's text.
   d.seqio_module = ''  # Module to import that registers the SeqIO task, e.g. 'my_project.tasks'.
-  d.tfds_data_dir = ''  # Where a 'tfds:' dataset was built ('' is TFDS's default); never downloaded.
+  d.tfds_data_dir = ''  # Where a 'tfds:' dataset was built ('' is TFDS's default); no download.
   # How a source is prepared (a prepared dataset brings its own tokenizer and split):
   d.tokenizer = 'sentencepiece'  # 'sentencepiece', 'char' (nanoGPT's) or 'byte'.
   d.tokenizer_path = ''  # A trained SentencePiece .model; '' trains one on the corpus (cached).
@@ -90,7 +90,7 @@ def get_config() -> ConfigDict:
   t.sample_tokens = 200  # Tokens generated for each sample (at most the context); 0 disables.
   t.eval_samples = 2  # Samples generated and logged at each validation pass; one more at the end.
   t.sample_prompt = ''  # Prompt for that sample; '' starts from the first token of the corpus.
-  t.on_nonfinite = 'abort'  # A NaN/Inf loss or gradient: 'abort' (with the step) or 'skip' the update.
+  t.on_nonfinite = 'abort'  # A NaN/Inf loss or gradient: 'abort' (naming the step) or 'skip' it.
   t.max_skips = 20  # Skipped updates in a row that abort the run, whatever the policy: float16's
   #                   loss scale halves at each (2^15 reaches 1 in 15), so 20 means no recovery.
 

@@ -352,5 +352,6 @@ def _format_line(step: int, v: dict[str, float]) -> str:
   timing = ''
   if 'step_time' in v:
     timing = f' | {1e3 * v["step_time"]:.1f} ms/step | {v["tokens_per_s"]:,.0f} tok/s | MFU {mfu}'
+  mix = ''.join(f' {k[4:]} {x:.2f}' for k, x in v.items() if k.startswith('mix/'))
   return (f'step {step:>6} | loss {v["loss"]:.4f} | lr {v["lr"]:.2e} | '
-          f'grad norm {v["grad_norm"]:.3f}{timing}')
+          f'grad norm {v["grad_norm"]:.3f}{timing}' + (f' | mix{mix}' if mix else ''))

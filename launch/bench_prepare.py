@@ -78,7 +78,8 @@ def main(argv: list[str]) -> None:
   cli.require(_SIZE, _SIZE.value >= 1, 'at least 1 MiB')
   cli.require(_WORKERS, all(w.isdigit() and int(w) >= 1 for w in _WORKERS.value),
               'a comma-separated list of positive worker counts')
-  cli.require(_KEEP, not _KEEP.value or not Path(_KEEP.value).exists(), 'a path that does not exist')
+  cli.require(_KEEP, not _KEEP.value or not Path(_KEEP.value).exists(),
+              'a path that does not exist')
   root = Path(_WORKDIR.value)
   shutil.rmtree(root, ignore_errors=True)
   root.mkdir(parents=True)

@@ -142,3 +142,24 @@ def test_profile_of_chosen_steps(tmp_path, corpus_file):
   trainer.run(cfg)
   traces = list((tmp_path / 'run' / 'profile').rglob('*.xplane.pb'))
   assert traces and traces[0].stat().st_size > 0
+
+
+def test_a_mixture_trains_logs_its_proportions_and_evaluates_each_dataset(tmp_path):
+  from jaxlm import eval as eval_cli
+  from jaxlm.data.prepare import Settings, prepare
+  from jaxlm.data.sources import SHIPPED_CORPUS
+  speeches = SHIPPED_CORPUS.read_text().split('\n\n')[:400]
+  for name, texts in [('verse', speeches[::2]), ('prose', speeches[1::2])]:
+    (tmp_path / f'{name}.txt').write_text('\n\n'.join(texts))
+    prepare(Settings(source=str(tmp_path / f'{name}.txt'), tokenizer='byte', val_tail=True,
+                     val_fraction=0.1), tmp_path / name, workers=1, progress=False)
+  cfg = tiny_config(workdir=str(tmp_path / 'run'))
+  cfg.data.mixture = f'{tmp_path / "verse"}:3,{tmp_path / "prose"}:1'
+  cfg.train.steps, cfg.train.sample_tokens, cfg.train.log_every = 10, 0, 10
+  result = trainer.run(cfg)
+  assert result['train']['mix/verse'] == pytest.approx(0.75, abs=0.02)  # 80 rows, 3:1
+  assert result['train']['mix/prose'] == pytest.approx(0.25, abs=0.02)
+  out = eval_cli.run(str(tmp_path / 'run'), None, '', '', 8, 0)['results']
+  assert set(out) == {'validation', 'validation:verse', 'validation:prose'}
+  parts = out['validation:verse']['tokens'] + out['validation:prose']['tokens']
+  assert out['validation']['tokens'] == parts

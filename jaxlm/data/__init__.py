@@ -23,7 +23,7 @@ from jaxlm.data.prepare import Settings, prepare
 from jaxlm.data.prepared import Prepared, Split, is_prepared
 from jaxlm.data.sources import corpus_files, read_text
 from jaxlm.data.tf_sources import is_tf_source
-from jaxlm.data.tokenizers import Tokenizer
+from jaxlm.data.tokenizers import SentencePieceTokenizer, Tokenizer
 from jaxlm.errors import UserError
 
 
@@ -122,7 +122,6 @@ def _checked(datasets: list[Prepared], weights: list[float], cfg: ConfigDict) ->
                       'made with different tokenizers; prepare them with the same one '
                       '(--tokenizer_path) to mix them.')
   if cfg.data.tokenizer_path and cfg.data.tokenizer == 'sentencepiece':
-    from jaxlm.data.tokenizers import SentencePieceTokenizer  # pylint: disable=import-outside-toplevel
     wanted = SentencePieceTokenizer(Path(cfg.data.tokenizer_path))
     if wanted.fingerprint != tokenizer.fingerprint:
       raise UserError(f'the prepared dataset {datasets[0].directory} was made with another '

@@ -13,8 +13,9 @@
 Row k is a plan first, computed from the documents' lengths alone (prepare stored them): a list
 of document spans. So every host computes the same rows without reading any text, and then reads
 only the documents of the rows it feeds, in one batched read per batch (`assemble` builds a row
-from its plan and those documents). That is what makes the global batches independent of the number of hosts and of
-data workers, and a resumed run exact: row k is a pure function of (data, seed, k).
+from its plan and those documents). That is what makes the global batches independent of the
+number of hosts and of data workers, and a resumed run exact: row k is a pure function of
+(data, seed, k).
 Shape letters: L length.
 """
 
@@ -131,7 +132,8 @@ class PackedRows(_Rows):
 
   def __init__(self, split: Split, eos: int | None, length: int, seed: int, max_docs: int = 0,
                bins: int = PACK_BINS):
-    self.split, self.length, self.seed, self.max_docs, self.bins = split, length, seed, max_docs, bins
+    self.split, self.length, self.seed = split, length, seed
+    self.max_docs, self.bins = max_docs, bins
     self.lead = self.trail = eos
     pairs = split.lengths.astype(np.int64) + (1 if eos is not None else -1)
     pairs = np.maximum(pairs, 0)  # (a one-token document without eos has nothing to predict)
