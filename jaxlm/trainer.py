@@ -23,7 +23,7 @@ from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from jaxlm import data, metrics, sharding
-from jaxlm.checkpoint import Checkpointer, step_dirs
+from jaxlm.checkpoint import Checkpointer
 from jaxlm.config import resolve_model, validate
 from jaxlm.errors import UserError
 from jaxlm.evaluation import continuations, loss_over, sync_each_step, to_global

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from ml_collections import ConfigDict
 
 from conftest import TINY_TEXT, tiny_config
 from jaxlm import data

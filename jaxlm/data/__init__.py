@@ -17,8 +17,6 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from ml_collections import ConfigDict
 
-from jaxlm.data.pipeline import (TrainBatches, document_stream, eval_batches, split_documents,
-                                 train_rows)
 from jaxlm.data.prepare import Settings, prepare
 from jaxlm.data.prepared import Prepared, Split, is_prepared
 from jaxlm.data.sources import corpus_files, read_text
@@ -130,9 +128,10 @@ def _checked(datasets: list[Prepared], weights: list[float], cfg: ConfigDict) ->
   return RunData(tokenizer, datasets, weights)
 
 
-def train_batches(run: RunData, cfg: ConfigDict, length: int,
-                  host_rows: Sequence[int]) -> TrainBatches:
+def train_batches(run: RunData, cfg: ConfigDict, length: int, host_rows: Sequence[int]):
   """This host's rows of every training batch of the run (see pipeline.TrainBatches)."""
+  # pylint: disable-next=import-outside-toplevel
+  from jaxlm.data.pipeline import TrainBatches, train_rows
   d = cfg.data
   sources = train_rows([ds.train for ds in run.datasets], packing=d.packing, length=length,
                        eos=run.tokenizer.eos_id, seed=cfg.seed, stride=d.stride,
@@ -151,6 +150,7 @@ def eval_stream(docs: Sequence[np.ndarray], n_bytes: int, tokenizer: Tokenizer, 
                 length: int) -> EvalStream:
   """`n_bytes` is the text's size; without an end-of-sequence id the unscored first token of
   each document does not count. A packing run (windows of `length`) scores documents alone."""
+  from jaxlm.data.pipeline import document_stream  # pylint: disable=import-outside-toplevel
   tokens, weights = document_stream(docs, tokenizer.eos_id, length if packing == 'pack' else 0)
   if tokenizer.eos_id is None:
     n_bytes -= sum(len(tokenizer.decode([int(d[0])]).encode()) for d in docs if len(d))
@@ -161,6 +161,7 @@ def validation_stream(run: RunData, cfg: ConfigDict, length: int, limit: int = 0
                       dataset: int | None = None) -> EvalStream:
   """The validation documents of every dataset (or of one), in order; with limit > 0 only about
   that many tokens (training's periodic validation over train.eval_batches)."""
+  from jaxlm.data.pipeline import split_documents  # pylint: disable=import-outside-toplevel
   chosen = run.datasets if dataset is None else [run.datasets[dataset]]
   docs: list[np.ndarray] = []
   for ds in chosen:
@@ -177,6 +178,13 @@ def text_stream(texts: Sequence[str], tokenizer: Tokenizer, packing: str,
                      length)
 
 
-__all__ = ['EvalStream', 'Prepared', 'RunData', 'Split', 'Tokenizer', 'TrainBatches',
-           'corpus_files', 'eval_batches', 'open_run_data', 'read_text', 'text_stream',
-           'train_batches', 'validation_stream']
+def eval_batches(*args, **kwargs):
+  """See pipeline.eval_batches (Grain and the pipeline load only when batches are asked for, so
+  that jaxlm.prepare's worker processes start without them)."""
+  from jaxlm.data.pipeline import eval_batches as batches  # pylint: disable=import-outside-toplevel
+  return batches(*args, **kwargs)
+
+
+__all__ = ['EvalStream', 'Prepared', 'RunData', 'Split', 'Tokenizer', 'corpus_files',
+           'eval_batches', 'open_run_data', 'read_text', 'text_stream', 'train_batches',
+           'validation_stream']
