@@ -76,21 +76,29 @@ def test_sigkill_at_several_steps_and_mid_save_resumes_bit_for_bit(setup):
   _assert_same_run(work, expected)
 
 
-def test_packed_run_with_two_workers_resumes_after_sigkill(setup):
-  """Packed rows of many documents, read by two Grain worker processes: killed and re-run, the
-  losses of every step equal an uninterrupted run's (which read its batches in-process)."""
+@pytest.fixture(scope='module')
+def packed(setup):
+  """Packing settings over a JSONL corpus of 300 speeches, and an uninterrupted run's losses."""
   tmp, cfg, _ = setup
   docs = tmp / 'speeches.jsonl'
   speeches = harness.SHIPPED.read_text().split('\n\n')[:300]
   docs.write_text(''.join(json.dumps({'text': t}) + '\n' for t in speeches))
-  packed = [f'--config.data.corpus={docs}', '--config.data.packing=pack',
-            '--config.data.val_split=documents', '--config.data.max_docs_per_row=3']
+  args = [f'--config.data.corpus={docs}', '--config.data.packing=pack',
+          '--config.data.val_split=documents', '--config.data.max_docs_per_row=3']
   ref = harness.run(harness.command(f'--config={cfg}', f'--config.workdir={tmp / "pack_ref"}',
-                                    *packed))
+                                    *args))
   assert ref.returncode == 0, ref.stderr[-3000:]
   expected = {step: v[-1] for step, v in harness.logged_losses(tmp / 'pack_ref').items()}
+  return args, expected
+
+
+def test_packed_run_with_two_workers_resumes_after_sigkill(setup, packed):
+  """Packed rows of many documents, read by two Grain worker processes: killed and re-run, the
+  losses of every step equal an uninterrupted run's (which read its batches in-process)."""
+  tmp, cfg, _ = setup
+  args, expected = packed
   work = tmp / 'pack_killed'
-  cmd = harness.command(f'--config={cfg}', f'--config.workdir={work}', *packed,
+  cmd = harness.command(f'--config={cfg}', f'--config.workdir={work}', *args,
                         '--config.data.workers=2')
   log = tmp / 'pack_kill.log'
   p = harness.start(cmd, log)
@@ -249,30 +257,34 @@ def test_keep_period_keeps_every_kth_checkpoint(tmp_path, corpus_file):
   assert kept == [4, 8, 9, 10]
 
 
-@pytest.mark.parametrize('axis', ['data', 'tensor'])
-def test_two_processes_equal_one_and_resume_in_one(setup, axis):
+@pytest.mark.parametrize('axis', ['data', 'tensor', 'data-pack'])
+def test_two_processes_equal_one_and_resume_in_one(setup, packed, axis):
   """Two JAX processes on this machine (launch/local.py) split along `data` (each host reads
-  half of every batch) or along `tensor` (both read the whole batch): the losses are those of
-  the one-process run on two devices; then the run resumes in a single process."""
+  half of every batch) or along `tensor` (both read the whole batch): the losses of 5 steps are
+  those of the one-process run on two devices; then the run resumes in a single process. With
+  packed documents, each host plans every row and reads only its own rows' documents."""
   tmp, cfg, expected = setup
+  data_args = []
+  if axis == 'data-pack':
+    data_args, expected = packed
   work = tmp / f'two_hosts_{axis}'
   mesh = ['--config.mesh.data=1', '--config.mesh.tensor=2'] if axis == 'tensor' else []
   result = harness.run([sys.executable, 'launch/local.py', '--processes=2', '--',
-                        f'--config={cfg}', f'--config.workdir={work}', '--config.train.steps=4',
-                        *mesh])
+                        f'--config={cfg}', f'--config.workdir={work}', '--config.train.steps=5',
+                        *mesh, *data_args])
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   got = harness.logged_losses(work)
-  assert sorted(got) == [1, 2, 3, 4] and all(len(v) == 1 for v in got.values())  # process 0 logs
+  assert sorted(got) == [1, 2, 3, 4, 5] and all(len(v) == 1 for v in got.values())  # process 0
   # The same global batches and updates (float32 rounding: the all-reduces sum in another order).
-  np.testing.assert_allclose([got[s][0] for s in range(1, 5)],
-                             [expected[s] for s in range(1, 5)], atol=2e-5)
-  assert (work / 'checkpoints' / '4').is_dir()
+  np.testing.assert_allclose([got[s][0] for s in range(1, 6)],
+                             [expected[s] for s in range(1, 6)], atol=2e-5)
+  assert (work / 'checkpoints' / '5').is_dir()
   result = harness.run(harness.command(f'--config={cfg}', f'--config.workdir={work}',
-                                       '--config.train.steps=6', *mesh))
+                                       '--config.train.steps=7', *mesh, *data_args))
   assert result.returncode == 0, result.stderr[-3000:]
-  assert 'Resuming from step 4' in result.stdout + result.stderr
+  assert 'Resuming from step 5' in result.stdout + result.stderr
   got = harness.logged_losses(work)
-  np.testing.assert_allclose([got[s][0] for s in (5, 6)], [expected[s] for s in (5, 6)], atol=2e-5)
+  np.testing.assert_allclose([got[s][0] for s in (6, 7)], [expected[s] for s in (6, 7)], atol=2e-5)
 
 
 def test_eval_and_generate_fall_back_past_a_torn_checkpoint(setup):

@@ -101,12 +101,13 @@ def _prepare_chunk(chunk: Chunk) -> dict:
   counts = {split: dict(documents=0, tokens=0, bytes=0) for split in SPLITS}
   lengths = {split: [] for split in SPLITS}
   digests = {split: hashlib.sha256() for split in SPLITS}  # of the token ids, record by record
-  writers, tmps = {}, {}
+  writers, tmps, read = {}, {}, 0
   for split in SPLITS:
     tmps[split] = shard_path(output, split, chunk.index, '.tmp')
     writers[split] = ArrayRecordWriter(str(tmps[split]), 'group_size:1')
   try:
     for i, text in enumerate(documents(chunk, s.text_field, **s.tf_options())):
+      read += 1
       for split, ids, n_bytes in _parts(text, chunk.first_doc + i, chunk.split, s, tok):
         if not len(ids):
           continue  # no text: nothing to learn or to score
@@ -127,7 +128,8 @@ def _prepare_chunk(chunk: Chunk) -> dict:
     os.replace(lengths_tmp, shard_path(output, split, chunk.index, '.lengths.npy'))
     os.replace(tmps[split], shard_path(output, split, chunk.index))
     sizes[split] = shard_path(output, split, chunk.index).stat().st_size
-  record = dict(chunk=_plain(dataclasses.asdict(chunk)), counts=counts, shard_bytes=sizes,
+  record = dict(chunk=_plain(dataclasses.asdict(chunk)), counts=counts, documents_read=read,
+                shard_bytes=sizes,
                 digests={split: digests[split].hexdigest() for split in SPLITS})
   _atomic_json(output / 'chunks' / f'{chunk.index:05d}.json', record)
   return record
@@ -222,9 +224,11 @@ def prepare(s: Settings, output: Path, workers: int = 0, progress: bool = True) 
       results = map(_prepare_chunk, todo)
     for record in results:
       records[record['chunk']['index']] = record
-      train = record['counts']['train']
-      docs, tokens = docs + train['documents'], tokens + train['tokens']
-      bar.set_postfix(train_docs=f'{docs:,}', train_tokens=f'{tokens:,}', refresh=False)
+      docs += record['documents_read']
+      tokens += sum(counts['tokens'] for counts in record['counts'].values())
+      seconds = max(bar.format_dict['elapsed'], 1e-9)
+      bar.set_postfix(docs=f'{docs:,} ({docs / seconds:,.0f}/s)',
+                      tokens=f'{tokens:,} ({tokens / seconds:,.0f}/s)', refresh=False)
       bar.update(1)
   manifest = dict(format=FORMAT, settings=dataclasses.asdict(s), dtype='<i4',
                   source_files=len(stamps_of(chunks)), splits=_totals(output, records, s),
