@@ -5,8 +5,9 @@ weights, cuDNN flash attention, AdamW lr 6e-4 with 2000 warm-up steps and cosine
 600k steps to 6e-5, beta2 0.95, weight decay 0.1, batch 480 x 1024 tokens (~0.5M, as GPT-2) in 20
 micro-batches of 24 sequences: nanoGPT fits 12 per 40 GB GPU, so 24 should fit one 80 GB GPU (an
 estimate, not measured); on N GPUs divide train.grad_accum by N.
-Point data.corpus at a large corpus and data.tokenizer_path at a 50257-token SentencePiece model,
-or train one (data.tokenizer_vocab_size) on the corpus.
+Prepare a large corpus once (`python -m jaxlm.prepare --source=... --output=prepared/web
+--vocab_size=50257`, or --tokenizer_path for an existing model) and point data.corpus at the
+prepared directory; data.workers=2 reads batches in worker processes.
 """
 
 from jaxlm.configs import base

@@ -5,8 +5,9 @@ scaling, which changes only positions beyond its 8k pretraining context; this pr
 2048.
 
 For real hardware: bf16 compute, cuDNN flash attention, FSDP over all devices, AdamW lr 3e-4 with
-2000 warm-up steps and cosine decay to 3e-5, batch 512 x 2048 tokens (1M). Give data.corpus and
-data.tokenizer_path (or data.tokenizer_vocab_size to train a vocabulary on the corpus).
+2000 warm-up steps and cosine decay to 3e-5, batch 512 x 2048 tokens (1M). Point data.corpus at
+a corpus prepared by `python -m jaxlm.prepare` (with --tokenizer_path, or --vocab_size=128000 to
+train a vocabulary on a sample), or at the raw corpus for training to prepare it itself.
 """
 
 from jaxlm.configs import base

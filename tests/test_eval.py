@@ -187,6 +187,12 @@ def test_eval_errors(run_dir, tmp_path):
     eval_cli.run(str(run_dir), 2, '', '', 8, 0)
   with pytest.raises(UserError, match='has no checkpoints directory'):
     eval_cli.run(str(tmp_path), None, '', '', 8, 0)
+  import shutil
+  shutil.copytree(run_dir, tmp_path / 'copy')
+  shutil.rmtree(tmp_path / 'copy' / 'data')
+  with pytest.raises(UserError, match=r'the prepared data checkpoint 4 was trained on \(.*\) is '
+                                      'missing'):
+    eval_cli.run(str(tmp_path / 'copy'), None, '', '', 8, 0)
   (tmp_path / 'bad.jsonl').write_text('{"prompt": "x"}\n')
   with pytest.raises(UserError, match='line 1 of .* is not a JSON object with "prompt" and'):
     eval_cli.run(str(run_dir), None, '', str(tmp_path / 'bad.jsonl'), 8, 0)

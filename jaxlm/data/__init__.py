@@ -148,11 +148,12 @@ class EvalStream(NamedTuple):
 
 def eval_stream(docs: Sequence[np.ndarray], n_bytes: int, tokenizer: Tokenizer, packing: str,
                 length: int) -> EvalStream:
-  """`n_bytes` is the text's size; without an end-of-sequence id the unscored first token of
-  each document does not count. A packing run (windows of `length`) scores documents alone."""
+  """`n_bytes` is the text's size (0: not counted); without an end-of-sequence id the unscored
+  first token of each document does not count. A packing run (windows of `length`) scores
+  documents alone."""
   from jaxlm.data.pipeline import document_stream  # pylint: disable=import-outside-toplevel
   tokens, weights = document_stream(docs, tokenizer.eos_id, length if packing == 'pack' else 0)
-  if tokenizer.eos_id is None:
+  if tokenizer.eos_id is None and n_bytes:
     n_bytes -= sum(len(tokenizer.decode([int(d[0])]).encode()) for d in docs if len(d))
   return EvalStream(tokens, weights, n_bytes)
 
