@@ -2,6 +2,7 @@
 checkpoints, a full disk, a changed device count, and non-finite losses."""
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -114,6 +115,24 @@ def test_packed_run_with_two_workers_resumes_after_sigkill(setup, packed):
   assert len(workers) >= 2
   gone, alive = psutil.wait_procs(workers, timeout=10)  # the killed run's workers end too
   assert not alive, alive
+
+
+def test_ctrl_c_with_grain_workers_stops_once_with_a_checkpoint(setup, packed):
+  """Ctrl-C in a terminal signals the whole process group, Grain's workers included: the run
+  stops after the step with a checkpoint, exit 0, and no worker adds an error line."""
+  tmp, cfg, _ = setup
+  args, _ = packed
+  work = tmp / 'ctrl_c'
+  log = tmp / 'ctrl_c.log'
+  p = harness.start(harness.command(f'--config={cfg}', f'--config.workdir={work}', *args,
+                                    '--config.data.workers=2', '--config.train.steps=100000'),
+                    log, start_new_session=True)
+  harness.wait_until(lambda: harness.last_step(work) >= 3, p, log=log)
+  os.killpg(p.pid, signal.SIGINT)
+  assert p.wait(timeout=120) == 0, log.read_text()[-3000:]
+  out = log.read_text()
+  assert re.search(r'Stopped by SIGINT after step (\d+); checkpoint \1 is in', out), out[-2000:]
+  assert 'error' not in out.lower() and 'Traceback' not in out, out[-3000:]
 
 
 def test_sigterm_stops_with_a_checkpoint_and_exit_0(setup):

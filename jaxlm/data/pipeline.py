@@ -17,6 +17,7 @@ packs documents evaluates each one alone, cut where its training pieces are cut.
 
 import functools
 import os
+import signal
 import sys
 import threading
 import time
@@ -113,7 +114,7 @@ class TrainBatches:
         flags.FLAGS.mark_as_parsed()  # jaxlm command, in tests and notebooks)
       ds = ds.mp_prefetch(grain.MultiprocessingOptions(
           num_workers=self.workers, per_worker_buffer_size=self.prefetch),
-                          worker_init_fn=functools.partial(_exit_with_parent, os.getpid()))
+                          worker_init_fn=functools.partial(_worker_init, os.getpid()))
     return iter(ds)
 
   def __iter__(self) -> 'TrainBatches':
@@ -139,10 +140,14 @@ class TrainBatches:
     self._iterator = None
 
 
-def _exit_with_parent(parent: int, worker_index: int, worker_count: int) -> None:
-  """Runs in each Grain worker: ends it when the training process is gone (a SIGKILLed trainer
-  would otherwise leave its workers running forever)."""
+def _worker_init(parent: int, worker_index: int, worker_count: int) -> None:
+  """Runs in each Grain worker. A Ctrl-C reaches the whole process group: the trainer stops after
+  the step and closes its workers, so they ignore SIGINT (and take SIGTERM's default action
+  rather than the trainer's handler, which jaxlm.train's re-import installed). A watch ends the
+  worker when the trainer is gone (a SIGKILLed trainer would otherwise leave it running)."""
   del worker_index, worker_count
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
   def watch():
     while os.getppid() == parent:
