@@ -48,6 +48,34 @@ def exit_on_signals(before_exit: Callable[[], None] | None = None) -> None:
 
 
 @contextlib.contextmanager
+def exiting_with(cleanup: Callable[[], None]):
+  """Inside: SIGINT and SIGTERM run `cleanup` (stop a pool of worker processes, say), print the
+  one line of exit_on_signals and end the command with 128 + the signal's number through a
+  normal interpreter exit (SystemExit), so that multiprocessing releases its semaphores. For a
+  main thread that only waits on its workers there, where the exception can land safely. The
+  handlers in place before are restored afterwards."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+  def handler(signum, frame):
+    del frame
+    for s in previous:  # a second signal while cleaning up changes nothing
+      signal.signal(s, signal.SIG_IGN)
+    cleanup()
+    print(STOPPED.format(signal.Signals(signum).name), file=sys.stderr, flush=True)
+    raise SystemExit(128 + signum)
+  for s in previous:
+    signal.signal(s, handler)
+  try:
+    yield
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
+
+
+@contextlib.contextmanager
 def reported():
   """Turns a UserError raised inside into `error: <sentence>` on stderr and exit status 2, and an
   interruption into one sentence and 128 + the signal's number."""

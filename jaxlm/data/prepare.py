@@ -26,6 +26,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import signal
 from pathlib import Path
 from typing import Sequence
 
@@ -35,7 +36,7 @@ from tqdm import tqdm
 from jaxlm.data.sources import Chunk, documents, plan_chunks, stamps_of
 from jaxlm.data.tf_sources import is_tf_source
 from jaxlm.data.tokenizers import Tokenizer, build_tokenizer, open_tokenizer
-from jaxlm.errors import UserError
+from jaxlm.errors import UserError, exiting_with
 
 FORMAT = 2
 SPLITS = ('train', 'validation')
@@ -193,6 +194,17 @@ def _number_documents(chunks: list[Chunk], s: Settings) -> list[Chunk]:
   return numbered
 
 
+def _pool(workers: int, s: Settings, output: Path):
+  """Spawned worker processes (fresh interpreters: forking a process that runs JAX's threads
+  hangs). They start with SIGINT ignored, which exec keeps: a Ctrl-C reaches the whole process
+  group, and the main process alone ends the pool (see errors.exiting_with)."""
+  previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+  try:
+    return multiprocessing.get_context('spawn').Pool(workers, _init_worker, (s, str(output)))
+  finally:
+    signal.signal(signal.SIGINT, previous)
+
+
 def prepare(s: Settings, output: Path, workers: int = 0, progress: bool = True) -> dict:
   """Prepares `s.source` into `output` (resuming a killed run there); returns the manifest."""
   output = Path(output)
@@ -214,10 +226,10 @@ def prepare(s: Settings, output: Path, workers: int = 0, progress: bool = True) 
   docs = tokens = 0
   with bar, contextlib.ExitStack() as stack:
     # SeqIO and TFDS splits stream through TensorFlow in this process (a task may be registered
-    # here only); files go to fresh interpreters: forking a process that runs JAX's threads hangs.
+    # here only); files go to a pool of worker processes.
     if workers > 1 and len(todo) > 1 and not is_tf_source(s.source):
-      pool = stack.enter_context(multiprocessing.get_context('spawn').Pool(
-          min(workers, len(todo)), _init_worker, (s, str(output))))
+      pool = stack.enter_context(_pool(min(workers, len(todo)), s, output))
+      stack.enter_context(exiting_with(pool.terminate))
       results = pool.imap_unordered(_prepare_chunk, todo)
     else:
       _init_worker(s, str(output))
