@@ -17,7 +17,7 @@ GPU_XLA_FLAGS = ('--xla_gpu_enable_latency_hiding_scheduler=true '
 def get_config() -> ConfigDict:
   c = ConfigDict()
   c.seed = 0  # One seed drives init, data order and dropout; fold_in(seed, step) per step.
-  c.workdir = 'runs/base'  # Checkpoints, metrics, the tokenizer and the token cache live here.
+  c.workdir = 'runs/base'  # Checkpoints, metrics and the data prepared from a source live here.
   c.xla_flags = ''  # Added to XLA_FLAGS before JAX starts (the GPU presets set tuned ones).
   c.cpu_devices = 0  # On a CPU host: JAX devices to split it into, each single-threaded (0: one per
   #                    core that the batch divides over). Data parallelism over cores beats
