@@ -19,7 +19,7 @@ from ml_collections import ConfigDict
 
 from jaxlm.data.prepare import Settings, prepare
 from jaxlm.data.prepared import Prepared, Split, is_prepared
-from jaxlm.data.sources import corpus_files, read_text
+from jaxlm.data.sources import corpus_files, describe, file_stamp, read_text
 from jaxlm.data.tf_sources import is_tf_source
 from jaxlm.data.tokenizers import SentencePieceTokenizer, Tokenizer
 from jaxlm.errors import UserError
@@ -77,13 +77,12 @@ def workdir_settings(cfg: ConfigDict) -> Settings:
 
 def workdir_dataset(cfg: ConfigDict, workdir: Path) -> Path:
   """Where the config's source is prepared in the workdir (see the module docstring)."""
-  from jaxlm.data.sources import describe  # pylint: disable=import-outside-toplevel
   settings = workdir_settings(cfg)
   key = hashlib.sha256(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode())
   if not is_tf_source(cfg.data.corpus):
     for f in corpus_files(cfg.data.corpus):
-      st = f.stat()
-      key.update(f'{f.absolute()}\0{st.st_size}\0{st.st_mtime_ns}\0'.encode())
+      size, mtime = file_stamp(f)
+      key.update(f'{f.absolute()}\0{size}\0{mtime}\0'.encode())
   return Path(workdir) / 'data' / f'{describe(cfg.data.corpus)}-{key.hexdigest()[:10]}'
 
 

@@ -23,6 +23,7 @@ complete chunks and ends with the same bytes. Memory stays flat: a worker holds 
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import multiprocessing
 import os
@@ -33,9 +34,9 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from jaxlm.data.sources import Chunk, documents, plan_chunks, stamps_of
+from jaxlm.data.sources import Chunk, documents, plan_chunks
 from jaxlm.data.tf_sources import is_tf_source
-from jaxlm.data.tokenizers import Tokenizer, build_tokenizer, open_tokenizer
+from jaxlm.data.tokenizers import Tokenizer, atomic_write, build_tokenizer, open_tokenizer
 from jaxlm.errors import UserError, exiting_with
 
 FORMAT = 2
@@ -123,10 +124,9 @@ def _prepare_chunk(chunk: Chunk) -> dict:
       w.close()
   sizes = {}
   for split in SPLITS:
-    lengths_tmp = shard_path(output, split, chunk.index, '.lengths.tmp')
-    with open(lengths_tmp, 'wb') as f:
-      np.save(f, np.asarray(lengths[split], np.int32))
-    os.replace(lengths_tmp, shard_path(output, split, chunk.index, '.lengths.npy'))
+    npy = io.BytesIO()
+    np.save(npy, np.asarray(lengths[split], np.int32))
+    atomic_write(shard_path(output, split, chunk.index, '.lengths.npy'), npy.getvalue())
     os.replace(tmps[split], shard_path(output, split, chunk.index))
     sizes[split] = shard_path(output, split, chunk.index).stat().st_size
   record = dict(chunk=_plain(dataclasses.asdict(chunk)), counts=counts, documents_read=read,
@@ -179,10 +179,7 @@ def prepared_tokenizer(output: Path, s: Settings, chunks: Sequence[Chunk] = ()) 
 
 
 def _atomic_json(path: Path, value: dict) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + '.tmp')
-  tmp.write_text(json.dumps(value, indent=1, sort_keys=True))
-  os.replace(tmp, path)
+  atomic_write(path, json.dumps(value, indent=1, sort_keys=True).encode())
 
 
 def _number_documents(chunks: list[Chunk], s: Settings) -> list[Chunk]:
@@ -243,7 +240,8 @@ def prepare(s: Settings, output: Path, workers: int = 0, progress: bool = True) 
                       tokens=f'{tokens:,} ({tokens / seconds:,.0f}/s)', refresh=False)
       bar.update(1)
   manifest = dict(format=FORMAT, settings=dataclasses.asdict(s), dtype='<i4',
-                  source_files=len(stamps_of(chunks)), splits=_totals(output, records, s),
+                  source_files=len({p for c in chunks if c.stamps for p in c.paths}),
+                  splits=_totals(output, records, s),
                   tokenizer=dict(kind=s.tokenizer, fingerprint=tok.fingerprint,
                                  vocab_size=tok.vocab_size, eos_id=tok.eos_id))
   _atomic_json(output / 'manifest.json', manifest)
@@ -252,13 +250,12 @@ def prepare(s: Settings, output: Path, workers: int = 0, progress: bool = True) 
 
 def _totals(output: Path, records: dict, s: Settings) -> dict:
   """Per split: the counts and the shards in order; an empty split is an error."""
-  splits = {}
+  splits, order = {}, sorted(records)
   for split in SPLITS:
     totals = dict(documents=0, tokens=0, bytes=0)
-    for index in sorted(records):
+    for index in order:
       for k in totals:
         totals[k] += records[index]['counts'][split][k]
-    order = sorted(records)
     totals['shards'] = [shard_path(output, split, i).name for i in order]
     totals['lengths'] = [shard_path(output, split, i, '.lengths.npy').name for i in order]
     totals['shard_bytes'] = [records[i]['shard_bytes'][split] for i in order]

@@ -29,7 +29,7 @@ class Split:
   """One split's documents: `lengths` [N] tokens each, and `doc(i)` -> int32 token ids."""
 
   def __init__(self, directory: Path, info: dict, name: str):
-    self.directory, self.info, self.name = directory, info, name
+    self.directory, self.name = directory, name
     self.paths = [str(directory / shard) for shard in info['shards']]
     lengths = []
     for shard, lengths_file, size in zip(info['shards'], info['lengths'], info['shard_bytes']):
@@ -52,7 +52,7 @@ class Split:
       raise UserError(f'the {name} split of {directory} does not hold what its manifest says '
                       f'({len(self.lengths)} documents, {int(self.lengths.sum())} tokens); run '
                       'jaxlm.prepare again into a new directory.')
-    self.documents, self.tokens, self.bytes = info['documents'], info['tokens'], info['bytes']
+    self.tokens, self.bytes = info['tokens'], info['bytes']
     self._source = None
     self._cache: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
     self._cached_bytes = 0
@@ -109,7 +109,7 @@ class Split:
 class Prepared:
   """A prepared dataset: manifest, tokenizer, and its train and validation splits."""
 
-  def __init__(self, path: str, name: str = ''):
+  def __init__(self, path: str):
     self.directory = Path(path).expanduser()
     manifest_path = self.directory / 'manifest.json'
     if not manifest_path.is_file():
@@ -126,7 +126,7 @@ class Prepared:
       raise UserError(f'{self.directory} was prepared by another version of jaxlm (format '
                       f'{self.manifest.get("format")}, this one reads {FORMAT}); prepare it '
                       'again into a new directory.')
-    self.name = name or self.directory.name
+    self.name = self.directory.name
     self.splits = {split: Split(self.directory, self.manifest['splits'][split], split)
                    for split in SPLITS}
     # What a checkpoint was trained on: the token ids (prepare hashed each shard's) and the

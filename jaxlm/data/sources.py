@@ -20,7 +20,7 @@ import glob
 import gzip
 import json
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 from jaxlm.data import tf_sources
 from jaxlm.errors import UserError
@@ -71,8 +71,9 @@ def is_jsonl(path: Path) -> bool:
   return Path(path).name.endswith(('.jsonl', '.jsonl.gz', '.json.gz', '.ndjson'))
 
 
-def _stamp(path: Path) -> tuple[int, int]:
-  st = path.stat()
+def file_stamp(path: Path) -> tuple[int, int]:
+  """(size, mtime in ns): what tells a file changed since it was prepared."""
+  st = Path(path).stat()
   return st.st_size, st.st_mtime_ns
 
 
@@ -83,27 +84,24 @@ def plan_chunks(source: str, chunk_mb: float, **tf_options) -> list[Chunk]:
             for i, split in enumerate(tf_sources.splits(source, **tf_options))]
   size = max(int(chunk_mb * 2**20), 1)
   chunks: list[Chunk] = []
-  texts: list[Path] = []  # text files waiting to be grouped
+  texts: list[tuple[Path, tuple[int, int]]] = []  # text files waiting to be grouped
 
   def flush_texts():
     if texts:
-      chunks.append(Chunk(len(chunks), tuple(map(str, texts)),
-                          stamps=tuple(_stamp(p) for p in texts)))
+      chunks.append(Chunk(len(chunks), tuple(str(p) for p, _ in texts),
+                          stamps=tuple(s for _, s in texts)))
       texts.clear()
 
-  grouped = 0
   for path in corpus_files(source):
-    total = path.stat().st_size
+    stamp = file_stamp(path)
+    total = stamp[0]
     if not is_jsonl(path):
-      if texts and grouped + total > size:
+      if texts and sum(s[0] for _, s in texts) + total > size:
         flush_texts()
-        grouped = 0
-      texts.append(path)
-      grouped += total
+      texts.append((path, stamp))
       continue
-    stamp = (_stamp(path),)
     if path.name.endswith('.gz') or total <= size:
-      chunks.append(Chunk(len(chunks), (str(path),), 0, total, stamps=stamp))
+      chunks.append(Chunk(len(chunks), (str(path),), 0, total, stamps=(stamp,)))
       continue
     with open(path, 'rb') as f:
       start = 0
@@ -111,7 +109,7 @@ def plan_chunks(source: str, chunk_mb: float, **tf_options) -> list[Chunk]:
         f.seek(min(start + size, total))
         f.readline()  # to the start of the next line
         stop = min(f.tell(), total)
-        chunks.append(Chunk(len(chunks), (str(path),), start, stop, stamps=stamp))
+        chunks.append(Chunk(len(chunks), (str(path),), start, stop, stamps=(stamp,)))
         start = stop
   flush_texts()
   return chunks
@@ -163,7 +161,3 @@ def describe(source: str) -> str:
   stem = Path(source.rstrip('/*')).name or 'corpus'
   return ''.join(c if c.isalnum() or c in '-_.' else '-' for c in stem)[:40]
 
-
-def stamps_of(chunks: Sequence[Chunk]) -> list:
-  """Every file's (path, size, mtime) in the chunks: what the prepared data was made from."""
-  return sorted({(p, *s) for c in chunks for p, s in zip(c.paths, c.stamps)})

@@ -74,7 +74,7 @@ class CharTokenizer:
     return [len(c.encode('utf-8')) for c in text]
 
   def save(self, path: Path) -> None:
-    _atomic_write(path, json.dumps({'chars': self.chars}).encode())
+    atomic_write(path, json.dumps({'chars': self.chars}).encode())
 
   @classmethod
   def load(cls, path: Path) -> 'CharTokenizer':
@@ -179,7 +179,7 @@ def build_tokenizer(directory: Path, kind: str, texts: Sequence[str], vocab_size
     return ByteTokenizer()
   if kind == 'sentencepiece' and model_path:
     model = SentencePieceTokenizer(Path(model_path))  # the errors for a missing or bad model
-    _atomic_write(directory / 'spm.model', model.path.read_bytes())
+    atomic_write(directory / 'spm.model', model.path.read_bytes())
   elif kind == 'char':
     CharTokenizer.from_texts(texts).save(directory / 'chars.json')
   else:
@@ -195,7 +195,7 @@ def build_tokenizer(directory: Path, kind: str, texts: Sequence[str], vocab_size
   return open_tokenizer(directory, kind)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
   """Writes via a temporary file and a rename, so a crash never leaves half a file."""
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(path.name + '.tmp')
