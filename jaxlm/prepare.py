@@ -47,6 +47,7 @@ def main(argv: list[str]) -> None:
   cli.require(_VAL_DOCS, _VAL_DOCS.value >= 0, '0 or a positive number of documents')
   cli.require(_SEED, _SEED.value >= 0, 'a number >= 0')
   cli.require(_CHUNK_MB, _CHUNK_MB.value > 0, 'a positive number of MiB')
+  cli.require(_FIELD, bool(_FIELD.value.strip()), 'a field name (not empty)')
   cli.require(_WORKERS, _WORKERS.value >= 0, '0 (one per core) or a positive number')
   cli.require(_VAL_TAIL, not (_VAL_TAIL.value and _VAL_DOCS.value), 'false when --val_docs is set')
   cli.require(_TOKENIZER_PATH, not _TOKENIZER_PATH.value or _TOKENIZER.value == 'sentencepiece',
