@@ -16,7 +16,7 @@ $(VENV)/.core: pyproject.toml
 	touch $@
 
 $(VENV)/.test: $(VENV)/.core
-	$(PY) -m pip install --quiet -e '.[dev,seqio]'
+	$(PY) -m pip install --quiet -e '.[dev,seqio,gcs]'
 	touch $@
 
 setup: $(VENV)/.core

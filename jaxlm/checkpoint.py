@@ -14,7 +14,6 @@ from scratch.
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from jax.experimental import multihost_utils
 from absl import logging as absl_logging
 
 import jaxlm
+from jaxlm import paths
 from jaxlm.errors import UserError
 
 ITEMS = ('state', 'data', 'meta')
@@ -97,7 +97,9 @@ class Checkpointer:
 
     create=False is for readers (eval, generate): no directory is made or cleaned.
     """
-    self.directory = Path(directory).absolute()
+    self.directory = paths.path(directory)
+    if not paths.is_url(directory):
+      self.directory = self.directory.absolute()
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, keep_period=keep_period or None, create=create,
         cleanup_tmp_directories=create, enable_async_checkpointing=async_save)
@@ -195,8 +197,7 @@ class Checkpointer:
   def _quarantine(self, step: int, reason: Exception) -> None:
     target = self.directory.parent / 'corrupt-checkpoints' / f'{step}-{int(time.time())}'
     if jax.process_index() == 0:
-      target.parent.mkdir(parents=True, exist_ok=True)
-      shutil.move(str(self.directory / str(step)), str(target))
+      paths.move(self.directory / str(step), target)
       print(f'checkpoint {step} in {self.directory} cannot be read ({short_reason(reason)}); '
             f'moved it to {target} and resumed from an earlier one.', flush=True)
     if jax.process_count() > 1:  # the other hosts look again only once it has moved
@@ -235,7 +236,7 @@ class Checkpointer:
 def step_dirs(directory: Path) -> list[int]:
   """The steps of the finished checkpoints in `directory`, newest first, from the directory
   names alone (Orbax's unfinished ones carry a suffix): no Orbax, no JAX backend."""
-  directory = Path(directory)
+  directory = paths.path(directory)
   if not directory.is_dir():
     return []
   return sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()), reverse=True)
@@ -248,7 +249,8 @@ def peek_config(directory: Path) -> dict | None:
   metadata reads; the restore that follows then reports why."""
   for step in step_dirs(directory):
     try:
-      return json.loads((Path(directory) / str(step) / 'meta' / 'metadata').read_text())['config']
+      return json.loads((paths.path(directory) / str(step) / 'meta' / 'metadata').read_text()
+                        )['config']
     except (OSError, ValueError, KeyError, TypeError):
       continue
   return None

@@ -13,6 +13,7 @@ from typing import Callable
 from absl import app, flags, logging
 from ml_collections import ConfigDict, config_flags
 
+from jaxlm import paths
 from jaxlm.errors import UserError, exit_on_signals, reported
 
 
@@ -55,11 +56,16 @@ def require(flag: flags.FlagHolder, ok: bool, expected: str) -> None:
     raise UserError(f'--{flag.name}={value} is invalid: expected {expected}.')
 
 
-def require_local(*holders: flags.FlagHolder) -> None:
-  """Flags that name a location must be local (or mounted) paths: see config.check_local_path."""
-  from jaxlm.config import check_local_path  # pylint: disable=import-outside-toplevel
+def require_location(*holders: flags.FlagHolder) -> None:
+  """Flags that name a location: a local path, or a gs:// URL whose client is installed."""
   for flag in holders:
-    check_local_path(f'--{flag.name}', flag.value or '')
+    paths.check(f'--{flag.name}', flag.value or '')
+
+
+def require_local(*holders: flags.FlagHolder) -> None:
+  """Flags that name a location that must be a local (or mounted) path."""
+  for flag in holders:
+    paths.check_local(f'--{flag.name}', flag.value or '')
 
 
 def _parse(argv: list[str]) -> list[str]:

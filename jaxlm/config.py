@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from ml_collections import ConfigDict
 
+from jaxlm import paths
 from jaxlm.configs import base
 from jaxlm.errors import UserError
 
@@ -106,16 +107,9 @@ def _fail(field: str, value: Any, expected: str) -> None:
   raise UserError(f'config field {field}={value!r} is invalid: expected {expected}.')
 
 
-# Fields that name a location. jaxlm reads and writes local (or mounted) paths only, for now: a
-# cloud URL is refused before anything is written (it used to become a local directory 'gs:').
-_PATHS = ('workdir', 'data.corpus', 'data.mixture', 'data.tokenizer_path', 'data.tfds_data_dir')
-
-
-def check_local_path(name: str, value: str) -> None:
-  """A cloud URL (gs://, s3://, ...) is one sentence naming the field: not supported yet."""
-  if '://' in value:
-    raise UserError(f'{name}={value!r} is a cloud URL, which jaxlm does not read or write yet; '
-                    'give a local or mounted path (gcsfuse, for instance).')
+# Fields that name a location: local paths or gs:// URLs (see paths.py), checked before anything
+# is written (an unreadable scheme, or gs:// without its client, is one sentence).
+_LOCATIONS = ('workdir', 'data.corpus', 'data.tokenizer_path')
 
 
 def validate(cfg: ConfigDict) -> None:
@@ -141,8 +135,11 @@ def validate(cfg: ConfigDict) -> None:
   for field, (ok, expected) in _RANGES.items():
     if not ok(values[field]):
       _fail(field, values[field], expected)
-  for field in _PATHS:
-    check_local_path(f'config field {field}', values[field])
+  for field in _LOCATIONS:
+    paths.check(f'config field {field}', values[field])
+  for item in values['data.mixture'].split(','):
+    paths.check('config field data.mixture', item.strip().rpartition(':')[0])
+  paths.check_local('config field data.tfds_data_dir', values['data.tfds_data_dir'])
   _check_model(cfg.model)
   _check_cross_fields(cfg)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from absl import flags
 
-from jaxlm import cli
+from jaxlm import cli, paths
 from jaxlm.errors import UserError
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The training run\'s workdir.', required=True)
@@ -37,7 +37,7 @@ _BATCH = flags.DEFINE_integer('batch_size', 0, 'Sequences per batch (default: th
 def read_pairs(path: str) -> tuple[list[str], list[str]]:
   prompts, references = [], []
   try:
-    lines = Path(path).read_text(encoding='utf-8').splitlines()
+    lines = paths.path(path).read_text(encoding='utf-8').splitlines()
   except (OSError, UnicodeDecodeError) as e:
     raise UserError(f'cannot read --references={path} ({e}); give a UTF-8 JSONL file.') from None
   for i, line in enumerate(lines, 1):
@@ -65,6 +65,9 @@ def write_results(out: Path, results: dict) -> None:
     except ValueError:
       raise UserError(f'{out} is not JSON; move it away (nothing was written).') from None
   out.parent.mkdir(parents=True, exist_ok=True)
+  if paths.is_url(out):  # one object write: whole or absent
+    out.write_text(json.dumps({**previous, **results}, indent=2))
+    return
   tmp = out.with_name(out.name + '.tmp')
   tmp.write_text(json.dumps({**previous, **results}, indent=2))
   os.replace(tmp, out)
@@ -122,7 +125,7 @@ def run(workdir: str, step: int | None, text: str, references: str, max_new_toke
 
 def main(argv: list[str]) -> None:
   cli.require(_WORKDIR, bool(_WORKDIR.value.strip()), "a training run's workdir")
-  cli.require_local(_WORKDIR, _TEXT, _REFERENCES)
+  cli.require_location(_WORKDIR, _TEXT, _REFERENCES)
   cli.require(_STEP, _STEP.value is None or _STEP.value >= 0, 'a checkpoint step >= 0')
   cli.require(_MAX_NEW, _MAX_NEW.value >= 1, 'at least 1 token')
   cli.require(_BATCH, _BATCH.value >= 0, '0 (the run\'s batch size) or a positive number')

@@ -10,11 +10,10 @@ with the prompt must fit the model's context. Prints each continuation and the d
 """
 
 import time
-from pathlib import Path
 
 from absl import flags
 
-from jaxlm import cli
+from jaxlm import cli, paths
 from jaxlm.errors import UserError
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The training run\'s workdir.', required=True)
@@ -32,7 +31,7 @@ def main(argv: list[str]) -> None:
   from jaxlm.evaluation import continuations
   from jaxlm.restore import load_trained
   cli.require(_WORKDIR, bool(_WORKDIR.value.strip()), "a training run's workdir")
-  cli.require_local(_WORKDIR, _PROMPTS_FILE)
+  cli.require_location(_WORKDIR, _PROMPTS_FILE)
   cli.require(_STEP, _STEP.value is None or _STEP.value >= 0, 'a checkpoint step >= 0')
   cli.require(_MAX_NEW, _MAX_NEW.value >= 1, 'at least 1 token')
   cli.require(_TEMPERATURE, _TEMPERATURE.value >= 0, 'a number >= 0 (0 is greedy)')
@@ -43,7 +42,7 @@ def main(argv: list[str]) -> None:
   prompts = [_PROMPT.value]
   if _PROMPTS_FILE.value:
     try:
-      prompts = Path(_PROMPTS_FILE.value).read_text(encoding='utf-8').splitlines()
+      prompts = paths.path(_PROMPTS_FILE.value).read_text(encoding='utf-8').splitlines()
     except (OSError, UnicodeDecodeError) as e:
       raise UserError(f'cannot read --prompts_file={_PROMPTS_FILE.value} '
                       f'({getattr(e, "strerror", None) or e}); give a UTF-8 text file.') from None

@@ -11,11 +11,14 @@ lower triangle. nanoGPT's estimate differs: it counts attention in full (12 * la
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Mapping
 
 import jax
 from ml_collections import ConfigDict
+
+from jaxlm import paths
 
 # Dense bf16 peak FLOP/s per device, from the vendors' datasheets. Matched against the lowercased
 # `device_kind` in this order; a device not listed (a CPU, say) has no MFU.
@@ -83,16 +86,28 @@ def format_value(value: float | None) -> str:
 class MetricWriter:
   """Appends metrics to <workdir>/metrics.jsonl and TensorBoard event files in <workdir>/tb.
 
-  Only process 0 writes; the others get a writer that does nothing.
+  Only process 0 writes; the others get a writer that does nothing. Object storage cannot append,
+  so for a workdir on a bucket both are written to a local mirror (paths.local_mirror) and
+  uploaded at most every UPLOAD_SECONDS and when the writer closes; metrics.jsonl starts from the
+  bucket's copy, which a resumed run appends to.
   """
+  UPLOAD_SECONDS = 30.0
 
-  def __init__(self, workdir: Path, enabled: bool = True):
+  def __init__(self, workdir, enabled: bool = True):
     self.enabled = enabled
     if not enabled:
       return
     from tensorboardX import SummaryWriter  # Imported here: only the writing process needs it.
-    self.jsonl = open(Path(workdir) / 'metrics.jsonl', 'a', encoding='utf-8')
-    self.tb = SummaryWriter(str(Path(workdir) / 'tb'))
+    self.remote = paths.path(workdir) if paths.is_url(workdir) else None
+    self.local = paths.local_mirror('runs', workdir) if self.remote else Path(workdir)
+    if self.remote:
+      (self.local / 'metrics.jsonl').unlink(missing_ok=True)  # the bucket's copy is the record
+      if (self.remote / 'metrics.jsonl').exists():
+        paths.copy(self.remote / 'metrics.jsonl', self.local / 'metrics.jsonl')
+    self.jsonl = open(self.local / 'metrics.jsonl', 'a', encoding='utf-8')
+    self.tb = SummaryWriter(str(self.local / 'tb'))
+    self.uploaded: dict[str, int] = {}  # file -> the size uploaded
+    self.last_upload = time.monotonic()
 
   def write(self, step: int, metrics: Mapping[str, float | None], prefix: str) -> None:
     if not self.enabled:
@@ -103,6 +118,7 @@ class MetricWriter:
     for k, v in values.items():
       self.tb.add_scalar(f'{prefix}/{k}', v, step)
     self.tb.flush()
+    self._upload()
 
   def write_text(self, step: int, tag: str, texts: list[str]) -> None:
     """Generated samples, to the JSONL file and TensorBoard's text tab."""
@@ -113,8 +129,23 @@ class MetricWriter:
     for i, text in enumerate(texts):
       self.tb.add_text(f'{tag}/{i}', text, step)
     self.tb.flush()
+    self._upload()
+
+  def _upload(self, force: bool = False) -> None:
+    """A bucket workdir: copies up the files that grew since their last upload."""
+    if self.remote is None or not force and (
+        time.monotonic() - self.last_upload < self.UPLOAD_SECONDS):
+      return
+    files = [self.local / 'metrics.jsonl'] + sorted((self.local / 'tb').glob('*'))
+    for f in files:
+      name = str(f.relative_to(self.local))
+      if f.is_file() and self.uploaded.get(name) != f.stat().st_size:
+        self.uploaded[name] = f.stat().st_size
+        paths.copy(f, self.remote / name)
+    self.last_upload = time.monotonic()
 
   def close(self) -> None:
     if self.enabled:
       self.jsonl.close()
       self.tb.close()
+      self._upload(force=True)

@@ -3,12 +3,13 @@
   python -m jaxlm.plot --workdir=runs/base [--output=curves.png]
 """
 
+import io
 import json
 from pathlib import Path
 
 from absl import flags
 
-from jaxlm import cli
+from jaxlm import cli, paths
 from jaxlm.errors import UserError
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The training run\'s workdir.', required=True)
@@ -62,18 +63,20 @@ def plot(workdir: Path, output: Path) -> Path:
       ax.legend()
   fig.suptitle(str(workdir))
   fig.tight_layout()
-  output.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(output, dpi=100)
+  image = io.BytesIO()
+  fig.savefig(image, format='png', dpi=100)
   plt.close(fig)
+  output.parent.mkdir(parents=True, exist_ok=True)
+  output.write_bytes(image.getvalue())
   return output
 
 
 def main(argv: list[str]) -> None:
   cli.require(_WORKDIR, bool(_WORKDIR.value.strip()), "a training run's workdir")
-  cli.require_local(_WORKDIR, _OUTPUT)
+  cli.require_location(_WORKDIR, _OUTPUT)
   cli.require(_OUTPUT, not _OUTPUT.value or _OUTPUT.value.endswith('.png'), 'a path ending in .png')
-  workdir = Path(_WORKDIR.value)
-  out = plot(workdir, Path(_OUTPUT.value) if _OUTPUT.value else workdir / 'curves.png')
+  workdir = paths.path(_WORKDIR.value)
+  out = plot(workdir, paths.path(_OUTPUT.value) if _OUTPUT.value else workdir / 'curves.png')
   print(f'wrote {out}')
 
 

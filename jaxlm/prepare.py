@@ -6,6 +6,9 @@
 
 Then train on it: python -m jaxlm.train --config=... --config.data.corpus=prepared/web
 
+Sources and outputs may be gs:// URLs (see paths.py): a bucket output is prepared in the local
+cache and uploaded, the manifest last.
+
 Killed and run again with the same flags, it continues from the chunks already complete.
 """
 
@@ -16,7 +19,8 @@ from jaxlm import cli
 _SOURCE = flags.DEFINE_string('source', '', 'UTF-8 text or JSONL (.jsonl, .jsonl.gz) files: a '
                               'file, a directory or a glob ("" is the shipped corpus); or '
                               'seqio:<task>, tfds:<name>.')
-_OUTPUT = flags.DEFINE_string('output', None, 'The prepared dataset directory.', required=True)
+_OUTPUT = flags.DEFINE_string('output', None, 'The prepared dataset directory (or gs:// URL).',
+                              required=True)
 _TOKENIZER = flags.DEFINE_enum('tokenizer', 'sentencepiece', ['sentencepiece', 'char', 'byte'],
                                'How text becomes token ids.')
 _TOKENIZER_PATH = flags.DEFINE_string('tokenizer_path', '', 'An existing SentencePiece model; '
@@ -39,7 +43,8 @@ _WORKERS = flags.DEFINE_integer('workers', 0, 'Worker processes (0: one per core
 def main(argv: list[str]) -> None:
   del argv
   cli.require(_OUTPUT, bool(_OUTPUT.value.strip()), 'a directory to write')
-  cli.require_local(_SOURCE, _OUTPUT, _TOKENIZER_PATH, _TFDS_DIR)
+  cli.require_location(_SOURCE, _OUTPUT, _TOKENIZER_PATH)
+  cli.require_local(_TFDS_DIR)
   cli.require(_VOCAB, _VOCAB.value >= 16, 'an integer >= 16')
   cli.require(_SAMPLE_MB, _SAMPLE_MB.value > 0, 'a positive number of MiB')
   cli.require(_VAL_FRACTION, 0 < _VAL_FRACTION.value < 1 or _VAL_DOCS.value > 0,
@@ -52,19 +57,20 @@ def main(argv: list[str]) -> None:
   cli.require(_VAL_TAIL, not (_VAL_TAIL.value and _VAL_DOCS.value), 'false when --val_docs is set')
   cli.require(_TOKENIZER_PATH, not _TOKENIZER_PATH.value or _TOKENIZER.value == 'sentencepiece',
               'empty unless --tokenizer=sentencepiece')
-  from pathlib import Path  # pylint: disable=import-outside-toplevel
-  from jaxlm.data.prepare import Settings, prepare  # pylint: disable=import-outside-toplevel
+  from jaxlm import paths  # pylint: disable=import-outside-toplevel
+  from jaxlm.data.prepare import Settings  # pylint: disable=import-outside-toplevel
+  from jaxlm.data.staging import prepare_to  # pylint: disable=import-outside-toplevel
   settings = Settings(
       source=_SOURCE.value, tokenizer=_TOKENIZER.value, tokenizer_path=_TOKENIZER_PATH.value,
       vocab_size=_VOCAB.value, sample_mb=_SAMPLE_MB.value, text_field=_FIELD.value,
       val_fraction=_VAL_FRACTION.value, val_docs=_VAL_DOCS.value, val_tail=_VAL_TAIL.value,
       seed=_SEED.value, chunk_mb=_CHUNK_MB.value, seqio_module=_SEQIO_MODULE.value,
       data_dir=_TFDS_DIR.value)
-  manifest = prepare(settings, Path(_OUTPUT.value), _WORKERS.value)
+  manifest = prepare_to(settings, _OUTPUT.value, _WORKERS.value)
   for split, c in manifest['splits'].items():
     print(f'{split}: {c["documents"]:,} documents, {c["tokens"]:,} tokens, {c["bytes"]:,} bytes '
           f'in {len(c["shards"])} shard(s)')
-  print(f'wrote {Path(_OUTPUT.value) / "manifest.json"}')
+  print(f'wrote {paths.path(_OUTPUT.value) / "manifest.json"}')
 
 
 if __name__ == '__main__':

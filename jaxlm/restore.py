@@ -16,10 +16,10 @@ from flax import nnx
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
-from jaxlm import sharding
+from jaxlm import paths, sharding
 from jaxlm.checkpoint import Checkpointer, short_reason, peek_config
 from jaxlm.config import resolve_model
-from jaxlm.data import RunData, open_run_data_at
+from jaxlm.data import RunData, is_prepared, open_run_data_at
 from jaxlm.data.tokenizers import Tokenizer
 from jaxlm.errors import UserError
 from jaxlm.mesh import configure_backend, make_mesh
@@ -52,7 +52,7 @@ def load_trained(workdir: str, step: int | None = None, batch_size: int = 0) -> 
   An unreadable newest checkpoint is reported on stderr and the one before it used, as training
   does (nothing is moved: readers change nothing on disk); an unreadable `step` is an error.
   """
-  workdir = Path(workdir).expanduser()
+  workdir = paths.path(workdir)
   directory = workdir / 'checkpoints'
   if not directory.is_dir():
     raise UserError(f'{workdir} has no checkpoints directory; give the --workdir of a training '
@@ -118,12 +118,13 @@ def trained_data(meta: dict, workdir: Path, step: int, cfg: ConfigDict) -> RunDa
   if 'data' not in meta:
     raise UserError(f'checkpoint {step} in {workdir} was written by an older jaxlm that did not '
                     'record its prepared data; evaluate it with that version.')
-  paths = [workdir / d['path'] for d in meta['data']]
-  for path, record in zip(paths, meta['data']):
-    if not (path / 'manifest.json').is_file():
+  where = [d['path'] if paths.is_url(d['path']) else str(workdir / d['path'])
+           for d in meta['data']]
+  for path in where:
+    if not is_prepared(path):
       raise UserError(f'the prepared data checkpoint {step} was trained on ({path}) is missing; '
                       'restore it (training with the same config prepares it again).')
-  run_data = open_run_data_at(paths, [1.0] * len(paths), cfg)
+  run_data = open_run_data_at(where, [1.0] * len(where), cfg)
   for ds, record in zip(run_data.datasets, meta['data']):
     if ds.fingerprint != record['fingerprint']:
       raise UserError(f'the prepared data in {ds.directory} is not what checkpoint {step} was '

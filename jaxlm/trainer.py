@@ -22,7 +22,7 @@ from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
-from jaxlm import data, metrics, sharding
+from jaxlm import data, metrics, paths, sharding
 from jaxlm.checkpoint import Checkpointer
 from jaxlm.config import resolve_model, validate
 from jaxlm.errors import UserError
@@ -127,6 +127,9 @@ class Trainer:
   def __init__(self, cfg: ConfigDict):
     self.cfg = cfg
     self.workdir = prepare_workdir(cfg.workdir)
+    # What must be written locally (a profile trace) goes to a local mirror of a bucket workdir.
+    self.local_dir = (paths.local_mirror('runs', cfg.workdir) if paths.is_url(cfg.workdir)
+                      else self.workdir)
     self.lock = WorkdirLock(self.workdir)  # before anything is written into the workdir
     self.ckpt: Checkpointer | None = None
     self.writer: metrics.MetricWriter | None = None  # opened after a successful restore
@@ -249,7 +252,7 @@ class Trainer:
         stopping = stop.requested(done, self.ckpt)
         if done == t.profile_start or (profiling and (
             done in (t.profile_start + t.profile_steps, t.steps) or stopping)):
-          profiling = _profile(not profiling, self.workdir / 'profile', self.log)
+          profiling = _profile(not profiling, self.local_dir / 'profile', self.log)
           clock, window = time.perf_counter(), 0
         if done % t.log_every == 0 or done == t.steps:
           seconds = time.perf_counter() - clock

@@ -9,19 +9,22 @@ from typing import Any
 
 import jax
 
+from jaxlm import paths
 from jaxlm.errors import UserError
 
 
-def prepare_workdir(path: str) -> Path:
-  """Creates the workdir and checks that it is writable, before any work is done."""
-  workdir = Path(path).expanduser()
+def prepare_workdir(path: str):
+  """Creates the workdir (a local Path, or an epath.Path on a bucket) and checks that it is
+  writable, before any work is done."""
+  workdir = paths.path(path)
   try:
     workdir.mkdir(parents=True, exist_ok=True)
     probe = workdir / f'.write-test-{jax.process_index()}'
     probe.write_text('ok')
     probe.unlink()
-  except OSError as e:
-    raise UserError(f'the workdir {workdir} is not writable ({e.strerror}); set config field '
+  except Exception as e:  # pylint: disable=broad-except  # OSError, or a cloud client's error
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else ' '.join(str(e).split())
+    raise UserError(f'the workdir {workdir} is not writable ({reason[:200]}); set config field '
                     'workdir to a directory you can write to.') from None
   return workdir
 
@@ -30,12 +33,13 @@ class WorkdirLock:
   """One run per workdir: an exclusive flock on <workdir>/.lock, held by process 0 for the run.
 
   The kernel drops the lock when its process dies, however it dies, so a crashed run never
-  leaves a stale lock behind; the file only records who held it last.
+  leaves a stale lock behind; the file only records who held it last. A workdir on a bucket has
+  no lock (object storage has no flock): one run at a time there is the user's to keep.
   """
 
   def __init__(self, workdir: Path):
     self.file = None
-    if jax.process_index() != 0:
+    if jax.process_index() != 0 or paths.is_url(workdir):
       return
     path = workdir / '.lock'
     handle = open(path, 'a+', encoding='utf-8')

@@ -6,7 +6,8 @@ sharding by host, multi-process checkpoints, preemption) without a cluster.
       --config.workdir=runs/two_hosts
 
 Everything after `--` goes to `python -m jaxlm.train` in every process. Process 0's output is
-shown; the others' goes to <workdir>/process_<i>.log. Exits with the first non-zero status.
+shown; the others' goes to <workdir>/process_<i>.log (a local mirror's, for a gs:// workdir). Exits
+with the first non-zero status.
 """
 
 import signal
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from absl import flags
 
-from jaxlm import cli
+from jaxlm import cli, paths
 from jaxlm.errors import exit_on_signals
 
 _PROCESSES = flags.DEFINE_integer('processes', 2, 'How many processes (hosts) to start.')
@@ -36,7 +37,9 @@ def main(argv: list[str]) -> None:
   train_args = argv[1:]
   workdir = next((a.split('=', 1)[1] for a in train_args if a.startswith('--config.workdir=')),
                  'runs/local')
-  Path(workdir).mkdir(parents=True, exist_ok=True)
+  paths.check('--config.workdir', workdir)
+  logs = paths.local_mirror('runs', workdir) if paths.is_url(workdir) else Path(workdir)
+  logs.mkdir(parents=True, exist_ok=True)
   address = f'127.0.0.1:{free_port()}'
   processes = []
   for i in range(_PROCESSES.value):
@@ -45,7 +48,7 @@ def main(argv: list[str]) -> None:
            f'--config.distributed.coordinator_address={address}',
            f'--config.distributed.num_processes={_PROCESSES.value}',
            f'--config.distributed.process_id={i}', f'--config.cpu_devices={_DEVICES.value}']
-    out = None if i == 0 else open(Path(workdir) / f'process_{i}.log', 'w')
+    out = None if i == 0 else open(logs / f'process_{i}.log', 'w')
     processes.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None))
   def stop_all():  # pass a stop on: each process checkpoints and ends (JAX's preemption notice)
     for p in processes:

@@ -4,7 +4,8 @@
 #
 #   launch/tpu_vm.sh <tpu-name> <zone> configs/llama_1b.py --config.data.corpus='gs://...'
 #
-# The workdir must be shared by all hosts (a GCS path or NFS) for checkpoints and the tokenizer.
+# The workdir must be shared by all hosts (a gs:// URL, which needs the `gcs` extra installed on
+# every host: pip install -e ".[gcs]"; or NFS) for checkpoints and the prepared data.
 set -euo pipefail
 tpu=$1 zone=$2 config=$3; shift 3
 repo=${JAXLM_REPO:-~/jaxlm}

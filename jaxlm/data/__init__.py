@@ -17,8 +17,10 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from ml_collections import ConfigDict
 
-from jaxlm.data.prepare import Settings, prepare
+from jaxlm import paths
+from jaxlm.data.prepare import Settings
 from jaxlm.data.prepared import Prepared, Split, is_prepared
+from jaxlm.data.staging import prepare_to
 from jaxlm.data.sources import corpus_files, describe, file_stamp, read_text
 from jaxlm.data.tf_sources import is_tf_source
 from jaxlm.data.tokenizers import SentencePieceTokenizer, Tokenizer
@@ -34,11 +36,14 @@ class RunData(NamedTuple):
     """What a checkpoint records of its data: each dataset's name, path and fingerprint."""
     out = []
     for ds in self.datasets:
-      path = ds.directory.absolute()
-      try:
-        path = path.relative_to(Path(workdir).absolute())  # a workdir can move with its data
-      except ValueError:
-        pass
+      if paths.is_url(ds.location):
+        path = ds.location.removeprefix(str(workdir).rstrip('/') + '/')
+      else:
+        path = ds.directory.absolute()
+        try:
+          path = path.relative_to(Path(workdir).absolute())  # a workdir can move with its data
+        except ValueError:
+          pass
       out.append(dict(name=ds.name, path=str(path), fingerprint=ds.fingerprint))
     return out
 
@@ -75,15 +80,15 @@ def workdir_settings(cfg: ConfigDict) -> Settings:
                   seqio_module=d.seqio_module, data_dir=d.tfds_data_dir)
 
 
-def workdir_dataset(cfg: ConfigDict, workdir: Path) -> Path:
+def workdir_dataset(cfg: ConfigDict, workdir) -> str:
   """Where the config's source is prepared in the workdir (see the module docstring)."""
   settings = workdir_settings(cfg)
   key = hashlib.sha256(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode())
   if not is_tf_source(cfg.data.corpus):
     for f in corpus_files(cfg.data.corpus):
       size, mtime = file_stamp(f)
-      key.update(f'{f.absolute()}\0{size}\0{mtime}\0'.encode())
-  return Path(workdir) / 'data' / f'{describe(cfg.data.corpus)}-{key.hexdigest()[:10]}'
+      key.update(f'{f if paths.is_url(f) else f.absolute()}\0{size}\0{mtime}\0'.encode())
+  return str(paths.path(workdir) / 'data' / f'{describe(cfg.data.corpus)}-{key.hexdigest()[:10]}')
 
 
 def open_run_data(cfg: ConfigDict, workdir: Path) -> RunData:
@@ -99,10 +104,10 @@ def open_run_data(cfg: ConfigDict, workdir: Path) -> RunData:
   try:
     return _checked([Prepared(path)], [1.0], cfg)
   except UserError as e:
-    if (path / 'manifest.json').exists():
+    if is_prepared(path):
       print(f'The prepared data in {path} cannot be used ({e}); preparing it again.', flush=True)
   print(f'Preparing {d.corpus or "the shipped corpus"} -> {path}', flush=True)
-  prepare(workdir_settings(cfg), path, workers=0)
+  prepare_to(workdir_settings(cfg), path, workers=0)
   return _checked([Prepared(path)], [1.0], cfg)
 
 
@@ -119,7 +124,7 @@ def _checked(datasets: list[Prepared], weights: list[float], cfg: ConfigDict) ->
                       'made with different tokenizers; prepare them with the same one '
                       '(--tokenizer_path) to mix them.')
   if cfg.data.tokenizer_path and cfg.data.tokenizer == 'sentencepiece':
-    wanted = SentencePieceTokenizer(Path(cfg.data.tokenizer_path))
+    wanted = SentencePieceTokenizer(paths.path(cfg.data.tokenizer_path))
     if wanted.fingerprint != tokenizer.fingerprint:
       raise UserError(f'the prepared dataset {datasets[0].directory} was made with another '
                       f'tokenizer than data.tokenizer_path={cfg.data.tokenizer_path}; prepare it '
@@ -186,5 +191,5 @@ def eval_batches(*args, **kwargs):
 
 
 __all__ = ['EvalStream', 'Prepared', 'RunData', 'Split', 'Tokenizer', 'corpus_files',
-           'eval_batches', 'open_run_data', 'read_text', 'text_stream', 'train_batches',
+           'eval_batches', 'is_prepared', 'open_run_data', 'read_text', 'text_stream', 'train_batches',
            'validation_stream']

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxlm import paths
 from jaxlm.data.prepare import FORMAT, SPLITS
 from jaxlm.data.tokenizers import Tokenizer, open_tokenizer
 from jaxlm.errors import UserError
@@ -22,7 +23,7 @@ CACHE_BYTES = 64 * 2**20  # decoded documents kept per process
 
 
 def is_prepared(path: str) -> bool:
-  return bool(path) and (Path(path).expanduser() / 'manifest.json').is_file()
+  return bool(path) and (paths.path(path) / 'manifest.json').is_file()
 
 
 class Split:
@@ -110,7 +111,12 @@ class Prepared:
   """A prepared dataset: manifest, tokenizer, and its train and validation splits."""
 
   def __init__(self, path: str):
-    self.directory = Path(path).expanduser()
+    self.location = str(path)  # as given: a directory, or a gs:// URL read through a local copy
+    if paths.is_url(path):
+      from jaxlm.data.staging import local_copy  # pylint: disable=import-outside-toplevel
+      self.directory = local_copy(str(path))
+    else:
+      self.directory = Path(path).expanduser()
     manifest_path = self.directory / 'manifest.json'
     if not manifest_path.is_file():
       raise UserError(f'{self.directory} is not a prepared dataset (it has no manifest.json); '
@@ -126,7 +132,7 @@ class Prepared:
       raise UserError(f'{self.directory} was prepared by another version of jaxlm (format '
                       f'{self.manifest.get("format")}, this one reads {FORMAT}); prepare it '
                       'again into a new directory.')
-    self.name = self.directory.name
+    self.name = paths.path(path).name
     self.splits = {split: Split(self.directory, self.manifest['splits'][split], split)
                    for split in SPLITS}
     # What a checkpoint was trained on: the token ids (prepare hashed each shard's) and the

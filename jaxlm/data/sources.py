@@ -15,6 +15,7 @@ gzip file whole (it cannot be cut), a SeqIO or TFDS split whole. A chunk records
 modification time of its files, so a file changed since is prepared again.
 """
 
+import contextlib
 import dataclasses
 import glob
 import gzip
@@ -22,6 +23,7 @@ import json
 from pathlib import Path
 from typing import Iterator
 
+from jaxlm import paths
 from jaxlm.data import tf_sources
 from jaxlm.errors import UserError
 
@@ -40,26 +42,44 @@ class Chunk:
   stamps: tuple[tuple[int, int], ...] = ()  # (size, mtime_ns) of each file
 
 
-def corpus_files(pattern: str) -> list[Path]:
-  """'' -> the shipped corpus; else a file, a directory (every file below it) or a glob."""
+def corpus_files(pattern: str) -> list:
+  """'' -> the shipped corpus; else a file, a directory (every file below it) or a glob, local or
+  on a gs:// bucket (where a glob may have wildcards in its last part only)."""
   if not pattern:
     return [SHIPPED_CORPUS]
-  path = Path(pattern).expanduser()
-  if path.is_file():
-    return [path]
-  if path.is_dir():
-    files = sorted(p for p in path.rglob('*') if p.is_file() and not p.name.startswith('.'))
+  if paths.is_url(pattern):
+    files = _bucket_files(pattern)
   else:
-    files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+    path = Path(pattern).expanduser()
+    if path.is_file():
+      return [path]
+    if path.is_dir():
+      files = sorted(p for p in path.rglob('*') if p.is_file() and not p.name.startswith('.'))
+    else:
+      files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
   if not files:
     raise UserError(f'the corpus {pattern!r} matches no file; give a UTF-8 text or JSONL file, a '
                     'directory or a glob (or leave data.corpus empty for the shipped corpus).')
   return files
 
 
+def _bucket_files(url: str) -> list:
+  path = paths.path(url)
+  if glob.has_magic(url):
+    if glob.has_magic(str(path.parent)):
+      raise UserError(f'the corpus {url!r} has wildcards before its last part, which a bucket '
+                      'cannot list cheaply; give a directory, or wildcards in the file name only.')
+    return sorted(p for p in path.parent.glob(path.name) if p.is_file())
+  if path.is_file():
+    return [path]
+  scheme = url.split('://', 1)[0]
+  return sorted(paths.path(f'{scheme}://{top}') / name for top, _, names in path.walk()
+                for name in names if not name.startswith('.'))
+
+
 def read_text(path: Path) -> str:
   """A file's text; bytes that are not UTF-8 are an error that names the file and the offset."""
-  data = Path(path).read_bytes()
+  data = paths.path(path).read_bytes()
   try:
     return data.decode('utf-8')
   except UnicodeDecodeError as e:
@@ -73,6 +93,9 @@ def is_jsonl(path: Path) -> bool:
 
 def file_stamp(path: Path) -> tuple[int, int]:
   """(size, mtime in ns): what tells a file changed since it was prepared."""
+  if paths.is_url(path):
+    st = paths.path(path).stat()
+    return st.length, int(st.mtime * 10**9)
   st = Path(path).stat()
   return st.st_size, st.st_mtime_ns
 
@@ -103,7 +126,7 @@ def plan_chunks(source: str, chunk_mb: float, **tf_options) -> list[Chunk]:
     if path.name.endswith('.gz') or total <= size:
       chunks.append(Chunk(len(chunks), (str(path),), 0, total, stamps=(stamp,)))
       continue
-    with open(path, 'rb') as f:
+    with paths.path(path).open('rb') as f:
       start = 0
       while start < total:
         f.seek(min(start + size, total))
@@ -121,13 +144,16 @@ def documents(chunk: Chunk, text_field: str = 'text', **tf_options) -> Iterator[
   if tf_sources.is_tf_source(first):
     yield from tf_sources.documents(first, chunk.split, text_field, **tf_options)
     return
-  path = Path(first)
+  path = paths.path(first)
   if not is_jsonl(path):
     for p in chunk.paths:
-      yield read_text(Path(p))
+      yield read_text(p)
     return
-  whole = path.name.endswith('.gz') or chunk.start == 0 and chunk.stop == path.stat().st_size
-  with gzip.open(path, 'rb') if path.name.endswith('.gz') else open(path, 'rb') as f:
+  whole = path.name.endswith('.gz') or chunk.start == 0 and chunk.stop == file_stamp(path)[0]
+  with contextlib.ExitStack() as stack:
+    f = stack.enter_context(path.open('rb'))
+    if path.name.endswith('.gz'):
+      f = stack.enter_context(gzip.open(f, 'rb'))
     f.seek(0 if whole else chunk.start)
     position, line_no = chunk.start, 1
     while whole or position < chunk.stop:

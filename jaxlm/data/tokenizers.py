@@ -15,6 +15,7 @@ from typing import Iterable, Protocol, Sequence
 
 import sentencepiece as spm
 
+from jaxlm import paths
 from jaxlm.errors import UserError
 
 
@@ -100,7 +101,7 @@ class SentencePieceTokenizer:
   """A trained SentencePiece model (BPE or unigram)."""
 
   def __init__(self, path: Path):
-    path = Path(path)
+    path = paths.path(path)
     if not path.is_file():
       raise UserError(f'the SentencePiece model {path} does not exist; train one with '
                       '`python -m jaxlm.tokenizer train` or leave data.tokenizer_path empty.')
@@ -178,7 +179,7 @@ def build_tokenizer(directory: Path, kind: str, texts: Sequence[str], vocab_size
   if kind == 'byte':
     return ByteTokenizer()
   if kind == 'sentencepiece' and model_path:
-    model = SentencePieceTokenizer(Path(model_path))  # the errors for a missing or bad model
+    model = SentencePieceTokenizer(paths.path(model_path))  # the errors for a missing or bad model
     atomic_write(directory / 'spm.model', model.path.read_bytes())
   elif kind == 'char':
     CharTokenizer.from_texts(texts).save(directory / 'chars.json')

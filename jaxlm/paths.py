@@ -1,0 +1,104 @@
+"""Locations: a local path, or a Google Cloud Storage URL (gs://bucket/...) read and written through
+`etils.epath`, the path library Orbax uses, with fsspec's gcsfs client (the `gcs` extra).
+
+What works on a bucket: the workdir (checkpoints through Orbax and TensorStore; config, metrics,
+TensorBoard events, eval results), text and JSONL sources, prepared datasets, and a SentencePiece
+model. Two things need local files, so jaxlm keeps a local copy of them in its cache directory
+(JAXLM_CACHE, default ~/.cache/jaxlm):
+
+- ArrayRecord reads local files only: a prepared dataset on a bucket is copied once into the cache
+  (data/staging.py) and read from there; `jaxlm.prepare --output=gs://...` prepares into the cache
+  and uploads. A corpus larger than a host's disk is read from a gcsfuse mount instead.
+- Object storage cannot append: metrics.jsonl and TensorBoard's event files are written to a
+  local mirror of the workdir and uploaded every `UPLOAD_SECONDS` and when the writer closes.
+
+Without gcsfs a gs:// location is one sentence before anything is written; other schemes are
+refused the same way. TensorFlow is not used for file access (EPATH_USE_TF=false by default):
+importing it for every path costs seconds.
+"""
+
+import hashlib
+import importlib
+import os
+import shutil
+from pathlib import Path
+
+from jaxlm.errors import UserError
+
+os.environ.setdefault('EPATH_USE_TF', 'false')
+
+SCHEMES = {'gs': 'gcsfs'}  # URL scheme -> the Python package that reads it
+
+
+def is_url(value) -> bool:
+  return '://' in str(value)
+
+
+def check(name: str, value: str) -> None:
+  """A URL must be gs:// and its client importable: else one sentence naming `name`."""
+  if not is_url(value):
+    return
+  scheme = str(value).split('://', 1)[0]
+  if scheme not in SCHEMES:
+    raise UserError(f'{name}={value!r} uses the {scheme}:// scheme, which jaxlm does not read; '
+                    'give a gs:// URL or a local (or mounted) path.')
+  try:
+    importlib.import_module(SCHEMES[scheme])
+  except ImportError:
+    raise UserError(f'{name}={value!r} needs the {SCHEMES[scheme]} package to reach {scheme}:// '
+                    'paths; install it (pip install "jaxlm[gcs]") or give a local path.') from None
+
+
+def check_local(name: str, value: str) -> None:
+  """For locations that must be local files (a TFDS data_dir, a tokenizer being trained)."""
+  if is_url(value):
+    raise UserError(f'{name}={value!r} is a URL, but this location must be a local or mounted '
+                    'path (gcsfuse, for instance).')
+
+
+def path(value):
+  """A pathlib.Path (with ~ expanded) for a local path, an epath.Path for a gs:// URL."""
+  if is_url(value):
+    from etils import epath  # pylint: disable=import-outside-toplevel
+    return epath.Path(str(value))
+  return Path(value).expanduser()
+
+
+def cache_dir(*parts: str) -> Path:
+  """A directory under jaxlm's local cache (JAXLM_CACHE, default ~/.cache/jaxlm), created."""
+  root = Path(os.environ.get('JAXLM_CACHE') or '~/.cache/jaxlm').expanduser()
+  directory = root.joinpath(*parts)
+  directory.mkdir(parents=True, exist_ok=True)
+  return directory
+
+
+def local_mirror(kind: str, url: str) -> Path:
+  """The local directory (created) that stands for the bucket location `url` (see the module
+  docstring)."""
+  name = ''.join(c if c.isalnum() or c in '-_.' else '-' for c in str(url).rstrip('/')
+                 .rsplit('/', 1)[-1])[:40] or 'root'
+  return cache_dir(kind, f'{name}-{hashlib.sha256(str(url).encode()).hexdigest()[:12]}')
+
+
+def copy(source, target) -> None:
+  """Copies one file between any two locations, streaming. A GCS object appears whole or not at
+  all; a local target is written to a temporary name and renamed, so it is never partial."""
+  final = target
+  if not is_url(target):
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target = target.with_name(target.name + '.tmp')
+  with source.open('rb') as src, target.open('wb') as dst:
+    shutil.copyfileobj(src, dst, 16 * 2**20)
+  if target is not final:
+    os.replace(target, final)
+
+
+def move(source, target) -> None:
+  """Moves a file or directory (a local rename, or a copy and delete on a bucket)."""
+  if not is_url(source):
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(source), str(target))
+    return
+  import fsspec  # pylint: disable=import-outside-toplevel
+  fs, _ = fsspec.core.url_to_fs(str(source))
+  fs.mv(str(source), str(target), recursive=True)
