@@ -191,5 +191,5 @@ def eval_batches(*args, **kwargs):
 
 
 __all__ = ['EvalStream', 'Prepared', 'RunData', 'Split', 'Tokenizer', 'corpus_files',
-           'eval_batches', 'is_prepared', 'open_run_data', 'read_text', 'text_stream', 'train_batches',
-           'validation_stream']
+           'eval_batches', 'is_prepared', 'open_run_data', 'read_text', 'text_stream',
+           'train_batches', 'validation_stream']
