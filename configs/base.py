@@ -41,6 +41,12 @@ def get_config() -> ConfigDict:
   m.tie_embeddings = False  # Share the input embedding with the output head (GPT-2 does).
   m.norm_eps = 1e-5  # Epsilon of LayerNorm / RMSNorm.
   m.rope_theta = 10000.0  # RoPE base wavelength (Llama 2 value).
+  m.rope_scaling = ''  # '' (none) or 'llama3': Llama 3.1's stretch of the low RoPE frequencies.
+  m.rope_scaling_factor = 8.0  # llama3: wavelengths above rope_original_max_len / low_freq_factor
+  m.rope_low_freq_factor = 1.0  # are divided by the factor, those below original / high_freq_factor
+  m.rope_high_freq_factor = 4.0  # are kept, and those in between blended (as transformers does).
+  m.rope_original_max_len = 8192  # llama3: the context the model was first trained at.
+  m.qkv_bias = False  # Biases on the query/key/value projection alone (Qwen2), whatever use_bias is.
   m.dropout = 0.0  # Pretraining on plenty of data needs none; small corpora may want 0.1-0.2.
   m.init_std = 0.02  # Normal init of weights; output projections are scaled by 1/sqrt(2 * layers).
   m.dtype = 'float32'  # Compute dtype: 'float32', 'bfloat16' or 'float16'; parameters stay float32.

@@ -20,6 +20,7 @@ _CHOICES = {
     'model.norm': ('rmsnorm', 'layernorm'),
     'model.position': ('rope', 'learned'),
     'model.mlp': ('swiglu', 'gelu'),
+    'model.rope_scaling': ('', 'llama3'),
     'model.dtype': ('float32', 'bfloat16', 'float16'),
     'model.remat': ('none', 'dots', 'full'),
     'model.attention': ('xla', 'cudnn', 'splash'),
@@ -51,6 +52,10 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'model.max_seq_len': _positive,
     'model.norm_eps': _positive,
     'model.rope_theta': _positive,
+    'model.rope_scaling_factor': (lambda v: v >= 1, 'a number >= 1'),
+    'model.rope_low_freq_factor': _positive,
+    'model.rope_high_freq_factor': _positive,
+    'model.rope_original_max_len': _positive,
     'model.dropout': _fraction,
     'model.init_std': _positive,
     'data.tokenizer_vocab_size': (lambda v: v >= 16, 'an integer >= 16'),
@@ -161,6 +166,11 @@ def _check_model(m: ConfigDict) -> None:
   if m.position == 'rope' and (m.head_dim or m.embed_dim // m.num_heads) % 2:
     raise UserError('RoPE rotates pairs of channels, so the head dimension '
                     '(model.head_dim, or model.embed_dim // model.num_heads) must be even.')
+  if m.rope_scaling and m.position != 'rope':
+    _fail('model.rope_scaling', m.rope_scaling, "'' unless model.position='rope'")
+  if m.rope_scaling and m.rope_high_freq_factor <= m.rope_low_freq_factor:
+    _fail('model.rope_high_freq_factor', m.rope_high_freq_factor,
+          f'a number above model.rope_low_freq_factor={m.rope_low_freq_factor}')
 
 
 def _check_cross_fields(cfg: ConfigDict) -> None:
@@ -197,7 +207,8 @@ def resolve_model(m: ConfigDict, tokenizer_vocab: int) -> ConfigDict:
   The vocabulary is the tokenizer's, rounded up to `vocab_multiple`, unless set explicitly, in
   which case it must hold every token id the tokenizer produces.
   """
-  m = ConfigDict(m.to_dict())
+  # Fields added since a checkpoint was written take their defaults, which keep the old behaviour.
+  m = ConfigDict({**base.get_config().model.to_dict(), **m.to_dict()})
   if m.vocab_size == 0:
     m.vocab_size = math.ceil(tokenizer_vocab / m.vocab_multiple) * m.vocab_multiple
   elif m.vocab_size < tokenizer_vocab:

@@ -10,6 +10,7 @@ from typing import Any
 import jax
 
 from jaxlm import paths
+from jaxlm.configs import base
 from jaxlm.errors import UserError
 
 
@@ -72,8 +73,10 @@ def run_differences(saved: dict, now: dict) -> list[str]:
   """"field=saved (now x)" for each architecture or data setting that differs between a
   checkpoint's metadata and this run's: the resolved model, data.*, seed and train.batch_size
   (the data position counts global batches)."""
+  defaults = base.get_config().model.to_dict()  # for model fields added since a checkpoint
+
   def fields(meta: dict) -> dict[str, Any]:
-    out = {f'model.{k}': v for k, v in meta.get('model', {}).items()}
+    out = {f'model.{k}': v for k, v in {**defaults, **meta.get('model', {})}.items()}
     config = meta.get('config', {})
     out.update({f'data.{k}': v for k, v in config.get('data', {}).items()})
     out['seed'] = config.get('seed')

@@ -11,7 +11,7 @@ from conftest import resolved_model
 from jaxlm import metrics
 from jaxlm.loss import cross_entropy
 from jaxlm.model import Transformer
-from jaxlm.model.attention import rope
+from jaxlm.model.attention import rope, rope_frequencies
 from jaxlm.state import init_params
 
 VARIANTS = ['llama', 'gpt2']
@@ -70,12 +70,13 @@ def test_parameters_carry_logical_axes():
 def test_rope_is_a_rotation_with_relative_phase():
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 5, 2, 8))
   pos = jnp.arange(5)[None]
-  r = rope(x, pos, 10000.0)
+  r = rope(x, pos, rope_frequencies(x.shape[-1], 10000.0))
   np.testing.assert_allclose(jnp.linalg.norm(r, axis=-1), jnp.linalg.norm(x, axis=-1), rtol=1e-5)
-  np.testing.assert_allclose(rope(x, pos * 0, 10000.0), x, rtol=1e-6)
+  np.testing.assert_allclose(rope(x, pos * 0, rope_frequencies(x.shape[-1], 1e4)), x, rtol=1e-6)
   # <rope(q, i), rope(k, j)> depends only on i - j.
   q, k = x[:, :1], x[:, 1:2]
-  dot = lambda i, j: jnp.sum(rope(q, jnp.array([[i]]), 1e4) * rope(k, jnp.array([[j]]), 1e4))
+  f = rope_frequencies(q.shape[-1], 1e4)
+  dot = lambda i, j: jnp.sum(rope(q, jnp.array([[i]]), f) * rope(k, jnp.array([[j]]), f))
   np.testing.assert_allclose(dot(3, 1), dot(7, 5), rtol=1e-4)
 
 

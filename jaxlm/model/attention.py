@@ -5,6 +5,7 @@ Shape letters: B batch, L query length, S key length, D width, H query heads, K 
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from ml_collections import ConfigDict
 
@@ -15,15 +16,34 @@ from jaxlm.model.layers import Dense, scaled_std
 Cache = tuple[jax.Array, jax.Array]
 
 
-def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-  """Rotary position embedding of x [B, L, H, E] at integer positions [B, L].
+def rope_frequencies(head_dim: int, theta: float,
+                     llama3: tuple[float, float, float, int] | None = None) -> np.ndarray:
+  """The E/2 rotation frequencies 1 / theta^(2i/E) in float32, as transformers computes them.
+
+  llama3 = (factor, low_freq_factor, high_freq_factor, original context): Llama 3.1's scaling.
+  Wavelengths longer than original / low_freq_factor are stretched by the factor, those shorter
+  than original / high_freq_factor kept, and those in between blended.
+  """
+  freq = 1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+  if llama3 is None:
+    return freq
+  factor, low, high, original = llama3
+  wavelength = 2 * np.pi / freq
+  stretched = np.where(wavelength > original / low, freq / factor, freq)
+  smooth = (original / wavelength - low) / (high - low)
+  blended = (1 - smooth) * stretched / factor + smooth * stretched
+  medium = (wavelength >= original / high) & (wavelength <= original / low)
+  return np.where(medium, blended, stretched).astype(np.float32)
+
+
+def rope(x: jax.Array, positions: jax.Array, freq: jax.Array) -> jax.Array:
+  """Rotary position embedding of x [B, L, H, E] at integer positions [B, L], with the E/2
+  frequencies `freq` (rope_frequencies).
 
   Channel i of the first half is rotated together with channel i of the second half (the
   "rotate_half" layout that Hugging Face Llama checkpoints use).
   """
-  half = x.shape[-1] // 2
-  freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [E/2]
-  angle = positions[..., None].astype(jnp.float32) * freq  # [B, L, E/2]
+  angle = positions[..., None].astype(jnp.float32) * jnp.asarray(freq, jnp.float32)  # [B,L,E/2]
   sin, cos = jnp.sin(angle)[:, :, None, :], jnp.cos(angle)[:, :, None, :]
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
@@ -43,11 +63,14 @@ class Attention(nnx.Module):
     kw = dict(use_bias=cfg.use_bias, dtype=dtype, rngs=rngs)
     self.groups = H // K
     self.qkv = Dense((D,), (K, self.groups + 2, E), ('embed', 'kv_heads', None, 'head_dim'),
-                     std=cfg.init_std, **kw)
+                     std=cfg.init_std, **dict(kw, use_bias=cfg.use_bias or cfg.qkv_bias))
     self.o = Dense((H, E), (D,), ('heads', 'head_dim', 'embed'),
                    std=scaled_std(cfg.init_std, cfg.num_layers), **kw)
     self.use_rope = cfg.position == 'rope'
-    self.theta = cfg.rope_theta
+    llama3 = (cfg.rope_scaling_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor,
+              cfg.rope_original_max_len) if cfg.rope_scaling == 'llama3' else None
+    # A tuple of floats: a static, hashable attribute of the module.
+    self.rope_freq = tuple(rope_frequencies(E, cfg.rope_theta, llama3).tolist())
     self.implementation = cfg.attention
 
   def __call__(self, x: jax.Array, positions: jax.Array, *, segment_ids: jax.Array | None = None,
@@ -64,7 +87,7 @@ class Attention(nnx.Module):
     G = self.groups
     q, k, v = qkv[:, :, :, :G].reshape(B, L, K * G, E), qkv[:, :, :, G], qkv[:, :, :, G + 1]
     if self.use_rope:
-      q, k = rope(q, positions, self.theta), rope(k, positions, self.theta)
+      q, k = rope(q, positions, self.rope_freq), rope(k, positions, self.rope_freq)
     if cache is not None:
       k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), cache_index, 1)
       v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), cache_index, 1)

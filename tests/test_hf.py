@@ -1,0 +1,211 @@
+"""Hugging Face import and export, checked against transformers itself: random tiny models of each
+family are built here (CPU torch, nothing downloaded), and jaxlm's float32 logits must equal
+transformers' on 2 x 150 random tokens (positions past 64 included)."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+from flax import nnx
+
+from jaxlm import hf
+from jaxlm.errors import UserError
+from jaxlm.model.attention import rope_frequencies
+from jaxlm.model.transformer import Transformer
+
+LENGTH = 150
+
+
+def hf_config(family: str, **overrides):
+  if family == 'gpt2':
+    kw = dict(vocab_size=101, n_embd=32, n_layer=2, n_head=4, n_positions=160)
+    return transformers.GPT2Config(**{**kw, **overrides})
+  kw = dict(vocab_size=101, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=160,
+            rms_norm_eps=1e-5, tie_word_embeddings=False)
+  cls = dict(llama=transformers.LlamaConfig, mistral=transformers.MistralConfig,
+             qwen2=transformers.Qwen2Config)[family]
+  return cls(**{**kw, **overrides})
+
+
+def saved_model(tmp_path, family: str, seed: int = 0, **overrides):
+  """A random transformers model saved in tmp_path/<family>, with weights large enough that
+  attention is far from uniform (else a wrong head mapping barely shows), and norms and biases
+  random too (their defaults, ones and zeros, would hide one mapped to the wrong place)."""
+  torch.manual_seed(seed)
+  model = transformers.AutoModelForCausalLM.from_config(hf_config(family, **overrides))
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      p.add_(torch.randn_like(p) * (0.3 if p.ndim == 1 else 0.15))  # sharp attention
+  model.eval()
+  path = tmp_path / f'{family}-{seed}'
+  model.save_pretrained(path)
+  return model, path
+
+
+def tokens(vocab: int, seed: int = 0) -> np.ndarray:
+  return np.random.default_rng(seed).integers(0, vocab, (2, LENGTH)).astype(np.int32)
+
+
+def hf_logits(model, ids: np.ndarray) -> np.ndarray:
+  with torch.no_grad():
+    return model(torch.from_numpy(ids).long()).logits.float().numpy()
+
+
+def jaxlm_logits(m, params, ids: np.ndarray) -> np.ndarray:
+  model = nnx.eval_shape(lambda: Transformer(m, rngs=nnx.Rngs(0)))
+  state = nnx.state(model, nnx.Param)
+  shapes = jax.tree.map(lambda x: x.shape, state.to_pure_dict())
+  assert jax.tree.map(lambda x: x.shape, params) == shapes  # every parameter, no more, no less
+  state.replace_by_pure_dict(params)
+  nnx.update(model, state)
+  return np.asarray(model(ids))
+
+
+CASES = [
+    ('gpt2', {}),
+    ('llama', dict(num_key_value_heads=1)),
+    ('llama', dict(num_key_value_heads=2, head_dim=16, rope_theta=500000.0)),
+    ('llama', dict(num_key_value_heads=4, tie_word_embeddings=True, rope_scaling=dict(
+        rope_type='llama3', factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+        original_max_position_embeddings=32), rope_theta=500000.0)),
+    ('mistral', dict(sliding_window=None)),
+    ('qwen2', dict(tie_word_embeddings=True)),
+]
+
+
+@pytest.mark.parametrize('family,overrides', CASES, ids=[
+    'gpt2', 'llama-kv1', 'llama-kv2-headdim16-theta5e5', 'llama-kv4-tied-llama3', 'mistral',
+    'qwen2-tied'])
+def test_imported_logits_equal_transformers(tmp_path, family, overrides):
+  model, path = saved_model(tmp_path, family, **overrides)
+  got_family, m, params = hf.import_model(str(path))
+  assert got_family == family
+  ids = tokens(m.vocab_size)
+  np.testing.assert_allclose(jaxlm_logits(m, params, ids), hf_logits(model, ids), atol=1e-4,
+                             rtol=1e-4)
+
+
+def test_a_wrong_head_mapping_is_seen(tmp_path, monkeypatch):
+  """Negative control: the comparison above fails when key/value heads are mapped wrongly (query
+  head h paired with key/value head h % K instead of h // G), or when the rotation pairs channels
+  (2i, 2i+1) instead of (i, i + E/2)."""
+  model, path = saved_model(tmp_path, 'llama', num_key_value_heads=2)
+  _, m, params = hf.import_model(str(path))
+  ids = tokens(m.vocab_size)
+  want = hf_logits(model, ids)
+  qkv = params['blocks']['attn']['qkv']['kernel']  # [N, D, K, G + 2, E]
+  G = m.num_heads // m.num_kv_heads
+  q = qkv[..., :G, :].reshape(*qkv.shape[:2], m.num_heads, m.head_dim)
+  interleaved = q.reshape(*qkv.shape[:2], G, m.num_kv_heads, m.head_dim).swapaxes(2, 3)
+  wrong = dict(params, blocks=dict(params['blocks'], attn=dict(params['blocks']['attn'], qkv=dict(
+      kernel=np.concatenate([interleaved, qkv[..., G:, :]], axis=-2)))))
+  assert np.abs(jaxlm_logits(m, wrong, ids) - want).max() > 0.1  # 1000x the tolerance
+  E = m.head_dim
+  pairs = np.arange(E).reshape(2, E // 2).T.reshape(-1)  # channel order 0, E/2, 1, E/2 + 1, ...
+  permuted = dict(params, blocks=dict(params['blocks'], attn=dict(params['blocks']['attn'], qkv=dict(
+      kernel=np.concatenate([qkv[..., :G + 1, :][..., pairs], qkv[..., G + 1:, :]], axis=-2)))))
+  assert np.abs(jaxlm_logits(m, permuted, ids) - want).max() > 0.1
+
+
+def test_llama3_frequencies_equal_transformers(tmp_path):
+  scaling = dict(rope_type='llama3', factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                 original_max_position_embeddings=64)
+  model, _ = saved_model(tmp_path, 'llama', head_dim=64, rope_theta=500000.0,
+                         rope_scaling=scaling)
+  ours = rope_frequencies(64, 500000.0, (8.0, 1.0, 4.0, 64))
+  np.testing.assert_allclose(ours, model.model.rotary_emb.inv_freq.numpy(), rtol=1e-6)
+  assert not np.allclose(ours, rope_frequencies(64, 500000.0))  # the scaling does something
+
+
+def test_import_errors(tmp_path):
+  _, path = saved_model(tmp_path, 'llama')
+  config = json.loads((path / 'config.json').read_text())
+  for change, message in [(dict(model_type='falcon'), "model_type 'falcon'"),
+                          (dict(hidden_act='gelu'), "activation 'gelu'"),
+                          (dict(num_key_value_heads=1), 'has shape'),
+                          (dict(num_hidden_layers=3), 'has no tensor model.layers.2.')]:
+    (path / 'config.json').write_text(json.dumps({**config, **change}))
+    with pytest.raises(UserError, match=message):
+      hf.import_model(str(path))
+  with pytest.raises(UserError, match='has no config.json'):
+    hf.import_model(str(tmp_path))
+
+
+def _tensors(path) -> dict[str, np.ndarray]:
+  ckpt = hf.Checkpoint(str(path))
+  return {name: ckpt.get(name) for name in ckpt.files}
+
+
+@pytest.mark.parametrize('family,overrides', [CASES[0], CASES[3], CASES[5]],
+                         ids=['gpt2', 'llama-kv4-tied-llama3', 'qwen2-tied'])
+def test_export_round_trip_and_reload(tmp_path, family, overrides):
+  """HF -> jaxlm -> HF gives every tensor back bit for bit, in at least 3 shards whose index maps
+  each tensor once; transformers loads the export (config.json's classic keys included) and its
+  logits equal jaxlm's within 1e-5, with the same rotary frequencies."""
+  model, path = saved_model(tmp_path, family, **overrides)
+  _, m, params = hf.import_model(str(path))
+  out = tmp_path / 'export'
+  got_family, files = hf.export_model(m, params, out, max_shard_bytes=20_000)
+  assert got_family == family
+  index = json.loads((out / 'model.safetensors.index.json').read_text())['weight_map']
+  shards = sorted(f for f in files if f.endswith('.safetensors'))
+  assert len(shards) >= 3 and sorted(set(index.values())) == shards
+  assert sum(len(hf.Checkpoint(str(out))._handle(out / s).keys()) for s in shards) == len(index)
+  original, exported = _tensors(path), _tensors(out)
+  assert sorted(original) == sorted(exported)
+  for name, value in original.items():
+    np.testing.assert_array_equal(exported[name], value, err_msg=name)
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+  ids = tokens(m.vocab_size, seed=1)
+  np.testing.assert_allclose(hf_logits(reloaded, ids), jaxlm_logits(m, params, ids), atol=1e-5,
+                             rtol=1e-5)
+  if family != 'gpt2':
+    llama3 = (m.rope_scaling_factor, m.rope_low_freq_factor, m.rope_high_freq_factor,
+              m.rope_original_max_len) if m.rope_scaling else None
+    np.testing.assert_allclose(reloaded.model.rotary_emb.inv_freq.numpy(),
+                               rope_frequencies(m.head_dim, m.rope_theta, llama3), rtol=1e-6)
+  # Files not in the index are never read: a stray shard with other values changes nothing.
+  from safetensors.numpy import save_file
+  save_file({k: v + 1 for k, v in exported.items()}, str(out / 'model-99999-of-99999.safetensors'),
+            metadata={'format': 'pt'})
+  again = hf.import_model(str(out))[2]
+  jax.tree.map(np.testing.assert_array_equal, again, params)
+
+
+def test_export_refuses_what_transformers_cannot_represent():
+  from jaxlm.config import resolve_model
+  from jaxlm.configs import base
+  m = base.get_config().model
+  m.norm = 'layernorm'  # with RoPE and SwiGLU: no transformers family has it
+  with pytest.raises(UserError, match='has no transformers equivalent'):
+    hf.family_of(resolve_model(m, 100))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('variant', ['gpt2', 'llama'])
+def test_export_hf_command_on_a_trained_run(tmp_path, variant):
+  """`jaxlm.convert export-hf` on a run trained here: transformers loads what it wrote, and its
+  logits equal those of the restored jaxlm parameters within 1e-5."""
+  import harness
+  from jaxlm import trainer
+  from jaxlm.restore import load_trained
+  from tiny import TINY_TEXT, tiny_config
+  (tmp_path / 'corpus.txt').write_text(TINY_TEXT)
+  cfg = tiny_config(variant, workdir=str(tmp_path / 'run'))
+  cfg.data.corpus, cfg.data.tokenizer = str(tmp_path / 'corpus.txt'), 'byte'
+  cfg.train.steps, cfg.train.eval_samples = 4, 0
+  trainer.run(cfg)
+  result = harness.run(harness.command('export-hf', f'--workdir={tmp_path / "run"}',
+                                       f'--out={tmp_path / "hf"}', module='jaxlm.convert'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'as {hf.ARCHITECTURES["gpt2" if variant == "gpt2" else "llama"]}' in result.stdout
+  r = load_trained(str(tmp_path / 'run'))
+  params = jax.tree.map(np.asarray, r.params)
+  ids = tokens(256, seed=2)[:, :r.model_cfg.max_seq_len]
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / 'hf').eval()
+  np.testing.assert_allclose(hf_logits(reloaded, ids), jaxlm_logits(r.model_cfg, params, ids),
+                             atol=1e-5, rtol=1e-5)
