@@ -18,6 +18,10 @@ def get_config() -> ConfigDict:
   c = ConfigDict()
   c.seed = 0  # One seed drives init, data order and dropout; fold_in(seed, step) per step.
   c.workdir = 'runs/base'  # Checkpoints, metrics and the data prepared from a source live here.
+  c.init_from = ''  # A Hugging Face model directory whose weights start the run (fresh optimizer,
+  #                   step 0): its architecture replaces the model fields except dtype, remat,
+  #                   scan_unroll, attention, dropout and max_seq_len; the run's tokenizer must be
+  #                   its tokenizer.json. Ignored once the workdir has a checkpoint (resume).
   c.xla_flags = ''  # Added to XLA_FLAGS before JAX starts (the GPU presets set tuned ones).
   c.cpu_devices = 0  # On a CPU host: JAX devices to split it into, each single-threaded (0: one per
   #                    core that the batch divides over). Data parallelism over cores beats
@@ -73,8 +77,9 @@ def get_config() -> ConfigDict:
   d.seqio_module = ''  # Module to import that registers the SeqIO task, e.g. 'my_project.tasks'.
   d.tfds_data_dir = ''  # Where a 'tfds:' dataset was built ('' is TFDS's default); no download.
   # How a source is prepared (a prepared dataset brings its own tokenizer and split):
-  d.tokenizer = 'sentencepiece'  # 'sentencepiece', 'char' (nanoGPT's) or 'byte'.
-  d.tokenizer_path = ''  # A trained SentencePiece .model; '' trains one on the corpus (cached).
+  d.tokenizer = 'sentencepiece'  # 'sentencepiece', 'char' (nanoGPT's), 'byte' or 'huggingface'.
+  d.tokenizer_path = ''  # A SentencePiece .model ('' trains one on the corpus), or for huggingface
+  #                        a tokenizer.json or a Hugging Face model directory holding one.
   d.tokenizer_vocab_size = 1024  # Vocabulary learnt when training SentencePiece on the corpus.
   d.val_fraction = 0.1  # Held out for validation, as in nanoGPT (10%).
   d.val_split = 'tail'  # 'tail': the last val_fraction of each document's tokens (for one long

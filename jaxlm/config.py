@@ -24,7 +24,7 @@ _CHOICES = {
     'model.dtype': ('float32', 'bfloat16', 'float16'),
     'model.remat': ('none', 'dots', 'full'),
     'model.attention': ('xla', 'cudnn', 'splash'),
-    'data.tokenizer': ('sentencepiece', 'char', 'byte'),
+    'data.tokenizer': ('sentencepiece', 'char', 'byte', 'huggingface'),
     'data.packing': ('concat', 'pack'),
     'data.val_split': ('tail', 'documents'),
     'train.on_nonfinite': ('abort', 'skip'),
@@ -145,11 +145,12 @@ def validate(cfg: ConfigDict) -> None:
   for item in values['data.mixture'].split(','):
     paths.check('config field data.mixture', item.strip().rpartition(':')[0])
   paths.check_local('config field data.tfds_data_dir', values['data.tfds_data_dir'])
-  _check_model(cfg.model)
+  paths.check_local('config field init_from', values['init_from'])
+  check_model(cfg.model)
   _check_cross_fields(cfg)
 
 
-def _check_model(m: ConfigDict) -> None:
+def check_model(m: ConfigDict) -> None:
   if m.head_dim == 0 and m.embed_dim % m.num_heads:
     raise UserError(
         f'config field model.num_heads={m.num_heads} must divide model.embed_dim={m.embed_dim} '
@@ -185,6 +186,9 @@ def _check_cross_fields(cfg: ConfigDict) -> None:
   if o.min_lr > o.lr:
     _fail('optim.min_lr', o.min_lr, f'at most optim.lr={o.lr}')
   d = cfg.data
+  if d.tokenizer == 'huggingface' and not d.tokenizer_path:
+    _fail('data.tokenizer_path', '', "a tokenizer.json (or a Hugging Face model directory holding "
+          "one) with data.tokenizer='huggingface'")
   if d.mixture and d.corpus:
     raise UserError(f'config fields data.corpus={d.corpus!r} and data.mixture={d.mixture!r} are '
                     'both set; give one (a mixture names its prepared datasets itself).')

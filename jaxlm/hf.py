@@ -371,6 +371,40 @@ class Checkpoint:
     return np.asarray(self._handle(path).get_tensor(name), np.float32)
 
 
+# What a run starting from a Hugging Face model keeps from its own config: how it computes, and
+# the context (max_seq_len: learned positions beyond it are dropped).
+_RUN_FIELDS = ('dtype', 'remat', 'scan_unroll', 'attention', 'dropout', 'init_std', 'max_seq_len',
+               'vocab_multiple')
+
+
+def init_fields(directory: str, model: ConfigDict) -> str:
+  """Sets the architecture fields of the run's model config `model` to those of the Hugging Face
+  model in `directory` (config.init_from); returns its family."""
+  family, fields = model_fields(Checkpoint(directory).config)
+  if fields['position'] == 'learned' and model.max_seq_len > fields['max_seq_len']:
+    raise UserError(f'config field model.max_seq_len={model.max_seq_len} is longer than the '
+                    f'{fields["max_seq_len"]} positions the model in {directory} learned; set it '
+                    'to at most that.')
+  for key, value in fields.items():
+    if key not in _RUN_FIELDS:
+      model[key] = value
+  return family
+
+
+def init_params(directory: str, m: ConfigDict) -> dict:
+  """The parameters of the Hugging Face model in `directory` for the run's resolved model `m`
+  (learned positions cropped to m.max_seq_len)."""
+  _, imported, params = import_model(directory)
+  differ = [f'{k}={m[k]!r} (the model has {imported[k]!r})' for k in imported
+            if k not in _RUN_FIELDS and m[k] != imported[k]]
+  if differ:
+    raise UserError(f'the run\'s model differs from the one in {directory}: {", ".join(differ)}; '
+                    'leave those fields to config.init_from.')
+  if 'pos_embed' in params:
+    params['pos_embed'] = params['pos_embed'][:m.max_seq_len]
+  return params
+
+
 def import_model(directory: str) -> tuple[str, ConfigDict, dict]:
   """(family, resolved jaxlm model config, parameters as a nested dict of float32 arrays)."""
   from jaxlm.config import resolve_model  # pylint: disable=import-outside-toplevel

@@ -21,10 +21,13 @@ _SOURCE = flags.DEFINE_string('source', '', 'UTF-8 text or JSONL (.jsonl, .jsonl
                               'seqio:<task>, tfds:<name>.')
 _OUTPUT = flags.DEFINE_string('output', None, 'The prepared dataset directory (or gs:// URL).',
                               required=True)
-_TOKENIZER = flags.DEFINE_enum('tokenizer', 'sentencepiece', ['sentencepiece', 'char', 'byte'],
-                               'How text becomes token ids.')
-_TOKENIZER_PATH = flags.DEFINE_string('tokenizer_path', '', 'An existing SentencePiece model; '
-                                      '"" trains one on a sample of the source.')
+_TOKENIZER = flags.DEFINE_enum('tokenizer', 'sentencepiece',
+                               ['sentencepiece', 'char', 'byte', 'huggingface'],
+                               'How text becomes token ids (huggingface: a tokenizer.json given '
+                               'by --tokenizer_path).')
+_TOKENIZER_PATH = flags.DEFINE_string('tokenizer_path', '', 'An existing SentencePiece model ("" '
+                                      'trains one on a sample of the source), or a Hugging Face '
+                                      'tokenizer.json or model directory.')
 _VOCAB = flags.DEFINE_integer('vocab_size', 8192, 'Size of the SentencePiece model trained.')
 _SAMPLE_MB = flags.DEFINE_float('sample_mb', 100.0, 'Text the tokenizer is trained on (MiB).')
 _FIELD = flags.DEFINE_string('text_field', 'text', 'The JSONL field that holds the text.')
@@ -55,8 +58,11 @@ def main(argv: list[str]) -> None:
   cli.require(_FIELD, bool(_FIELD.value.strip()), 'a field name (not empty)')
   cli.require(_WORKERS, _WORKERS.value >= 0, '0 (one per core) or a positive number')
   cli.require(_VAL_TAIL, not (_VAL_TAIL.value and _VAL_DOCS.value), 'false when --val_docs is set')
-  cli.require(_TOKENIZER_PATH, not _TOKENIZER_PATH.value or _TOKENIZER.value == 'sentencepiece',
-              'empty unless --tokenizer=sentencepiece')
+  cli.require(_TOKENIZER_PATH, not _TOKENIZER_PATH.value or
+              _TOKENIZER.value in ('sentencepiece', 'huggingface'),
+              'empty unless --tokenizer=sentencepiece or huggingface')
+  cli.require(_TOKENIZER_PATH, bool(_TOKENIZER_PATH.value) or _TOKENIZER.value != 'huggingface',
+              'a tokenizer.json (or a model directory holding one) with --tokenizer=huggingface')
   from jaxlm import paths  # pylint: disable=import-outside-toplevel
   from jaxlm.data.prepare import Settings  # pylint: disable=import-outside-toplevel
   from jaxlm.data.staging import prepare_to  # pylint: disable=import-outside-toplevel

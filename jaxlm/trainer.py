@@ -22,9 +22,10 @@ from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
-from jaxlm import data, metrics, paths, sharding
+from jaxlm import data, hf, metrics, paths, sharding
 from jaxlm.checkpoint import Checkpointer
-from jaxlm.config import resolve_model, validate
+from jaxlm.config import check_model, resolve_model, validate
+from jaxlm.data.tokenizers import HuggingFaceTokenizer
 from jaxlm.errors import UserError
 from jaxlm.evaluation import continuations, loss_over, sync_each_step, to_global
 from jaxlm.mesh import configure_backend, initialize_distributed, make_mesh
@@ -146,6 +147,8 @@ class Trainer:
     self.run_data = open_data_once(cfg, self.workdir)
     self.tokenizer = self.run_data.tokenizer
     self.tokenizer.encode(t.sample_prompt)  # a prompt it cannot encode fails now, not at the end
+    if cfg.init_from:
+      self._check_init_from(cfg)
     self.model_cfg = resolve_model(cfg.model, self.tokenizer.vocab_size)
     tx, schedule = make_optimizer(cfg)
     self.setup = setup_train_state(cfg, self.model_cfg, tx, self.mesh, rules)
@@ -180,6 +183,21 @@ class Trainer:
     self.tokens_per_step = t.batch_size * self.model_cfg.max_seq_len
     self.flops_per_token, self.peak = metrics.flops_per_token(self.model_cfg), metrics.peak_flops()
     self.result: dict[str, Any] = {}
+
+  def _check_init_from(self, cfg: ConfigDict) -> None:
+    """config.init_from: the model fields become the Hugging Face model's, and the run's tokenizer
+    must be the one it was trained with (else every embedding row means another token)."""
+    hf.init_fields(cfg.init_from, cfg.model)
+    check_model(cfg.model)
+    source = Path(cfg.init_from).expanduser()
+    if not (source / 'tokenizer.json').is_file():
+      raise UserError(f'config field init_from={cfg.init_from!r} has no tokenizer.json, so the '
+                      "run's tokenizer cannot be checked against the model's; add it there.")
+    if HuggingFaceTokenizer(source).fingerprint != self.tokenizer.fingerprint:
+      raise UserError(f"the run's tokenizer ({self.tokenizer.fingerprint}) is not the "
+                      f'tokenizer.json of config field init_from={cfg.init_from!r}; set '
+                      f"data.tokenizer='huggingface' and data.tokenizer_path={cfg.init_from!r} "
+                      '(and prepare the data with it).')
 
   def log(self, text: str) -> None:
     if self.is_main:
@@ -216,7 +234,12 @@ class Trainer:
             'resumed run must read the same data: use its data settings, or a new workdir.')
     restored = self.ckpt.restore_latest(self.setup.abstract, same_run)
     if restored is None:
-      return self.setup.init()
+      state = self.setup.init()
+      if self.cfg.init_from:
+        params = hf.init_params(self.cfg.init_from, self.model_cfg)
+        state = state.replace(params=jax.device_put(params, self.setup.shardings.params))
+        self.log(f'Starting from the weights of {self.cfg.init_from}')
+      return state
     state, data_state, step = restored
     self.data.set_state(data_state)
     self.log(f'Resuming from step {step} in {self.ckpt.directory}')

@@ -209,3 +209,119 @@ def test_export_hf_command_on_a_trained_run(tmp_path, variant):
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / 'hf').eval()
   np.testing.assert_allclose(hf_logits(reloaded, ids), jaxlm_logits(r.model_cfg, params, ids),
                              atol=1e-5, rtol=1e-5)
+
+
+def bpe_tokenizer(directory, vocab: int = 300):
+  """A byte-level BPE tokenizer.json trained here on the tiny corpus, GPT-2 style."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  from tiny import TINY_TEXT
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=['<|endoftext|>'],
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  tok.train_from_iterator([TINY_TEXT], trainer)
+  directory.mkdir(parents=True, exist_ok=True)
+  tok.save(str(directory / 'tokenizer.json'))
+  return directory / 'tokenizer.json'
+
+
+def test_huggingface_tokenizer_encodes_as_transformers(tmp_path):
+  from jaxlm.data.tokenizers import HuggingFaceTokenizer
+  path = bpe_tokenizer(tmp_path / 'tok')
+  ours = HuggingFaceTokenizer(path.parent)  # a model directory works too
+  theirs = transformers.PreTrainedTokenizerFast(tokenizer_file=str(path))
+  text = 'First Citizen: café – naïve 日本 \n\n  spaces'
+  assert ours.encode(text) == theirs.encode(text, add_special_tokens=False)
+  assert ours.decode(ours.encode(text)) == text
+  assert ours.eos_id == theirs.convert_tokens_to_ids('<|endoftext|>') and ours.vocab_size == 300
+  assert sum(ours.token_bytes(text)) == len(text.encode()) and \
+      len(ours.token_bytes(text)) == len(ours.encode(text))
+  # A tokenizer that drops whitespace: the bytes it skips still count, on the token after them
+  # (or the last one), so bits per byte stays per byte of the text.
+  from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+  words = Tokenizer(models.WordLevel(unk_token='[UNK]'))
+  words.pre_tokenizer = pre_tokenizers.Whitespace()
+  words.train_from_iterator([text], trainers.WordLevelTrainer(special_tokens=['[UNK]']))
+  words.save(str(tmp_path / 'words.json'))
+  spaced = HuggingFaceTokenizer(tmp_path / 'words.json')
+  assert sum(spaced.token_bytes(text + ' \n ')) == len((text + ' \n ').encode())
+  (path.parent / 'tokenizer_config.json').write_text(json.dumps({'eos_token': 'Ġthe'}))
+  assert HuggingFaceTokenizer(path).eos_id == theirs.convert_tokens_to_ids('Ġthe')
+  with pytest.raises(UserError, match='is not a Hugging Face tokenizer.json'):
+    HuggingFaceTokenizer(tmp_path / 'tok' / 'tokenizer_config.json')
+
+
+def test_prepare_with_a_huggingface_tokenizer(tmp_path):
+  from jaxlm.data import Prepared
+  from jaxlm.data.prepare import Settings, prepare
+  from jaxlm.data.tokenizers import HuggingFaceTokenizer
+  from tiny import TINY_TEXT
+  path = bpe_tokenizer(tmp_path / 'tok')
+  docs = [TINY_TEXT[i * 50:i * 50 + 200] + ' ünïcode' for i in range(10)]
+  (tmp_path / 'docs').mkdir()
+  for i, doc in enumerate(docs):
+    (tmp_path / 'docs' / f'{i}.txt').write_text(doc)
+  prepare(Settings(source=str(tmp_path / 'docs'), tokenizer='huggingface',
+                   tokenizer_path=str(path), val_docs=2), tmp_path / 'prep', progress=False)
+  ds = Prepared(str(tmp_path / 'prep'))
+  tok = HuggingFaceTokenizer(path)
+  assert ds.tokenizer.fingerprint == tok.fingerprint
+  got = [d.tolist() for split in (ds.train, ds.validation)
+         for d in split.docs(range(len(split.lengths))).values()]
+  assert sorted(got) == sorted(tok.encode(d) for d in docs)
+
+
+@pytest.mark.slow
+def test_continued_pretraining_from_an_imported_gpt2(tmp_path):
+  """config.init_from: the run's first state holds the imported weights exactly; training on the
+  shipped corpus lowers the loss; a run killed after a checkpoint resumes to the same per-step
+  losses as one that was not (the weights are not imported again over the checkpoint)."""
+  import signal
+  import harness
+  from jaxlm import trainer
+  from tiny import tiny_config
+  hf_dir = tmp_path / 'gpt2'
+  torch.manual_seed(0)
+  model = transformers.GPT2LMHeadModel(hf_config('gpt2', vocab_size=300, n_positions=64))
+  model.save_pretrained(hf_dir)
+  bpe_tokenizer(hf_dir)
+  fields = {'init_from': str(hf_dir), 'data.tokenizer': 'huggingface',
+            'data.tokenizer_path': str(hf_dir), 'data.corpus': '', 'model.max_seq_len': 32,
+            'train.steps': 12, 'checkpoint.every': 4, 'train.eval_every': 100,
+            'train.sample_tokens': 0}
+  cfg = tiny_config(workdir=str(tmp_path / 'inproc'))
+  for key, value in fields.items():
+    section, _, name = key.rpartition('.')
+    (cfg[section] if section else cfg)[name] = value
+  other = cfg.copy_and_resolve_references()
+  other.data.tokenizer, other.data.tokenizer_path = 'byte', ''
+  with pytest.raises(UserError, match="the run's tokenizer .* is not the tokenizer.json"):
+    trainer.Trainer(other)
+  t = trainer.Trainer(cfg)
+  try:
+    state = t.restore_or_init()
+    _, _, params = hf.import_model(str(hf_dir))
+    params['pos_embed'] = params['pos_embed'][:32]
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), params)
+  finally:
+    t.close()
+
+  config = harness.write_config(tmp_path / 'cfg.py', **fields, cpu_devices=2)
+  command = lambda name: harness.command(f'--config={config}',
+                                         f'--config.workdir={tmp_path / name}')
+  result = harness.run(command('ref'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'Starting from the weights of' in result.stdout
+  ref = harness.logged_losses(tmp_path / 'ref')
+  assert ref[12][-1] < ref[1][-1] - 0.3, ref
+  log = tmp_path / 'killed.log'
+  p = harness.start(command('killed'), log)
+  harness.wait_until(lambda: harness.last_step(tmp_path / 'killed') >= 6, p, log=log)
+  p.send_signal(signal.SIGKILL)
+  p.wait()
+  result = harness.run(command('killed'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'Resuming from step' in result.stdout and 'Starting from' not in result.stdout
+  killed = harness.logged_losses(tmp_path / 'killed')
+  assert {s: v[-1] for s, v in killed.items()} == {s: v[-1] for s, v in ref.items()}

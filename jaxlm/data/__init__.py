@@ -23,7 +23,7 @@ from jaxlm.data.prepared import Prepared, Split, is_prepared
 from jaxlm.data.staging import prepare_to
 from jaxlm.data.sources import corpus_files, describe, file_stamp, read_text
 from jaxlm.data.tf_sources import is_tf_source
-from jaxlm.data.tokenizers import SentencePieceTokenizer, Tokenizer
+from jaxlm.data.tokenizers import HuggingFaceTokenizer, SentencePieceTokenizer, Tokenizer
 from jaxlm.errors import UserError
 
 
@@ -123,8 +123,9 @@ def _checked(datasets: list[Prepared], weights: list[float], cfg: ConfigDict) ->
       raise UserError(f'the prepared datasets {datasets[0].directory} and {ds.directory} were '
                       'made with different tokenizers; prepare them with the same one '
                       '(--tokenizer_path) to mix them.')
-  if cfg.data.tokenizer_path and cfg.data.tokenizer == 'sentencepiece':
-    wanted = SentencePieceTokenizer(paths.path(cfg.data.tokenizer_path))
+  if cfg.data.tokenizer_path and cfg.data.tokenizer in ('sentencepiece', 'huggingface'):
+    wanted = (SentencePieceTokenizer if cfg.data.tokenizer == 'sentencepiece' else
+              HuggingFaceTokenizer)(paths.path(cfg.data.tokenizer_path))
     if wanted.fingerprint != tokenizer.fingerprint:
       raise UserError(f'the prepared dataset {datasets[0].directory} was made with another '
                       f'tokenizer than data.tokenizer_path={cfg.data.tokenizer_path}; prepare it '

@@ -1,6 +1,7 @@
-"""Tokenizers: SentencePiece (trained by jaxlm on the corpus), character-level and byte-level.
+"""Tokenizers: SentencePiece (trained by jaxlm on the corpus), character-level, byte-level, and a
+Hugging Face tokenizer.json (through the `tokenizers` library), as used by imported models.
 
-All three share one small interface: `encode(str) -> list[int]`, `decode(ids) -> str`,
+All four share one small interface: `encode(str) -> list[int]`, `decode(ids) -> str`,
 `token_bytes(str) -> list[int]` (the UTF-8 bytes of the text each token stands for, for bits per
 byte), `vocab_size`, `eos_id` (None when the vocabulary has no end-of-sequence token) and
 `fingerprint` (identifies the vocabulary, so caches and checkpoints can tell tokenizers apart).
@@ -97,6 +98,60 @@ class ByteTokenizer:
     return [1] * len(text.encode('utf-8'))
 
 
+# End-of-sequence tokens of common tokenizer.json files, for when no tokenizer_config.json says.
+_EOS_NAMES = ('<|endoftext|>', '</s>', '<|end_of_text|>', '<|im_end|>', '<eos>')
+
+
+class HuggingFaceTokenizer:
+  """A Hugging Face tokenizer.json (a file, or a model directory holding one). The end-of-sequence
+  token is tokenizer_config.json's eos_token when that file sits beside it, else the first
+  special token with a usual end-of-sequence name. Text is encoded without added special
+  tokens: documents are joined by end-of-sequence, as for every jaxlm tokenizer."""
+
+  def __init__(self, path):
+    from tokenizers import Tokenizer as Backend  # pylint: disable=import-outside-toplevel
+    path = paths.path(path)
+    if path.is_dir():
+      path = path / 'tokenizer.json'
+    if not path.is_file():
+      raise UserError(f'the tokenizer {path} does not exist; point data.tokenizer_path (or '
+                      '--tokenizer_path) at a tokenizer.json or a Hugging Face model directory.')
+    data = path.read_bytes()
+    try:
+      self.backend = Backend.from_str(data.decode('utf-8'))
+    except Exception:  # the library raises its own exception type for a malformed file
+      raise UserError(f'{path} is not a Hugging Face tokenizer.json; point data.tokenizer_path at '
+                      'the tokenizer.json of a model.') from None
+    self.path, self.config = path, {}
+    if (path.parent / 'tokenizer_config.json').is_file():
+      self.config = json.loads((path.parent / 'tokenizer_config.json').read_text())
+    eos = self.config.get('eos_token')
+    eos = eos.get('content') if isinstance(eos, dict) else eos
+    specials = [t.content for t in self.backend.get_added_tokens_decoder().values() if t.special]
+    eos = eos or next((n for n in _EOS_NAMES if n in specials), None)
+    self.eos_id = self.backend.token_to_id(eos) if eos else None
+    self.vocab_size = self.backend.get_vocab_size(with_added_tokens=True)
+    canonical = json.dumps(json.loads(data), sort_keys=True).encode()
+    self.fingerprint = f'hf-{_digest(canonical)}-eos{self.eos_id}'
+
+  def encode(self, text: str) -> list[int]:
+    return self.backend.encode(text, add_special_tokens=False).ids
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self.backend.decode([int(i) for i in ids if 0 <= i < self.vocab_size])
+
+  def token_bytes(self, text: str) -> list[int]:
+    """Each token counts the text from the previous token's end to its own (the last to the
+    end of the text), so the counts add up to the text's UTF-8 length."""
+    ends = [end for _, end in self.backend.encode(text, add_special_tokens=False).offsets]
+    out, previous = [], 0
+    for i, end in enumerate(ends):
+      end = len(text) if i == len(ends) - 1 else max(end, previous)
+      out.append(len(text[previous:end].encode('utf-8')))
+      previous = end
+    return out
+
+
 class SentencePieceTokenizer:
   """A trained SentencePiece model (BPE or unigram)."""
 
@@ -155,18 +210,21 @@ def train_sentencepiece(files: Sequence[Path], output: Path, vocab_size: int,
   return SentencePieceTokenizer(output)
 
 
-TOKENIZER_FILES = {'char': 'chars.json', 'sentencepiece': 'spm.model'}
+TOKENIZER_FILES = {'char': 'chars.json', 'sentencepiece': 'spm.model',
+                   'huggingface': 'tokenizer.json'}
 
 
 def open_tokenizer(directory: Path, kind: str) -> Tokenizer:
-  """The tokenizer of kind 'byte', 'char' or 'sentencepiece' kept in `directory` (a prepared
-  dataset's tokenizer/ folder); a missing one is an error naming the file."""
+  """The tokenizer of kind 'byte', 'char', 'sentencepiece' or 'huggingface' kept in `directory`
+  (a prepared dataset's tokenizer/ folder); a missing one is an error naming the file."""
   if kind == 'byte':
     return ByteTokenizer()
   path = Path(directory) / TOKENIZER_FILES[kind]
   if not path.is_file():
     raise UserError(f'the tokenizer {path} is missing; prepare the data again (or restore the '
                     'file).')
+  if kind == 'huggingface':
+    return HuggingFaceTokenizer(path)
   return CharTokenizer.load(path) if kind == 'char' else SentencePieceTokenizer(path)
 
 
@@ -181,6 +239,11 @@ def build_tokenizer(directory: Path, kind: str, texts: Sequence[str], vocab_size
   if kind == 'sentencepiece' and model_path:
     model = SentencePieceTokenizer(paths.path(model_path))  # the errors for a missing or bad model
     atomic_write(directory / 'spm.model', model.path.read_bytes())
+  elif kind == 'huggingface':
+    given = HuggingFaceTokenizer(model_path)
+    if given.config:  # its end-of-sequence choice travels with it
+      atomic_write(directory / 'tokenizer_config.json', json.dumps(given.config).encode())
+    atomic_write(directory / 'tokenizer.json', given.path.read_bytes())
   elif kind == 'char':
     CharTokenizer.from_texts(texts).save(directory / 'chars.json')
   else:
