@@ -92,6 +92,9 @@ def run(workdir: str, step: int | None, text: str, references: str, max_new_toke
     files = data.corpus_files(text)
     streams = {f'text:{text}': data.text_stream([data.read_text(f) for f in files], r.tokenizer,
                                                 packing, length)}
+  elif not r.data.datasets:
+    raise UserError(f'{workdir} holds an imported model, which has no validation split; give '
+                    '--text=<files> to evaluate it on.')
   else:
     streams = {'validation': data.validation_stream(r.data, r.cfg, length)}
     if len(r.data.datasets) > 1:  # a mixture: each dataset's validation split on its own too

@@ -20,7 +20,7 @@ from jaxlm import paths, sharding
 from jaxlm.checkpoint import Checkpointer, short_reason, peek_config
 from jaxlm.config import resolve_model
 from jaxlm.data import RunData, is_prepared, open_run_data_at
-from jaxlm.data.tokenizers import Tokenizer
+from jaxlm.data.tokenizers import Tokenizer, open_tokenizer
 from jaxlm.errors import UserError
 from jaxlm.mesh import configure_backend, make_mesh
 from jaxlm.optim import make_optimizer
@@ -118,6 +118,8 @@ def trained_data(meta: dict, workdir: Path, step: int, cfg: ConfigDict) -> RunDa
   if 'data' not in meta:
     raise UserError(f'checkpoint {step} in {workdir} was written by an older jaxlm that did not '
                     'record its prepared data; evaluate it with that version.')
+  if not meta['data']:  # an imported model (jaxlm.convert import-hf): no data, its own tokenizer
+    return RunData(open_tokenizer(workdir / 'tokenizer', cfg.data.tokenizer), [], [])
   where = [d['path'] if paths.is_url(d['path']) else str(workdir / d['path'])
            for d in meta['data']]
   for path in where:

@@ -215,6 +215,10 @@ class Trainer:
   def restore_or_init(self) -> Any:
     """The newest readable checkpoint of this run (with the data position), or a fresh state."""
     def same_run(saved: dict, step: int) -> None:
+      if saved.get('data') == []:
+        raise UserError(f'checkpoint {step} in {self.ckpt.directory} is a model imported by '
+                        'jaxlm.convert import-hf; train from it in a new workdir with '
+                        'config.init_from=<its Hugging Face directory>.')
       if saved.get('tokenizer') != self.tokenizer.fingerprint:
         raise UserError(
             f'checkpoint {step} in {self.ckpt.directory} was trained with a different tokenizer '

@@ -106,8 +106,9 @@ def test_a_wrong_head_mapping_is_seen(tmp_path, monkeypatch):
   assert np.abs(jaxlm_logits(m, wrong, ids) - want).max() > 0.1  # 1000x the tolerance
   E = m.head_dim
   pairs = np.arange(E).reshape(2, E // 2).T.reshape(-1)  # channel order 0, E/2, 1, E/2 + 1, ...
-  permuted = dict(params, blocks=dict(params['blocks'], attn=dict(params['blocks']['attn'], qkv=dict(
-      kernel=np.concatenate([qkv[..., :G + 1, :][..., pairs], qkv[..., G + 1:, :]], axis=-2)))))
+  rotated = np.concatenate([qkv[..., :G + 1, :][..., pairs], qkv[..., G + 1:, :]], axis=-2)
+  permuted = dict(params, blocks=dict(params['blocks'], attn=dict(params['blocks']['attn'],
+                                                                  qkv=dict(kernel=rotated))))
   assert np.abs(jaxlm_logits(m, permuted, ids) - want).max() > 0.1
 
 
@@ -325,3 +326,63 @@ def test_continued_pretraining_from_an_imported_gpt2(tmp_path):
   assert 'Resuming from step' in result.stdout and 'Starting from' not in result.stdout
   killed = harness.logged_losses(tmp_path / 'killed')
   assert {s: v[-1] for s, v in killed.items()} == {s: v[-1] for s, v in ref.items()}
+
+
+@pytest.mark.parametrize('family,overrides', [CASES[0], CASES[2], CASES[5]],
+                         ids=['gpt2', 'llama-kv2-headdim16-theta5e5', 'qwen2-tied'])
+def test_greedy_generation_equals_transformers(tmp_path, family, overrides):
+  """jaxlm's KV-cache decoding of imported weights (two prompts of different lengths, left-padded
+  in one batch) picks the same tokens as transformers' greedy generate, token for token."""
+  from jaxlm import sampling
+  from jaxlm.state import abstract_model
+  model, path = saved_model(tmp_path, family, **overrides)
+  _, m, params = hf.import_model(str(path))
+  graphdef, _ = nnx.split(abstract_model(m), nnx.Param)
+  prompts = [tokens(m.vocab_size, seed=3)[0, :n].tolist() for n in (5, 11)]
+  ours = sampling.generate(graphdef, params, m, prompts, max_new_tokens=24, temperature=0.0)
+  for prompt, got in zip(prompts, ours):
+    with torch.no_grad():
+      theirs = model.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False,
+                              eos_token_id=None, pad_token_id=0, min_new_tokens=24)
+    assert got == theirs[0, len(prompt):].tolist()
+
+
+@pytest.mark.slow
+def test_import_hf_command_makes_a_workdir_to_generate_and_evaluate_with(tmp_path):
+  """`jaxlm.convert import-hf`: jaxlm.generate on the workdir continues a prompt as transformers'
+  greedy generate does; jaxlm.eval scores a text (and, without --text, says there is no
+  validation split); training in that workdir is refused with the way to do it."""
+  import harness
+  from jaxlm.data.tokenizers import HuggingFaceTokenizer
+  from tiny import TINY_TEXT
+  torch.manual_seed(0)
+  model = transformers.GPT2LMHeadModel(hf_config('gpt2', vocab_size=300, n_positions=64)).eval()
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(torch.randn_like(p) * 0.1)
+  model.save_pretrained(tmp_path / 'gpt2')
+  tok = HuggingFaceTokenizer(bpe_tokenizer(tmp_path / 'gpt2'))
+  work = tmp_path / 'imported'
+  run = lambda module, *args: harness.run(harness.command(*args, module=module))
+  result = run('jaxlm.convert', 'import-hf', f'--hf_dir={tmp_path / "gpt2"}', f'--workdir={work}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  prompt = 'First Citizen:'
+  result = run('jaxlm.generate', f'--workdir={work}', f'--prompt={prompt}', '--temperature=0',
+               '--max_new_tokens=12')
+  assert result.returncode == 0, result.stderr[-3000:]
+  ids = tok.encode(prompt)
+  with torch.no_grad():
+    new = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
+                         eos_token_id=None, pad_token_id=0, min_new_tokens=12)[0, len(ids):]
+  new = new.tolist()
+  new = new[:new.index(tok.eos_id)] if tok.eos_id in new else new
+  assert prompt + tok.decode(new) in result.stdout
+  (tmp_path / 'text.txt').write_text(TINY_TEXT)
+  result = run('jaxlm.eval', f'--workdir={work}', f'--text={tmp_path / "text.txt"}')
+  assert result.returncode == 0 and 'perplexity' in result.stdout, result.stderr[-3000:]
+  result = run('jaxlm.eval', f'--workdir={work}')
+  assert result.returncode == 2 and 'holds an imported model' in result.stderr
+  result = run('jaxlm.train', f'--config={harness.ROOT}/configs/base.py',
+               f'--config.workdir={work}', '--config.data.tokenizer=huggingface',
+               f'--config.data.tokenizer_path={work}/tokenizer')
+  assert result.returncode == 2 and 'is a model imported by jaxlm.convert' in result.stderr
