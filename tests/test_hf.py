@@ -318,7 +318,8 @@ def test_continued_pretraining_from_an_imported_gpt2(tmp_path):
   assert ref[12][-1] < ref[1][-1] - 0.3, ref
   log = tmp_path / 'killed.log'
   p = harness.start(command('killed'), log)
-  harness.wait_until(lambda: harness.last_step(tmp_path / 'killed') >= 6, p, log=log)
+  saved = lambda: [d for d in (tmp_path / 'killed' / 'checkpoints').glob('*') if d.name.isdigit()]
+  harness.wait_until(lambda: harness.last_step(tmp_path / 'killed') >= 6 and saved(), p, log=log)
   p.send_signal(signal.SIGKILL)
   p.wait()
   result = harness.run(command('killed'))
