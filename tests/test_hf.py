@@ -275,8 +275,8 @@ def test_prepare_with_a_huggingface_tokenizer(tmp_path):
 
 @pytest.mark.slow
 def test_continued_pretraining_from_an_imported_gpt2(tmp_path):
-  """config.init_from: the run's first state holds the imported weights exactly; training on the
-  shipped corpus lowers the loss; a run killed after a checkpoint resumes to the same per-step
+  """config.init_from (a model whose vocabulary is padded past its tokenizer's): the run's first
+  state holds the imported weights exactly; training on the shipped corpus lowers the loss; a run killed after a checkpoint resumes to the same per-step
   losses as one that was not (the weights are not imported again over the checkpoint)."""
   import signal
   import harness
@@ -284,7 +284,8 @@ def test_continued_pretraining_from_an_imported_gpt2(tmp_path):
   from tiny import tiny_config
   hf_dir = tmp_path / 'gpt2'
   torch.manual_seed(0)
-  model = transformers.GPT2LMHeadModel(hf_config('gpt2', vocab_size=300, n_positions=64))
+  # A vocabulary padded past the tokenizer's 300 ids, as real checkpoints often have.
+  model = transformers.GPT2LMHeadModel(hf_config('gpt2', vocab_size=320, n_positions=64))
   model.save_pretrained(hf_dir)
   bpe_tokenizer(hf_dir)
   fields = {'init_from': str(hf_dir), 'data.tokenizer': 'huggingface',
