@@ -10,8 +10,9 @@ Face directory with --config.init_from.
 
 writes config.json and safetensors (sharded with an index when larger than --max_shard_mb) that
 transformers.AutoModelForCausalLM.from_pretrained loads: a GPT-2-style run as GPT2LMHeadModel, a
-Llama-style one as LlamaForCausalLM (Qwen2ForCausalLM with model.qkv_bias). The tokenizer is not
-exported yet: a SentencePiece model loaded by transformers does not yet encode exactly as jaxlm's.
+Llama-style one as LlamaForCausalLM (Qwen2ForCausalLM with model.qkv_bias), and the tokenizer that
+AutoTokenizer loads: a SentencePiece model as tokenizer.model (LlamaTokenizer), a tokenizer.json as
+it is; character and byte tokenizers have no transformers equivalent and are not written.
 """
 
 from absl import flags
@@ -95,6 +96,8 @@ def export_hf() -> None:
   hf.family_of(r.model_cfg)  # a model transformers cannot represent fails before writing
   family, files = hf.export_model(r.model_cfg, r.params, out,
                                   int(_SHARD_MB.value * 2**20), _DTYPE.value)
+  files += hf.export_tokenizer(r.tokenizer, out, r.model_cfg.max_seq_len) or [
+      f'no tokenizer (a {type(r.tokenizer).__name__} has no transformers equivalent)']
   print(f'checkpoint {r.step} of {_WORKDIR.value} -> {out} as {hf.ARCHITECTURES[family]} '
         f'({_DTYPE.value}): {", ".join(files)}')
 

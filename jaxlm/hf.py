@@ -484,3 +484,39 @@ def export_model(m: ConfigDict, params: dict, out: Path, max_shard_bytes: int = 
   files = write_checkpoint(hf_tensors(get, m, family), hf_config(m, family), out,
                            max_shard_bytes, dtype)
   return family, files
+
+
+def export_tokenizer(tokenizer, out: Path, max_len: int) -> list[str]:
+  """Writes the run's tokenizer in a form transformers' AutoTokenizer loads and encodes exactly as
+  jaxlm does (tested): a SentencePiece model as jaxlm trains them (no normalization, no dummy
+  prefix) as tokenizer.model for LlamaTokenizer, with no added BOS/EOS; a tokenizer.json as it is.
+  Character and byte tokenizers have no transformers equivalent, and a SentencePiece model that
+  normalizes text (NFKC, whitespace folding) or adds a dummy prefix was seen to encode differently
+  in transformers 5: for those nothing is written (returns [])."""
+  # pylint: disable-next=import-outside-toplevel
+  from jaxlm.data.tokenizers import HuggingFaceTokenizer, SentencePieceTokenizer
+  if isinstance(tokenizer, HuggingFaceTokenizer):
+    (out / 'tokenizer.json').write_bytes(tokenizer.path.read_bytes())
+    eos = tokenizer.backend.id_to_token(tokenizer.eos_id) if tokenizer.eos_id is not None else None
+    config = dict(tokenizer.config or {'tokenizer_class': 'PreTrainedTokenizerFast'},
+                  eos_token=eos, model_max_length=max_len)
+    (out / 'tokenizer_config.json').write_text(json.dumps(config, indent=2))
+    return ['tokenizer.json', 'tokenizer_config.json']
+  if not isinstance(tokenizer, SentencePieceTokenizer):
+    return []
+  from sentencepiece import sentencepiece_model_pb2  # pylint: disable=import-outside-toplevel
+  model = tokenizer.path.read_bytes()
+  proto = sentencepiece_model_pb2.ModelProto.FromString(model)
+  norm = proto.normalizer_spec
+  if norm.precompiled_charsmap or norm.remove_extra_whitespaces or norm.add_dummy_prefix:
+    return []  # LlamaTokenizer was seen to split such text differently (tests/test_hf.py)
+  sp = tokenizer.sp
+  piece = lambda i: sp.id_to_piece(i) if i >= 0 else None
+  (out / 'tokenizer.model').write_bytes(model)
+  config = dict(tokenizer_class='LlamaTokenizer', add_bos_token=False, add_eos_token=False,
+                add_prefix_space=False, legacy=False,
+                bos_token=piece(sp.bos_id()), eos_token=piece(sp.eos_id()),
+                unk_token=piece(sp.unk_id()), pad_token=piece(sp.pad_id()),
+                model_max_length=max_len)
+  (out / 'tokenizer_config.json').write_text(json.dumps(config, indent=2))
+  return ['tokenizer.model', 'tokenizer_config.json']

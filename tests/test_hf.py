@@ -204,6 +204,7 @@ def test_export_hf_command_on_a_trained_run(tmp_path, variant):
                                        f'--out={tmp_path / "hf"}', module='jaxlm.convert'))
   assert result.returncode == 0, result.stderr[-3000:]
   assert f'as {hf.ARCHITECTURES["gpt2" if variant == "gpt2" else "llama"]}' in result.stdout
+  assert 'no tokenizer (a ByteTokenizer has no transformers equivalent)' in result.stdout
   r = load_trained(str(tmp_path / 'run'))
   params = jax.tree.map(np.asarray, r.params)
   ids = tokens(256, seed=2)[:, :r.model_cfg.max_seq_len]
@@ -388,3 +389,42 @@ def test_import_hf_command_makes_a_workdir_to_generate_and_evaluate_with(tmp_pat
                f'--config.workdir={work}', '--config.data.tokenizer=huggingface',
                f'--config.data.tokenizer_path={work}/tokenizer')
   assert result.returncode == 2 and 'is a model imported by jaxlm.convert' in result.stderr
+
+
+TEXTS = ['ROMEO: Hello there, my lord!', 'First Citizen:\nBefore we proceed any further.',
+         '  double  spaces\n\nand newlines ', 'café – naïve 日本 1234 ☃', '\n', ' ', 'x']
+
+
+@pytest.mark.parametrize('kind', ['sentencepiece', 'sentencepiece-dummy-prefix', 'huggingface',
+                                  'sentencepiece-nfkc'])
+def test_exported_tokenizer_encodes_as_jaxlm(tmp_path, kind):
+  """What export-hf writes for the run's tokenizer loads with AutoTokenizer and encodes (and
+  decodes) every test text exactly as jaxlm's tokenizer does: spaces, newlines, byte fallback. A
+  SentencePiece model that transformers encodes differently (a dummy prefix; SentencePiece's
+  default NFKC and whitespace folding) is not exported at all."""
+  import sentencepiece as spm
+  from jaxlm.data.tokenizers import (HuggingFaceTokenizer, SentencePieceTokenizer,
+                                     train_sentencepiece)
+  from tiny import TINY_TEXT
+  (tmp_path / 'corpus.txt').write_text(TINY_TEXT)
+  if kind == 'sentencepiece':
+    ours = train_sentencepiece([tmp_path / 'corpus.txt'], tmp_path / 'spm.model', vocab_size=300)
+  elif kind.startswith('sentencepiece-'):
+    identity = dict(normalization_rule_name='identity', remove_extra_whitespaces=False)
+    spm.SentencePieceTrainer.train(input=str(tmp_path / 'corpus.txt'), vocab_size=300,
+                                   model_prefix=str(tmp_path / 'sp'), byte_fallback=True,
+                                   minloglevel=2, **(identity if 'prefix' in kind else {}))
+    ours = SentencePieceTokenizer(tmp_path / 'sp.model')
+  else:
+    ours = HuggingFaceTokenizer(bpe_tokenizer(tmp_path / 'tok'))
+  files = hf.export_tokenizer(ours, tmp_path, 64)
+  if kind in ('sentencepiece-nfkc', 'sentencepiece-dummy-prefix'):
+    assert files == [] and not (tmp_path / 'tokenizer_config.json').exists()
+    return
+  theirs = transformers.AutoTokenizer.from_pretrained(tmp_path)
+  for text in TEXTS:
+    ids = ours.encode(text)
+    assert theirs.encode(text, add_special_tokens=False) == ids, text
+    assert theirs.decode(ids) == ours.decode(ids), text
+  if ours.eos_id is not None:
+    assert theirs.eos_token_id == ours.eos_id
