@@ -8,7 +8,7 @@ import-hf makes a workdir holding the model as checkpoint 0 with its tokenizer.j
 jaxlm.eval (with --text) and jaxlm.generate; to keep training it, start a run from the Hugging
 Face directory with --config.init_from.
 
-writes config.json and safetensors (sharded with an index when larger than --max_shard_mb) that
+export-hf writes config.json and safetensors (sharded with an index when larger than --max_shard_mb) that
 transformers.AutoModelForCausalLM.from_pretrained loads: a GPT-2-style run as GPT2LMHeadModel, a
 Llama-style one as LlamaForCausalLM (Qwen2ForCausalLM with model.qkv_bias), and the tokenizer that
 AutoTokenizer loads: a SentencePiece model as tokenizer.model (LlamaTokenizer), a tokenizer.json as
@@ -49,7 +49,8 @@ def import_hf() -> None:
   from jaxlm.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
   from jaxlm.config import resolve_model, validate  # pylint: disable=import-outside-toplevel
   from jaxlm.configs import base  # pylint: disable=import-outside-toplevel
-  from jaxlm.data.tokenizers import build_tokenizer  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from jaxlm.data.tokenizers import HuggingFaceTokenizer, build_tokenizer
   from jaxlm.errors import UserError  # pylint: disable=import-outside-toplevel
   from jaxlm.mesh import make_mesh  # pylint: disable=import-outside-toplevel
   from jaxlm.optim import make_optimizer  # pylint: disable=import-outside-toplevel
@@ -68,11 +69,12 @@ def import_hf() -> None:
   cfg.model.max_seq_len = _MAX_LEN.value or hf.model_fields(ckpt.config)[1]['max_seq_len']
   hf.init_fields(cfg.init_from, cfg.model)
   validate(cfg)
+  # Everything that can fail on the input (the tokenizer, the tensors) before anything is written.
+  model_cfg = resolve_model(cfg.model, HuggingFaceTokenizer(ckpt.directory).vocab_size)
+  params = hf.init_params(cfg.init_from, model_cfg)
   tokenizer = build_tokenizer(workdir / 'tokenizer', 'huggingface', [], 0, cfg.init_from)
-  model_cfg = resolve_model(cfg.model, tokenizer.vocab_size)
   mesh, rules = make_mesh(cfg), sharding.rules_from_config(cfg.mesh)
   setup = setup_train_state(cfg, model_cfg, make_optimizer(cfg)[0], mesh, rules)
-  params = hf.init_params(cfg.init_from, model_cfg)
   state = setup.init().replace(params=jax.device_put(params, setup.shardings.params))
   saver = Checkpointer(workdir / 'checkpoints', keep=None, async_save=False)
   try:
