@@ -198,6 +198,10 @@ class Trainer:
                       f'tokenizer.json of config field init_from={cfg.init_from!r}; set '
                       f"data.tokenizer='huggingface' and data.tokenizer_path={cfg.init_from!r} "
                       '(and prepare the data with it).')
+    if cfg.model.vocab_size < self.tokenizer.vocab_size:
+      raise UserError(f'the model in config field init_from={cfg.init_from!r} has a vocabulary of '
+                      f'{cfg.model.vocab_size}, smaller than its tokenizer.json\'s '
+                      f'{self.tokenizer.vocab_size}; the two do not belong together.')
 
   def log(self, text: str) -> None:
     if self.is_main:

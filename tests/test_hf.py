@@ -277,8 +277,10 @@ def test_prepare_with_a_huggingface_tokenizer(tmp_path):
 @pytest.mark.slow
 def test_continued_pretraining_from_an_imported_gpt2(tmp_path):
   """config.init_from (a model whose vocabulary is padded past its tokenizer's): the run's first
-  state holds the imported weights exactly; training on the shipped corpus lowers the loss; a run killed after a checkpoint resumes to the same per-step
-  losses as one that was not (the weights are not imported again over the checkpoint)."""
+  state holds the imported weights exactly; training on the shipped corpus lowers the loss; a run
+  killed after a checkpoint resumes to the same per-step losses as one that was not (the weights
+  are not imported again over the checkpoint). Another tokenizer, or a model whose vocabulary is
+  smaller than its tokenizer's, is one sentence."""
   import signal
   import harness
   from jaxlm import trainer
@@ -300,6 +302,14 @@ def test_continued_pretraining_from_an_imported_gpt2(tmp_path):
   other = cfg.copy_and_resolve_references()
   other.data.tokenizer, other.data.tokenizer_path = 'byte', ''
   with pytest.raises(UserError, match="the run's tokenizer .* is not the tokenizer.json"):
+    trainer.Trainer(other)
+  small = tmp_path / 'small'  # a model whose vocabulary cannot hold its tokenizer's ids
+  transformers.GPT2LMHeadModel(hf_config('gpt2', vocab_size=200, n_positions=64)).save_pretrained(
+      small)
+  bpe_tokenizer(small)
+  other = cfg.copy_and_resolve_references()
+  other.init_from, other.data.tokenizer_path = str(small), str(small)
+  with pytest.raises(UserError, match="has a vocabulary of 200, smaller than its tokenizer"):
     trainer.Trainer(other)
   t = trainer.Trainer(cfg)
   try:
