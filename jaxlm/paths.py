@@ -10,7 +10,7 @@ model. Two things need local files, so jaxlm keeps a local copy of them in its c
   (data/staging.py) and read from there; `jaxlm.prepare --output=gs://...` prepares into the cache
   and uploads. A corpus larger than a host's disk is read from a gcsfuse mount instead.
 - Object storage cannot append: metrics.jsonl and TensorBoard's event files are written to a
-  local mirror of the workdir and uploaded every `UPLOAD_SECONDS` and when the writer closes.
+  local mirror of the workdir and uploaded every 30 seconds (metrics.MetricWriter) and at close.
 
 Without gcsfs a gs:// location is one sentence before anything is written; other schemes are
 refused the same way. TensorFlow is not used for file access (EPATH_USE_TF=false by default):
