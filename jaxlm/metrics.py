@@ -12,7 +12,6 @@ lower triangle. nanoGPT's estimate differs: it counts attention in full (12 * la
 import json
 import math
 import time
-from pathlib import Path
 from typing import Mapping
 
 import jax
@@ -99,7 +98,7 @@ class MetricWriter:
       return
     from tensorboardX import SummaryWriter  # Imported here: only the writing process needs it.
     self.remote = paths.path(workdir) if paths.is_url(workdir) else None
-    self.local = paths.local_mirror('runs', workdir) if self.remote else Path(workdir)
+    self.local = paths.local_dir(workdir)
     if self.remote:
       (self.local / 'metrics.jsonl').unlink(missing_ok=True)  # the bucket's copy is the record
       if (self.remote / 'metrics.jsonl').exists():

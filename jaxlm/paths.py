@@ -80,6 +80,12 @@ def local_mirror(kind: str, url: str) -> Path:
   return cache_dir(kind, f'{name}-{hashlib.sha256(str(url).encode()).hexdigest()[:12]}')
 
 
+def local_dir(workdir) -> Path:
+  """Where a run writes what must be local (metrics before upload, profiles, process logs): the
+  workdir itself, or the local mirror of a workdir on a bucket."""
+  return local_mirror('runs', workdir) if is_url(workdir) else Path(workdir).expanduser()
+
+
 def copy(source, target) -> None:
   """Copies one file between any two locations, streaming. A GCS object appears whole or not at
   all; a local target is written to a temporary name and renamed, so it is never partial."""

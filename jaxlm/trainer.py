@@ -129,8 +129,7 @@ class Trainer:
     self.cfg = cfg
     self.workdir = prepare_workdir(cfg.workdir)
     # What must be written locally (a profile trace) goes to a local mirror of a bucket workdir.
-    self.local_dir = (paths.local_mirror('runs', cfg.workdir) if paths.is_url(cfg.workdir)
-                      else self.workdir)
+    self.local_dir = paths.local_dir(cfg.workdir)
     self.lock = WorkdirLock(self.workdir)  # before anything is written into the workdir
     self.ckpt: Checkpointer | None = None
     self.writer: metrics.MetricWriter | None = None  # opened after a successful restore

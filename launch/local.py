@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 from absl import flags
 
@@ -38,7 +37,7 @@ def main(argv: list[str]) -> None:
   workdir = next((a.split('=', 1)[1] for a in train_args if a.startswith('--config.workdir=')),
                  'runs/local')
   paths.check('--config.workdir', workdir)
-  logs = paths.local_mirror('runs', workdir) if paths.is_url(workdir) else Path(workdir)
+  logs = paths.local_dir(workdir)
   logs.mkdir(parents=True, exist_ok=True)
   address = f'127.0.0.1:{free_port()}'
   processes = []
