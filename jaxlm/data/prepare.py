@@ -136,6 +136,12 @@ def _prepare_chunk(chunk: Chunk) -> dict:
   return record
 
 
+def settings_record(s: Settings) -> dict:
+  """What settings.json holds, as it reads back: a preparation into a directory (or a bucket)
+  whose record differs is another preparation, never written over it."""
+  return _plain(dict(format=FORMAT, **dataclasses.asdict(s)))
+
+
 def _plain(value):
   """As it reads back from JSON (tuples become lists), for comparisons with saved records."""
   return json.loads(json.dumps(value))
@@ -207,7 +213,7 @@ def prepare(s: Settings, output: Path, workers: int = 0, progress: bool = True) 
   output = Path(output)
   chunks = plan_chunks(s.source, s.chunk_mb, **s.tf_options())
   settings_path = output / 'settings.json'
-  wanted = dict(format=FORMAT, **dataclasses.asdict(s))
+  wanted = settings_record(s)
   if settings_path.exists() and json.loads(settings_path.read_text()) != wanted:
     raise UserError(f'{output} already holds a preparation with other settings (see '
                     f'{settings_path}); give a new --output, or the same settings to resume it.')

@@ -10,14 +10,13 @@ A lock file serialises processes of one host that stage the same dataset.
 """
 
 import contextlib
-import dataclasses
 import fcntl
 import json
 import shutil
 from pathlib import Path
 
 from jaxlm import paths
-from jaxlm.data.prepare import FORMAT, SPLITS, Settings, prepare
+from jaxlm.data.prepare import SPLITS, Settings, prepare, settings_record
 from jaxlm.data.tokenizers import TOKENIZER_FILES, atomic_write
 from jaxlm.errors import UserError
 
@@ -79,9 +78,9 @@ def prepare_to(s: Settings, output: str, workers: int = 0, progress: bool = True
   if not paths.is_url(output):
     return prepare(s, Path(output), workers, progress)
   remote = paths.path(output)
-  wanted = dict(format=FORMAT, **dataclasses.asdict(s))
+  wanted = settings_record(s)
   settings = _read(remote / 'settings.json')
-  if settings is not None and json.loads(settings) != json.loads(json.dumps(wanted)):
+  if settings is not None and json.loads(settings) != wanted:
     raise UserError(f'{output} already holds a preparation with other settings (see '
                     f'{output}/settings.json); give a new --output, or the same settings to '
                     'resume it.')
@@ -91,7 +90,7 @@ def prepare_to(s: Settings, output: str, workers: int = 0, progress: bool = True
   local = paths.local_mirror('prepared', output)
   with _locked(local):
     old = _read(local / 'settings.json')
-    if old is not None and json.loads(old) != json.loads(json.dumps(wanted)):
+    if old is not None and json.loads(old) != wanted:
       shutil.rmtree(local)  # left by another preparation for this URL, which never finished
     manifest = prepare(s, local, workers, progress)
     paths.copy(local / 'settings.json', remote / 'settings.json')
