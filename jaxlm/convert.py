@@ -8,9 +8,9 @@ import-hf makes a workdir holding the model as checkpoint 0 with its tokenizer.j
 jaxlm.eval (with --text) and jaxlm.generate; to keep training it, start a run from the Hugging
 Face directory with --config.init_from.
 
-export-hf writes config.json and safetensors (sharded with an index when larger than --max_shard_mb) that
-transformers.AutoModelForCausalLM.from_pretrained loads: a GPT-2-style run as GPT2LMHeadModel, a
-Llama-style one as LlamaForCausalLM (Qwen2ForCausalLM with model.qkv_bias), and the tokenizer that
+export-hf writes config.json and safetensors (sharded with an index when larger than --max_shard_mb)
+that transformers.AutoModelForCausalLM.from_pretrained loads: a GPT-2-style run as GPT2LMHeadModel,
+a Llama-style one as LlamaForCausalLM (Qwen2ForCausalLM with model.qkv_bias), and the tokenizer that
 AutoTokenizer loads: a SentencePiece model as tokenizer.model (LlamaTokenizer), a tokenizer.json as
 it is; character and byte tokenizers have no transformers equivalent and are not written.
 """
@@ -67,7 +67,7 @@ def import_hf() -> None:
   cfg.workdir, cfg.init_from = str(workdir), str(ckpt.directory)
   cfg.data.tokenizer, cfg.data.tokenizer_path = 'huggingface', str(workdir / 'tokenizer')
   cfg.model.max_seq_len = _MAX_LEN.value or hf.model_fields(ckpt.config)[1]['max_seq_len']
-  hf.init_fields(cfg.init_from, cfg.model)
+  family = hf.init_fields(cfg.init_from, cfg.model)
   validate(cfg)
   # Everything that can fail on the input (the tokenizer, the tensors) before anything is written.
   model_cfg = resolve_model(cfg.model, HuggingFaceTokenizer(ckpt.directory).vocab_size)
@@ -82,12 +82,12 @@ def import_hf() -> None:
                                   tokenizer=tokenizer.fingerprint, data=[]))
   finally:
     saver.close()
-  print(f'{ckpt.directory} -> {workdir} (checkpoint 0, {hf.model_fields(ckpt.config)[0]}, '
+  print(f'{ckpt.directory} -> {workdir} (checkpoint 0, {family}, '
         f'context {model_cfg.max_seq_len}, vocabulary {model_cfg.vocab_size})')
 
 
 def export_hf() -> None:
-  from jaxlm import hf  # pylint: disable=import-outside-toplevel
+  from jaxlm import hf, hf_files  # pylint: disable=import-outside-toplevel
   from jaxlm.restore import load_trained  # pylint: disable=import-outside-toplevel
   cli.require(_WORKDIR, bool(_WORKDIR.value.strip()), "a training run's workdir")
   cli.require_location(_WORKDIR)
@@ -98,7 +98,7 @@ def export_hf() -> None:
   hf.family_of(r.model_cfg)  # a model transformers cannot represent fails before writing
   family, files = hf.export_model(r.model_cfg, r.params, out,
                                   int(_SHARD_MB.value * 2**20), _DTYPE.value)
-  files += hf.export_tokenizer(r.tokenizer, out, r.model_cfg.max_seq_len) or [
+  files += hf_files.export_tokenizer(r.tokenizer, out, r.model_cfg.max_seq_len) or [
       f'no tokenizer (a {type(r.tokenizer).__name__} has no transformers equivalent)']
   print(f'checkpoint {r.step} of {_WORKDIR.value} -> {out} as {hf.ARCHITECTURES[family]} '
         f'({_DTYPE.value}): {", ".join(files)}')

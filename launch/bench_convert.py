@@ -45,7 +45,8 @@ def main(argv: list[str]) -> None:
   n_params = sum(p.numel() for p in model.parameters())
   del model
   tok = Tokenizer(models.BPE())
-  tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
   shipped = Path(__file__).resolve().parents[1] / 'jaxlm' / 'data' / 'tinyshakespeare.txt'
   tok.train_from_iterator([shipped.read_text()], trainers.BpeTrainer(
       vocab_size=1000, special_tokens=['<|endoftext|>'],

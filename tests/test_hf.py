@@ -11,7 +11,7 @@ import torch
 import transformers
 from flax import nnx
 
-from jaxlm import hf
+from jaxlm import hf, hf_files
 from jaxlm.errors import UserError
 from jaxlm.model.attention import rope_frequencies
 from jaxlm.model.transformer import Transformer
@@ -427,7 +427,7 @@ def test_exported_tokenizer_encodes_as_jaxlm(tmp_path, kind):
     ours = SentencePieceTokenizer(tmp_path / 'sp.model')
   else:
     ours = HuggingFaceTokenizer(bpe_tokenizer(tmp_path / 'tok'))
-  files = hf.export_tokenizer(ours, tmp_path, 64)
+  files = hf_files.export_tokenizer(ours, tmp_path, 64)
   if kind in ('sentencepiece-nfkc', 'sentencepiece-dummy-prefix'):
     assert files == [] and not (tmp_path / 'tokenizer_config.json').exists()
     return
