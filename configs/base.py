@@ -18,10 +18,12 @@ def get_config() -> ConfigDict:
   c = ConfigDict()
   c.seed = 0  # One seed drives init, data order and dropout; fold_in(seed, step) per step.
   c.workdir = 'runs/base'  # Checkpoints, metrics and the data prepared from a source live here.
-  c.init_from = ''  # A Hugging Face model directory whose weights start the run (fresh optimizer,
-  #                   step 0): its architecture replaces the model fields except dtype, remat,
-  #                   scan_unroll, attention, dropout and max_seq_len; the run's tokenizer must be
-  #                   its tokenizer.json. Ignored once the workdir has a checkpoint (resume).
+  c.init_from = ''  # Trained weights that start the run (fresh optimizer, step 0): a Hugging Face
+  #                   model directory, or a jaxlm workdir (its newest checkpoint; one trained here
+  #                   or made by jaxlm.convert import-hf). Its architecture replaces the model fields
+  #                   except dtype, remat, scan_unroll, attention, dropout, init_std, max_seq_len and
+  #                   vocab_multiple; the run's tokenizer must be the one it was trained with.
+  #                   Ignored once the workdir has a checkpoint (resume).
   c.xla_flags = ''  # Added to XLA_FLAGS before JAX starts (the GPU presets set tuned ones).
   c.cpu_devices = 0  # On a CPU host: JAX devices to split it into, each single-threaded (0: one per
   #                    core that the batch divides over). Data parallelism over cores beats

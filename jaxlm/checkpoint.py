@@ -155,6 +155,18 @@ class Checkpointer:
         meta=ocp.args.JsonRestore()))
     return restored.state, restored.data, restored.meta
 
+  def restore_params(self, abstract_params: Any, step: int) -> Any:
+    """Only the parameters of `step` (the state's `params`), onto the shardings in
+    `abstract_params`: what evaluation, generation, export and init_from need. The optimizer
+    state is not read, so memory holds one copy of the model, not three."""
+    target = {'params': abstract_params}
+    self._check_shapes(step, target)
+    with ocp.PyTreeCheckpointer() as reader:
+      restored = reader.restore(self.directory / str(step) / 'state', args=ocp.args.PyTreeRestore(
+          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+          partial_restore=True))
+    return restored['params']
+
   def restore_meta(self, step: int) -> dict:
     """Only the metadata (config, tokenizer) of a checkpoint: cheap, no arrays are read."""
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta

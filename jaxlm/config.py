@@ -205,6 +205,24 @@ def _check_cross_fields(cfg: ConfigDict) -> None:
         _fail(f'mesh.rules.{logical}', axes, 'a comma-separated list of ' + ', '.join(MESH_AXES))
 
 
+# What a run started from trained weights (config.init_from) keeps from its own model config: how
+# it computes, and the context (max_seq_len: learned positions beyond it are dropped).
+RUN_MODEL_FIELDS = ('dtype', 'remat', 'scan_unroll', 'attention', 'dropout', 'init_std',
+                    'max_seq_len', 'vocab_multiple')
+
+
+def adopt_architecture(model: ConfigDict, fields: dict, where: str) -> None:
+  """Sets the fields of the run's model config `model` to the trained model's `fields`, except
+  RUN_MODEL_FIELDS; a context longer than the learned positions of `where` is an error."""
+  if fields['position'] == 'learned' and model.max_seq_len > fields['max_seq_len']:
+    raise UserError(f'config field model.max_seq_len={model.max_seq_len} is longer than the '
+                    f'{fields["max_seq_len"]} positions the model in {where} learned; set it to '
+                    'at most that.')
+  for key, value in fields.items():
+    if key not in RUN_MODEL_FIELDS and key in model:
+      model[key] = value
+
+
 def resolve_model(m: ConfigDict, tokenizer_vocab: int) -> ConfigDict:
   """Returns a copy of the model config with every derived field (the zeros) filled in.
 

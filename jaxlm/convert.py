@@ -4,9 +4,9 @@
   python -m jaxlm.convert export-hf --workdir=runs/base --out=hf/base [--step=N]
       [--dtype=bfloat16] [--max_shard_mb=2048]
 
-import-hf makes a workdir holding the model as checkpoint 0 with its tokenizer.json, for
-jaxlm.eval (with --text) and jaxlm.generate; to keep training it, start a run from the Hugging
-Face directory with --config.init_from.
+import-hf makes a workdir holding the model as checkpoint 0 (its parameters) with its
+tokenizer.json, for jaxlm.eval (with --text) and jaxlm.generate; to keep training it, start a new
+run from that workdir (or from the Hugging Face directory) with --config.init_from.
 
 export-hf writes config.json and safetensors (sharded with an index when larger than --max_shard_mb)
 that transformers.AutoModelForCausalLM.from_pretrained loads: a GPT-2-style run as GPT2LMHeadModel,
@@ -45,16 +45,13 @@ def _new_directory(flag: flags.FlagHolder):
 def import_hf() -> None:
   """A workdir holding the Hugging Face model as checkpoint 0 (see the module docstring)."""
   import jax  # pylint: disable=import-outside-toplevel
-  from jaxlm import hf, sharding  # pylint: disable=import-outside-toplevel
+  from jaxlm import hf  # pylint: disable=import-outside-toplevel
   from jaxlm.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
   from jaxlm.config import resolve_model, validate  # pylint: disable=import-outside-toplevel
   from jaxlm.configs import base  # pylint: disable=import-outside-toplevel
   # pylint: disable-next=import-outside-toplevel
   from jaxlm.data.tokenizers import HuggingFaceTokenizer, build_tokenizer
   from jaxlm.errors import UserError  # pylint: disable=import-outside-toplevel
-  from jaxlm.mesh import make_mesh  # pylint: disable=import-outside-toplevel
-  from jaxlm.optim import make_optimizer  # pylint: disable=import-outside-toplevel
-  from jaxlm.state import setup_train_state  # pylint: disable=import-outside-toplevel
   cli.require(_HF_DIR, bool(_HF_DIR.value.strip()), 'a Hugging Face model directory')
   cli.require_local(_HF_DIR)
   cli.require(_MAX_LEN, _MAX_LEN.value >= 0, "0 (the model's context) or a positive length")
@@ -73,13 +70,14 @@ def import_hf() -> None:
   model_cfg = resolve_model(cfg.model, HuggingFaceTokenizer(ckpt.directory).vocab_size)
   params = hf.init_params(cfg.init_from, model_cfg)
   tokenizer = build_tokenizer(workdir / 'tokenizer', 'huggingface', [], 0, cfg.init_from)
-  mesh, rules = make_mesh(cfg), sharding.rules_from_config(cfg.mesh)
-  setup = setup_train_state(cfg, model_cfg, make_optimizer(cfg)[0], mesh, rules)
-  state = setup.init().replace(params=jax.device_put(params, setup.shardings.params))
+  # The parameters alone (no optimizer state: nothing resumes from this checkpoint; a new run
+  # starts from it with config.init_from). As JAX arrays (on a CPU, the same memory), which Orbax
+  # writes with one host copy; numpy arrays it copies twice.
+  params = jax.device_put(params, jax.local_devices(backend='cpu')[0])
   saver = Checkpointer(workdir / 'checkpoints', keep=None, async_save=False)
   try:
-    saver.save(0, state, {}, dict(config=cfg.to_dict(), model=model_cfg.to_dict(),
-                                  tokenizer=tokenizer.fingerprint, data=[]))
+    saver.save(0, dict(params=params), {}, dict(
+        config=cfg.to_dict(), model=model_cfg.to_dict(), tokenizer=tokenizer.fingerprint, data=[]))
   finally:
     saver.close()
   print(f'{ckpt.directory} -> {workdir} (checkpoint 0, {family}, '

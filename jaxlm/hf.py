@@ -16,11 +16,12 @@ are in hf_files.py.
 from pathlib import Path
 from typing import Callable, Iterator
 
-import jax
 import numpy as np
 from flax import traverse_util
 from ml_collections import ConfigDict
 
+from jaxlm.config import RUN_MODEL_FIELDS, adopt_architecture, resolve_model
+from jaxlm.configs import base
 from jaxlm.errors import UserError
 from jaxlm.hf_files import Checkpoint, write_checkpoint
 
@@ -316,23 +317,11 @@ def check_tensors(shapes: dict[str, tuple], m: ConfigDict, family: str, prefix: 
                       f'config.json implies {tuple(shape)}; the config and the weights disagree.')
 
 
-# What a run starting from a Hugging Face model keeps from its own config: how it computes, and
-# the context (max_seq_len: learned positions beyond it are dropped).
-_RUN_FIELDS = ('dtype', 'remat', 'scan_unroll', 'attention', 'dropout', 'init_std', 'max_seq_len',
-               'vocab_multiple')
-
-
 def init_fields(directory: str, model: ConfigDict) -> str:
   """Sets the architecture fields of the run's model config `model` to those of the Hugging Face
   model in `directory` (config.init_from); returns its family."""
   family, fields = model_fields(Checkpoint(directory).config)
-  if fields['position'] == 'learned' and model.max_seq_len > fields['max_seq_len']:
-    raise UserError(f'config field model.max_seq_len={model.max_seq_len} is longer than the '
-                    f'{fields["max_seq_len"]} positions the model in {directory} learned; set it '
-                    'to at most that.')
-  for key, value in fields.items():
-    if key not in _RUN_FIELDS:
-      model[key] = value
+  adopt_architecture(model, fields, directory)
   return family
 
 
@@ -341,7 +330,7 @@ def init_params(directory: str, m: ConfigDict) -> dict:
   (learned positions cropped to m.max_seq_len)."""
   _, imported, params = import_model(directory)
   differ = [f'{k}={m[k]!r} (the model has {imported[k]!r})' for k in imported
-            if k not in _RUN_FIELDS and m[k] != imported[k]]
+            if k not in RUN_MODEL_FIELDS and m[k] != imported[k]]
   if differ:
     raise UserError(f'the run\'s model differs from the one in {directory}: {", ".join(differ)}; '
                     'leave those fields to config.init_from.')
@@ -352,8 +341,6 @@ def init_params(directory: str, m: ConfigDict) -> dict:
 
 def import_model(directory: str) -> tuple[str, ConfigDict, dict]:
   """(family, resolved jaxlm model config, parameters as a nested dict of float32 arrays)."""
-  from jaxlm.config import resolve_model  # pylint: disable=import-outside-toplevel
-  from jaxlm.configs import base  # pylint: disable=import-outside-toplevel
   ckpt = Checkpoint(directory)
   family, fields = model_fields(ckpt.config)
   m = base.get_config().model
@@ -365,13 +352,24 @@ def import_model(directory: str) -> tuple[str, ConfigDict, dict]:
   return family, m, params
 
 
+def _host_copy(x) -> np.ndarray:
+  """A host copy of a (possibly sharded) array that the array does not keep: np.asarray(x) caches
+  its result on x, which would hold a second copy of the model until the export ends."""
+  if isinstance(x, np.ndarray):
+    return x
+  out = np.empty(x.shape, x.dtype)
+  for shard in x.addressable_shards:
+    out[shard.index] = np.asarray(shard.data)
+  return out
+
+
 def export_model(m: ConfigDict, params: dict, out: Path, max_shard_bytes: int = 2 * 2**30,
                  dtype: str = 'float32') -> tuple[str, list[str]]:
   """Writes the jaxlm parameters `params` (a nested dict of arrays, host or device) as a
   transformers checkpoint in `out`; returns (family, files written)."""
   family = family_of(m)
   flat = traverse_util.flatten_dict(params, sep='/')
-  get = lambda path: np.asarray(jax.device_get(flat[path]), np.float32)
+  get = lambda path: np.asarray(_host_copy(flat[path]), np.float32)
 
   files = write_checkpoint(hf_tensors(get, m, family), hf_config(m, family), out,
                            max_shard_bytes, dtype)

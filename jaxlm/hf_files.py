@@ -4,7 +4,7 @@ between those tensors and jaxlm's parameters is hf.py's."""
 
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 from safetensors import safe_open
@@ -28,7 +28,7 @@ class Checkpoint:
       self.files = {name: self.directory / f
                     for name, f in json.loads(index.read_text())['weight_map'].items()}
     elif (self.directory / 'model.safetensors').is_file():
-      with safe_open(str(self.directory / 'model.safetensors'), 'flax') as f:
+      with safe_open(str(self.directory / 'model.safetensors'), 'numpy') as f:
         self.files = {name: self.directory / 'model.safetensors' for name in f.keys()}
     elif (self.directory / 'pytorch_model.bin').is_file():
       import torch  # pylint: disable=import-outside-toplevel  # the hf extra
@@ -38,27 +38,26 @@ class Checkpoint:
     else:
       raise UserError(f'{self.directory} holds no model.safetensors, safetensors index or '
                       'pytorch_model.bin.')
-    self._open: dict[Path, Any] = {}
 
   def shapes(self) -> dict[str, tuple]:
     out = {}
-    for name, path in self.files.items():
+    for path in set(self.files.values()):
       if path is None:
-        out[name] = tuple(self._torch[name].shape)
-      else:
-        out[name] = tuple(self._handle(path).get_slice(name).get_shape())
+        out.update((name, tuple(t.shape)) for name, t in self._torch.items())
+        continue
+      with safe_open(str(path), 'numpy') as f:  # reads the header only
+        out.update((name, tuple(f.get_slice(name).get_shape())) for name in f.keys()
+                   if self.files.get(name) == path)
     return out
 
-  def _handle(self, path: Path):
-    if path not in self._open:
-      self._open[path] = safe_open(str(path), 'flax').__enter__()
-    return self._open[path]
-
   def get(self, name: str) -> np.ndarray:
+    """One tensor as float32. The file is mapped for this read only: a mapping kept open would
+    keep every page read so far resident, a second copy of the model."""
     path = self.files[name]
     if path is None:
       return self._torch[name].float().numpy()
-    return np.asarray(self._handle(path).get_tensor(name), np.float32)
+    with safe_open(str(path), 'numpy') as f:
+      return np.asarray(f.get_tensor(name), np.float32)
 
 
 def write_checkpoint(tensors: Iterator[tuple[str, np.ndarray]], config: dict, out: Path,
@@ -80,7 +79,7 @@ def write_checkpoint(tensors: Iterator[tuple[str, np.ndarray]], config: dict, ou
     shards[-1] = {}
 
   for name, value in tensors:
-    value = np.ascontiguousarray(value.astype(cast))
+    value = np.ascontiguousarray(value.astype(cast, copy=False))
     if shards[-1] and size + value.nbytes > max_shard_bytes:
       flush()
       size = 0

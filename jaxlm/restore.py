@@ -108,8 +108,8 @@ def _restore(ckpt: Checkpointer, workdir: Path, step: int, batch_size: int) -> T
   rules = sharding.rules_from_config(cfg.mesh)
   tx, _ = make_optimizer(cfg)
   setup = setup_train_state(cfg, model_cfg, tx, mesh, rules)
-  state, _, _ = ckpt.restore(setup.abstract, step)
-  return TrainedRun(cfg, model_cfg, tokenizer, run_data, setup.graphdef, state.params, step, mesh,
+  params = ckpt.restore_params(setup.abstract.params, step)
+  return TrainedRun(cfg, model_cfg, tokenizer, run_data, setup.graphdef, params, step, mesh,
                     rules, workdir)
 
 

@@ -66,6 +66,13 @@ def init_params(model_cfg: ConfigDict, key: jax.Array) -> dict[str, Any]:
   return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
+def abstract_params(model_cfg: ConfigDict, mesh: Mesh, rules: sharding.Rules) -> dict[str, Any]:
+  """The parameters as ShapeDtypeStructs with their shardings on `mesh` (a restore target)."""
+  _, abstract = nnx.split(abstract_model(model_cfg), nnx.Param)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      nnx.to_pure_dict(abstract), sharding.param_shardings(abstract, mesh, rules))
+
+
 class StateSetup(NamedTuple):
   """What it takes to create or restore a train state on a mesh."""
   undivided: list[str]  # Parameter dimensions replicated because the mesh does not divide them.

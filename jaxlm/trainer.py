@@ -22,10 +22,9 @@ from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
-from jaxlm import data, hf, metrics, paths, sharding
+from jaxlm import data, metrics, paths, sharding, warmstart
 from jaxlm.checkpoint import Checkpointer
 from jaxlm.config import check_model, resolve_model, validate
-from jaxlm.data.tokenizers import HuggingFaceTokenizer
 from jaxlm.errors import UserError
 from jaxlm.evaluation import continuations, loss_over, sync_each_step, to_global
 from jaxlm.mesh import configure_backend, initialize_distributed, make_mesh
@@ -142,12 +141,16 @@ class Trainer:
   def _build(self, cfg: ConfigDict) -> None:
     t = cfg.train
     self.mesh = make_mesh(cfg)
-    rules = sharding.rules_from_config(cfg.mesh)
+    self.rules = rules = sharding.rules_from_config(cfg.mesh)
+    # config.init_from: the architecture is the trained model's, and so must the tokenizer be.
+    self.init_from = warmstart.Source(cfg.init_from) if cfg.init_from else None
     self.run_data = open_data_once(cfg, self.workdir)
     self.tokenizer = self.run_data.tokenizer
     self.tokenizer.encode(t.sample_prompt)  # a prompt it cannot encode fails now, not at the end
-    if cfg.init_from:
-      self._check_init_from(cfg)
+    if self.init_from:
+      self.init_from.set_model_fields(cfg.model)
+      check_model(cfg.model)
+      self.init_from.check_tokenizer(self.tokenizer, cfg.model)
     self.model_cfg = resolve_model(cfg.model, self.tokenizer.vocab_size)
     tx, schedule = make_optimizer(cfg)
     self.setup = setup_train_state(cfg, self.model_cfg, tx, self.mesh, rules)
@@ -183,25 +186,6 @@ class Trainer:
     self.flops_per_token, self.peak = metrics.flops_per_token(self.model_cfg), metrics.peak_flops()
     self.result: dict[str, Any] = {}
 
-  def _check_init_from(self, cfg: ConfigDict) -> None:
-    """config.init_from: the model fields become the Hugging Face model's, and the run's tokenizer
-    must be the one it was trained with (else every embedding row means another token)."""
-    hf.init_fields(cfg.init_from, cfg.model)
-    check_model(cfg.model)
-    source = Path(cfg.init_from).expanduser()
-    if not (source / 'tokenizer.json').is_file():
-      raise UserError(f'config field init_from={cfg.init_from!r} has no tokenizer.json, so the '
-                      "run's tokenizer cannot be checked against the model's; add it there.")
-    if HuggingFaceTokenizer(source).fingerprint != self.tokenizer.fingerprint:
-      raise UserError(f"the run's tokenizer ({self.tokenizer.fingerprint}) is not the "
-                      f'tokenizer.json of config field init_from={cfg.init_from!r}; set '
-                      f"data.tokenizer='huggingface' and data.tokenizer_path={cfg.init_from!r} "
-                      '(and prepare the data with it).')
-    if cfg.model.vocab_size < self.tokenizer.vocab_size:
-      raise UserError(f'the model in config field init_from={cfg.init_from!r} has a vocabulary of '
-                      f'{cfg.model.vocab_size}, smaller than its tokenizer.json\'s '
-                      f'{self.tokenizer.vocab_size}; the two do not belong together.')
-
   def log(self, text: str) -> None:
     if self.is_main:
       tqdm.write(text)
@@ -221,7 +205,7 @@ class Trainer:
       if saved.get('data') == []:
         raise UserError(f'checkpoint {step} in {self.ckpt.directory} is a model imported by '
                         'jaxlm.convert import-hf; train from it in a new workdir with '
-                        'config.init_from=<its Hugging Face directory>.')
+                        f'config.init_from={str(self.workdir)!r}.')
       if saved.get('tokenizer') != self.tokenizer.fingerprint:
         raise UserError(
             f'checkpoint {step} in {self.ckpt.directory} was trained with a different tokenizer '
@@ -242,10 +226,11 @@ class Trainer:
     restored = self.ckpt.restore_latest(self.setup.abstract, same_run)
     if restored is None:
       state = self.setup.init()
-      if self.cfg.init_from:
-        params = hf.init_params(self.cfg.init_from, self.model_cfg)
-        state = state.replace(params=jax.device_put(params, self.setup.shardings.params))
-        self.log(f'Starting from the weights of {self.cfg.init_from}')
+      if self.init_from:
+        state = state.replace(params=self.init_from.params(
+            self.model_cfg, self.mesh, self.rules, self.setup.shardings.params))
+        which = '' if self.init_from.kind == 'huggingface' else f' (checkpoint {self.init_from.step})'
+        self.log(f'Starting from the weights of {self.cfg.init_from}{which}')
       return state
     state, data_state, step = restored
     self.data.set_state(data_state)

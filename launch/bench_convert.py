@@ -5,7 +5,8 @@
 Builds the model with transformers (GPT2Config's defaults: 12 layers, width 768, vocabulary 50257,
 1024 positions; random weights, nothing downloaded) and a small byte-level BPE tokenizer.json, then
 runs each command as a user would, in its own process, and prints its wall time and peak resident
-memory (the child's ru_maxrss).
+memory (the child's ru_maxrss). export-hf runs twice: with the default shard size (one 475 MiB
+file) and with 100 MiB shards, since it holds one shard, and its serialized bytes, at a time.
 """
 
 import os
@@ -19,6 +20,7 @@ from absl import app, flags
 
 _WORKDIR = flags.DEFINE_string('workdir', '/tmp/jaxlm_bench_convert', 'Scratch directory.')
 _KEEP = flags.DEFINE_bool('keep', False, 'Keep the scratch directory.')
+_MAKE = flags.DEFINE_bool('make', False, 'Only make the checkpoint (the child process).')
 
 
 def timed(cmd: list[str]) -> tuple[float, float]:
@@ -32,13 +34,11 @@ def timed(cmd: list[str]) -> tuple[float, float]:
   return seconds, usage.ru_maxrss / 1024
 
 
-def main(argv: list[str]) -> None:
-  del argv
+def make_checkpoint(root: Path) -> None:
+  """The random GPT-2 124M and a tokenizer.json in root/gpt2 (run in a child process: see main)."""
   import torch
   import transformers
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-  root = Path(_WORKDIR.value)
-  shutil.rmtree(root, ignore_errors=True)
   torch.manual_seed(0)
   model = transformers.GPT2LMHeadModel(transformers.GPT2Config())
   model.save_pretrained(root / 'gpt2')
@@ -54,12 +54,31 @@ def main(argv: list[str]) -> None:
   tok.save(str(root / 'gpt2' / 'tokenizer.json'))
   size = sum(f.stat().st_size for f in (root / 'gpt2').iterdir()) / 2**20
   print(f'GPT-2 124M-shaped random checkpoint: {n_params / 1e6:.1f}M parameters, {size:.0f} MiB')
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  root = Path(_WORKDIR.value)
+  if _MAKE.value:
+    make_checkpoint(root)
+    return
+  shutil.rmtree(root, ignore_errors=True)
+  # Linux keeps a process's peak RSS across exec, so a child forked from a parent that had loaded
+  # torch and the model would report the parent's peak: this process stays small, and the model
+  # is made in a child of its own.
+  subprocess.run([sys.executable, __file__, f'--workdir={root}', '--make'], check=True)
   py = [sys.executable, '-m', 'jaxlm.convert']
   for name, cmd in [
       ('import-hf', py + ['import-hf', f'--hf_dir={root / "gpt2"}', f'--workdir={root / "run"}']),
-      ('export-hf', py + ['export-hf', f'--workdir={root / "run"}', f'--out={root / "export"}'])]:
+      ('export-hf', py + ['export-hf', f'--workdir={root / "run"}', f'--out={root / "export"}']),
+      ('export-hf --max_shard_mb=100', py + ['export-hf', f'--workdir={root / "run"}',
+                                            f'--out={root / "export-sharded"}',
+                                            '--max_shard_mb=100'])]:
     seconds, rss = timed(cmd)
     print(f'{name}: {seconds:.1f} s wall, peak RSS {rss:,.0f} MiB', flush=True)
+  baseline = timed([sys.executable, '-c', 'import jax, jaxlm.convert, jaxlm.restore, jaxlm.hf; '
+                    'jax.devices()'])[1]
+  print(f'for reference, Python with JAX and jaxlm imported: peak RSS {baseline:,.0f} MiB')
   if not _KEEP.value:
     shutil.rmtree(root)
 

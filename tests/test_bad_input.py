@@ -30,6 +30,7 @@ def trained(tmp_path_factory):
   (tmp / 'prompts.txt').write_text('First\n')
   (tmp / 'out.model').write_bytes(b'an existing file')
   (tmp / 'no_metrics').mkdir()
+  (tmp / 'untrained' / 'checkpoints').mkdir(parents=True)
   (tmp / 'no_loss').mkdir()
   (tmp / 'no_loss' / 'metrics.jsonl').write_text('{"step": 1, "split": "samples", "texts": []}\n')
   _prepared_datasets(tmp)
@@ -127,7 +128,13 @@ CASES = [
     ('ftp mixture item', ['--config.data.mixture=a:0.5,ftp://b/c:0.5'], 'uses the ftp:// scheme'),
     ('huggingface tokenizer without a path', ['--config.data.tokenizer=huggingface'],
      "data.tokenizer_path='' is invalid"),
-    ('init_from not a model', ['--config.init_from={tmp}/no_metrics'], 'has no config.json'),
+    ('init_from not a model', ['--config.init_from={tmp}/no_metrics'],
+     'is neither a Hugging Face model directory (no config.json) nor a jaxlm workdir'),
+    ('init_from a workdir not trained yet', ['--config.init_from={tmp}/untrained'],
+     'has no checkpoint yet'),
+    ('init_from trained with another tokenizer',
+     ['--config.init_from={tmp}/run', '--config.data.tokenizer=byte'],
+     "is not the one the weights of config field init_from='{tmp}/run' were trained with"),
     ('prepared with another tokenizer',
      ['--config.data.corpus={tmp}/prep_byte', '--config.data.tokenizer=sentencepiece',
       '--config.data.tokenizer_path={tmp}/spm.model'],
