@@ -89,6 +89,23 @@ def test_imported_logits_equal_transformers(tmp_path, family, overrides):
                              rtol=1e-4)
 
 
+@pytest.mark.parametrize('family,overrides', [CASES[0], CASES[1], CASES[5]],
+                         ids=['gpt2-tied', 'llama-untied', 'qwen2-tied'])
+def test_a_perturbed_embedding_moves_both_models_alike(tmp_path, family, overrides):
+  """The same change to the input embedding, made in transformers and in jaxlm after import,
+  leaves the logits equal: a tied model's output head moves with it, an untied one's does not
+  (an import that gave a tied model a head of its own, or tied an untied one, fails here)."""
+  model, path = saved_model(tmp_path, family, **overrides)
+  _, m, params = hf.import_model(str(path))
+  delta = np.random.default_rng(5).normal(size=params['embed']['table'].shape).astype(np.float32)
+  params['embed']['table'] = params['embed']['table'] + 0.5 * delta
+  with torch.no_grad():
+    model.get_input_embeddings().weight.add_(torch.from_numpy(0.5 * delta))
+  ids = tokens(m.vocab_size)
+  np.testing.assert_allclose(jaxlm_logits(m, params, ids), hf_logits(model, ids), atol=1e-4,
+                             rtol=1e-4)
+
+
 def test_a_wrong_head_mapping_is_seen(tmp_path, monkeypatch):
   """Negative control: the comparison above fails when key/value heads are mapped wrongly (query
   head h paired with key/value head h % K instead of h // G), or when the rotation pairs channels
