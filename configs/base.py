@@ -59,6 +59,8 @@ def get_config() -> ConfigDict:
   m.remat = 'none'  # Activation recomputation per layer: 'none', 'dots' (save matmuls) or 'full'.
   m.scan_unroll = 0  # Layers per scan iteration (0: all). Unrolling speeds up small models (no
   #                    per-layer slicing of stacked buffers); deep presets use 1 to compile fast.
+  m.causal = True  # Each token sees only earlier ones (a decoder). False: bidirectional, an encoder
+  #                 for train.objective='mlm' (attention still stays within a packed document).
   m.attention = 'xla'  # Kernel: 'xla' (any device), 'cudnn' (GPU flash attention), 'splash' (TPU).
 
   c.data = ConfigDict()
@@ -89,6 +91,8 @@ def get_config() -> ConfigDict:
 
   c.train = ConfigDict()
   t = c.train
+  t.objective = 'causal'  # 'causal': predict each next token. 'mlm': masked LM (BERT) on a
+  #                         bidirectional model (model.causal=False), with the mlm.* settings.
   t.steps = 500  # Optimizer steps; the default run takes a few minutes on a 2-core CPU.
   t.batch_size = 16  # B, global sequences per step, split over the data and fsdp mesh axes.
   t.grad_accum = 1  # Micro-batches per step; B must divide by it. Same update as one big batch.
@@ -106,6 +110,15 @@ def get_config() -> ConfigDict:
   t.on_nonfinite = 'abort'  # A NaN/Inf loss or gradient: 'abort' (naming the step) or 'skip' it.
   t.max_skips = 20  # Skipped updates in a row that abort the run, whatever the policy: float16's
   #                   loss scale halves at each (2^15 reaches 1 in 15), so 20 means no recovery.
+
+  c.mlm = ConfigDict()  # train.objective='mlm': which tokens are hidden, and how.
+  c.mlm.ratio_schedule = 'constant'  # The masking ratio over the steps: 'constant' (ratio_start),
+  #                                    'linear' or 'cosine' from ratio_start to ratio_end.
+  c.mlm.ratio_start = 0.15  # BERT's 15%; Wettig et al. (2023) find 40% better for larger models.
+  c.mlm.ratio_end = 0.15  # Where 'linear' and 'cosine' arrive at the last step (e.g. 0.3 -> 0.15).
+  c.mlm.mask_fraction = 0.8  # Of the selected tokens, replaced by the [MASK] id (the first id past
+  c.mlm.random_fraction = 0.1  # the tokenizer's), by a random ordinary token, or (the rest) kept.
+  c.mlm.eval_ratio = 0.15  # Ratio for validation and jaxlm.eval, with a fixed seed: runs compare.
 
   c.optim = ConfigDict()
   o = c.optim

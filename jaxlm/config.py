@@ -29,11 +29,15 @@ _CHOICES = {
     'data.val_split': ('tail', 'documents'),
     'train.on_nonfinite': ('abort', 'skip'),
     'optim.schedule': ('cosine', 'constant'),
+    'train.objective': ('causal', 'mlm'),
+    'mlm.ratio_schedule': ('constant', 'linear', 'cosine'),
 }
 
 _positive = (lambda v: v > 0, 'a positive number')
 _non_negative = (lambda v: v >= 0, 'a number >= 0')
 _fraction = (lambda v: 0 <= v < 1, 'a number in [0, 1)')
+_ratio = (lambda v: 0 < v < 1, 'a number in (0, 1)')
+_unit = (lambda v: 0 <= v <= 1, 'a number in [0, 1]')
 _mesh_size = (lambda v: v == -1 or v >= 1, '-1 (the remaining devices) or a positive integer')
 
 _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -57,6 +61,11 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'model.rope_high_freq_factor': _positive,
     'model.rope_original_max_len': _positive,
     'model.dropout': _fraction,
+    'mlm.ratio_start': _ratio,
+    'mlm.ratio_end': _ratio,
+    'mlm.eval_ratio': _ratio,
+    'mlm.mask_fraction': _unit,
+    'mlm.random_fraction': _unit,
     'model.init_std': _positive,
     'data.tokenizer_vocab_size': (lambda v: v >= 16, 'an integer >= 16'),
     'data.val_fraction': (lambda v: 0 < v < 1, 'a number strictly between 0 and 1'),
@@ -185,6 +194,17 @@ def _check_cross_fields(cfg: ConfigDict) -> None:
                     f'model.max_seq_len={cfg.model.max_seq_len}.')
   if o.min_lr > o.lr:
     _fail('optim.min_lr', o.min_lr, f'at most optim.lr={o.lr}')
+  if t.objective == 'mlm' and cfg.model.causal:
+    raise UserError("config field train.objective='mlm' needs a bidirectional model: set "
+                    'model.causal=False (a causal model cannot see the tokens after a mask).')
+  if t.objective == 'causal' and not cfg.model.causal:
+    raise UserError("config field model.causal=False lets each token see the next one, which "
+                    "train.objective='causal' predicts; use train.objective='mlm' (or keep "
+                    'model.causal=True).')
+  if cfg.mlm.mask_fraction + cfg.mlm.random_fraction > 1:
+    raise UserError(f'config fields mlm.mask_fraction={cfg.mlm.mask_fraction} and '
+                    f'mlm.random_fraction={cfg.mlm.random_fraction} add up to more than 1; the '
+                    'rest of the selected tokens is kept unchanged.')
   d = cfg.data
   if d.tokenizer == 'huggingface' and not d.tokenizer_path:
     _fail('data.tokenizer_path', '', "a tokenizer.json (or a Hugging Face model directory holding "

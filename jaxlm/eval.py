@@ -77,15 +77,21 @@ def run(workdir: str, step: int | None, text: str, references: str, max_new_toke
         batch_size: int) -> dict:
   import jax
 
-  from jaxlm import data, evaluation, metrics, sharding
+  from jaxlm import data, evaluation, metrics, objectives, sharding
   from jaxlm.restore import load_trained
   from jaxlm.step import jit_eval_step, make_eval_step
 
   pairs = read_pairs(references) if references else None  # a bad file fails before any work
   r = load_trained(workdir, step, batch_size)
+  mlm = objectives.is_mlm(r.cfg)
+  if mlm and references:
+    raise UserError(f'{workdir} holds a masked language model, which does not generate; '
+                    '--references (BLEU) needs a causal one.')
   batch_sh = sharding.batch_sharding(r.mesh, r.rules)
   param_shardings = jax.tree.map(lambda x: x.sharding, r.params)
-  eval_step = jit_eval_step(make_eval_step(r.graphdef, r.mesh, r.rules, r.cfg.train.loss_chunk),
+  eval_step = jit_eval_step(make_eval_step(r.graphdef, r.mesh, r.rules, r.cfg.train.loss_chunk,
+                                           objectives.masking(r.cfg, r.tokenizer),
+                                           objectives.eval_masking(r.cfg)),
                             param_shardings, r.mesh, r.rules)
   packing, length = r.cfg.data.packing, r.model_cfg.max_seq_len
   if text:
@@ -106,8 +112,12 @@ def run(workdir: str, step: int | None, text: str, references: str, max_new_toke
     if len(stream.tokens) < 2 or not stream.weights[1:].any():
       raise UserError(f'the {name} text has no token to predict; evaluate a longer text.')
     result = evaluation.loss_over(eval_step, r.params, stream, r.cfg, batch_sh)
-    result['bits_per_byte'] = evaluation.bits_per_byte(result.pop('nats'), stream.bytes)
-    result['bytes'] = stream.bytes
+    if mlm:  # the masked tokens' loss at the fixed ratio; bits per byte would need every token
+      del result['nats']
+      result['mask_ratio'] = r.cfg.mlm.eval_ratio
+    else:
+      result['bits_per_byte'] = evaluation.bits_per_byte(result.pop('nats'), stream.bytes)
+      result['bytes'] = stream.bytes
     results[name] = result
   if references:
     prompts, refs = pairs

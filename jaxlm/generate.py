@@ -50,6 +50,9 @@ def main(argv: list[str]) -> None:
       raise UserError(f'--prompts_file={_PROMPTS_FILE.value} holds no prompt; write one per '
                       'line.')
   r = load_trained(_WORKDIR.value, _STEP.value, batch_size=len(prompts))
+  if not r.model_cfg.causal:
+    raise UserError(f'{_WORKDIR.value} holds a bidirectional (masked language) model, which does '
+                    'not continue a prompt; generate with a causal one.')
   kw = dict(max_new_tokens=_MAX_NEW.value, batch_size=r.cfg.train.batch_size,
             temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
             seed=_SEED.value)

@@ -97,6 +97,9 @@ def model_fields(hf: dict) -> tuple[str, dict]:
 
 def family_of(m: ConfigDict) -> str:
   """The transformers family that represents the jaxlm model `m` exactly, or one sentence."""
+  if not m.causal:
+    raise UserError('a bidirectional jaxlm model (model.causal=False) has no transformers '
+                    'causal-LM equivalent; only causal models export.')
   if (m.norm, m.position, m.mlp) == ('layernorm', 'learned', 'gelu'):
     if not (m.use_bias and m.tie_embeddings and m.num_kv_heads == m.num_heads
             and m.head_dim * m.num_heads == m.embed_dim):

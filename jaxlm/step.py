@@ -14,7 +14,7 @@ from flax import nnx
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
-from jaxlm import sharding
+from jaxlm import objectives, sharding
 from jaxlm.loss import chunked_cross_entropy
 from jaxlm.optim import apply_updates
 from jaxlm.state import TrainState
@@ -24,8 +24,9 @@ Metrics = dict[str, jax.Array]
 
 
 def make_train_step(cfg: ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, mesh: Mesh,
-                    rules: sharding.Rules) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+                    schedule: optax.Schedule, mesh: Mesh, rules: sharding.Rules,
+                    masking: objectives.Masking | None = None,
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """Builds train_step(state, batch) -> (state, metrics).
 
   The objective is the mean over every counted token of the whole batch: each of the
@@ -34,6 +35,10 @@ def make_train_step(cfg: ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientT
   mean is multiplied by the dynamic loss scale before the backward pass and the gradients divided
   by it after. An update whose loss or gradients are not finite is not applied (and the scale is
   halved); the step still counts, and the learning rate is always schedule(state.step).
+
+  With train.objective='mlm' (`masking` given) the batch's token rows are masked first (see
+  objectives.py), with the ratio of this step and keys from fold_in(rng, step) and each row's
+  global index (step * B + row), before the batch is split into micro-batches.
   """
   accum, z_loss, chunk = cfg.train.grad_accum, cfg.train.z_loss, cfg.train.loss_chunk
   use_dropout = cfg.model.dropout > 0
@@ -48,6 +53,13 @@ def make_train_step(cfg: ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientT
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     with sharding.use_mesh(mesh, rules):
+      extra = {}
+      if masking is not None:
+        ratio = objectives.mlm_ratio(cfg, state.step)
+        B = batch['inputs'].shape[0]
+        batch = masked_batch(batch, jax.random.fold_in(state.rng, state.step), ratio,
+                             state.step * B + jnp.arange(B), masking)
+        extra['mask_ratio'] = ratio
       key = jax.random.fold_in(state.rng, state.step) if use_dropout else None
       loss_scale = state.loss_scale.scale if state.loss_scale is not None else jnp.float32(1)
       count = jnp.maximum(batch['mask'].astype(jnp.float32).sum(), 1)
@@ -79,12 +91,36 @@ def make_train_step(cfg: ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientT
           opt_state=keep(opt_state, state.opt_state),
           skipped=state.skipped.update(finite, loss_finite, state.step),
           loss_scale=None if state.loss_scale is None else state.loss_scale.update(finite))
-      metrics = dict(loss=ce / count, grad_norm=grad_norm, lr=lr, tokens=count, finite=finite)
+      metrics = dict(loss=ce / count, grad_norm=grad_norm, lr=lr, tokens=count, finite=finite,
+                     **extra)
       if state.loss_scale is not None:
         metrics['loss_scale'] = loss_scale
       return new_state, metrics
 
   return train_step
+
+
+def masked_batch(batch: Batch, key: jax.Array, ratio: jax.Array, index: jax.Array,
+                 masking: objectives.Masking) -> Batch:
+  """A masked-LM batch from rows of tokens (`inputs`; real where `segment_ids` > 0 when packed,
+  and where `input_mask` > 0 when given): the corrupted rows as inputs, the original tokens as
+  targets, the selected positions as the mask."""
+  tokens = batch['inputs']
+  valid = jnp.ones(tokens.shape, bool)
+  if 'segment_ids' in batch:
+    valid &= batch['segment_ids'] > 0
+  if 'input_mask' in batch:
+    valid &= batch['input_mask'] > 0
+  # A stream of its own: the masks do not share bits with dropout's fold_in(rng, step).
+  inputs, selected = objectives.mask_tokens(jax.random.fold_in(key, _MASK_STREAM), tokens, valid,
+                                            index, ratio, masking)
+  out = dict(batch, inputs=inputs, targets=tokens, mask=selected)
+  out.pop('input_mask', None)
+  out.pop('index', None)
+  return out
+
+
+_MASK_STREAM = 0x6D6C6D  # 'mlm'
 
 
 def split_micro_batches(batch: Batch, accum: int) -> Batch:
@@ -100,10 +136,21 @@ def split_micro_batches(batch: Batch, accum: int) -> Batch:
 
 
 def make_eval_step(graphdef: nnx.GraphDef, mesh: Mesh, rules: sharding.Rules,
-                   chunk: int = 0) -> Callable[[Any, Batch], tuple[jax.Array, jax.Array]]:
-  """Builds eval_step(params, batch) -> (summed cross-entropy, counted tokens)."""
+                   chunk: int = 0, masking: objectives.Masking | None = None,
+                   mlm_eval: tuple[int, float] = (0, 0.15),
+                   ) -> Callable[[Any, Batch], tuple[jax.Array, jax.Array]]:
+  """Builds eval_step(params, batch) -> (summed cross-entropy, counted tokens).
+
+  A masked LM (`masking` given) is scored on the tokens selected at the fixed ratio of
+  mlm_eval = (seed, ratio), drawn from the seed and each row's `index`: the same tokens for every
+  checkpoint, so evaluations compare."""
+  seed, ratio = mlm_eval
+
   def eval_step(params, batch: Batch) -> tuple[jax.Array, jax.Array]:
     with sharding.use_mesh(mesh, rules):
+      if masking is not None:
+        batch = masked_batch(batch, jax.random.PRNGKey(seed), jnp.float32(ratio),
+                             batch['index'][:, 0], masking)
       model = nnx.merge(graphdef, params)
       h, _ = model.features(batch['inputs'], batch.get('positions'),
                             segment_ids=batch.get('segment_ids'))

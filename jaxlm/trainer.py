@@ -22,7 +22,7 @@ from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
-from jaxlm import data, metrics, paths, sharding, warmstart
+from jaxlm import data, metrics, objectives, paths, sharding, warmstart
 from jaxlm.checkpoint import Checkpointer
 from jaxlm.config import check_model, resolve_model, validate
 from jaxlm.errors import UserError
@@ -151,7 +151,9 @@ class Trainer:
       self.init_from.set_model_fields(cfg.model)
       check_model(cfg.model)
       self.init_from.check_tokenizer(self.tokenizer, cfg.model)
-    self.model_cfg = resolve_model(cfg.model, self.tokenizer.vocab_size)
+    self.model_cfg = resolve_model(cfg.model,
+                                   self.tokenizer.vocab_size + objectives.reserved_ids(cfg))
+    masking = objectives.masking(cfg, self.tokenizer)
     tx, schedule = make_optimizer(cfg)
     self.setup = setup_train_state(cfg, self.model_cfg, tx, self.mesh, rules)
     self.is_main = jax.process_index() == 0
@@ -177,11 +179,14 @@ class Trainer:
                      tokenizer=self.tokenizer.fingerprint,
                      data=self.run_data.record(self.workdir))
     self.train_step = jit_train_step(
-        make_train_step(cfg, self.setup.graphdef, tx, schedule, self.mesh, rules),
+        make_train_step(cfg, self.setup.graphdef, tx, schedule, self.mesh, rules, masking),
         self.setup.shardings, self.mesh, rules)
     self.eval_step = jit_eval_step(
-        make_eval_step(self.setup.graphdef, self.mesh, rules, t.loss_chunk),
+        make_eval_step(self.setup.graphdef, self.mesh, rules, t.loss_chunk, masking,
+                       objectives.eval_masking(cfg)),
         self.setup.shardings.params, self.mesh, rules)
+    # Samples continue a prompt: only a causal model generates.
+    self.sample_tokens = t.sample_tokens if self.model_cfg.causal else 0
     self.tokens_per_step = t.batch_size * self.model_cfg.max_seq_len
     self.flops_per_token, self.peak = metrics.flops_per_token(self.model_cfg), metrics.peak_flops()
     self.result: dict[str, Any] = {}
@@ -320,7 +325,7 @@ class Trainer:
     self.log(f'step {step:>6} | val loss {val["loss"]:.4f} | '
              f'val perplexity {val["perplexity"]:.2f}')
     self.result['val'] = val
-    if t.eval_samples and t.sample_tokens:
+    if t.eval_samples and self.sample_tokens:
       samples = self.samples(params, t.eval_samples)
       self.writer.write_text(step, 'samples', samples)
       self.log('\n'.join(f'sample {i}: {s[:200]!r}' for i, s in enumerate(samples)))
@@ -337,7 +342,7 @@ class Trainer:
                'to go on).')
     else:
       self.log(f'Saved checkpoint {self.ckpt.latest_step()} in {self.ckpt.directory}')
-      if t.sample_tokens:
+      if self.sample_tokens:
         self.result['sample'] = self.samples(params, 1)[0]
         self.log('--- sample ---\n' + t.sample_prompt + self.result['sample'] +
                  '\n--------------')
@@ -371,5 +376,6 @@ def _format_line(step: int, v: dict[str, float]) -> str:
   if 'step_time' in v:
     timing = f' | {1e3 * v["step_time"]:.1f} ms/step | {v["tokens_per_s"]:,.0f} tok/s | MFU {mfu}'
   mix = ''.join(f' {k[4:]} {x:.2f}' for k, x in v.items() if k.startswith('mix/'))
+  ratio = f' | mask ratio {v["mask_ratio"]:.3f}' if 'mask_ratio' in v else ''
   return (f'step {step:>6} | loss {v["loss"]:.4f} | lr {v["lr"]:.2e} | '
-          f'grad norm {v["grad_norm"]:.3f}{timing}' + (f' | mix{mix}' if mix else ''))
+          f'grad norm {v["grad_norm"]:.3f}{ratio}{timing}' + (f' | mix{mix}' if mix else ''))

@@ -149,6 +149,7 @@ class EvalStream(NamedTuple):
   tokens: np.ndarray
   weights: np.ndarray
   bytes: int
+  documents: np.ndarray | None = None  # each token's document (1, 2, ...; 0: padding)
 
 
 def eval_stream(docs: Sequence[np.ndarray], n_bytes: int, tokenizer: Tokenizer, packing: str,
@@ -157,10 +158,11 @@ def eval_stream(docs: Sequence[np.ndarray], n_bytes: int, tokenizer: Tokenizer, 
   first token of each document does not count. A packing run (windows of `length`) scores
   documents alone."""
   from jaxlm.data.pipeline import document_stream  # pylint: disable=import-outside-toplevel
-  tokens, weights = document_stream(docs, tokenizer.eos_id, length if packing == 'pack' else 0)
+  tokens, weights, documents = document_stream(docs, tokenizer.eos_id,
+                                               length if packing == 'pack' else 0)
   if tokenizer.eos_id is None and n_bytes:
     n_bytes -= sum(len(tokenizer.decode([int(d[0])]).encode()) for d in docs if len(d))
-  return EvalStream(tokens, weights, n_bytes)
+  return EvalStream(tokens, weights, n_bytes, documents)
 
 
 def validation_stream(run: RunData, cfg: ConfigDict, length: int, limit: int = 0,

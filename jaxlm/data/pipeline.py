@@ -157,9 +157,9 @@ def _worker_init(parent: int, worker_index: int, worker_count: int) -> None:
 
 
 def document_stream(docs: Sequence[np.ndarray], eos: int | None,
-                    align: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                    align: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Documents (token ids) as one stream for evaluation: (tokens, the weight of each token as a
-  target).
+  target, the document of each token: 1, 2, ... and 0 for padding).
 
   With an end-of-sequence id each document is [eos] + ids, the eos weighted 0. Without one
   (characters), a document's first token cannot be predicted and counts as context. With
@@ -167,7 +167,7 @@ def document_stream(docs: Sequence[np.ndarray], eos: int | None,
   where it starts and every L tokens after, as the pieces of packed training do: a window then
   holds one document, which sees nothing of any other.
   """
-  tokens, weights = [], []
+  tokens, weights, documents = [], [], []
   for ids in docs:
     ids = np.asarray(ids, np.int32)
     if eos is not None:
@@ -175,13 +175,14 @@ def document_stream(docs: Sequence[np.ndarray], eos: int | None,
     if not len(ids):
       continue
     n = -(-len(ids) // align) * align if align else len(ids)
-    t, w = np.zeros(n, np.int32), np.zeros(n, np.float32)
-    t[:len(ids)], w[1:len(ids)] = ids, 1
+    t, w, d = np.zeros(n, np.int32), np.zeros(n, np.float32), np.zeros(n, np.int32)
+    t[:len(ids)], w[1:len(ids)], d[:len(ids)] = ids, 1, len(tokens) + 1
     tokens.append(t)
     weights.append(w)
+    documents.append(d)
   if not tokens:
-    return np.zeros(0, np.int32), np.zeros(0, np.float32)
-  return np.concatenate(tokens), np.concatenate(weights)
+    return np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.int32)
+  return np.concatenate(tokens), np.concatenate(weights), np.concatenate(documents)
 
 
 def split_documents(split: Split, limit: int = 0) -> list[np.ndarray]:
@@ -198,13 +199,18 @@ def split_documents(split: Split, limit: int = 0) -> list[np.ndarray]:
 
 def eval_batches(tokens: np.ndarray, seq_len: int, batch_size: int, *,
                  weights: np.ndarray | None = None, max_batches: int = 0,
-                 rows: Sequence[int] | None = None) -> Iterator[Batch]:
+                 rows: Sequence[int] | None = None,
+                 segments: np.ndarray | None = None) -> Iterator[Batch]:
   """This host's `rows` (default: all) of [batch_size, seq_len] batches that predict every token
   of `tokens` but the first exactly once. The last window and the last batch are padded with
   mask 0.
 
   `weights` [len(tokens)] (default all 1) is the mask of each token as a target. With
   max_batches > 0 only the first max_batches batches are produced.
+
+  For a bidirectional model (masked LM), `segments` [len(tokens)] gives what each input token may
+  attend to (equal ids; 0 for padding), and the batches carry it as `segment_ids`, each input
+  token's own weight as `input_mask`, and each row's global index as `index` [rows, 1].
   """
   rows = np.arange(batch_size) if rows is None else np.asarray(rows)
   n_targets = len(tokens) - 1
@@ -212,13 +218,20 @@ def eval_batches(tokens: np.ndarray, seq_len: int, batch_size: int, *,
   n_batches = -(-n_windows // batch_size)
   if max_batches:
     n_batches = min(n_batches, max_batches)
+  fields = ('inputs', 'targets', 'mask') + (('segment_ids', 'input_mask')
+                                             if segments is not None else ())
   for b in range(n_batches):
-    batch = {k: np.zeros((len(rows), seq_len), np.float32 if k == 'mask' else np.int32)
-             for k in ('inputs', 'targets', 'mask')}
+    batch = {k: np.zeros((len(rows), seq_len), np.float32 if 'mask' in k else np.int32)
+             for k in fields}
     for i, r in enumerate(rows):
       start = (b * batch_size + int(r)) * seq_len
       n = max(0, min(seq_len, n_targets - start))
       batch['inputs'][i, :n] = tokens[start:start + n]
       batch['targets'][i, :n] = tokens[start + 1:start + 1 + n]
       batch['mask'][i, :n] = 1 if weights is None else weights[start + 1:start + 1 + n]
+      if segments is not None:
+        batch['segment_ids'][i, :n] = segments[start:start + n]
+        batch['input_mask'][i, :n] = 1 if weights is None else weights[start:start + n]
+    if segments is not None:
+      batch['index'] = (b * batch_size + rows[:, None]).astype(np.int32)
     yield batch

@@ -72,13 +72,15 @@ class Attention(nnx.Module):
     # A tuple of floats: a static, hashable attribute of the module.
     self.rope_freq = tuple(rope_frequencies(E, cfg.rope_theta, llama3).tolist())
     self.implementation = cfg.attention
+    self.causal = cfg.causal
 
   def __call__(self, x: jax.Array, positions: jax.Array, *, segment_ids: jax.Array | None = None,
                mask: jax.Array | None = None, cache: Cache | None = None,
                cache_index: jax.Array | None = None) -> tuple[jax.Array, Cache | None]:
     """x [B, L, D] at positions [B, L] -> [B, L, D], and the cache with this step written in.
 
-    Training attends causally, within `segment_ids` [B, L] when sequences are packed. Decoding
+    Training attends causally (bidirectionally in an encoder, model.causal=False), within
+    `segment_ids` [B, L] when sequences are packed. Decoding
     passes a cache, the slot `cache_index` where this step's L keys go, and the mask
     [B, 1, L, S] saying which slots each query may see.
     """
@@ -92,5 +94,6 @@ class Attention(nnx.Module):
       k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), cache_index, 1)
       v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), cache_index, 1)
       cache = (k, v)
-    out = attend(q, k, v, mask=mask, segment_ids=segment_ids, implementation=self.implementation)
+    out = attend(q, k, v, mask=mask, segment_ids=segment_ids, implementation=self.implementation,
+                 causal=self.causal)
     return self.o(out), cache

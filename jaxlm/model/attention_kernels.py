@@ -5,7 +5,7 @@
 - 'splash': the Pallas splash-attention kernel for TPUs (interpreted on other devices, which is
   how the CPU tests check it), called per device under shard_map.
 
-All compute softmax(q k^T / sqrt(E)) v, causal, within segments when segment ids are given
+All compute softmax(q k^T / sqrt(E)) v, causal (or bidirectional for an encoder), within segments when segment ids are given
 (packed sequences: a token sees only earlier tokens of its own document). Shape letters: B batch,
 L query length, S key length, H query heads, K kv heads, G = H / K, E head dim.
 """
@@ -21,69 +21,77 @@ IMPLEMENTATIONS = ('xla', 'cudnn', 'splash')
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation: str,
-           mask: jax.Array | None = None, segment_ids: jax.Array | None = None) -> jax.Array:
+           mask: jax.Array | None = None, segment_ids: jax.Array | None = None,
+           causal: bool = True) -> jax.Array:
   """q [B, L, H, E], k and v [B, S, K, E] -> [B, L, H, E].
 
-  Without `mask` the attention is causal (L == S), restricted to equal `segment_ids` [B, L] when
-  given. A boolean `mask` [B, 1, L, S] (True = may attend) replaces both, e.g. for decoding
-  against a KV cache; the fused kernels are for training shapes, so decoding uses the reference.
+  Without `mask` the attention is causal (L == S), or bidirectional with causal=False (an
+  encoder), restricted to equal `segment_ids` [B, L] when given. A boolean `mask` [B, 1, L, S]
+  (True = may attend) replaces both, e.g. for decoding against a KV cache; the fused kernels are
+  for training shapes, so decoding uses the reference.
   """
   if mask is None and segment_ids is not None:
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]
-    causal_mask = same & jnp.tril(jnp.ones(same.shape[1:], bool))
+    dense = segment_ids[:, :, None] == segment_ids[:, None, :]
+    if causal:
+      dense &= jnp.tril(jnp.ones(dense.shape[1:], bool))
   else:
-    causal_mask = mask
+    dense = mask
   if implementation == 'cudnn':
     return jax.nn.dot_product_attention(
-        q, k, v, mask=None if causal_mask is None else causal_mask.reshape(
-            causal_mask.shape[0], 1, *causal_mask.shape[-2:]),
-        is_causal=causal_mask is None, implementation='cudnn')
+        q, k, v, mask=None if dense is None else dense.reshape(
+            dense.shape[0], 1, *dense.shape[-2:]),
+        is_causal=dense is None and causal, implementation='cudnn')
   if implementation == 'splash' and mask is None:
-    return splash(q, k, v, segment_ids)
-  return reference(q, k, v, causal_mask)
+    return splash(q, k, v, segment_ids, causal)
+  return reference(q, k, v, dense, causal)
 
 
-def reference(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
-  """The XLA reference. mask: None (causal), [B, L, S] or [B, 1, L, S], True = may attend."""
+def reference(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
+              causal: bool = True) -> jax.Array:
+  """The XLA reference. mask: None (causal, or none at all with causal=False), [B, L, S] or
+  [B, 1, L, S], True = may attend."""
   B, L, H, E = q.shape
   K = k.shape[2]
   q = q.reshape(B, L, K, H // K, E)  # query heads grouped by the kv head they share
   scores = jnp.einsum('blkge,bske->bkgls', q, k).astype(jnp.float32) * E**-0.5
-  if mask is None:
-    mask = jnp.tril(jnp.ones((L, k.shape[1]), bool))
-  else:
+  if mask is not None:
     mask = mask.reshape(B, 1, 1, *mask.shape[-2:])
-  scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+  elif causal:
+    mask = jnp.tril(jnp.ones((L, k.shape[1]), bool))
+  if mask is not None:
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   return jnp.einsum('bkgls,bske->blkge', probs, v).reshape(B, L, H, E)
 
 
-def splash(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
-  """Causal splash attention. Pallas kernels are not partitioned by the compiler, so with a mesh
+def splash(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None,
+           causal: bool = True) -> jax.Array:
+  """Splash attention (causal, or bidirectional). Pallas kernels are not partitioned by the compiler, so with a mesh
   the kernel runs per device under shard_map, on its shard of the batch and the heads."""
   current = sharding.current()
+  local = functools.partial(_splash_local, causal=causal)
   if current is None:
-    return _splash_local(q, k, v, segment_ids)
+    return local(q, k, v, segment_ids)
   mesh, rules = current
   head = lambda name: sharding.logical_to_spec(('batch', None, name, None), rules, mesh)
   q_spec, kv_spec = head('heads'), head('kv_heads')
   if q_spec[2] != kv_spec[2]:  # query heads must be split like the kv heads they share
     q_spec = kv_spec
   seg_spec = jax.sharding.PartitionSpec(q_spec[0], None)
-  fn = jax.shard_map(_splash_local, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, seg_spec),
+  fn = jax.shard_map(local, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, seg_spec),
                      out_specs=q_spec, check_vma=False)
   if segment_ids is None:
     segment_ids = jnp.zeros(q.shape[:2], jnp.int32)
   return fn(q, k, v, segment_ids)
 
 
-def _splash_local(q, k, v, segment_ids):
+def _splash_local(q, k, v, segment_ids, causal=True):
   from jax.experimental.pallas.ops.tpu.splash_attention import (  # pylint: disable=g-import-not-at-top
       splash_attention_kernel as sk)
   B, L, H, E = q.shape
   K = k.shape[2]
   G = H // K
-  kernel = _kernel(L, G, jax.devices()[0].platform != 'tpu')
+  kernel = _kernel(L, G, jax.devices()[0].platform != 'tpu', causal)
   # Each kv head with its G query heads is multi-query attention: vmap over batch and kv heads.
   q = (q * E**-0.5).reshape(B, L, K, G, E).transpose(0, 2, 3, 1, 4)  # [B, K, G, L, E]
   k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, L, E]
@@ -97,12 +105,13 @@ def _splash_local(q, k, v, segment_ids):
 
 
 @functools.lru_cache(maxsize=None)
-def _kernel(length: int, groups: int, interpret: bool):
+def _kernel(length: int, groups: int, interpret: bool, causal: bool = True):
   from jax.experimental.pallas.ops.tpu.splash_attention import (  # pylint: disable=g-import-not-at-top
       splash_attention_kernel as sk, splash_attention_mask as sm)
   block = 512 if length % 512 == 0 else 128  # config.validate: length is a multiple of 128
   sizes = sk.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
                         block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
                         block_q_dq=block, block_kv_dq=block)
-  mask = sm.MultiHeadMask([sm.CausalMask((length, length))] * groups)
+  one = sm.CausalMask((length, length)) if causal else sm.FullMask((length, length))
+  mask = sm.MultiHeadMask([one] * groups)
   return sk.make_splash_mqa_single_device(mask, block_sizes=sizes, interpret=interpret)
