@@ -93,7 +93,8 @@ def open_data(cfg: ConfigDict):
 
 
 def run(cfg: ConfigDict, what: list[str], steps: int, warmup: int) -> dict:
-  from jaxlm import metrics, sampling, sharding
+  from jaxlm import metrics, objectives, sampling, sharding
+  from jaxlm.errors import UserError
   from jaxlm.config import resolve_model, validate
   from jaxlm.mesh import configure_backend, make_mesh
   from jaxlm.optim import make_optimizer
@@ -106,7 +107,12 @@ def run(cfg: ConfigDict, what: list[str], steps: int, warmup: int) -> dict:
     return dict(data=data_benchmark(cfg, run_data, steps, warmup))
   configure_backend(cfg)
   vocab = cfg.model.vocab_size or run_data.tokenizer.vocab_size
-  model_cfg = resolve_model(cfg.model, vocab)
+  model_cfg = resolve_model(cfg.model, vocab + objectives.reserved_ids(cfg))
+  masking = objectives.Masking(vocab, None, cfg.mlm.mask_fraction, cfg.mlm.random_fraction) if (
+      objectives.is_mlm(cfg)) else None
+  if masking is not None and 'decode' in what:
+    raise UserError('a masked language model (train.objective=mlm) does not decode; leave decode '
+                    'out of --what.')
   mesh = make_mesh(cfg)
   rules = sharding.rules_from_config(cfg.mesh)
   tx, schedule = make_optimizer(cfg)
@@ -117,7 +123,8 @@ def run(cfg: ConfigDict, what: list[str], steps: int, warmup: int) -> dict:
   tokens = rng.integers(0, vocab, (B, L + 1), dtype=np.int32)
   batch_sh = sharding.batch_sharding(mesh, rules)
   batch = {k: jax.device_put(v, batch_sh) for k, v in dict(
-      inputs=tokens[:, :-1], targets=tokens[:, 1:], mask=np.ones((B, L), np.float32)).items()}
+      inputs=tokens[:, :-1], targets=tokens[:, 1:], mask=np.ones((B, L), np.float32),
+      **(dict(index=np.arange(B, dtype=np.int32)[:, None]) if masking else {})).items()}
   flops = metrics.flops_per_token(model_cfg)
   results = dict(
       config=dict(layers=model_cfg.num_layers, width=model_cfg.embed_dim,
@@ -129,7 +136,8 @@ def run(cfg: ConfigDict, what: list[str], steps: int, warmup: int) -> dict:
       jax=jax.__version__)
 
   if 'train' in what:
-    train_step = jit_train_step(make_train_step(cfg, setup.graphdef, tx, schedule, mesh, rules),
+    train_step = jit_train_step(make_train_step(cfg, setup.graphdef, tx, schedule, mesh, rules,
+                                                masking),
                                 setup.shardings, mesh, rules)
     holder = [state]
 
@@ -139,7 +147,8 @@ def run(cfg: ConfigDict, what: list[str], steps: int, warmup: int) -> dict:
     results['train'] = _summary(_timed(one_step, steps, warmup), B * L, flops)
     state = holder[0]
   if 'eval' in what:
-    eval_step = jit_eval_step(make_eval_step(setup.graphdef, mesh, rules, cfg.train.loss_chunk),
+    eval_step = jit_eval_step(make_eval_step(setup.graphdef, mesh, rules, cfg.train.loss_chunk,
+                                             masking, objectives.eval_masking(cfg)),
                               setup.shardings.params, mesh, rules)
     results['eval'] = _summary(_timed(lambda: eval_step(state.params, batch), steps, warmup),
                                B * L, flops / 3)  # forward only: a third of the train FLOPs

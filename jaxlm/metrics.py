@@ -37,9 +37,12 @@ def matmul_params(m: ConfigDict) -> int:
 
 
 def flops_per_token(m: ConfigDict, seq_len: int | None = None) -> float:
-  """Training FLOPs per token (forward and backward) of a resolved model config."""
+  """Training FLOPs per token (forward and backward) of a resolved model config: 6 per matmul
+  parameter, plus attention's scores and weighted sum, over the earlier tokens (about half the
+  window) in a causal model and over all of it in an encoder."""
   seq_len = seq_len or m.max_seq_len
-  return 6 * matmul_params(m) + 6 * m.num_layers * m.num_heads * m.head_dim * seq_len
+  attention = 6 if m.get('causal', True) else 12
+  return 6 * matmul_params(m) + attention * m.num_layers * m.num_heads * m.head_dim * seq_len
 
 
 def param_count(m: ConfigDict) -> int:

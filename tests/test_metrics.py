@@ -27,6 +27,12 @@ def test_flops_scale_with_sequence_length_only_through_attention():
   m = resolved_model('llama')
   a, b = metrics.flops_per_token(m, 16), metrics.flops_per_token(m, 32)
   assert b - a == 6 * m.num_layers * m.num_heads * m.head_dim * 16
+  encoder = m.copy_and_resolve_references()
+  encoder.unlock()
+  encoder.causal = False  # every query sees the whole window: twice the causal attention
+  assert (metrics.flops_per_token(encoder, 32) - metrics.flops_per_token(encoder, 16)
+          == 2 * (b - a))
+  assert metrics.flops_per_token(encoder, 16) - a == 6 * m.num_layers * m.num_heads * m.head_dim * 16
 
 
 @pytest.mark.parametrize('kind,peak', [('NVIDIA H100 80GB HBM3', 989e12), ('NVIDIA H200', 989e12),
