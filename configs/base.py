@@ -31,6 +31,8 @@ def get_config() -> ConfigDict:
 
   c.model = ConfigDict()
   m = c.model
+  m.kind = 'transformer'  # 'transformer' (every field below) or 'lstm': the recurrent baseline
+  #                         (vocabulary, width, layers, context, dropout, init, tying, dtype).
   m.vocab_size = 0  # 0: the tokenizer's vocabulary, rounded up to vocab_multiple.
   m.vocab_multiple = 64  # A padded vocabulary keeps the head matmul aligned (nanoGPT's 50304).
   m.num_layers = 4  # Depth; the stack is scanned, so compile time does not grow with it.

@@ -17,6 +17,7 @@ from jaxlm.errors import UserError
 MESH_AXES = ('data', 'fsdp', 'tensor')
 
 _CHOICES = {
+    'model.kind': ('transformer', 'lstm'),
     'model.norm': ('rmsnorm', 'layernorm'),
     'model.position': ('rope', 'learned'),
     'model.mlp': ('swiglu', 'gelu'),
@@ -159,7 +160,22 @@ def validate(cfg: ConfigDict) -> None:
   _check_cross_fields(cfg)
 
 
+# Model fields only a Transformer has: an LSTM must leave them at their defaults.
+TRANSFORMER_FIELDS = ('num_heads', 'num_kv_heads', 'head_dim', 'mlp_dim', 'norm', 'norm_eps',
+                      'position', 'mlp', 'use_bias', 'rope_theta', 'rope_scaling',
+                      'rope_scaling_factor', 'rope_low_freq_factor', 'rope_high_freq_factor',
+                      'rope_original_max_len', 'qkv_bias', 'causal', 'attention', 'remat',
+                      'scan_unroll')
+
+
 def check_model(m: ConfigDict) -> None:
+  if m.get('kind', 'transformer') == 'lstm':
+    defaults = base.get_config().model
+    for field in TRANSFORMER_FIELDS:
+      if m[field] != defaults[field]:
+        raise UserError(f"config field model.{field}={m[field]!r} is a Transformer's; an LSTM "
+                        f"(model.kind='lstm') has none, so leave it at {defaults[field]!r}.")
+    return
   if m.head_dim == 0 and m.embed_dim % m.num_heads:
     raise UserError(
         f'config field model.num_heads={m.num_heads} must divide model.embed_dim={m.embed_dim} '

@@ -97,6 +97,9 @@ def model_fields(hf: dict) -> tuple[str, dict]:
 
 def family_of(m: ConfigDict) -> str:
   """The transformers family that represents the jaxlm model `m` exactly, or one sentence."""
+  if m.get('kind', 'transformer') != 'transformer':
+    raise UserError(f'a jaxlm {m.kind} model has no transformers equivalent; only Transformers '
+                    'export.')
   if not m.causal:
     raise UserError('a bidirectional jaxlm model (model.causal=False) has no transformers '
                     'causal-LM equivalent; only causal models export.')
@@ -324,7 +327,7 @@ def init_fields(directory: str, model: ConfigDict) -> str:
   """Sets the architecture fields of the run's model config `model` to those of the Hugging Face
   model in `directory` (config.init_from); returns its family."""
   family, fields = model_fields(Checkpoint(directory).config)
-  adopt_architecture(model, fields, directory)
+  adopt_architecture(model, dict(fields, kind='transformer'), directory)
   return family
 
 

@@ -31,6 +31,8 @@ PEAK_FLOPS = (
 def matmul_params(m: ConfigDict) -> int:
   """Parameters that take part in a matmul per token, for a resolved model config."""
   D, H, K, E, F = m.embed_dim, m.num_heads, m.num_kv_heads, m.head_dim, m.mlp_dim
+  if m.get('kind', 'transformer') == 'lstm':  # input and recurrent weights, 4 gates each
+    return m.num_layers * 8 * D * D + D * m.vocab_size
   attention = D * H * E * 2 + D * K * E * 2
   mlp = D * F * (3 if m.mlp == 'swiglu' else 2)
   return m.num_layers * (attention + mlp) + D * m.vocab_size
@@ -41,6 +43,8 @@ def flops_per_token(m: ConfigDict, seq_len: int | None = None) -> float:
   parameter, plus attention's scores and weighted sum, over the earlier tokens (about half the
   window) in a causal model and over all of it in an encoder."""
   seq_len = seq_len or m.max_seq_len
+  if m.get('kind', 'transformer') == 'lstm':
+    return 6 * matmul_params(m)
   attention = 6 if m.get('causal', True) else 12
   return 6 * matmul_params(m) + attention * m.num_layers * m.num_heads * m.head_dim * seq_len
 
@@ -48,6 +52,8 @@ def flops_per_token(m: ConfigDict, seq_len: int | None = None) -> float:
 def param_count(m: ConfigDict) -> int:
   """The analytic number of parameters of a resolved model config (checked against the model)."""
   D, H, K, E, F, V = m.embed_dim, m.num_heads, m.num_kv_heads, m.head_dim, m.mlp_dim, m.vocab_size
+  if m.get('kind', 'transformer') == 'lstm':
+    return m.num_layers * (8 * D * D + 4 * D) + V * D + (0 if m.tie_embeddings else D * V)
   norm = D * (2 if m.use_bias and m.norm == 'layernorm' else 1)
   bias = m.use_bias
   attention = D * H * E + 2 * D * K * E + H * E * D + bias * (H * E + 2 * K * E + D)

@@ -1,6 +1,12 @@
 """Draw a run's curves to a PNG: loss (train and validation), perplexity, learning rate, tokens/s.
 
   python -m jaxlm.plot --workdir=runs/base [--output=curves.png]
+  python -m jaxlm.plot --workdir=runs/lstm_char,runs/shakespeare_char --x=time \
+      --output=compare.png        # several runs on the same axes, against training time
+
+--x=time puts the seconds spent in training steps on the horizontal axis (the logged step time
+times the steps it covers, added up: compilation, evaluation and checkpoints are left out), so
+runs of different speeds compare at equal compute time.
 """
 
 import io
@@ -12,8 +18,12 @@ from absl import flags
 from jaxlm import cli, paths
 from jaxlm.errors import UserError
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'The training run\'s workdir.', required=True)
-_OUTPUT = flags.DEFINE_string('output', '', 'PNG to write (default: <workdir>/curves.png).')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'The training run\'s workdir, or several separated '
+                               'by commas to draw them together.', required=True)
+_OUTPUT = flags.DEFINE_string('output', '', 'PNG to write (default: <workdir>/curves.png; needed '
+                              'with several workdirs).')
+_X = flags.DEFINE_enum('x', 'step', ['step', 'time'], 'Horizontal axis: the step, or the seconds '
+                       'spent in training steps.')
 
 
 def read_metrics(workdir: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
@@ -36,32 +46,59 @@ def read_metrics(workdir: Path) -> dict[str, dict[str, list[tuple[int, float]]]]
           for split, metrics in series.items()}
 
 
-def plot(workdir: Path, output: Path) -> Path:
+def training_seconds(train: dict[str, list[tuple[int, float]]]) -> dict[int, float]:
+  """{step: seconds spent in training steps up to it}, from the logged step times (each line's
+  step time covers the steps since the line before)."""
+  elapsed, total, previous = {0: 0.0}, 0.0, 0
+  for step, seconds in train.get('step_time', []):
+    total += seconds * (step - previous)
+    elapsed[step], previous = total, step
+  return elapsed
+
+
+def _on_axis(points, x: str, elapsed: dict[int, float]):
+  """The points with their step replaced by the training time at it (interpolated)."""
+  if not points or x == 'step':
+    return points
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  steps = sorted(elapsed)
+  return [(float(np.interp(s, steps, [elapsed[k] for k in steps])), v) for s, v in points]
+
+
+def plot(workdirs: list[Path], output: Path, x: str = 'step') -> Path:
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  series = read_metrics(workdir)
-  train, val = series.get('train', {}), series.get('val', {})
-  if not train.get('loss') and not val.get('loss'):
-    raise UserError(f'{workdir / "metrics.jsonl"} holds no loss yet; train (past one log step) '
-                    'first.')
-  panels = [('loss', [('train', train.get('loss')), ('validation', val.get('loss'))], 'nats/token'),
-            ('perplexity', [('validation', val.get('perplexity'))], ''),
-            ('learning rate', [('train', train.get('lr'))], ''),
-            ('throughput', [('train', train.get('tokens_per_s'))], 'tokens/s')]
   fig, axes = plt.subplots(2, 2, figsize=(11, 7))
-  for ax, (title, lines, unit) in zip(axes.ravel(), panels):
-    for label, points in lines:
-      if points:
-        steps, values = zip(*points)
-        ax.plot(steps, values, label=label, marker='o' if len(points) < 30 else None)
-    ax.set_title(title)
-    ax.set_xlabel('step')
-    ax.set_ylabel(unit)
-    ax.grid(alpha=0.3)
-    if any(points for _, points in lines):
-      ax.legend()
-  fig.suptitle(str(workdir))
+  for workdir in workdirs:
+    series = read_metrics(workdir)
+    train, val = series.get('train', {}), series.get('val', {})
+    if not train.get('loss') and not val.get('loss'):
+      raise UserError(f'{workdir / "metrics.jsonl"} holds no loss yet; train (past one log step) '
+                      'first.')
+    if x == 'time' and not train.get('step_time'):
+      raise UserError(f'{workdir / "metrics.jsonl"} has no step times to put on a time axis; '
+                      'use --x=step.')
+    elapsed = training_seconds(train)
+    name = f'{workdir.name} ' if len(workdirs) > 1 else ''
+    panels = [('loss', [('train', train.get('loss')), ('validation', val.get('loss'))],
+               'nats/token'),
+              ('perplexity', [('validation', val.get('perplexity'))], ''),
+              ('learning rate', [('train', train.get('lr'))], ''),
+              ('throughput', [('train', train.get('tokens_per_s'))], 'tokens/s')]
+    for ax, (title, lines, unit) in zip(axes.ravel(), panels):
+      for label, points in lines:
+        points = _on_axis(points, x, elapsed)
+        if points:
+          xs, values = zip(*points)
+          ax.plot(xs, values, label=name + label, marker='o' if len(points) < 30 else None)
+      ax.set_title(title)
+      ax.set_xlabel('step' if x == 'step' else 'seconds in training steps')
+      ax.set_ylabel(unit)
+      ax.grid(alpha=0.3)
+      if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+  fig.suptitle(', '.join(str(w) for w in workdirs))
   fig.tight_layout()
   image = io.BytesIO()
   fig.savefig(image, format='png', dpi=100)
@@ -75,8 +112,11 @@ def main(argv: list[str]) -> None:
   cli.require(_WORKDIR, bool(_WORKDIR.value.strip()), "a training run's workdir")
   cli.require_location(_WORKDIR, _OUTPUT)
   cli.require(_OUTPUT, not _OUTPUT.value or _OUTPUT.value.endswith('.png'), 'a path ending in .png')
-  workdir = paths.path(_WORKDIR.value)
-  out = plot(workdir, paths.path(_OUTPUT.value) if _OUTPUT.value else workdir / 'curves.png')
+  workdirs = [paths.path(w.strip()) for w in _WORKDIR.value.split(',') if w.strip()]
+  cli.require(_OUTPUT, len(workdirs) == 1 or bool(_OUTPUT.value),
+              'a .png to write when several workdirs are drawn')
+  output = paths.path(_OUTPUT.value) if _OUTPUT.value else workdirs[0] / 'curves.png'
+  out = plot(workdirs, output, _X.value)
   print(f'wrote {out}')
 
 

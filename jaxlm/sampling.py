@@ -46,30 +46,26 @@ def _mask(slots: jax.Array, query_slots: jax.Array, pad: jax.Array) -> jax.Array
   return ((s <= t) & (s >= pad[:, None, None, None])) | (s == t)
 
 
-def init_cache(model: nnx.Module, batch: int, length: int) -> tuple[jax.Array, jax.Array]:
-  """Zeroed keys and values [N, B, S, K, E] in the model's compute dtype."""
-  kernel = model.blocks.attn.qkv.kernel  # [N, D, K, G + 2, E]
-  shape = (kernel.shape[0], batch, length, kernel.shape[2], kernel.shape[4])
-  dtype = model.blocks.attn.qkv.dtype
-  return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
-
-
-def prefill(model: nnx.Module, prompts: jax.Array, pad: jax.Array, cache):
-  """Runs left-padded prompts [B, P] (pad [B] leading pads per row) into cache slots 0..P-1.
+def prefill(model: nnx.Module, prompts: jax.Array, pad: jax.Array, cache, slots: int):
+  """Runs left-padded prompts [B, P] (pad [B] leading pads per row) into cache slots 0..P-1 of
+  `slots` (a recurrent model's state instead: its segment starts at the first real token).
 
   Returns (logits [B, P, V] in float32, cache). Positions start at each row's first real token.
   """
-  slots = jnp.arange(cache[0].shape[2])
+  slots = jnp.arange(slots)
   P = prompts.shape[1]
   positions = jnp.maximum(slots[None, :P] - pad[:, None], 0)
-  h, cache = model.features(prompts, positions, mask=_mask(slots, slots[:P], pad), cache=cache,
+  real = (slots[None, :P] >= pad[:, None]).astype(jnp.int32)
+  h, cache = model.features(prompts, positions, segment_ids=real,
+                            mask=_mask(slots, slots[:P], pad), cache=cache,
                             cache_index=jnp.int32(0))
   return model.logits(h).astype(jnp.float32), cache
 
 
-def decode_step(model: nnx.Module, tokens: jax.Array, slot: jax.Array, pad: jax.Array, cache):
+def decode_step(model: nnx.Module, tokens: jax.Array, slot: jax.Array, pad: jax.Array, cache,
+                slots: int):
   """Feeds one token per row [B] at cache slot `slot`; returns (logits [B, V] float32, cache)."""
-  slots = jnp.arange(cache[0].shape[2])
+  slots = jnp.arange(slots)
   h, cache = model.features(tokens[:, None], (slot - pad)[:, None],
                             mask=_mask(slots, slot[None], pad), cache=cache, cache_index=slot)
   return model.logits(h[:, 0]).astype(jnp.float32), cache
@@ -83,13 +79,14 @@ def _generate(params: Any, prompts: jax.Array, lengths: jax.Array, key: jax.Arra
   model = nnx.merge(graphdef, params)
   B, P = prompts.shape
   pad = P - lengths  # [B] left padding of each row
-  cache = init_cache(model, B, P + max_new_tokens)
+  S = P + max_new_tokens
+  cache = model.init_cache(B, S)
 
   def pick(logits, key):
     logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf)
     return sample_logits(logits, key, temperature=temperature, top_k=top_k, top_p=top_p)
 
-  logits, cache = prefill(model, prompts, pad, cache)
+  logits, cache = prefill(model, prompts, pad, cache, S)
   token = pick(logits[:, -1], jax.random.fold_in(key, 0))
 
   def cond(carry):
@@ -102,7 +99,7 @@ def _generate(params: Any, prompts: jax.Array, lengths: jax.Array, key: jax.Arra
       token = jnp.where(done, eos_id, token)
       done = done | (token == eos_id)
     out = out.at[:, i].set(token)
-    logits, cache = decode_step(model, token, P + i, pad, cache)
+    logits, cache = decode_step(model, token, P + i, pad, cache, S)
     return i + 1, pick(logits, jax.random.fold_in(key, i + 1)), cache, out, done
 
   carry = (jnp.int32(0), token, cache, jnp.zeros((B, max_new_tokens), jnp.int32),

@@ -15,6 +15,7 @@ from ml_collections import ConfigDict
 
 from jaxlm import sharding
 from jaxlm.model import Transformer
+from jaxlm.model.lstm import LSTM
 from jaxlm.optim import LossScale
 
 
@@ -55,14 +56,20 @@ class TrainState:
   loss_scale: LossScale | None = None  # Only with float16 compute.
 
 
-def abstract_model(model_cfg: ConfigDict) -> Transformer:
+def build_model(model_cfg: ConfigDict, rngs: nnx.Rngs) -> Transformer | LSTM:
+  """The model of a resolved config: a Transformer, or an LSTM (model.kind='lstm')."""
+  kind = LSTM if model_cfg.get('kind', 'transformer') == 'lstm' else Transformer
+  return kind(model_cfg, rngs=rngs)
+
+
+def abstract_model(model_cfg: ConfigDict) -> Transformer | LSTM:
   """The model with ShapeDtypeStructs instead of arrays: shapes and axis names, no memory."""
-  return nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)))
+  return nnx.eval_shape(lambda: build_model(model_cfg, nnx.Rngs(0)))
 
 
 def init_params(model_cfg: ConfigDict, key: jax.Array) -> dict[str, Any]:
   """Fresh parameters as a pure dict (call under jit with out_shardings to create them sharded)."""
-  model = Transformer(model_cfg, rngs=nnx.Rngs(key))
+  model = build_model(model_cfg, nnx.Rngs(key))
   return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 

@@ -128,6 +128,8 @@ CASES = [
     ('ftp mixture item', ['--config.data.mixture=a:0.5,ftp://b/c:0.5'], 'uses the ftp:// scheme'),
     ('huggingface tokenizer without a path', ['--config.data.tokenizer=huggingface'],
      "data.tokenizer_path='' is invalid"),
+    ('transformer field on an lstm', ['--config.model.kind=lstm'],
+     "config field model.num_heads=4 is a Transformer's; an LSTM (model.kind='lstm') has none"),
     ('mlm with a causal model', ['--config.train.objective=mlm'],
      "train.objective='mlm' needs a bidirectional model: set model.causal=False"),
     ('causal objective on a bidirectional model', ['--config.model.causal=False'],

@@ -214,3 +214,20 @@ def test_plot_writes_a_png(run_dir):
   assert result.returncode == 0, result.stderr[-3000:]
   png = (run_dir / 'curves.png').read_bytes()
   assert png[:8] == b'\x89PNG\r\n\x1a\n' and len(png) > 10_000
+
+
+def test_plot_draws_several_runs_against_training_time(run_dir, tmp_path):
+  """--x=time adds up each logged step time over the steps it covers; two workdirs go on one
+  figure; several workdirs without --output is one sentence."""
+  from jaxlm import plot
+  elapsed = plot.training_seconds({'step_time': [(10, 0.1), (20, 0.2), (25, 1.0)]})
+  assert elapsed == pytest.approx({0: 0.0, 10: 1.0, 20: 3.0, 25: 8.0})
+  assert plot._on_axis([(15, 2.5)], 'time', elapsed) == [(2.0, 2.5)]
+  import shutil
+  shutil.copy(run_dir / 'metrics.jsonl', (tmp_path / 'other').mkdir() or tmp_path / 'other')
+  out = tmp_path / 'both.png'
+  result = _cli('plot', f'--workdir={run_dir},{tmp_path / "other"}', '--x=time', f'--output={out}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  result = _cli('plot', f'--workdir={run_dir},{tmp_path / "other"}')
+  assert result.returncode == 2 and 'when several workdirs are drawn' in result.stderr

@@ -29,13 +29,14 @@ def test_kv_cache_decoding_equals_full_forward(variant):
   lengths = jnp.array([5, 3])
   prompts = jnp.stack([seq[0, :5], jnp.concatenate([jnp.zeros(2, jnp.int32), seq[1, :3]])])
   pad = 5 - lengths
-  cache = sampling.init_cache(model, 2, 5 + 7)
-  logits, cache = sampling.prefill(model, prompts, pad, cache)
+  cache = model.init_cache(2, 5 + 7)
+  logits, cache = sampling.prefill(model, prompts, pad, cache, 5 + 7)
   np.testing.assert_allclose(logits[0], full[0, :5], atol=1e-5)
   np.testing.assert_allclose(logits[1, 2:], full[1, :3], atol=1e-5)
   for i in range(7):  # feed the true continuation of each row, one token per step
     tokens = jnp.array([seq[0, 5 + i], seq[1, 3 + i]])
-    step_logits, cache = sampling.decode_step(model, tokens, jnp.int32(5 + i), pad, cache)
+    step_logits, cache = sampling.decode_step(model, tokens, jnp.int32(5 + i), pad, cache,
+                                              5 + 7)
     np.testing.assert_allclose(step_logits[0], full[0, 5 + i], atol=1e-5)
     np.testing.assert_allclose(step_logits[1], full[1, 3 + i], atol=1e-5)
 

@@ -117,6 +117,13 @@ class Transformer(nnx.Module):
     x, cache = jax.lax.scan(layer, x, (stacked, layer_keys, cache), unroll=self.unroll)
     return self.final_norm(x), cache
 
+  def init_cache(self, batch: int, length: int) -> Cache:
+    """Zeroed keys and values [N, B, S, K, E] in the compute dtype, for decoding S slots."""
+    kernel = self.blocks.attn.qkv.kernel  # [N, D, K, G + 2, E]
+    shape = (kernel.shape[0], batch, length, kernel.shape[2], kernel.shape[4])
+    dtype = self.blocks.attn.qkv.dtype
+    return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
+
   def logits(self, h: jax.Array) -> jax.Array:
     """Final hidden states [B, L, D] -> logits [B, L, V]."""
     if self.head is None:
