@@ -70,7 +70,7 @@ def plot(workdirs: list[Path], output: Path, x: str = 'step') -> Path:
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   fig, axes = plt.subplots(2, 2, figsize=(11, 7))
-  for workdir in workdirs:
+  for i, workdir in enumerate(workdirs):
     series = read_metrics(workdir)
     train, val = series.get('train', {}), series.get('val', {})
     if not train.get('loss') and not val.get('loss'):
@@ -91,7 +91,11 @@ def plot(workdirs: list[Path], output: Path, x: str = 'step') -> Path:
         points = _on_axis(points, x, elapsed)
         if points:
           xs, values = zip(*points)
-          ax.plot(xs, values, label=name + label, marker='o' if len(points) < 30 else None)
+          style = {}  # several runs: a colour per run, validation dashed
+          if len(workdirs) > 1:
+            style = dict(color=f'C{i}', linestyle='--' if label == 'validation' else '-')
+          ax.plot(xs, values, label=name + label, marker='o' if len(points) < 30 else None,
+                  **style)
       ax.set_title(title)
       ax.set_xlabel('step' if x == 'step' else 'seconds in training steps')
       ax.set_ylabel(unit)

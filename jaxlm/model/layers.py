@@ -107,3 +107,32 @@ def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
 def scaled_std(std: float, num_layers: int) -> float:
   """GPT-2's init for projections that write into the residual stream: std / sqrt(2 * layers)."""
   return std / math.sqrt(2 * num_layers)
+
+
+class LanguageModel(nnx.Module):
+  """What training, evaluation and generation call on a model: tokens -> logits through
+  `features` (the last hidden states, and the decoding cache) and `logits`. Subclasses set
+  `embed` and `head` (None when tied) and define `features` and `init_cache`."""
+  embed: Embed
+  head: 'Dense | None'
+
+  def __call__(self, tokens: jax.Array, positions: jax.Array | None = None, *,
+               segment_ids: jax.Array | None = None,
+               dropout_key: jax.Array | None = None) -> jax.Array:
+    """tokens [B, L] int -> logits [B, L, V] in the compute dtype. Dropout only with a key."""
+    h, _ = self.features(tokens, positions, segment_ids=segment_ids, dropout_key=dropout_key)
+    return self.logits(h)
+
+  def logits(self, h: jax.Array) -> jax.Array:
+    """Final hidden states [B, L, D] -> logits [B, L, V]."""
+    if self.head is None:
+      return self.embed.attend(h)
+    return self.head(h)
+
+
+def output_head(cfg, dtype: jnp.dtype, rngs: nnx.Rngs) -> Dense | None:
+  """The output projection [D] -> [V], or None when tied to the embedding."""
+  if cfg.tie_embeddings:
+    return None
+  return Dense((cfg.embed_dim,), (cfg.vocab_size,), ('embed', 'vocab'), use_bias=False,
+               std=cfg.init_std, dtype=dtype, rngs=rngs)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 from ml_collections import ConfigDict
 
-from jaxlm.model.layers import Dense, Embed, dropout, param
+from jaxlm.model.layers import Dense, Embed, LanguageModel, dropout, output_head, param
 from jaxlm.sharding import constrain
 
 State = tuple[jax.Array, jax.Array]  # (h, c): [N, B, D] each
@@ -58,7 +58,7 @@ class LSTMLayer(nnx.Module):
     return out.swapaxes(0, 1).astype(self.dtype), state
 
 
-class LSTM(nnx.Module):
+class LSTM(LanguageModel):
   """tokens [B, L] -> logits [B, L, V], with the Transformer's interface (features, logits,
   init_cache), so training, evaluation and generation take either."""
 
@@ -74,15 +74,7 @@ class LSTM(nnx.Module):
       return LSTMLayer(cfg, dtype=dtype, rngs=rngs)
 
     self.layers = make_layers(rngs)
-    self.head = None if cfg.tie_embeddings else Dense(
-        (cfg.embed_dim,), (cfg.vocab_size,), ('embed', 'vocab'), use_bias=False,
-        std=cfg.init_std, dtype=dtype, rngs=rngs)
-
-  def __call__(self, tokens: jax.Array, positions: jax.Array | None = None, *,
-               segment_ids: jax.Array | None = None,
-               dropout_key: jax.Array | None = None) -> jax.Array:
-    h, _ = self.features(tokens, positions, segment_ids=segment_ids, dropout_key=dropout_key)
-    return self.logits(h)
+    self.head = output_head(cfg, dtype, rngs)
 
   def init_cache(self, batch: int, length: int) -> State:
     """The zero recurrent state of every layer (`length` is the KV cache's; unused here)."""
@@ -119,8 +111,3 @@ class LSTM(nnx.Module):
 
     x, (h, c) = jax.lax.scan(layer, x, (stacked, layer_keys, *state))
     return x, ((h, c) if cache is not None else None)
-
-  def logits(self, h: jax.Array) -> jax.Array:
-    if self.head is None:
-      return self.embed.attend(h)
-    return self.head(h)

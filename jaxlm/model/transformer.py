@@ -13,7 +13,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from jaxlm.model.attention import Attention, Cache
-from jaxlm.model.layers import Dense, Embed, Norm, dropout, param
+from jaxlm.model.layers import Embed, LanguageModel, Norm, dropout, output_head, param
 from jaxlm.model.mlp import Mlp
 from jaxlm.sharding import constrain
 
@@ -52,7 +52,7 @@ class Block(nnx.Module):
     return constrain(x, ACTIVATION_AXES), cache
 
 
-class Transformer(nnx.Module):
+class Transformer(LanguageModel):
   """tokens [B, L] -> logits [B, L, V]. `cfg` is a resolved model config (see config.resolve_model)."""
 
   def __init__(self, cfg: ConfigDict, *, rngs: nnx.Rngs):
@@ -72,16 +72,7 @@ class Transformer(nnx.Module):
 
     self.blocks = make_blocks(rngs)
     self.final_norm = Norm(cfg.embed_dim, kind=cfg.norm, eps=cfg.norm_eps, use_bias=cfg.use_bias)
-    self.head = None if cfg.tie_embeddings else Dense(
-        (cfg.embed_dim,), (cfg.vocab_size,), ('embed', 'vocab'), use_bias=False,
-        std=cfg.init_std, dtype=dtype, rngs=rngs)
-
-  def __call__(self, tokens: jax.Array, positions: jax.Array | None = None, *,
-               segment_ids: jax.Array | None = None,
-               dropout_key: jax.Array | None = None) -> jax.Array:
-    """tokens [B, L] int -> logits [B, L, V] in the compute dtype. Dropout only with a key."""
-    h, _ = self.features(tokens, positions, segment_ids=segment_ids, dropout_key=dropout_key)
-    return self.logits(h)
+    self.head = output_head(cfg, dtype, rngs)
 
   def features(self, tokens: jax.Array, positions: jax.Array | None = None, *,
                segment_ids: jax.Array | None = None, dropout_key: jax.Array | None = None,
@@ -123,9 +114,3 @@ class Transformer(nnx.Module):
     shape = (kernel.shape[0], batch, length, kernel.shape[2], kernel.shape[4])
     dtype = self.blocks.attn.qkv.dtype
     return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
-
-  def logits(self, h: jax.Array) -> jax.Array:
-    """Final hidden states [B, L, D] -> logits [B, L, V]."""
-    if self.head is None:
-      return self.embed.attend(h)
-    return self.head(h)
