@@ -95,6 +95,7 @@ def get_config() -> ConfigDict:
   t = c.train
   t.objective = 'causal'  # 'causal': predict each next token. 'mlm': masked LM (BERT) on a
   #                         bidirectional model (model.causal=False), with the mlm.* settings.
+  #                         'span': T5's span corruption as a prefix LM, with the span.* settings.
   t.steps = 500  # Optimizer steps; the default run takes a few minutes on a 2-core CPU.
   t.batch_size = 16  # B, global sequences per step, split over the data and fsdp mesh axes.
   t.grad_accum = 1  # Micro-batches per step; B must divide by it. Same update as one big batch.
@@ -121,6 +122,12 @@ def get_config() -> ConfigDict:
   c.mlm.mask_fraction = 0.8  # Of the selected tokens, replaced by the [MASK] id (the first id past
   c.mlm.random_fraction = 0.1  # the tokenizer's), by a random ordinary token, or (the rest) kept.
   c.mlm.eval_ratio = 0.15  # Ratio for validation and jaxlm.eval, with a fixed seed: runs compare.
+
+  c.span = ConfigDict()  # train.objective='span' (T5): windows lose spans of tokens to sentinels.
+  c.span.noise_density = 0.15  # Fraction of each window's tokens hidden (T5's 15%).
+  c.span.mean_span_length = 3.0  # Mean length of a hidden span (T5's 3); one sentinel id each.
+  #   The window is as long as T5's random_spans_helper says, so that the corrupted input and the
+  #   target together fill model.max_seq_len; sentinel ids are the top ids of the vocabulary.
 
   c.optim = ConfigDict()
   o = c.optim

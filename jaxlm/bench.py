@@ -107,6 +107,9 @@ def run(cfg: ConfigDict, what: list[str], steps: int, warmup: int) -> dict:
     return dict(data=data_benchmark(cfg, run_data, steps, warmup))
   configure_backend(cfg)
   vocab = cfg.model.vocab_size or run_data.tokenizer.vocab_size
+  if objectives.objective(cfg) == 'span':
+    raise UserError("jaxlm.bench does not measure span corruption; benchmark the same model with "
+                    "--config.train.objective=causal (the step differs only in its input rows).")
   model_cfg = resolve_model(cfg.model, vocab + objectives.reserved_ids(cfg))
   masking = objectives.Masking(vocab, None, cfg.mlm.mask_fraction, cfg.mlm.random_fraction) if (
       objectives.is_mlm(cfg)) else None

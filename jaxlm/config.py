@@ -30,7 +30,7 @@ _CHOICES = {
     'data.val_split': ('tail', 'documents'),
     'train.on_nonfinite': ('abort', 'skip'),
     'optim.schedule': ('cosine', 'constant'),
-    'train.objective': ('causal', 'mlm'),
+    'train.objective': ('causal', 'mlm', 'span'),
     'mlm.ratio_schedule': ('constant', 'linear', 'cosine'),
 }
 
@@ -67,6 +67,8 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'mlm.eval_ratio': _ratio,
     'mlm.mask_fraction': _unit,
     'mlm.random_fraction': _unit,
+    'span.noise_density': _ratio,
+    'span.mean_span_length': (lambda v: v >= 1, 'a number >= 1'),
     'model.init_std': _positive,
     'data.tokenizer_vocab_size': (lambda v: v >= 16, 'an integer >= 16'),
     'data.val_fraction': (lambda v: 0 < v < 1, 'a number strictly between 0 and 1'),
@@ -213,6 +215,12 @@ def _check_cross_fields(cfg: ConfigDict) -> None:
   if t.objective == 'mlm' and cfg.model.causal:
     raise UserError("config field train.objective='mlm' needs a bidirectional model: set "
                     'model.causal=False (a causal model cannot see the tokens after a mask).')
+  if t.objective == 'span' and cfg.data.packing != 'concat':
+    raise UserError("config field train.objective='span' corrupts windows of the token stream; "
+                    "set data.packing='concat' (packed documents are not supported with it).")
+  if t.objective == 'span' and not cfg.model.causal:
+    raise UserError("config field train.objective='span' trains a prefix LM, which attends "
+                    'bidirectionally only inside the prefix; keep model.causal=True.')
   if t.objective == 'causal' and not cfg.model.causal:
     raise UserError("config field model.causal=False lets each token see the next one, which "
                     "train.objective='causal' predicts; use train.objective='mlm' (or keep "

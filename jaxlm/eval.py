@@ -84,6 +84,7 @@ def run(workdir: str, step: int | None, text: str, references: str, max_new_toke
   pairs = read_pairs(references) if references else None  # a bad file fails before any work
   r = load_trained(workdir, step, batch_size)
   mlm = objectives.is_mlm(r.cfg)
+  objective = objectives.objective(r.cfg)
   if mlm and references:
     raise UserError(f'{workdir} holds a masked language model, which does not generate; '
                     '--references (BLEU) needs a causal one.')
@@ -91,7 +92,9 @@ def run(workdir: str, step: int | None, text: str, references: str, max_new_toke
   param_shardings = jax.tree.map(lambda x: x.sharding, r.params)
   eval_step = jit_eval_step(make_eval_step(r.graphdef, r.mesh, r.rules, r.cfg.train.loss_chunk,
                                            objectives.masking(r.cfg, r.tokenizer),
-                                           objectives.eval_masking(r.cfg)),
+                                           objectives.eval_masking(r.cfg),
+                                           objectives.spans(r.cfg, r.tokenizer,
+                                                            r.model_cfg.vocab_size)),
                             param_shardings, r.mesh, r.rules)
   packing, length = r.cfg.data.packing, r.model_cfg.max_seq_len
   if text:
@@ -115,6 +118,8 @@ def run(workdir: str, step: int | None, text: str, references: str, max_new_toke
     if mlm:  # the masked tokens' loss at the fixed ratio; bits per byte would need every token
       del result['nats']
       result['mask_ratio'] = r.cfg.mlm.eval_ratio
+    elif objective == 'span':  # the targets' loss (sentinels, hidden spans, end-of-sequence)
+      del result['nats']
     else:
       result['bits_per_byte'] = evaluation.bits_per_byte(result.pop('nats'), stream.bytes)
       result['bytes'] = stream.bytes

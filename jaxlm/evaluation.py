@@ -46,11 +46,13 @@ def loss_over(eval_step, params: Any, stream: data.EvalStream, cfg: ConfigDict, 
   sync = sync_each_step()
   B = cfg.train.batch_size
   segments = None
-  if objectives.is_mlm(cfg):  # bidirectional: a token sees its window (packed: its document)
+  if objectives.objective(cfg) != 'causal':  # rows drawn on in the step: their index and extent
+    # (a masked LM's token sees its window; packed: its document)
     documents = (stream.documents if stream.documents is not None
                  else np.ones(len(stream.tokens), np.int32))
     segments = documents if cfg.data.packing == 'pack' else (documents > 0).astype(np.int32)
-  for batch in data.eval_batches(stream.tokens, cfg.model.max_seq_len, B, weights=stream.weights,
+  for batch in data.eval_batches(stream.tokens, objectives.window_length(cfg), B,
+                                 weights=stream.weights,
                                  max_batches=max_batches, segments=segments,
                                  rows=sharding.host_rows(batch_sharding, B)):
     ce, n = eval_step(params, to_global(batch, batch_sharding, B))

@@ -26,6 +26,7 @@ Metrics = dict[str, jax.Array]
 def make_train_step(cfg: ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, mesh: Mesh, rules: sharding.Rules,
                     masking: objectives.Masking | None = None,
+                    spans: objectives.Spans | None = None,
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """Builds train_step(state, batch) -> (state, metrics).
 
@@ -38,7 +39,9 @@ def make_train_step(cfg: ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientT
 
   With train.objective='mlm' (`masking` given) the batch's token rows are masked first (see
   objectives.py), with the ratio of this step and keys from fold_in(rng, step) and each row's
-  global index (step * B + row), before the batch is split into micro-batches.
+  global index (step * B + row), before the batch is split into micro-batches. With
+  train.objective='span' (`spans` given) the rows are raw windows that become prefix-LM rows
+  (objectives.span_batch) the same way.
   """
   accum, z_loss, chunk = cfg.train.grad_accum, cfg.train.z_loss, cfg.train.loss_chunk
   use_dropout = cfg.model.dropout > 0
@@ -46,7 +49,8 @@ def make_train_step(cfg: ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientT
   def loss_fn(params, batch, key, scale):
     model = nnx.merge(graphdef, params)
     h, _ = model.features(batch['inputs'], batch.get('positions'),
-                          segment_ids=batch.get('segment_ids'), dropout_key=key)
+                          segment_ids=batch.get('segment_ids'), dropout_key=key,
+                          mask=prefix_mask(batch))
     objective, ce, count = chunked_cross_entropy(model.logits, h, batch['targets'], batch['mask'],
                                                  z_loss, chunk)
     return objective * scale, (ce, count)
@@ -60,6 +64,10 @@ def make_train_step(cfg: ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientT
         batch = masked_batch(batch, jax.random.fold_in(state.rng, state.step), ratio,
                              state.step * B + jnp.arange(B), masking)
         extra['mask_ratio'] = ratio
+      if spans is not None:
+        B = batch['inputs'].shape[0]
+        batch = spanned_batch(batch, jax.random.fold_in(state.rng, state.step),
+                              state.step * B + jnp.arange(B), spans)
       key = jax.random.fold_in(state.rng, state.step) if use_dropout else None
       loss_scale = state.loss_scale.scale if state.loss_scale is not None else jnp.float32(1)
       count = jnp.maximum(batch['mask'].astype(jnp.float32).sum(), 1)
@@ -121,6 +129,26 @@ def masked_batch(batch: Batch, key: jax.Array, ratio: jax.Array, index: jax.Arra
 
 
 _MASK_STREAM = 0x6D6C6D  # 'mlm'
+_SPAN_STREAM = 0x737061  # 'spa'
+
+
+def spanned_batch(batch: Batch, key: jax.Array, index: jax.Array,
+                  spans: objectives.Spans) -> Batch:
+  """A prefix-LM batch of span corruption from rows of raw windows (`inputs` and the last of
+  `targets`). A row that is not a whole window (the padded end of an evaluation stream, whose
+  `segment_ids` end in 0) counts for nothing."""
+  raw = jnp.concatenate([batch['inputs'], batch['targets'][:, -1:]], axis=1)
+  out = objectives.span_batch(jax.random.fold_in(key, _SPAN_STREAM), raw, index, spans)
+  if 'segment_ids' in batch:
+    out['mask'] = out['mask'] * (batch['segment_ids'][:, -1:] > 0)
+  return out
+
+
+def prefix_mask(batch: Batch) -> jax.Array | None:
+  """The prefix LM's attention mask of a span-corruption batch (None for any other)."""
+  if 'prefix' not in batch:
+    return None
+  return objectives.prefix_lm_mask(batch['prefix'][:, 0], batch['inputs'].shape[1])
 
 
 def split_micro_batches(batch: Batch, accum: int) -> Batch:
@@ -138,12 +166,14 @@ def split_micro_batches(batch: Batch, accum: int) -> Batch:
 def make_eval_step(graphdef: nnx.GraphDef, mesh: Mesh, rules: sharding.Rules,
                    chunk: int = 0, masking: objectives.Masking | None = None,
                    mlm_eval: tuple[int, float] = (0, 0.15),
+                   spans: objectives.Spans | None = None,
                    ) -> Callable[[Any, Batch], tuple[jax.Array, jax.Array]]:
   """Builds eval_step(params, batch) -> (summed cross-entropy, counted tokens).
 
   A masked LM (`masking` given) is scored on the tokens selected at the fixed ratio of
   mlm_eval = (seed, ratio), drawn from the seed and each row's `index`: the same tokens for every
-  checkpoint, so evaluations compare."""
+  checkpoint, so evaluations compare. Span corruption (`spans` given) is scored on the targets
+  of windows corrupted with that seed too."""
   seed, ratio = mlm_eval
 
   def eval_step(params, batch: Batch) -> tuple[jax.Array, jax.Array]:
@@ -151,9 +181,11 @@ def make_eval_step(graphdef: nnx.GraphDef, mesh: Mesh, rules: sharding.Rules,
       if masking is not None:
         batch = masked_batch(batch, jax.random.PRNGKey(seed), jnp.float32(ratio),
                              batch['index'][:, 0], masking)
+      if spans is not None:
+        batch = spanned_batch(batch, jax.random.PRNGKey(seed), batch['index'][:, 0], spans)
       model = nnx.merge(graphdef, params)
       h, _ = model.features(batch['inputs'], batch.get('positions'),
-                            segment_ids=batch.get('segment_ids'))
+                            segment_ids=batch.get('segment_ids'), mask=prefix_mask(batch))
       _, ce, count = chunked_cross_entropy(model.logits, h, batch['targets'], batch['mask'],
                                            chunk=chunk)
       return ce, count

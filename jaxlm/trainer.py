@@ -151,9 +151,15 @@ class Trainer:
       self.init_from.set_model_fields(cfg.model)
       check_model(cfg.model)
       self.init_from.check_tokenizer(self.tokenizer, cfg.model)
-    self.model_cfg = resolve_model(cfg.model,
-                                   self.tokenizer.vocab_size + objectives.reserved_ids(cfg))
+    reserved = objectives.reserved_ids(cfg)
+    if reserved and 0 < cfg.model.vocab_size < self.tokenizer.vocab_size + reserved:
+      raise UserError(f'config field model.vocab_size={cfg.model.vocab_size} has no room for the '
+                      f'{reserved} id(s) train.objective={t.objective!r} needs past the '
+                      f"tokenizer's {self.tokenizer.vocab_size}; set it to 0 (or at least "
+                      f'{self.tokenizer.vocab_size + reserved}).')
+    self.model_cfg = resolve_model(cfg.model, self.tokenizer.vocab_size + reserved)
     masking = objectives.masking(cfg, self.tokenizer)
+    spans = objectives.spans(cfg, self.tokenizer, self.model_cfg.vocab_size)
     tx, schedule = make_optimizer(cfg)
     self.setup = setup_train_state(cfg, self.model_cfg, tx, self.mesh, rules)
     self.is_main = jax.process_index() == 0
@@ -171,7 +177,7 @@ class Trainer:
                              keep_period=cfg.checkpoint.keep_period,
                              async_save=cfg.checkpoint.async_save)
     self.batch_sharding = sharding.batch_sharding(self.mesh, rules)
-    self.data = data.train_batches(self.run_data, cfg, self.model_cfg.max_seq_len,
+    self.data = data.train_batches(self.run_data, cfg, objectives.window_length(cfg),
                                    sharding.host_rows(self.batch_sharding, t.batch_size))
     self.mixed = np.zeros(len(self.run_data.datasets), np.int64)  # rows read per dataset
     self.val_stream: data.EvalStream | None = None  # read at the first validation
@@ -179,11 +185,11 @@ class Trainer:
                      tokenizer=self.tokenizer.fingerprint,
                      data=self.run_data.record(self.workdir))
     self.train_step = jit_train_step(
-        make_train_step(cfg, self.setup.graphdef, tx, schedule, self.mesh, rules, masking),
+        make_train_step(cfg, self.setup.graphdef, tx, schedule, self.mesh, rules, masking, spans),
         self.setup.shardings, self.mesh, rules)
     self.eval_step = jit_eval_step(
         make_eval_step(self.setup.graphdef, self.mesh, rules, t.loss_chunk, masking,
-                       objectives.eval_masking(cfg)),
+                       objectives.eval_masking(cfg), spans),
         self.setup.shardings.params, self.mesh, rules)
     # Samples continue a prompt: only a causal model generates.
     self.sample_tokens = t.sample_tokens if self.model_cfg.causal else 0
@@ -315,7 +321,7 @@ class Trainer:
     """Validation loss and perplexity, and a few samples to read."""
     t = self.cfg.train
     if self.val_stream is None:
-      limit = t.eval_batches * t.batch_size * self.model_cfg.max_seq_len + 1
+      limit = t.eval_batches * t.batch_size * objectives.window_length(self.cfg) + 1
       self.val_stream = data.validation_stream(self.run_data, self.cfg, self.model_cfg.max_seq_len,
                                                limit if t.eval_batches else 0)
     val = loss_over(self.eval_step, params, self.val_stream, self.cfg, self.batch_sharding,

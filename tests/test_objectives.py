@@ -136,8 +136,8 @@ MLM_FIELDS = {'model.causal': False, 'train.objective': 'mlm', 'train.steps': 6,
               'mlm.ratio_start': 0.4, 'mlm.ratio_end': 0.15, 'cpu_devices': 2}
 
 
-def _train_mlm(tmp_path, name, **fields):
-  """A tiny masked-LM run in its own process (as a user runs it)."""
+def _train(tmp_path, name, **fields):
+  """A tiny masked-LM run (unless `fields` say otherwise) in its own process, as a user runs it."""
   import harness
   config = harness.write_config(tmp_path / f'{name}.py', **{**MLM_FIELDS, **fields})
   result = harness.run(harness.command(f'--config={config}',
@@ -159,12 +159,12 @@ def test_a_resumed_mlm_run_repeats_its_losses_and_ratios(tmp_path, packing):
   same losses and ratios for steps 4-6, bit for bit: the masks come from the step and the row,
   not from the process."""
   import shutil
-  workdir = _train_mlm(tmp_path, 'run', **{'data.packing': packing})
+  workdir = _train(tmp_path, 'run', **{'data.packing': packing})
   ratios = {r['step']: r['mask_ratio'] for r in _train_records(workdir)}
   assert ratios[1] == pytest.approx(0.4) and ratios[6] == pytest.approx(0.15)
   assert ratios[4] == pytest.approx(0.4 + (0.15 - 0.4) * 3 / 5)
   shutil.rmtree(workdir / 'checkpoints' / '6')
-  _train_mlm(tmp_path, 'run', **{'data.packing': packing})
+  _train(tmp_path, 'run', **{'data.packing': packing})
   by_step: dict[int, list] = {}
   for r in _train_records(workdir):
     by_step.setdefault(r['step'], []).append((r['loss'], r['mask_ratio']))
@@ -178,7 +178,7 @@ def test_mlm_eval_scores_a_fixed_sample_of_masked_tokens(tmp_path):
   call (fixed seed), about that ratio of the validation tokens counted, no bits per byte (which
   would need every token scored); generate and BLEU are refused in one sentence each."""
   import harness
-  _train_mlm(tmp_path, 'run', **{'mlm.eval_ratio': 0.25})
+  _train(tmp_path, 'run', **{'mlm.eval_ratio': 0.25})
   run = lambda *args, module='jaxlm.eval': harness.run(harness.command(
       f'--workdir={tmp_path / "run"}', *args, module=module))
   results = []
@@ -201,3 +201,128 @@ def test_mlm_eval_scores_a_fixed_sample_of_masked_tokens(tmp_path):
   (tmp_path / 'pairs.jsonl').write_text('{"prompt": "First", "reference": "Citizen"}\n')
   result = run(f'--references={tmp_path / "pairs.jsonl"}')
   assert result.returncode == 2 and 'does not generate' in result.stderr
+
+
+# Span corruption (T5) as a prefix LM.
+
+def test_random_spans_helper_equals_t5():
+  """T5's values: 512 inputs at density 0.15 and mean span 3 take a raw window of 568 tokens and
+  give 114 targets (the issue's figures, from T5's documentation); 128 inputs take 141 and give
+  29 (worked by hand from T5's function: 141 - 21 + 7 + 1 = 128, and 142 would give 129); at
+  density 0.5, 767 raw tokens give 512 inputs (767 - 384 + 128 + 1) and 513 targets, so T5 takes
+  766 and 512 targets instead."""
+  assert objectives.random_spans_helper(512, 0.15, 3.0) == (568, 114)
+  assert objectives.random_spans_helper(128, 0.15, 3.0) == (141, 29)
+  assert objectives.random_spans_helper(512, 0.5, 3.0) == (766, 512)
+
+
+def _span_cfg(length=625):
+  cfg = tiny_config()
+  cfg.train.objective, cfg.model.max_seq_len = 'span', length
+  return cfg
+
+
+def test_the_span_shape_fills_the_context():
+  """A context of 512 + 114 - 1 gets T5's 512-input shape exactly; every context's prefix-LM
+  sequence fits it, with T5's rounding of noise and spans."""
+  assert objectives.span_shape(_span_cfg(625)) == objectives.SpanShape(568, 85, 28, 512, 114)
+  for length in (16, 48, 128, 300):
+    s = objectives.span_shape(_span_cfg(length))
+    assert s.inputs + s.targets - 1 <= length
+    assert s.noise == round(s.raw * 0.15) and s.spans == round(s.noise / 3)
+    assert s.inputs == s.raw - s.noise + s.spans + 1 and s.targets == s.noise + s.spans + 1
+
+
+def _merge(inputs, targets, sentinels):
+  """Puts each sentinel's hidden tokens (from the targets) back in its place in the inputs."""
+  hidden, current = {}, None
+  for t in targets:
+    if t in sentinels:
+      current = t
+      hidden[current] = []
+    elif current is not None:
+      hidden[current].append(t)
+  out = []
+  for t in inputs:
+    out.extend(hidden[t] if t in sentinels else [t])
+  return out
+
+
+def test_span_corruption_counts_and_merging_restores_the_window():
+  """Per window: exactly round(raw * density) hidden tokens in round(noise / mean) spans, the
+  first token kept; row i's input is the window with each span of fold_in(key, i)'s mask made
+  one sentinel (top id first), then the end-of-sequence id, as is the target; merging the two by
+  sentinel gives the window back; rows get different masks."""
+  shape = objectives.span_shape(_span_cfg(128))
+  vocab, eos = 1000, 1
+  spans = objectives.Spans(shape, vocab - 1, eos)
+  rng = np.random.default_rng(0)
+  raw = jnp.asarray(rng.integers(2, 900, (16, shape.raw)), jnp.int32)
+  batch = objectives.span_batch(jax.random.PRNGKey(0), raw, jnp.arange(16), spans)
+  sequence = np.concatenate([np.asarray(batch['inputs']), np.asarray(batch['targets'][:, -1:])], 1)
+  sentinels = set(range(vocab - shape.spans, vocab))
+  masks = []
+  for i in range(16):
+    noise = np.asarray(objectives.noise_mask(jax.random.fold_in(jax.random.PRNGKey(0), i), shape))
+    masks.append(noise)
+    inputs, targets = sequence[i, :shape.inputs], sequence[i, shape.inputs:]
+    expected, sentinel = [], vocab - 1  # row i is corrupted with fold_in(key, i)'s mask
+    for j, token in enumerate(np.asarray(raw[i])):
+      if not noise[j]:
+        expected.append(token)
+      elif j == 0 or not noise[j - 1]:
+        expected.append(sentinel)
+        sentinel -= 1
+    assert list(inputs) == expected + [eos]
+    assert inputs[-1] == eos and targets[-1] == eos
+    assert _merge(list(inputs[:-1]), list(targets[:-1]), sentinels) == list(np.asarray(raw[i]))
+    assert [t for t in inputs if t in sentinels] == list(range(vocab - 1, vocab - 1 - shape.spans, -1))
+  for noise in masks:
+    assert noise.sum() == shape.noise and not noise[0]
+    assert (noise[1:] & ~noise[:-1]).sum() == shape.spans
+  assert any((a != b).any() for a, b in zip(masks, masks[1:]))
+  mask = np.asarray(batch['mask'][0])
+  assert (mask[:shape.inputs - 1] == 0).all() and (mask[shape.inputs - 1:] == 1).all()
+
+
+def test_the_prefix_lm_mask_is_bidirectional_in_the_prefix_and_causal_after():
+  """The mask itself, and a model under it: changing a prefix token changes the outputs before
+  it; changing a target token changes none before it."""
+  mask = np.asarray(objectives.prefix_lm_mask(jnp.asarray([5]), 9))[0, 0]
+  for q in range(9):
+    for k in range(9):
+      assert mask[q, k] == (k < 5 or k <= q), (q, k)
+  model = _model(True)
+  tokens = jnp.asarray(np.random.default_rng(4).integers(0, 61, (1, 16)), jnp.int32)
+  full = objectives.prefix_lm_mask(jnp.asarray([10]), 16)
+  out = lambda t: np.asarray(model.logits(model.features(t, mask=full)[0]))[0]
+  before = out(tokens)
+  in_prefix = np.abs(out(tokens.at[0, 6].add(1)) - before).max(-1)
+  assert (in_prefix[:6] > 1e-6).all()
+  in_target = np.abs(out(tokens.at[0, 12].add(1)) - before).max(-1)
+  assert (in_target[:12] == 0).all() and (in_target[12:] > 1e-6).all()
+
+
+@pytest.mark.slow
+def test_a_resumed_span_run_repeats_its_losses_and_evaluates(tmp_path):
+  """A span-corruption run resumed in a new process logs the same losses for steps 4-6 as
+  before; jaxlm.eval scores its targets, the same on every call, without bits per byte."""
+  import shutil
+  import harness
+  fields = {'train.objective': 'span', 'model.max_seq_len': 48, 'train.steps': 6,
+            'train.eval_every': 6, 'cpu_devices': 2}
+  workdir = _train(tmp_path, 'run', **fields, **{'model.causal': True})
+  shutil.rmtree(workdir / 'checkpoints' / '6')
+  _train(tmp_path, 'run', **fields, **{'model.causal': True})
+  by_step: dict[int, list] = {}
+  for r in _train_records(workdir):
+    by_step.setdefault(r['step'], []).append(r['loss'])
+  for step in (4, 5, 6):
+    assert len(by_step[step]) == 2 and by_step[step][0] == by_step[step][1], by_step
+  results = []
+  for _ in range(2):
+    result = harness.run(harness.command(f'--workdir={workdir}', module='jaxlm.eval'))
+    assert result.returncode == 0, result.stderr[-3000:]
+    results.append(json.loads((workdir / 'eval' / '6.json').read_text()))
+  assert results[0] == results[1] and 'bits_per_byte' not in results[0]['validation']
+  assert results[0]['validation']['loss'] > 0
