@@ -15,6 +15,7 @@ import time
 from typing import Mapping
 
 import jax
+import numpy as np
 from ml_collections import ConfigDict
 
 from jaxlm import paths
@@ -157,3 +158,21 @@ class MetricWriter:
       self.jsonl.close()
       self.tb.close()
       self._upload(force=True)
+
+
+def training_seconds(train: dict[str, list[tuple[int, float]]]) -> dict[int, float]:
+  """{step: seconds spent in training steps up to it}, from a run's logged step times (each
+  line's step time covers the steps since the line before): compilation, evaluation and
+  checkpoints are left out, so runs of different speeds compare at equal compute time."""
+  elapsed, total, previous = {0: 0.0}, 0.0, 0
+  for step, seconds in train.get('step_time', []):
+    total += seconds * (step - previous)
+    elapsed[step], previous = total, step
+  return elapsed
+
+
+def at_training_time(points: list[tuple[int, float]],
+                     elapsed: dict[int, float]) -> list[tuple[float, float]]:
+  """(step, value) points as (training seconds at that step, interpolated, value)."""
+  steps = sorted(elapsed)
+  return [(float(np.interp(s, steps, [elapsed[k] for k in steps])), v) for s, v in points]

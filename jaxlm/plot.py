@@ -15,7 +15,7 @@ from pathlib import Path
 
 from absl import flags
 
-from jaxlm import cli, paths
+from jaxlm import cli, metrics, paths
 from jaxlm.errors import UserError
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The training run\'s workdir, or several separated '
@@ -46,25 +46,6 @@ def read_metrics(workdir: Path) -> dict[str, dict[str, list[tuple[int, float]]]]
           for split, metrics in series.items()}
 
 
-def training_seconds(train: dict[str, list[tuple[int, float]]]) -> dict[int, float]:
-  """{step: seconds spent in training steps up to it}, from the logged step times (each line's
-  step time covers the steps since the line before)."""
-  elapsed, total, previous = {0: 0.0}, 0.0, 0
-  for step, seconds in train.get('step_time', []):
-    total += seconds * (step - previous)
-    elapsed[step], previous = total, step
-  return elapsed
-
-
-def _on_axis(points, x: str, elapsed: dict[int, float]):
-  """The points with their step replaced by the training time at it (interpolated)."""
-  if not points or x == 'step':
-    return points
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  steps = sorted(elapsed)
-  return [(float(np.interp(s, steps, [elapsed[k] for k in steps])), v) for s, v in points]
-
-
 def plot(workdirs: list[Path], output: Path, x: str = 'step') -> Path:
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use('Agg')
@@ -79,7 +60,7 @@ def plot(workdirs: list[Path], output: Path, x: str = 'step') -> Path:
     if x == 'time' and not train.get('step_time'):
       raise UserError(f'{workdir / "metrics.jsonl"} has no step times to put on a time axis; '
                       'use --x=step.')
-    elapsed = training_seconds(train)
+    elapsed = metrics.training_seconds(train)
     name = f'{workdir.name} ' if len(workdirs) > 1 else ''
     panels = [('loss', [('train', train.get('loss')), ('validation', val.get('loss'))],
                'nats/token'),
@@ -88,7 +69,7 @@ def plot(workdirs: list[Path], output: Path, x: str = 'step') -> Path:
               ('throughput', [('train', train.get('tokens_per_s'))], 'tokens/s')]
     for ax, (title, lines, unit) in zip(axes.ravel(), panels):
       for label, points in lines:
-        points = _on_axis(points, x, elapsed)
+        points = points if x == 'step' else metrics.at_training_time(points, elapsed)
         if points:
           xs, values = zip(*points)
           style = {}  # several runs: a colour per run, validation dashed

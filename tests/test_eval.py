@@ -219,10 +219,10 @@ def test_plot_writes_a_png(run_dir):
 def test_plot_draws_several_runs_against_training_time(run_dir, tmp_path):
   """--x=time adds up each logged step time over the steps it covers; two workdirs go on one
   figure; several workdirs without --output is one sentence."""
-  from jaxlm import plot
-  elapsed = plot.training_seconds({'step_time': [(10, 0.1), (20, 0.2), (25, 1.0)]})
+  from jaxlm import metrics  # (not jaxlm.plot: its flags would clash with jaxlm.eval's here)
+  elapsed = metrics.training_seconds({'step_time': [(10, 0.1), (20, 0.2), (25, 1.0)]})
   assert elapsed == pytest.approx({0: 0.0, 10: 1.0, 20: 3.0, 25: 8.0})
-  assert plot._on_axis([(15, 2.5)], 'time', elapsed) == [(2.0, 2.5)]
+  assert metrics.at_training_time([(15, 2.5)], elapsed) == [(2.0, 2.5)]
   import shutil
   shutil.copy(run_dir / 'metrics.jsonl', (tmp_path / 'other').mkdir() or tmp_path / 'other')
   out = tmp_path / 'both.png'
