@@ -63,7 +63,9 @@ def get_config() -> ConfigDict:
   #                    per-layer slicing of stacked buffers); deep presets use 1 to compile fast.
   m.causal = True  # Each token sees only earlier ones (a decoder). False: bidirectional, an encoder
   #                 for train.objective='mlm' (attention still stays within a packed document).
-  m.attention = 'xla'  # Kernel: 'xla' (any device), 'cudnn' (GPU flash attention), 'splash' (TPU).
+  m.attention = 'auto'  # Kernel: 'auto' (splash on TPU, cuDNN on GPU where they apply, else xla),
+  #                       'xla' (any device), 'cudnn' (GPU flash attention), 'splash' (TPU).
+  #                       Calls with an explicit mask (decoding, prefix LM) always use 'xla'.
 
   c.data = ConfigDict()
   d = c.data

@@ -24,7 +24,7 @@ _CHOICES = {
     'model.rope_scaling': ('', 'llama3'),
     'model.dtype': ('float32', 'bfloat16', 'float16'),
     'model.remat': ('none', 'dots', 'full'),
-    'model.attention': ('xla', 'cudnn', 'splash'),
+    'model.attention': ('auto', 'xla', 'cudnn', 'splash'),
     'data.tokenizer': ('sentencepiece', 'char', 'byte', 'huggingface'),
     'data.packing': ('concat', 'pack'),
     'data.val_split': ('tail', 'documents'),

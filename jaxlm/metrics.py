@@ -26,6 +26,7 @@ PEAK_FLOPS = (
     ('h100', 989e12), ('h200', 989e12), ('gh200', 989e12), ('b200', 2237e12), ('a100', 312e12),
     ('tpu v5p', 459e12), ('tpu v5 lite', 197e12), ('tpu v5e', 197e12), ('tpu v6 lite', 918e12),
     ('tpu v6e', 918e12), ('tpu v4', 275e12),
+    ('tpu v5', 459e12),  # a v5p reports itself as 'TPU v5' (after 'tpu v5 lite' in this order)
 )
 
 

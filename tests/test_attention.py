@@ -10,7 +10,7 @@ from flax import nnx
 from conftest import resolved_model
 from jaxlm import sharding
 from jaxlm.model import Transformer
-from jaxlm.model.attention_kernels import attend
+from jaxlm.model.attention_kernels import attend, reference
 
 ON_GPU = jax.devices()[0].platform == 'gpu'
 
@@ -111,3 +111,41 @@ def test_packed_documents_do_not_see_each_other(variant):
   # ...and changing the first document leaves it untouched.
   other = tokens.at[0, 2].set((tokens[0, 2] + 1) % m.vocab_size)
   np.testing.assert_array_equal(model(other, positions, segment_ids=seg)[:, 6:], packed[:, 6:])
+
+
+@pytest.mark.parametrize('implementation,platform,masked,length,head_dim,dtype,expected', [
+    ('auto', 'tpu', False, 256, 64, 'bfloat16', 'splash'),
+    ('auto', 'tpu', False, 100, 64, 'bfloat16', 'xla'),  # splash needs multiples of 128
+    ('auto', 'gpu', False, 100, 64, 'bfloat16', 'cudnn'),
+    ('auto', 'gpu', False, 100, 64, 'float32', 'xla'),  # cuDNN's flash attention: 16-bit only
+    ('auto', 'gpu', False, 100, 160, 'bfloat16', 'xla'),  # head dim above 128
+    ('auto', 'cpu', False, 256, 64, 'bfloat16', 'xla'),
+    ('auto', 'tpu', True, 256, 64, 'bfloat16', 'xla'),  # decoding: an explicit mask
+    ('cudnn', 'gpu', True, 256, 64, 'bfloat16', 'xla'),
+    ('splash', 'tpu', True, 256, 64, 'bfloat16', 'xla'),
+    ('cudnn', 'gpu', False, 256, 64, 'float32', 'cudnn'),  # as asked
+    ('xla', 'tpu', False, 256, 64, 'bfloat16', 'xla'),
+])
+def test_the_kernel_per_platform(implementation, platform, masked, length, head_dim, dtype,
+                                 expected):
+  from jaxlm.model.attention_kernels import kernel_for
+  assert kernel_for(implementation, platform, masked=masked, length=length, head_dim=head_dim,
+                    dtype=dtype) == expected
+
+
+def test_masked_calls_take_the_reference_whatever_the_kernel():
+  """A decoding mask sent with model.attention='cudnn' or 'splash' runs the reference (on this
+  CPU, cuDNN would fail outright; before, masked calls reached it as a dense bias), and 'auto'
+  on a CPU is the reference."""
+  rng = np.random.default_rng(0)
+  q = jnp.asarray(rng.normal(size=(2, 1, 4, 8)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(2, 6, 2, 8)), jnp.float32)
+  v = jnp.asarray(rng.normal(size=(2, 6, 2, 8)), jnp.float32)
+  mask = jnp.asarray([[[[True] * 4 + [False] * 2]], [[[False] + [True] * 5]]])
+  expected = reference(q, k, v, mask)
+  for implementation in ('cudnn', 'splash', 'auto'):
+    np.testing.assert_array_equal(attend(q, k, v, implementation=implementation, mask=mask),
+                                  expected)
+  q = jnp.asarray(rng.normal(size=(2, 6, 4, 8)), jnp.float32)
+  np.testing.assert_array_equal(attend(q, k, v, implementation='auto'),
+                                attend(q, k, v, implementation='xla'))

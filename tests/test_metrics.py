@@ -37,6 +37,7 @@ def test_flops_scale_with_sequence_length_only_through_attention():
 
 @pytest.mark.parametrize('kind,peak', [('NVIDIA H100 80GB HBM3', 989e12), ('NVIDIA H200', 989e12),
                                        ('TPU v5 lite', 197e12), ('TPU v4', 275e12),
+                                       ('TPU v5', 459e12), ('TPU v6 lite', 918e12),
                                        ('cpu', None)])
 def test_peak_flops_table(kind, peak):
   assert metrics.peak_flops(FakeDevice(kind)) == peak

@@ -1,5 +1,7 @@
 """Attention implementations behind one interface, chosen by `model.attention`:
 
+- 'auto' (the default): splash on a TPU (lengths a multiple of 128), cuDNN on an NVIDIA GPU
+  (bfloat16 or float16, head dim a multiple of 8 up to 128), the XLA reference otherwise.
 - 'xla': the reference below, plain einsums and a softmax; any device, any dtype.
 - 'cudnn': cuDNN's fused flash attention on NVIDIA GPUs (jax.nn.dot_product_attention).
 - 'splash': the Pallas splash-attention kernel for TPUs (interpreted on other devices, which is
@@ -17,7 +19,33 @@ import jax.numpy as jnp
 
 from jaxlm import sharding
 
-IMPLEMENTATIONS = ('xla', 'cudnn', 'splash')
+IMPLEMENTATIONS = ('auto', 'xla', 'cudnn', 'splash')
+
+
+def kernel_for(implementation: str, platform: str, *, masked: bool, length: int, head_dim: int,
+               dtype) -> str:
+  """The kernel ('xla', 'cudnn' or 'splash') that runs one attention call. A call with an
+  explicit mask (decoding against a KV cache, a prefix LM) always takes the reference: the fused
+  kernels here take causal, full and segment masks, not an arbitrary one. 'auto' picks by the
+  platform and where the kernel's constraints hold."""
+  if masked or implementation == 'xla':
+    return 'xla'
+  if implementation != 'auto':
+    return implementation
+  if platform == 'tpu' and length % 128 == 0:
+    return 'splash'
+  if (platform == 'gpu' and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+      and head_dim % 8 == 0 and head_dim <= 128):
+    return 'cudnn'
+  return 'xla'
+
+
+def _platform() -> str:
+  """The platform attention runs on: the current mesh's devices (which may be another host's, when
+  compiling ahead of time for a TPU topology), else this process's."""
+  current = sharding.current()
+  device = current[0].devices.flat[0] if current is not None else jax.devices()[0]
+  return device.platform
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation: str,
@@ -27,9 +55,11 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation: str,
 
   Without `mask` the attention is causal (L == S), or bidirectional with causal=False (an
   encoder), restricted to equal `segment_ids` [B, L] when given. A boolean `mask` [B, 1, L, S]
-  (True = may attend) replaces both, e.g. for decoding against a KV cache; the fused kernels are
-  for training shapes, so decoding uses the reference.
+  (True = may attend) replaces both, e.g. for decoding against a KV cache or a prefix LM; such
+  calls use the reference (kernel_for).
   """
+  implementation = kernel_for(implementation, _platform(), masked=mask is not None,
+                              length=q.shape[1], head_dim=q.shape[-1], dtype=q.dtype)
   if mask is None and segment_ids is not None:
     dense = segment_ids[:, :, None] == segment_ids[:, None, :]
     if causal:
@@ -41,7 +71,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation: str,
         q, k, v, mask=None if dense is None else dense.reshape(
             dense.shape[0], 1, *dense.shape[-2:]),
         is_causal=dense is None and causal, implementation='cudnn')
-  if implementation == 'splash' and mask is None:
+  if implementation == 'splash':
     return splash(q, k, v, segment_ids, causal)
   return reference(q, k, v, dense, causal)
 
