@@ -16,7 +16,7 @@ $(VENV)/.core: pyproject.toml
 	touch $@
 
 $(VENV)/.test: $(VENV)/.core
-	$(PY) -m pip install --quiet -e '.[dev,seqio,gcs,hf]'
+	$(PY) -m pip install --quiet -e '.[dev,seqio,gcs,hf,tpu]'
 	touch $@
 
 setup: $(VENV)/.core

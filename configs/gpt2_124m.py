@@ -1,8 +1,8 @@
 """GPT-2 small (124M): 12 layers, 12 heads, width 768, context 1024, vocabulary 50304.
 
 The shape of nanoGPT's GPT-2 reproduction, for real hardware: bf16 compute with float32 master
-weights, cuDNN flash attention, AdamW lr 6e-4 with 2000 warm-up steps and cosine decay over
-600k steps to 6e-5, beta2 0.95, weight decay 0.1, batch 480 x 1024 tokens (~0.5M, as GPT-2) in 20
+weights, attention 'auto' (cuDNN flash attention on a GPU, splash on a TPU), AdamW lr 6e-4 with
+2000 warm-up steps and cosine decay over 600k steps to 6e-5, beta2 0.95, weight decay 0.1, batch 480 x 1024 tokens (~0.5M, as GPT-2) in 20
 micro-batches of 24 sequences: nanoGPT fits 12 per 40 GB GPU, so 24 should fit one 80 GB GPU (an
 estimate, not measured); on N GPUs divide train.grad_accum by N.
 Prepare a large corpus once (`python -m jaxlm.prepare --source=... --output=prepared/web
@@ -23,7 +23,7 @@ def get_config():
   m.vocab_size = 50304  # GPT-2's 50257 padded to a multiple of 128, as nanoGPT does.
   m.norm, m.position, m.mlp = 'layernorm', 'learned', 'gelu'
   m.use_bias, m.tie_embeddings = True, True
-  m.dtype, m.attention, m.remat, m.scan_unroll = 'bfloat16', 'cudnn', 'none', 1
+  m.dtype, m.attention, m.remat, m.scan_unroll = 'bfloat16', 'auto', 'none', 1
 
   c.xla_flags = base.GPU_XLA_FLAGS
   c.train.loss_chunk = 256  # the vocabulary is large: never hold the whole batch's logits

@@ -4,7 +4,7 @@ tied to the embedding (1.24B parameters, as Meta's model). Not modelled: its `ll
 scaling, which changes only positions beyond its 8k pretraining context; this preset trains at
 2048.
 
-For real hardware: bf16 compute, cuDNN flash attention, FSDP over all devices, AdamW lr 3e-4 with
+For real hardware: bf16 compute, attention 'auto' (cuDNN on a GPU, splash on a TPU), FSDP over all devices, AdamW lr 3e-4 with
 2000 warm-up steps and cosine decay to 3e-5, batch 512 x 2048 tokens (1M). Point data.corpus at
 a corpus prepared by `python -m jaxlm.prepare` (with --tokenizer_path, or --vocab_size=128000 to
 train a vocabulary on a sample), or at the raw corpus for training to prepare it itself.
@@ -24,7 +24,7 @@ def get_config():
   m.vocab_size = 128_256  # Llama 3's 128,000 tokens and 256 reserved special ones.
   m.norm, m.position, m.mlp = 'rmsnorm', 'rope', 'swiglu'
   m.use_bias, m.tie_embeddings = False, True
-  m.dtype, m.attention, m.remat, m.scan_unroll = 'bfloat16', 'cudnn', 'dots', 1
+  m.dtype, m.attention, m.remat, m.scan_unroll = 'bfloat16', 'auto', 'dots', 1
 
   c.xla_flags = base.GPU_XLA_FLAGS
   c.train.loss_chunk = 256  # the vocabulary is large: never hold the whole batch's logits

@@ -149,3 +149,10 @@ def test_masked_calls_take_the_reference_whatever_the_kernel():
   q = jnp.asarray(rng.normal(size=(2, 6, 4, 8)), jnp.float32)
   np.testing.assert_array_equal(attend(q, k, v, implementation='auto'),
                                 attend(q, k, v, implementation='xla'))
+
+
+def test_cudnn_off_a_gpu_is_one_sentence():
+  from jaxlm.errors import UserError
+  from jaxlm.model.attention_kernels import kernel_for
+  with pytest.raises(UserError, match="model.attention='cudnn' runs on NVIDIA GPUs only, not on"):
+    kernel_for('cudnn', 'tpu', masked=False, length=128, head_dim=64, dtype='bfloat16')

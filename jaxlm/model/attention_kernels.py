@@ -30,6 +30,10 @@ def kernel_for(implementation: str, platform: str, *, masked: bool, length: int,
   platform and where the kernel's constraints hold."""
   if masked or implementation == 'xla':
     return 'xla'
+  if implementation == 'cudnn' and platform != 'gpu':
+    from jaxlm.errors import UserError  # pylint: disable=import-outside-toplevel
+    raise UserError(f"config field model.attention='cudnn' runs on NVIDIA GPUs only, not on this "
+                    f"{platform}; use 'auto' (or 'xla').")
   if implementation != 'auto':
     return implementation
   if platform == 'tpu' and length % 128 == 0:
@@ -99,7 +103,7 @@ def splash(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | No
   """Splash attention (causal, or bidirectional). Pallas kernels are not partitioned by the compiler, so with a mesh
   the kernel runs per device under shard_map, on its shard of the batch and the heads."""
   current = sharding.current()
-  local = functools.partial(_splash_local, causal=causal)
+  local = functools.partial(_splash_local, causal=causal, interpret=_platform() != 'tpu')
   if current is None:
     return local(q, k, v, segment_ids)
   mesh, rules = current
@@ -115,13 +119,13 @@ def splash(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | No
   return fn(q, k, v, segment_ids)
 
 
-def _splash_local(q, k, v, segment_ids, causal=True):
+def _splash_local(q, k, v, segment_ids, causal=True, interpret=True):
   from jax.experimental.pallas.ops.tpu.splash_attention import (  # pylint: disable=g-import-not-at-top
       splash_attention_kernel as sk)
   B, L, H, E = q.shape
   K = k.shape[2]
   G = H // K
-  kernel = _kernel(L, G, jax.devices()[0].platform != 'tpu', causal)
+  kernel = _kernel(L, G, interpret, causal)
   # Each kv head with its G query heads is multi-query attention: vmap over batch and kv heads.
   q = (q * E**-0.5).reshape(B, L, K, G, E).transpose(0, 2, 3, 1, 4)  # [B, K, G, L, E]
   k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, L, E]
