@@ -111,8 +111,7 @@ def run(cfg: ConfigDict, what: list[str], steps: int, warmup: int) -> dict:
     raise UserError("jaxlm.bench does not measure span corruption; benchmark the same model with "
                     "--config.train.objective=causal (the step differs only in its input rows).")
   model_cfg = resolve_model(cfg.model, vocab + objectives.reserved_ids(cfg))
-  masking = objectives.Masking(vocab, None, cfg.mlm.mask_fraction, cfg.mlm.random_fraction) if (
-      objectives.is_mlm(cfg)) else None
+  masking = objectives.masking(cfg, vocab, None)
   if masking is not None and 'decode' in what:
     raise UserError('a masked language model (train.objective=mlm) does not decode; leave decode '
                     'out of --what.')

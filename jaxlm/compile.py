@@ -108,8 +108,7 @@ def compile_step(cfg, devices, hbm: int | None) -> dict:
   rules = sharding.rules_from_config(cfg.mesh)
   tx, schedule = make_optimizer(cfg)
   setup = setup_train_state(cfg, model_cfg, tx, mesh, rules)
-  masking = (objectives.Masking(model_cfg.vocab_size - 1, None, cfg.mlm.mask_fraction,
-                                cfg.mlm.random_fraction) if objectives.is_mlm(cfg) else None)
+  masking = objectives.masking(cfg, model_cfg.vocab_size - 1, None)
   step = jit_train_step(make_train_step(cfg, setup.graphdef, tx, schedule, mesh, rules, masking),
                         setup.shardings, mesh, rules)
   B, L = cfg.train.batch_size, model_cfg.max_seq_len

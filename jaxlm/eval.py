@@ -91,7 +91,8 @@ def run(workdir: str, step: int | None, text: str, references: str, max_new_toke
   batch_sh = sharding.batch_sharding(r.mesh, r.rules)
   param_shardings = jax.tree.map(lambda x: x.sharding, r.params)
   eval_step = jit_eval_step(make_eval_step(r.graphdef, r.mesh, r.rules, r.cfg.train.loss_chunk,
-                                           objectives.masking(r.cfg, r.tokenizer),
+                                           objectives.masking(r.cfg, r.tokenizer.vocab_size,
+                                                              r.tokenizer.eos_id),
                                            objectives.eval_masking(r.cfg),
                                            objectives.spans(r.cfg, r.tokenizer,
                                                             r.model_cfg.vocab_size)),

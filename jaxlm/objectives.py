@@ -1,4 +1,5 @@
-"""Training objectives other than next-token prediction: masked LM (BERT) with a ratio schedule.
+"""Training objectives other than next-token prediction: masked LM (BERT) with a ratio schedule,
+and T5's span corruption as a prefix LM (below).
 
 A masked-LM batch is made inside the jitted step from a plain batch of token rows: a fraction
 `ratio` of the ordinary tokens is selected, and of those `mask_fraction` are replaced by the
@@ -76,12 +77,12 @@ class Masking(NamedTuple):
     return ids[ids != self.eos] if self.eos is not None else ids
 
 
-def masking(cfg: ConfigDict, tokenizer) -> Masking | None:
-  """The masking of a masked-LM run (None for a causal one)."""
+def masking(cfg: ConfigDict, vocab: int, eos: int | None) -> Masking | None:
+  """The masking of a masked-LM run (None for any other), for a tokenizer of `vocab` ids with
+  end-of-sequence id `eos`."""
   if not is_mlm(cfg):
     return None
-  return Masking(tokenizer.vocab_size, tokenizer.eos_id, cfg.mlm.mask_fraction,
-                 cfg.mlm.random_fraction)
+  return Masking(vocab, eos, cfg.mlm.mask_fraction, cfg.mlm.random_fraction)
 
 
 def eval_masking(cfg: ConfigDict) -> tuple[int, float]:

@@ -23,8 +23,7 @@ from jaxlm.data import RunData, is_prepared, open_run_data_at
 from jaxlm.data.tokenizers import Tokenizer, open_tokenizer
 from jaxlm.errors import UserError
 from jaxlm.mesh import configure_backend, make_mesh
-from jaxlm.optim import make_optimizer
-from jaxlm.state import setup_train_state
+from jaxlm.state import model_parts
 
 
 class TrainedRun(NamedTuple):
@@ -106,11 +105,10 @@ def _restore(ckpt: Checkpointer, workdir: Path, step: int, batch_size: int) -> T
   model_cfg = resolve_model(ConfigDict(meta['model']), tokenizer.vocab_size)
   mesh = make_mesh(cfg)
   rules = sharding.rules_from_config(cfg.mesh)
-  tx, _ = make_optimizer(cfg)
-  setup = setup_train_state(cfg, model_cfg, tx, mesh, rules)
-  params = ckpt.restore_params(setup.abstract.params, step)
-  return TrainedRun(cfg, model_cfg, tokenizer, run_data, setup.graphdef, params, step, mesh,
-                    rules, workdir)
+  graphdef, abstract = model_parts(model_cfg, mesh, rules)  # no optimizer state: a reader
+  params = ckpt.restore_params(abstract, step)
+  return TrainedRun(cfg, model_cfg, tokenizer, run_data, graphdef, params, step, mesh, rules,
+                    workdir)
 
 
 def trained_data(meta: dict, workdir: Path, step: int, cfg: ConfigDict) -> RunData:

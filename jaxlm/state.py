@@ -73,11 +73,19 @@ def init_params(model_cfg: ConfigDict, key: jax.Array) -> dict[str, Any]:
   return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
+def model_parts(model_cfg: ConfigDict, mesh: Mesh,
+                rules: sharding.Rules) -> tuple[nnx.GraphDef, dict[str, Any]]:
+  """The model's graphdef, and its parameters as ShapeDtypeStructs with their shardings on `mesh`
+  (a restore target): what a reader of a checkpoint needs, without any optimizer state."""
+  graphdef, abstract = nnx.split(abstract_model(model_cfg), nnx.Param)
+  return graphdef, jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      nnx.to_pure_dict(abstract), sharding.param_shardings(abstract, mesh, rules))
+
+
 def abstract_params(model_cfg: ConfigDict, mesh: Mesh, rules: sharding.Rules) -> dict[str, Any]:
   """The parameters as ShapeDtypeStructs with their shardings on `mesh` (a restore target)."""
-  _, abstract = nnx.split(abstract_model(model_cfg), nnx.Param)
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      nnx.to_pure_dict(abstract), sharding.param_shardings(abstract, mesh, rules))
+  return model_parts(model_cfg, mesh, rules)[1]
 
 
 class StateSetup(NamedTuple):

@@ -58,17 +58,16 @@ def make_train_step(cfg: ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientT
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     with sharding.use_mesh(mesh, rules):
       extra = {}
+      step_key = jax.random.fold_in(state.rng, state.step)
+      B = batch['inputs'].shape[0]
+      rows = state.step * B + jnp.arange(B)  # each row's global index
       if masking is not None:
         ratio = objectives.mlm_ratio(cfg, state.step)
-        B = batch['inputs'].shape[0]
-        batch = masked_batch(batch, jax.random.fold_in(state.rng, state.step), ratio,
-                             state.step * B + jnp.arange(B), masking)
+        batch = masked_batch(batch, step_key, ratio, rows, masking)
         extra['mask_ratio'] = ratio
       if spans is not None:
-        B = batch['inputs'].shape[0]
-        batch = spanned_batch(batch, jax.random.fold_in(state.rng, state.step),
-                              state.step * B + jnp.arange(B), spans)
-      key = jax.random.fold_in(state.rng, state.step) if use_dropout else None
+        batch = spanned_batch(batch, step_key, rows, spans)
+      key = step_key if use_dropout else None
       loss_scale = state.loss_scale.scale if state.loss_scale is not None else jnp.float32(1)
       count = jnp.maximum(batch['mask'].astype(jnp.float32).sum(), 1)
       scale = loss_scale / count  # the summed loss times this is the (scaled) batch mean

@@ -158,7 +158,7 @@ class Trainer:
                       f"tokenizer's {self.tokenizer.vocab_size}; set it to 0 (or at least "
                       f'{self.tokenizer.vocab_size + reserved}).')
     self.model_cfg = resolve_model(cfg.model, self.tokenizer.vocab_size + reserved)
-    masking = objectives.masking(cfg, self.tokenizer)
+    masking = objectives.masking(cfg, self.tokenizer.vocab_size, self.tokenizer.eos_id)
     spans = objectives.spans(cfg, self.tokenizer, self.model_cfg.vocab_size)
     tx, schedule = make_optimizer(cfg)
     self.setup = setup_train_state(cfg, self.model_cfg, tx, self.mesh, rules)
