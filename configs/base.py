@@ -104,6 +104,9 @@ def get_config() -> ConfigDict:
   t.z_loss = 0.0  # Weight of log(Z)^2, which keeps logits from drifting (PaLM uses 1e-4).
   t.loss_chunk = 0  # Positions per chunk of the loss: only [B, chunk, V] float32 logits exist at
   #                   once (0: all); saves memory for large vocabularies. Must divide max_seq_len.
+  t.loss_grad = 'blockwise'  # 'blockwise': the head and loss compute their own gradient chunk by
+  #                   chunk in the forward pass (one head matmul fewer, no float32 logits kept);
+  #                   'autodiff': jax.grad of the chunked loss, each chunk rematerialised.
   t.profile_start = 0  # Step at which to start a jax.profiler trace into <workdir>/profile (0: no).
   t.profile_steps = 5  # Steps the trace covers.
   t.log_every = 10  # Steps between metric lines; the only host syncs in the loop happen here.

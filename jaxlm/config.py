@@ -31,6 +31,7 @@ _CHOICES = {
     'train.on_nonfinite': ('abort', 'skip'),
     'optim.schedule': ('cosine', 'constant'),
     'train.objective': ('causal', 'mlm', 'span'),
+    'train.loss_grad': ('blockwise', 'autodiff'),
     'mlm.ratio_schedule': ('constant', 'linear', 'cosine'),
 }
 

@@ -15,7 +15,7 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from jaxlm import objectives, sharding
-from jaxlm.loss import chunked_cross_entropy
+from jaxlm.loss import blockwise_cross_entropy, chunked_cross_entropy
 from jaxlm.optim import apply_updates
 from jaxlm.state import TrainState
 
@@ -45,14 +45,20 @@ def make_train_step(cfg: ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientT
   """
   accum, z_loss, chunk = cfg.train.grad_accum, cfg.train.z_loss, cfg.train.loss_chunk
   use_dropout = cfg.model.dropout > 0
+  blockwise = cfg.train.loss_grad == 'blockwise'
 
   def loss_fn(params, batch, key, scale):
     model = nnx.merge(graphdef, params)
     h, _ = model.features(batch['inputs'], batch.get('positions'),
                           segment_ids=batch.get('segment_ids'), dropout_key=key,
                           mask=prefix_mask(batch))
-    objective, ce, count = chunked_cross_entropy(model.logits, h, batch['targets'], batch['mask'],
-                                                 z_loss, chunk)
+    if blockwise:  # the loss's gradient is formed in its forward pass, at this scale
+      w, w_axes = model.head_weight()
+      objective, ce, count = blockwise_cross_entropy(h, w, batch['targets'], batch['mask'],
+                                                     z_loss, chunk, scale, w_axes)
+    else:
+      objective, ce, count = chunked_cross_entropy(model.logits, h, batch['targets'],
+                                                   batch['mask'], z_loss, chunk)
     return objective * scale, (ce, count)
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:

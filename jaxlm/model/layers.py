@@ -129,6 +129,13 @@ class LanguageModel(nnx.Module):
       return self.embed.attend(h)
     return self.head(h)
 
+  def head_weight(self) -> tuple[jax.Array, Axes]:
+    """The output head as a [D, V] matrix in the compute dtype (the embedding transposed when
+    tied), and its logical axes: what blockwise_cross_entropy takes."""
+    if self.head is None:
+      return self.embed.table[...].astype(self.embed.dtype).T, ('embed', 'vocab')
+    return self.head.kernel[...].astype(self.head.dtype), ('embed', 'vocab')
+
 
 def output_head(cfg, dtype: jnp.dtype, rngs: nnx.Rngs) -> Dense | None:
   """The output projection [D] -> [V], or None when tied to the embedding."""
