@@ -58,7 +58,8 @@ def get_config() -> ConfigDict:
   m.dropout = 0.0  # Pretraining on plenty of data needs none; small corpora may want 0.1-0.2.
   m.init_std = 0.02  # Normal init of weights; output projections are scaled by 1/sqrt(2 * layers).
   m.dtype = 'float32'  # Compute dtype: 'float32', 'bfloat16' or 'float16'; parameters stay float32.
-  m.remat = 'none'  # Activation recomputation per layer: 'none', 'dots' (save matmuls) or 'full'.
+  m.remat = 'none'  # Activation recomputation per layer: 'none', 'dots' (save matmuls),
+  #                   'dots_attention' (and the fused attention kernel's residuals) or 'full'.
   m.scan_unroll = 0  # Layers per scan iteration (0: all). Unrolling speeds up small models (no
   #                    per-layer slicing of stacked buffers); deep presets use 1 to compile fast.
   m.causal = True  # Each token sees only earlier ones (a decoder). False: bidirectional, an encoder

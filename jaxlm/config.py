@@ -23,7 +23,7 @@ _CHOICES = {
     'model.mlp': ('swiglu', 'gelu'),
     'model.rope_scaling': ('', 'llama3'),
     'model.dtype': ('float32', 'bfloat16', 'float16'),
-    'model.remat': ('none', 'dots', 'full'),
+    'model.remat': ('none', 'dots', 'dots_attention', 'full'),
     'model.attention': ('auto', 'xla', 'cudnn', 'splash'),
     'data.tokenizer': ('sentencepiece', 'char', 'byte', 'huggingface'),
     'data.packing': ('concat', 'pack'),

@@ -80,6 +80,35 @@ def test_fused_kernels_equal_the_reference(implementation, packed):
                                atol=10 * tol, rtol=10 * tol)
 
 
+def test_remat_dots_attention_keeps_the_kernel_residuals():
+  """With model.remat='dots_attention' the backward pass reads the fused kernel's saved residuals
+  instead of running its forward again ('dots' runs it twice), and the gradient is the same."""
+  from jax._src.interpreters import partial_eval as pe  # dead-code elimination of a jaxpr
+  from jaxlm.model.transformer import REMAT_POLICIES
+  r = np.random.default_rng(4)
+  x = jnp.asarray(r.normal(size=(2, 128, 16)), jnp.float32)
+  w = jnp.asarray(r.normal(size=(16, 3, 2, 8)) / 4, jnp.float32)  # q, k, v: 2 heads of 8
+
+  def layer(x, w):
+    o = attend(*jnp.einsum('bld,dthe->tblhe', x, w), implementation='splash')
+    return x + o.reshape(*x.shape[:2], -1)
+
+  def run(policy):
+    loss = lambda x, w: jnp.sum(jax.checkpoint(layer, policy=policy)(x, w) ** 2)
+    f = jax.value_and_grad(loss, argnums=(0, 1))  # the loss's value needs the forward pass
+    closed = jax.make_jaxpr(f)(x, w)
+    live, _ = pe.dce_jaxpr(closed.jaxpr, [True] * len(closed.jaxpr.outvars))
+    return f(x, w)[1], str(live).count('pallas_call[')
+
+  (saved, saved_kernels) = run(REMAT_POLICIES['dots_attention'])
+  (dots, dots_kernels) = run(REMAT_POLICIES['dots'])
+  assert saved_kernels == dots_kernels - 1  # forward, dq, dkv; 'dots' adds a second forward
+  want = run(None)[0]
+  for a, b, c in zip(saved, dots, want):
+    np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(b, c, rtol=1e-5, atol=1e-5)
+
+
 def test_splash_under_a_mesh_equals_the_reference():
   """On a (data 2, fsdp 2, tensor 2) mesh splash runs per device under shard_map."""
   mesh = jax.make_mesh((2, 2, 2), ('data', 'fsdp', 'tensor'),

@@ -16,6 +16,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from jaxlm import sharding
 
@@ -71,13 +72,37 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation: str,
   else:
     dense = mask
   if implementation == 'cudnn':
-    return jax.nn.dot_product_attention(
+    cudnn = lambda q, k, v, dense: jax.nn.dot_product_attention(
         q, k, v, mask=None if dense is None else dense.reshape(
             dense.shape[0], 1, *dense.shape[-2:]),
         is_causal=dense is None and causal, implementation='cudnn')
+    return saving_residuals(cudnn)(q, k, v, dense)
   if implementation == 'splash':
-    return splash(q, k, v, segment_ids, causal)
+    return saving_residuals(functools.partial(splash, causal=causal))(q, k, v, segment_ids)
   return reference(q, k, v, dense, causal)
+
+
+RESIDUALS = 'attention'
+
+
+def saving_residuals(fn):
+  """fn(q, k, v, extra) with the same value and gradient, whose backward pass reads residuals
+  named RESIDUALS (checkpoint_name): the kernel's inputs, output and softmax statistics. A remat
+  policy that saves that name (model.remat='dots_attention') keeps them, so the backward pass
+  does not run the fused kernel's forward a second time; other policies recompute as before."""
+  @jax.custom_vjp
+  def wrapped(q, k, v, extra):
+    return fn(q, k, v, extra)
+
+  def fwd(q, k, v, extra):
+    out, vjp = jax.vjp(lambda q, k, v: fn(q, k, v, extra), q, k, v)
+    return out, jax.tree.map(lambda r: checkpoint_name(r, RESIDUALS), vjp)
+
+  def bwd(vjp, g):
+    return (*vjp(g), None)
+
+  wrapped.defvjp(fwd, bwd)
+  return wrapped
 
 
 def reference(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
@@ -148,4 +173,7 @@ def _kernel(length: int, groups: int, interpret: bool, causal: bool = True):
                         block_q_dq=block, block_kv_dq=block)
   one = sm.CausalMask((length, length)) if causal else sm.FullMask((length, length))
   mask = sm.MultiHeadMask([one] * groups)
-  return sk.make_splash_mqa_single_device(mask, block_sizes=sizes, interpret=interpret)
+  # The kernel holds its mask tables as arrays and is cached: make them concrete even when the
+  # first call is inside a trace, so a later trace never sees another's tracers.
+  with jax.ensure_compile_time_eval():
+    return sk.make_splash_mqa_single_device(mask, block_sizes=sizes, interpret=interpret)

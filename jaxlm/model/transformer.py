@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 from ml_collections import ConfigDict
 
+from jaxlm.model import attention_kernels
 from jaxlm.model.attention import Attention, Cache
 from jaxlm.model.layers import Embed, LanguageModel, Norm, dropout, output_head, param
 from jaxlm.model.mlp import Mlp
@@ -21,6 +22,10 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float
 
 REMAT_POLICIES = {
     'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
+    # ... and the fused attention kernel's residuals, so its forward does not run twice
+    'dots_attention': jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        jax.checkpoint_policies.save_only_these_names(attention_kernels.RESIDUALS)),
     'full': jax.checkpoint_policies.nothing_saveable,  # keep only the block inputs
 }
 
