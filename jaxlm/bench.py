@@ -92,7 +92,10 @@ def open_data(cfg: ConfigDict):
     lock.release()
 
 
-def run(cfg: ConfigDict, what: list[str], steps: int, warmup: int) -> dict:
+def run(cfg: ConfigDict, what: list[str], steps: int, warmup: int,
+        emit=lambda results, name: None) -> dict:
+  """The benchmarks in `what`; emit(results, name) is called as soon as each is measured (and
+  with name 'config' once the model is built), so a run cut short keeps what it measured."""
   from jaxlm import metrics, objectives, sampling, sharding
   from jaxlm.errors import UserError
   from jaxlm.config import resolve_model, validate
@@ -136,6 +139,7 @@ def run(cfg: ConfigDict, what: list[str], steps: int, warmup: int) -> dict:
       params=metrics.param_count(model_cfg), flops_per_token=flops,
       device=f'{jax.device_count()} x {jax.devices()[0].device_kind}',
       jax=jax.__version__)
+  emit(results, 'config')
 
   if 'train' in what:
     train_step = jit_train_step(make_train_step(cfg, setup.graphdef, tx, schedule, mesh, rules,
@@ -147,6 +151,8 @@ def run(cfg: ConfigDict, what: list[str], steps: int, warmup: int) -> dict:
       holder[0], m = train_step(holder[0], batch)
       return m['loss']
     results['train'] = _summary(_timed(one_step, steps, warmup), B * L, flops)
+    results['peak_memory_gib'] = _peak_memory()
+    emit(results, 'train')
     state = holder[0]
   if 'eval' in what:
     eval_step = jit_eval_step(make_eval_step(setup.graphdef, mesh, rules, cfg.train.loss_chunk,
@@ -154,41 +160,41 @@ def run(cfg: ConfigDict, what: list[str], steps: int, warmup: int) -> dict:
                               setup.shardings.params, mesh, rules)
     results['eval'] = _summary(_timed(lambda: eval_step(state.params, batch), steps, warmup),
                                B * L, flops / 3)  # forward only: a third of the train FLOPs
+    emit(results, 'eval')
   if 'decode' in what:
     new = L // 2
     prompts = tokens[:, :L - new].tolist()
     decode = lambda: sampling.generate(setup.graphdef, state.params, model_cfg, prompts,
                                        max_new_tokens=new, temperature=1.0, seed=0)
     results['decode'] = _summary(_timed(decode, max(steps // 10, 3), 1), B * new, None)
+    emit(results, 'decode')
   results['peak_memory_gib'] = _peak_memory()
   if 'data' in what:
     results['data'] = data_benchmark(cfg, run_data, steps, warmup)
   return results
 
 
-def print_table(results: dict) -> None:
-  if 'data' in results:
-    r = results['data']
-    print(f'data | {r["packing"]} | {r["workers"]} worker(s) | batch {r["batch"]} x '
-          f'{r["seq_len"]} | {r["batches_per_s"]:.2f} batches/s | {r["tokens_per_s"]:,.0f} '
-          f'tokens/s | fill {100 * r["fill"]:.1f}%')
-    if 'config' not in results:
-      return
+def print_data(r: dict) -> None:
+  print(f'data | {r["packing"]} | {r["workers"]} worker(s) | batch {r["batch"]} x '
+        f'{r["seq_len"]} | {r["batches_per_s"]:.2f} batches/s | {r["tokens_per_s"]:,.0f} '
+        f'tokens/s | fill {100 * r["fill"]:.1f}%')
+
+
+def print_header(results: dict) -> None:
   c = results['config']
   print(f'{results["device"]} | jax {results["jax"]} | {results["params"] / 1e6:.2f}M params | '
         f'{c["layers"]}L {c["width"]}D {c["heads"]}H/{c["kv_heads"]}KV | batch {c["batch"]} x '
         f'{c["seq_len"]} | vocab {c["vocab"]} | {c["dtype"]} | attention {c["attention"]} | '
         f'remat {c["remat"]}')
-  print(f'{"benchmark":<10}{"median ms":>12}{"p10-p90 ms":>16}{"tokens/s":>14}{"MFU":>9}')
-  for name in ('train', 'eval', 'decode'):
-    if name in results:
-      r = results[name]
-      mfu = 'n/a' if r['mfu'] is None else f'{100 * r["mfu"]:.1f}%'
-      spread = f'{r["step_ms_p10"]:.1f}-{r["step_ms_p90"]:.1f}'
-      print(f'{name:<10}{r["step_ms_median"]:>12.2f}{spread:>16}{r["tokens_per_s"]:>14,.0f}'
-            f'{mfu:>9}')
-  if results.get('peak_memory_gib') is not None:
-    print(f'peak device memory {results["peak_memory_gib"]:.2f} GiB')
+  print(f'{"benchmark":<10}{"median ms":>12}{"p10-p90 ms":>16}{"tokens/s":>14}{"MFU":>9}',
+        flush=True)
+
+
+def print_row(name: str, r: dict) -> None:
+  mfu = 'n/a' if r['mfu'] is None else f'{100 * r["mfu"]:.1f}%'
+  spread = f'{r["step_ms_p10"]:.1f}-{r["step_ms_p90"]:.1f}'
+  print(f'{name:<10}{r["step_ms_median"]:>12.2f}{spread:>16}{r["tokens_per_s"]:>14,.0f}'
+        f'{mfu:>9}', flush=True)
 
 
 def main(argv: list[str]) -> None:
@@ -198,8 +204,20 @@ def main(argv: list[str]) -> None:
               'a comma-separated list of train, eval, decode, data')
   cli.require(_JSON, not _JSON.value or Path(_JSON.value).parent.is_dir(),
               'a file in an existing directory')
-  results = run(cli.config_value(_CONFIG), _WHAT.value, _STEPS.value, _WARMUP.value)
-  print_table(results)
+
+  def emit(results: dict, name: str) -> None:  # each figure printed and written as measured
+    if name == 'config':
+      print_header(results)
+    else:
+      print_row(name, results[name])
+    if _JSON.value:
+      Path(_JSON.value).write_text(json.dumps(results, indent=2))
+
+  results = run(cli.config_value(_CONFIG), _WHAT.value, _STEPS.value, _WARMUP.value, emit)
+  if 'data' in results:
+    print_data(results['data'])
+  if results.get('peak_memory_gib') is not None:
+    print(f'peak device memory {results["peak_memory_gib"]:.2f} GiB')
   if _JSON.value:
     Path(_JSON.value).write_text(json.dumps(results, indent=2))
 
