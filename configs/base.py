@@ -100,7 +100,7 @@ def get_config() -> ConfigDict:
   #                         bidirectional model (model.causal=False), with the mlm.* settings.
   #                         'span': T5's span corruption as a prefix LM, with the span.* settings.
   t.steps = 500  # Optimizer steps; the default run takes a few minutes on a 2-core CPU.
-  t.batch_size = 16  # B, global sequences per step, split over the data and fsdp mesh axes.
+  t.batch_size = 16  # B, global sequences per step, split over the dcn, data and fsdp mesh axes.
   t.grad_accum = 1  # Micro-batches per step; B must divide by it. Same update as one big batch.
   t.z_loss = 0.0  # Weight of log(Z)^2, which keeps logits from drifting (PaLM uses 1e-4).
   t.loss_chunk = 0  # Positions per chunk of the loss: only [B, chunk, V] float32 logits exist at
@@ -152,13 +152,14 @@ def get_config() -> ConfigDict:
   o.loss_scale_period = 2000  # Finite steps before the float16 loss scale doubles.
 
   c.mesh = ConfigDict()
+  c.mesh.dcn = 1  # Slices (TPU pods joined by the data-center network): data parallel across them.
   c.mesh.data = -1  # Data-parallel replicas; -1 takes the devices the other axes leave.
   c.mesh.fsdp = 1  # Parameter and optimizer-state sharding (ZeRO-3 style) degree.
   c.mesh.tensor = 1  # Tensor (Megatron) parallel degree over heads, MLP width and vocabulary.
   # The one logical-to-mesh rules table: each logical axis of a weight or an activation maps to a
   # comma-separated list of mesh axes ('' replicates). Override per hardware from the command line.
   c.mesh.rules = ConfigDict(dict(
-      batch='data,fsdp',
+      batch='dcn,data,fsdp',
       length='',
       embed='fsdp',
       mlp='tensor',

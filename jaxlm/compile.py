@@ -2,6 +2,8 @@
 whether it fits, before anyone rents the chips, as MaxText's train_compile.py does.
 
   python -m jaxlm.compile --config=configs/llama_1b.py --topology=v5p-8 [--config.x=y ...]
+  python -m jaxlm.compile --config=configs/llama_1b.py --topology=v5p-256 --num_slices=2
+  python -m jaxlm.compile --config=configs/llama_1b.py --topology=v6e-8 --plan   # no compiling
   python -m jaxlm.compile --config=configs/base.py        # this host's own devices
 
 With --topology, JAX compiles for that many real TPU chips with libtpu alone (the `tpu` extra:
@@ -11,16 +13,28 @@ against the chip's HBM; the compiler's FLOPs against jaxlm's analytic count; and
 topology, the compiler's cost-model step time with the tokens/s and MFU it implies. These last are
 the compiler's estimates, not measurements. A step that does not fit is an error that says what
 to change. Topologies: v4-N, v5p-N (N TensorCores, two a chip), v5e-N and v6e-N (N chips), or a
-shape such as v5p:2x2x1.
+shape such as v5p:2x2x1. --num_slices=N compiles for N such slices joined by the data-center
+network, data parallel across them (mesh.dcn). Each report also prints the memory planner's
+figures (jaxlm.plan) beside XLA's; --plan prints them alone, without compiling.
 """
 
 import re
+from pathlib import Path
+import types
 
 from absl import flags
 
 from jaxlm import cli
 
 _CONFIG = cli.define_config()
+_PLAN = flags.DEFINE_bool('plan', False, "Print the memory planner's figures per device only "
+                          '(parameters, optimizer state, gradients, activations), without '
+                          'compiling: seconds, where a compile takes minutes.')
+_ESTIMATE = flags.DEFINE_bool('estimate', True, 'Where loops make the compiler undercount the '
+                              'step, compile one micro-batch without loops for the step-time '
+                              'estimate (a second compile; --noestimate skips it).')
+_SLICES = flags.DEFINE_integer('num_slices', 1, 'Slices of --topology joined by the data-center '
+                               'network (multi-slice): the mesh gets mesh.dcn of them.')
 _TOPOLOGY = flags.DEFINE_string('topology', '', "A TPU slice to compile for ('v5p-8', 'v6e-256', "
                                 "'v5p:2x2x1'); '' compiles for this host's devices.")
 
@@ -57,7 +71,7 @@ def topology_desc(name: str) -> tuple[str, str]:
                   "shape such as 'v5p:2x2x1'.")
 
 
-def tpu_devices(desc: str) -> list:
+def tpu_devices(desc: str, num_slices: int = 1) -> list:
   import os  # pylint: disable=import-outside-toplevel
   from jaxlm.errors import UserError  # pylint: disable=import-outside-toplevel
   # Compiling needs no chip: let several such processes load libtpu at once (else its lockfile
@@ -65,7 +79,8 @@ def tpu_devices(desc: str) -> list:
   os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
   try:
     from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
-    return list(topologies.get_topology_desc(desc, platform='tpu').devices)
+    kwargs = dict(num_slices=num_slices) if num_slices > 1 else {}
+    return list(topologies.get_topology_desc(desc, platform='tpu', **kwargs).devices)
   except Exception as e:  # pylint: disable=broad-except  # no libtpu, or a shape it refuses
     reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
     raise UserError(f'cannot describe the TPU topology {desc!r} ({reason}); compiling for a TPU '
@@ -73,8 +88,9 @@ def tpu_devices(desc: str) -> list:
 
 
 def model_vocab(cfg) -> int:
-  """The model's vocabulary without reading any data: model.vocab_size, or what the tokenizer
-  settings give (a SentencePiece vocabulary learnt on the corpus, or bytes)."""
+  """The model's vocabulary without preparing any data: model.vocab_size, or what the tokenizer
+  settings give (a SentencePiece vocabulary learnt on the corpus, bytes, or the characters of a
+  text file)."""
   from jaxlm.errors import UserError  # pylint: disable=import-outside-toplevel
   if cfg.model.vocab_size:
     return cfg.model.vocab_size
@@ -83,40 +99,59 @@ def model_vocab(cfg) -> int:
     return d.tokenizer_vocab_size
   if d.tokenizer == 'byte':
     return 257
-  raise UserError(f'jaxlm.compile reads no data, so it cannot know the vocabulary of '
-                  f'data.tokenizer={d.tokenizer!r}; set model.vocab_size.')
+  if d.tokenizer == 'char' and not d.mixture and (not d.corpus or Path(d.corpus).is_file()):
+    # A character vocabulary is the corpus's distinct characters: one read of a small text file
+    # (the shipped corpus when data.corpus is ''), rounded up as training rounds it.
+    from jaxlm.data import sources  # pylint: disable=import-outside-toplevel
+    chars = set()
+    for path in sources.corpus_files(d.corpus):
+      chars |= set(sources.read_text(path))
+    return len(chars)
+  raise UserError(f'jaxlm.compile prepares no data, so it cannot know the vocabulary of '
+                  f'data.tokenizer={d.tokenizer!r} here; set model.vocab_size.')
 
 
-def compile_step(cfg, devices, hbm: int | None) -> dict:
-  """Lowers and compiles the train step for `devices`; returns the report's figures."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from jaxlm import metrics, objectives, sharding  # pylint: disable=import-outside-toplevel
+def _model_config(cfg):
+  from jaxlm import objectives  # pylint: disable=import-outside-toplevel
   from jaxlm.config import resolve_model  # pylint: disable=import-outside-toplevel
-  from jaxlm.errors import UserError  # pylint: disable=import-outside-toplevel
+  vocab = model_vocab(cfg)
+  return resolve_model(cfg.model, vocab + (0 if cfg.model.vocab_size else
+                                           objectives.reserved_ids(cfg)))
+
+
+def _setup(cfg, model_cfg, devices):
+  """(mesh, rules, optimizer, schedule, the train state's setup) of a config on `devices`."""
+  from jaxlm import sharding  # pylint: disable=import-outside-toplevel
   from jaxlm.mesh import make_mesh  # pylint: disable=import-outside-toplevel
   from jaxlm.optim import make_optimizer  # pylint: disable=import-outside-toplevel
   from jaxlm.state import setup_train_state  # pylint: disable=import-outside-toplevel
-  # pylint: disable-next=import-outside-toplevel
-  from jaxlm.step import jit_train_step, make_train_step
-  if objectives.objective(cfg) == 'span':
-    raise UserError("jaxlm.compile checks causal and masked-LM steps; compile the same model with "
-                    "--config.train.objective=causal (span corruption reads the same shapes).")
-  vocab = model_vocab(cfg)
-  model_cfg = resolve_model(cfg.model, vocab + (0 if cfg.model.vocab_size else
-                                                objectives.reserved_ids(cfg)))
   mesh = make_mesh(cfg, devices)
   rules = sharding.rules_from_config(cfg.mesh)
   tx, schedule = make_optimizer(cfg)
-  setup = setup_train_state(cfg, model_cfg, tx, mesh, rules)
+  return mesh, rules, tx, schedule, setup_train_state(cfg, model_cfg, tx, mesh, rules)
+
+
+def _compile(cfg, model_cfg, devices):
+  """The train step of `cfg` compiled for `devices`; a step the compiler cannot fit in memory is
+  one sentence."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from jaxlm import objectives, sharding  # pylint: disable=import-outside-toplevel
+  from jaxlm.errors import UserError  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from jaxlm.step import jit_train_step, make_train_step
+  mesh, rules, tx, schedule, setup = _setup(cfg, model_cfg, devices)
   masking = objectives.masking(cfg, model_cfg.vocab_size - 1, None)
-  step = jit_train_step(make_train_step(cfg, setup.graphdef, tx, schedule, mesh, rules, masking),
-                        setup.shardings, mesh, rules)
-  B, L = cfg.train.batch_size, model_cfg.max_seq_len
+  # Only the shapes matter here: no tokenizer, so the end-of-sequence id is the one below the
+  # sentinels, as for a character vocabulary.
+  spans = objectives.spans(cfg, types.SimpleNamespace(eos_id=None), model_cfg.vocab_size)
+  step = jit_train_step(make_train_step(cfg, setup.graphdef, tx, schedule, mesh, rules, masking,
+                                        spans), setup.shardings, mesh, rules)
+  B, L = cfg.train.batch_size, objectives.window_length(cfg)
   batch_sh = sharding.batch_sharding(mesh, rules)
   batch = {k: jax.ShapeDtypeStruct((B, L), 'float32' if k == 'mask' else 'int32',
                                    sharding=batch_sh) for k in ('inputs', 'targets', 'mask')}
   try:
-    compiled = step.lower(setup.abstract, batch).compile()
+    return step.lower(setup.abstract, batch).compile()
   except Exception as e:  # pylint: disable=broad-except
     text = str(e)
     if 'RESOURCE_EXHAUSTED' not in text and 'out of memory' not in text.lower():
@@ -124,48 +159,121 @@ def compile_step(cfg, devices, hbm: int | None) -> dict:
     reason = next((line.strip() for line in text.splitlines() if 'memory' in line.lower()),
                   text.splitlines()[0])
     raise UserError(f'the train step does not fit ({reason[:300]}); {ADVICE}') from None
-  memory = compiled.memory_analysis()
+
+
+def _cost(compiled) -> dict:
   cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
-  n = len(devices)
-  out = dict(devices=n, device_kind=devices[0].device_kind, params=metrics.param_count(model_cfg),
-             arguments=memory.argument_size_in_bytes, temporaries=memory.temp_size_in_bytes,
+  return cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
+
+
+def loop_free(cfg):
+  """One micro-batch of `cfg` with nothing in a loop that XLA's cost analysis would count once:
+  the layers unrolled, no micro-batch loop, the loss in one chunk."""
+  variant = cfg.copy_and_resolve_references()
+  t = variant.train
+  t.batch_size, t.grad_accum, t.loss_chunk = t.batch_size // t.grad_accum, 1, 0
+  variant.model.scan_unroll = 0
+  return variant
+
+
+def _ratio_ok(flops, analytic) -> bool:
+  return bool(flops) and 0.5 <= flops / analytic <= 2
+
+
+def compile_step(cfg, devices, hbm: int | None, plan_only: bool = False,
+                 estimate: bool = True) -> dict:
+  """Compiles the train step for `devices`; returns the report's figures (with plan_only, the
+  memory planner's alone, without compiling).
+
+  The step-time estimate is the cost model's for the whole step when its FLOPs agree with
+  jaxlm's count (within a factor of 2). XLA counts one trip of each loop, so when they do not
+  (a layer scan, micro-batches, a chunked loss) the estimate is grad_accum times that of one
+  micro-batch compiled without loops (`loop_free`), if that one agrees; else none is given.
+  estimate=False skips that second compile (minutes for a large model)."""
+  from jaxlm import metrics, objectives, plan  # pylint: disable=import-outside-toplevel
+  from jaxlm.errors import UserError  # pylint: disable=import-outside-toplevel
+  from jaxlm.model import attention_kernels  # pylint: disable=import-outside-toplevel
+  model_cfg = _model_config(cfg)
+  mesh, rules, _, _, setup = _setup(cfg, model_cfg, devices)
+  # Span corruption attends as a prefix LM: a dense mask, which only the reference takes.
+  kernel = attention_kernels.kernel_for(
+      model_cfg.attention, devices[0].platform, masked=objectives.objective(cfg) == 'span',
+      length=model_cfg.max_seq_len, head_dim=model_cfg.head_dim, dtype=model_cfg.dtype)
+  n, B, L = len(devices), cfg.train.batch_size, objectives.window_length(cfg)
+  out = dict(planned=plan.plan(cfg, model_cfg, mesh, rules, setup.abstract, kernel != 'xla'),
+             mesh=dict(mesh.shape), devices=n, device_kind=devices[0].device_kind, hbm=hbm,
+             params=metrics.param_count(model_cfg), tokens_per_step=B * L)
+  if plan_only:
+    return out
+  compiled = _compile(cfg, model_cfg, devices)
+  memory, cost = compiled.memory_analysis(), _cost(compiled)
+  flops_per_token = metrics.flops_per_token(model_cfg)
+  out.update(arguments=memory.argument_size_in_bytes, temporaries=memory.temp_size_in_bytes,
              outputs=memory.output_size_in_bytes, aliased=memory.alias_size_in_bytes,
-             hbm=hbm, tokens_per_step=B * L,
-             analytic_flops=metrics.flops_per_token(model_cfg) * B * L / n,
-             compiler_flops=cost.get('flops'), seconds=cost.get('optimal_seconds'))
+             analytic_flops=flops_per_token * B * L / n, compiler_flops=cost.get('flops'))
   # Donated arguments are updated in place: their outputs take no memory of their own.
   out['total'] = out['arguments'] + out['temporaries'] + out['outputs'] - out['aliased']
-  peak = metrics.peak_flops(devices[0])
-  if out['seconds'] and out['seconds'] > 0:
+  if not cost.get('optimal_seconds'):
+    return out  # a host without a cost model (a CPU)
+  if cost['optimal_seconds'] < 0:  # what the cost model answers for a step it cannot time
+    out['no_estimate'] = 'the cost model gives no time for this step'
+  elif _ratio_ok(out['compiler_flops'], out['analytic_flops']):
+    out.update(seconds=cost['optimal_seconds'], estimate_from='the whole step')
+  elif model_cfg.get('kind', 'transformer') == 'lstm':
+    out['no_estimate'] = "the LSTM's time steps are a loop, which XLA's cost model counts once"
+  elif not estimate:
+    out['no_estimate'] = ('loops make the cost model undercount; the loop-free estimate was not '
+                          'asked for (--noestimate)')
+  else:
+    variant = loop_free(cfg)
+    try:
+      variant_cost = _cost(_compile(variant, _model_config(variant), devices))
+    except UserError as e:
+      out['no_estimate'] = f'one micro-batch without loops does not compile: {e}'
+    else:
+      micro = variant.train.batch_size
+      if variant_cost.get('optimal_seconds', -1) > 0 and _ratio_ok(
+          variant_cost.get('flops'), flops_per_token * micro * L / n):
+        out.update(seconds=cfg.train.grad_accum * variant_cost['optimal_seconds'],
+                   estimate_from=f'{cfg.train.grad_accum} x one micro-batch of {micro} compiled '
+                                 'without loops')
+      else:
+        out['no_estimate'] = "even without loops the compiler's FLOPs disagree with jaxlm's"
+  if out.get('seconds'):
     out['tokens_per_s'] = B * L / out['seconds']
-    out['mfu'] = metrics.mfu(out['tokens_per_s'], metrics.flops_per_token(model_cfg), n, peak)
+    out['mfu'] = metrics.mfu(out['tokens_per_s'], flops_per_token, n,
+                             metrics.peak_flops(devices[0]))
   return out
 
 
 def report(r: dict) -> str:
+  from jaxlm import plan  # pylint: disable=import-outside-toplevel
   gib = lambda x: f'{x / GIB:,.2f} GiB'
-  lines = [f'{r["devices"]} x {r["device_kind"]} | {r["params"] / 1e6:,.1f}M parameters | '
-           f'{r["tokens_per_step"]:,} tokens/step',
+  head = (f'{r["devices"]} x {r["device_kind"]} | {r["params"] / 1e6:,.1f}M parameters | '
+          f'{r["tokens_per_step"]:,} tokens/step | mesh ' +
+          ' x '.join(f'{axis} {size}' for axis, size in r['mesh'].items() if size > 1 or
+                     axis != 'dcn'))
+  if 'total' not in r:  # the plan alone
+    fits = ''
+    if r['hbm']:
+      fits = (f' of {gib(r["hbm"])} HBM: '
+              f'{"fits" if r["planned"]["total"] <= r["hbm"] else "DOES NOT FIT"} (planned)')
+    return '\n'.join([head, plan.report(r['planned']) + fits])
+  lines = [head,
            f'per device: arguments {gib(r["arguments"])} + temporaries {gib(r["temporaries"])} + '
            f'outputs {gib(r["outputs"])} - donated {gib(r["aliased"])} = {gib(r["total"])}' +
            (f' of {gib(r["hbm"])} HBM: {"fits" if r["total"] <= r["hbm"] else "DOES NOT FIT"}'
-            if r['hbm'] else '')]
+            if r['hbm'] else ''),
+           plan.report(r['planned'], r['total'])]
   if r.get('compiler_flops'):
     lines.append(f'FLOPs per device and step: compiler {r["compiler_flops"]:.3e}, jaxlm analytic '
                  f'{r["analytic_flops"]:.3e} (ratio {r["compiler_flops"] / r["analytic_flops"]:.2f})')
-  ratio = r['compiler_flops'] / r['analytic_flops'] if r.get('compiler_flops') else None
-  if ratio is not None and not 0.5 <= ratio <= 2:
-    # XLA's cost analysis counts one trip of each loop: the layer scan (model.scan_unroll below
-    # the depth) and the micro-batch loop (train.grad_accum > 1) make it undercount.
-    lines.append('no step-time estimate: the compiler counts one trip of each loop (the layer '
-                 'scan with model.scan_unroll, train.grad_accum micro-batches), so its cost model '
-                 'misses most of this step; compile with --config.model.scan_unroll=0 and '
-                 '--config.train.grad_accum=1 for one.')
+  if r.get('no_estimate'):
+    lines.append(f'no step-time estimate: {r["no_estimate"]}.')
   elif r.get('tokens_per_s'):
     mfu = 'n/a' if r.get('mfu') is None else f'{100 * r["mfu"]:.1f}%'
-    lines.append(f'compiler estimate (cost model, not a measurement): step '
-                 f'{1e3 * r["seconds"]:.1f} ms, {r["tokens_per_s"]:,.0f} tokens/s, MFU {mfu}')
+    lines.append(f'compiler estimate (cost model, not a measurement; from {r["estimate_from"]}): '
+                 f'step {1e3 * r["seconds"]:.1f} ms, {r["tokens_per_s"]:,.0f} tokens/s, MFU {mfu}')
   return '\n'.join(lines)
 
 
@@ -176,16 +284,28 @@ def main(argv: list[str]) -> None:
   from jaxlm.errors import UserError  # pylint: disable=import-outside-toplevel
   from jaxlm.mesh import configure_backend  # pylint: disable=import-outside-toplevel
   cfg = _CONFIG.value
+  cli.require(_SLICES, _SLICES.value >= 1, 'a number of slices >= 1')
+  if _SLICES.value > 1:
+    cli.require(_SLICES, bool(_TOPOLOGY.value), 'with a --topology (the slices are TPU slices)')
+    cli.require(_SLICES, cfg.mesh.dcn in (1, _SLICES.value),
+                f'equal to config field mesh.dcn={cfg.mesh.dcn}, or leave mesh.dcn at 1')
+    cfg.mesh.dcn = _SLICES.value
   validate(cfg)
   configure_backend(cfg)
   hbm = None
   if _TOPOLOGY.value:
     kind, desc = topology_desc(_TOPOLOGY.value)
-    devices, hbm = tpu_devices(desc), CHIPS[kind][0]
+    devices, hbm = tpu_devices(desc, _SLICES.value), CHIPS[kind][0]
   else:
     devices = jax.devices()
-  r = compile_step(cfg, devices, hbm)
+  r = compile_step(cfg, devices, hbm, _PLAN.value, _ESTIMATE.value)
   print(report(r))
+  if _PLAN.value:
+    if hbm and r['planned']['total'] > hbm:
+      raise UserError(f'the planner puts the train step at {r["planned"]["total"] / GIB:,.1f} GiB '
+                      f'per device, more than the {hbm / GIB:.0f} GiB of a {_TOPOLOGY.value} chip; '
+                      f'{ADVICE}')
+    return
   if hbm and r['total'] > hbm:
     raise UserError(f'the train step needs {r["total"] / GIB:,.1f} GiB per device, more than the '
                     f'{hbm / GIB:.0f} GiB of a {_TOPOLOGY.value} chip; {ADVICE}')

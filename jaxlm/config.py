@@ -14,7 +14,7 @@ from jaxlm import paths
 from jaxlm.configs import base
 from jaxlm.errors import UserError
 
-MESH_AXES = ('data', 'fsdp', 'tensor')
+MESH_AXES = ('dcn', 'data', 'fsdp', 'tensor')
 
 _CHOICES = {
     'model.kind': ('transformer', 'lstm'),
@@ -101,6 +101,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'optim.clip_norm': _non_negative,
     'optim.loss_scale_init': _positive,
     'optim.loss_scale_period': _positive,
+    'mesh.dcn': _positive,
     'mesh.data': _mesh_size,
     'mesh.fsdp': _mesh_size,
     'mesh.tensor': _mesh_size,

@@ -1,4 +1,7 @@
-"""The device mesh: config -> `jax.sharding.Mesh` with axes (data, fsdp, tensor), and multi-host start-up.
+"""The device mesh: config -> `jax.sharding.Mesh` with axes (dcn, data, fsdp, tensor), and multi-host start-up.
+
+`dcn` is data parallelism across slices (TPU slices joined by the data-center network, mesh.dcn
+of them): only gradients cross it, once a step. The other axes lie within a slice.
 
 The mesh uses Auto axis types: the compiler propagates shardings (GSPMD) from the parameters, the
 batch and the few activation constraints at block boundaries, rather than every op carrying one.
@@ -9,6 +12,7 @@ import os
 from typing import Sequence
 
 import jax
+import numpy as np
 from ml_collections import ConfigDict
 
 from jaxlm.config import MESH_AXES
@@ -57,30 +61,48 @@ def initialize_distributed(cfg: ConfigDict) -> None:
 
 
 def mesh_shape(mesh_cfg: ConfigDict, num_devices: int) -> tuple[int, int, int]:
-  """Resolves the -1 in (data, fsdp, tensor) and checks the product equals the device count."""
-  sizes = [mesh_cfg[a] for a in MESH_AXES]
+  """Resolves the -1 in (dcn, data, fsdp, tensor) and checks the product equals the device
+  count."""
+  sizes = [mesh_cfg.get(a, 1) for a in MESH_AXES]
   if -1 in sizes:
     known = math.prod(s for s in sizes if s != -1)
     if num_devices % known:
       raise UserError(
           f'the mesh axes {dict(zip(MESH_AXES, sizes))} do not divide the {num_devices} devices; '
-          'change config fields mesh.data, mesh.fsdp or mesh.tensor.')
+          'change config fields mesh.dcn, mesh.data, mesh.fsdp or mesh.tensor.')
     sizes[sizes.index(-1)] = num_devices // known
   if math.prod(sizes) != num_devices:
     raise UserError(
         f'the mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but '
-        f'{num_devices} are available; change config fields mesh.data, mesh.fsdp or mesh.tensor.')
+        f'{num_devices} are available; change config fields mesh.dcn, mesh.data, mesh.fsdp or '
+        'mesh.tensor.')
   return tuple(sizes)
 
 
 def make_mesh(cfg: ConfigDict, devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
-  """Builds the (data, fsdp, tensor) mesh over `devices` (all devices by default) and checks that
-  the batch and the model divide over it."""
+  """Builds the (dcn, data, fsdp, tensor) mesh over `devices` (all devices by default) and checks
+  that the batch and the model divide over it. With mesh.dcn > 1 on devices that know their slice
+  (TPUs), each dcn index is one slice; elsewhere (CPU tests) consecutive devices stand in."""
   devices = list(devices if devices is not None else jax.devices())
   shape = mesh_shape(cfg.mesh, len(devices))
   check_divisibility(cfg, dict(zip(MESH_AXES, shape)))
-  return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(shape),
-                       devices=devices)
+  axis_types = (jax.sharding.AxisType.Auto,) * len(shape)
+  slices = shape[0]
+  if slices > 1 and devices[0].platform == 'tpu':
+    found = len({d.slice_index for d in devices})
+    if found != slices:
+      raise UserError(f'config field mesh.dcn={slices} asks for {slices} slices but the devices '
+                      f'form {found}; set mesh.dcn={found}.')
+    from jax.experimental import mesh_utils  # pylint: disable=import-outside-toplevel
+    grid = mesh_utils.create_hybrid_device_mesh((1, *shape[1:]), (slices, 1, 1, 1), devices)
+    return jax.sharding.Mesh(grid, MESH_AXES, axis_types=axis_types)
+  if slices > 1:
+    n = len(devices) // slices
+    per_slice = [jax.make_mesh(shape[1:], MESH_AXES[1:], axis_types=axis_types[1:],
+                               devices=devices[i * n:(i + 1) * n]).devices
+                 for i in range(slices)]
+    return jax.sharding.Mesh(np.stack(per_slice), MESH_AXES, axis_types=axis_types)
+  return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
 
 
 def check_divisibility(cfg: ConfigDict, sizes: dict[str, int]) -> None:

@@ -49,11 +49,28 @@ def test_host_rows_follow_the_position_along_the_batch_axes(shape, hosts, expect
   assert list(sharding.host_rows(batch_sh, 16)) == list(range(16))  # one process: everything
 
 
+def test_dcn_is_the_outer_data_axis_of_whole_slices():
+  """mesh.dcn=2 on 8 devices: each dcn index holds one slice's devices (consecutive ones on a
+  CPU, slice_index on a TPU), and the batch splits over dcn first."""
+  cfg = tiny_config()
+  cfg.mesh.dcn, cfg.mesh.fsdp = 2, 2
+  mesh = make_mesh(cfg)
+  assert dict(mesh.shape) == dict(dcn=2, data=2, fsdp=2, tensor=1)
+  assert sorted(d.id for d in mesh.devices[0].flat) == list(range(4))
+  batch_sh = sharding.batch_sharding(mesh, sharding.rules_from_config(cfg.mesh))
+  assert batch_sh.spec[0] == ('dcn', 'data', 'fsdp')
+  rows = sharding.host_rows(batch_sh, 16, jax.devices()[:4])
+  assert list(rows) == list(range(8))  # the first slice holds the first half of the batch
+
+
 def test_mesh_shape_resolution_and_errors():
   cfg = tiny_config()
-  assert mesh_shape(cfg.mesh, 8) == (8, 1, 1)
+  assert mesh_shape(cfg.mesh, 8) == (1, 8, 1, 1)
   cfg.mesh.fsdp, cfg.mesh.tensor = 2, 2
-  assert mesh_shape(cfg.mesh, 8) == (2, 2, 2)
+  assert mesh_shape(cfg.mesh, 8) == (1, 2, 2, 2)
+  cfg.mesh.dcn = 2
+  assert mesh_shape(cfg.mesh, 8) == (2, 1, 2, 2)
+  cfg.mesh.dcn = 1
   cfg.mesh.data = 3
   with pytest.raises(UserError, match='needs 12 devices but 8'):
     mesh_shape(cfg.mesh, 8)
@@ -132,12 +149,14 @@ def _losses(cfg, num_devices, steps=5):
   return np.array(losses), state
 
 
-@pytest.mark.parametrize('shape', [(1, 8, 1), (2, 2, 2), (8, 1, 1)])
+@pytest.mark.parametrize('shape', [(1, 1, 8, 1), (1, 2, 2, 2), (1, 8, 1, 1), (2, 2, 2, 1)])
 @pytest.mark.parametrize('variant', ['llama', 'gpt2'])
 def test_sharded_training_equals_one_device(shape, variant):
+  """(dcn, data, fsdp, tensor) meshes of 8 devices: the losses of one device. dcn=2 stands for
+  two slices (consecutive devices here) that share only the batch."""
   expected = _single_device_losses(variant)
   cfg = tiny_config(variant)
-  cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = shape
+  cfg.mesh.dcn, cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = shape
   got, _ = _losses(cfg, 8)
   np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
   assert expected[-1] < expected[0]
