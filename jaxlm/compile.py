@@ -131,34 +131,42 @@ def _setup(cfg, model_cfg, devices):
   return mesh, rules, tx, schedule, setup_train_state(cfg, model_cfg, tx, mesh, rules)
 
 
-def _compile(cfg, model_cfg, devices):
-  """The train step of `cfg` compiled for `devices`; a step the compiler cannot fit in memory is
-  one sentence."""
+def _compile(cfg, model_cfg, devices, which: str = 'train'):
+  """The train step (or the eval step) of `cfg` compiled for `devices`; a step the compiler
+  cannot fit in memory is one sentence."""
   import jax  # pylint: disable=import-outside-toplevel
   from jaxlm import objectives, sharding  # pylint: disable=import-outside-toplevel
   from jaxlm.errors import UserError  # pylint: disable=import-outside-toplevel
   # pylint: disable-next=import-outside-toplevel
-  from jaxlm.step import jit_train_step, make_train_step
+  from jaxlm.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
   mesh, rules, tx, schedule, setup = _setup(cfg, model_cfg, devices)
   masking = objectives.masking(cfg, model_cfg.vocab_size - 1, None)
   # Only the shapes matter here: no tokenizer, so the end-of-sequence id is the one below the
   # sentinels, as for a character vocabulary.
   spans = objectives.spans(cfg, types.SimpleNamespace(eos_id=None), model_cfg.vocab_size)
-  step = jit_train_step(make_train_step(cfg, setup.graphdef, tx, schedule, mesh, rules, masking,
-                                        spans), setup.shardings, mesh, rules)
   B, L = cfg.train.batch_size, objectives.window_length(cfg)
   batch_sh = sharding.batch_sharding(mesh, rules)
-  batch = {k: jax.ShapeDtypeStruct((B, L), 'float32' if k == 'mask' else 'int32',
-                                   sharding=batch_sh) for k in ('inputs', 'targets', 'mask')}
+  shape = lambda k, n: jax.ShapeDtypeStruct((B, n), 'float32' if k == 'mask' else 'int32',
+                                            sharding=batch_sh)
+  batch = {k: shape(k, L) for k in ('inputs', 'targets', 'mask')}
+  if which == 'train':
+    step = jit_train_step(make_train_step(cfg, setup.graphdef, tx, schedule, mesh, rules,
+                                          masking, spans), setup.shardings, mesh, rules)
+    args = (setup.abstract, batch)
+  else:  # evaluation: the forward pass and the loss over an eval batch (each row's index too)
+    step = jit_eval_step(make_eval_step(setup.graphdef, mesh, rules, cfg.train.loss_chunk,
+                                        masking, objectives.eval_masking(cfg), spans),
+                         setup.shardings.params, mesh, rules)
+    args = (setup.abstract.params, dict(batch, index=shape('index', 1)))
   try:
-    return step.lower(setup.abstract, batch).compile()
+    return step.lower(*args).compile()
   except Exception as e:  # pylint: disable=broad-except
     text = str(e)
     if 'RESOURCE_EXHAUSTED' not in text and 'out of memory' not in text.lower():
       raise
     reason = next((line.strip() for line in text.splitlines() if 'memory' in line.lower()),
                   text.splitlines()[0])
-    raise UserError(f'the train step does not fit ({reason[:300]}); {ADVICE}') from None
+    raise UserError(f'the {which} step does not fit ({reason[:300]}); {ADVICE}') from None
 
 
 def _cost(compiled) -> dict:
@@ -181,7 +189,7 @@ def _ratio_ok(flops, analytic) -> bool:
 
 
 def compile_step(cfg, devices, hbm: int | None, plan_only: bool = False,
-                 estimate: bool = True) -> dict:
+                 estimate: bool = True, with_eval: bool = True) -> dict:
   """Compiles the train step for `devices`; returns the report's figures (with plan_only, the
   memory planner's alone, without compiling).
 
@@ -189,7 +197,8 @@ def compile_step(cfg, devices, hbm: int | None, plan_only: bool = False,
   jaxlm's count (within a factor of 2). XLA counts one trip of each loop, so when they do not
   (a layer scan, micro-batches, a chunked loss) the estimate is grad_accum times that of one
   micro-batch compiled without loops (`loop_free`), if that one agrees; else none is given.
-  estimate=False skips that second compile (minutes for a large model)."""
+  estimate=False skips that second compile (minutes for a large model); with_eval=False skips
+  compiling the eval step, whose per-device memory is 'eval_total'."""
   from jaxlm import metrics, objectives, plan  # pylint: disable=import-outside-toplevel
   from jaxlm.errors import UserError  # pylint: disable=import-outside-toplevel
   from jaxlm.model import attention_kernels  # pylint: disable=import-outside-toplevel
@@ -213,17 +222,20 @@ def compile_step(cfg, devices, hbm: int | None, plan_only: bool = False,
              analytic_flops=flops_per_token * B * L / n, compiler_flops=cost.get('flops'))
   # Donated arguments are updated in place: their outputs take no memory of their own.
   out['total'] = out['arguments'] + out['temporaries'] + out['outputs'] - out['aliased']
+  if with_eval:
+    memory = _compile(cfg, model_cfg, devices, 'eval').memory_analysis()
+    out['eval_total'] = (memory.argument_size_in_bytes + memory.temp_size_in_bytes +
+                         memory.output_size_in_bytes - memory.alias_size_in_bytes)
   if not cost.get('optimal_seconds'):
     return out  # a host without a cost model (a CPU)
-  if cost['optimal_seconds'] < 0:  # what the cost model answers for a step it cannot time
-    out['no_estimate'] = 'the cost model gives no time for this step'
-  elif _ratio_ok(out['compiler_flops'], out['analytic_flops']):
+  whole = cost['optimal_seconds'] > 0  # a negative time: the cost model could not time the step
+  if whole and _ratio_ok(out['compiler_flops'], out['analytic_flops']):
     out.update(seconds=cost['optimal_seconds'], estimate_from='the whole step')
   elif model_cfg.get('kind', 'transformer') == 'lstm':
     out['no_estimate'] = "the LSTM's time steps are a loop, which XLA's cost model counts once"
   elif not estimate:
-    out['no_estimate'] = ('loops make the cost model undercount; the loop-free estimate was not '
-                          'asked for (--noestimate)')
+    out['no_estimate'] = ('the cost model cannot time the whole step, and the loop-free estimate '
+                          'was not asked for (--noestimate)')
   else:
     variant = loop_free(cfg)
     try:
@@ -232,8 +244,9 @@ def compile_step(cfg, devices, hbm: int | None, plan_only: bool = False,
       out['no_estimate'] = f'one micro-batch without loops does not compile: {e}'
     else:
       micro = variant.train.batch_size
-      if variant_cost.get('optimal_seconds', -1) > 0 and _ratio_ok(
-          variant_cost.get('flops'), flops_per_token * micro * L / n):
+      if variant_cost.get('optimal_seconds', -1) <= 0:
+        out['no_estimate'] = 'the cost model gives no time for this step, even without loops'
+      elif _ratio_ok(variant_cost.get('flops'), flops_per_token * micro * L / n):
         out.update(seconds=cfg.train.grad_accum * variant_cost['optimal_seconds'],
                    estimate_from=f'{cfg.train.grad_accum} x one micro-batch of {micro} compiled '
                                  'without loops')
@@ -265,6 +278,10 @@ def report(r: dict) -> str:
            (f' of {gib(r["hbm"])} HBM: {"fits" if r["total"] <= r["hbm"] else "DOES NOT FIT"}'
             if r['hbm'] else ''),
            plan.report(r['planned'], r['total'])]
+  if r.get('eval_total') is not None:
+    lines.append(f'eval step per device: {gib(r["eval_total"])}' + (
+        f' of {gib(r["hbm"])} HBM: {"fits" if r["eval_total"] <= r["hbm"] else "DOES NOT FIT"}'
+        if r['hbm'] else ''))
   if r.get('compiler_flops'):
     lines.append(f'FLOPs per device and step: compiler {r["compiler_flops"]:.3e}, jaxlm analytic '
                  f'{r["analytic_flops"]:.3e} (ratio {r["compiler_flops"] / r["analytic_flops"]:.2f})')
@@ -306,8 +323,10 @@ def main(argv: list[str]) -> None:
                       f'per device, more than the {hbm / GIB:.0f} GiB of a {_TOPOLOGY.value} chip; '
                       f'{ADVICE}')
     return
-  if hbm and r['total'] > hbm:
-    raise UserError(f'the train step needs {r["total"] / GIB:,.1f} GiB per device, more than the '
+  need = max(r['total'], r.get('eval_total', 0))
+  if hbm and need > hbm:
+    which = 'train' if r['total'] > hbm else 'eval'
+    raise UserError(f'the {which} step needs {need / GIB:,.1f} GiB per device, more than the '
                     f'{hbm / GIB:.0f} GiB of a {_TOPOLOGY.value} chip; {ADVICE}')
 
 

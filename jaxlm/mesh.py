@@ -89,7 +89,7 @@ def make_mesh(cfg: ConfigDict, devices: Sequence[jax.Device] | None = None) -> j
   axis_types = (jax.sharding.AxisType.Auto,) * len(shape)
   slices = shape[0]
   if slices > 1 and devices[0].platform == 'tpu':
-    found = len({d.slice_index for d in devices})
+    found = len({getattr(d, 'slice_index', 0) for d in devices})
     if found != slices:
       raise UserError(f'config field mesh.dcn={slices} asks for {slices} slices but the devices '
                       f'form {found}; set mesh.dcn={found}.')

@@ -19,33 +19,41 @@ _PRESETS = flags.DEFINE_list('presets', ['base', 'shakespeare_char', 'lstm_char'
 ACCUM = {('llama_1b', 'v5p-8'): 16, ('llama_1b', 'v6e-8'): 32}
 
 
+def for_slice(name: str, topology: str, chips: int):
+  """The preset `name` as compiled for `chips` chips of `topology`, and the changes made: the
+  micro-batches of ACCUM, and a micro-batch rounded up to a multiple of the chips."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  cfg = importlib.import_module(f'jaxlm.configs.{name}').get_config()
+  changed = []
+  if (name, topology) in ACCUM:
+    cfg.train.grad_accum = ACCUM[name, topology]
+    changed.append(f'grad_accum={cfg.train.grad_accum}')
+  accum = cfg.train.grad_accum
+  if (cfg.train.batch_size // accum) % chips:
+    cfg.train.batch_size = -(-cfg.train.batch_size // accum // chips) * chips * accum
+    changed.append(f'batch_size={cfg.train.batch_size}')
+  return cfg, changed
+
+
 def main(argv):
   del argv
-  import importlib  # pylint: disable=import-outside-toplevel
   from jaxlm import compile as aot  # pylint: disable=import-outside-toplevel
   from jaxlm.errors import UserError  # pylint: disable=import-outside-toplevel
   gib = lambda x: f'{x / 2**30:.2f}'
   print('| preset | slice | changed | per device (XLA) | planned (ratio) | HBM | FLOPs ratio '
-        '| est. step | est. tokens/s | est. MFU | estimate from | compile s |')
-  print('|' + ' --- |' * 12)
+        '| eval step | est. step | est. tokens/s | est. MFU | estimate from | compile s |')
+  print('|' + ' --- |' * 13)
   for topology in _TOPOLOGIES.value:
     kind, desc = aot.topology_desc(topology)
     devices, hbm = aot.tpu_devices(desc), aot.CHIPS[kind][0]
     chips = len(devices)
     for name in _PRESETS.value:
-      cfg = importlib.import_module(f'jaxlm.configs.{name}').get_config()
-      changed = []
-      if (name, topology) in ACCUM:
-        cfg.train.grad_accum = ACCUM[name, topology]
-        changed.append(f'grad_accum={cfg.train.grad_accum}')
-      if (cfg.train.batch_size // cfg.train.grad_accum) % chips:
-        cfg.train.batch_size = -(-cfg.train.batch_size // chips) * chips * cfg.train.grad_accum
-        changed.append(f'batch_size={cfg.train.batch_size}')
+      cfg, changed = for_slice(name, topology, chips)
       start = time.perf_counter()
       try:
         r = aot.compile_step(cfg, devices, hbm)
       except UserError as e:
-        print(f'| {name} | {topology} | {", ".join(changed)} | {e} |' + ' |' * 8, flush=True)
+        print(f'| {name} | {topology} | {", ".join(changed)} | {e} |' + ' |' * 9, flush=True)
         continue
       seconds = time.perf_counter() - start
       est = (f'{1e3 * r["seconds"]:.1f} ms', f'{r["tokens_per_s"]:,.0f}',
@@ -54,6 +62,7 @@ def main(argv):
       print(f'| {name} | {topology} | {", ".join(changed) or "-"} | {gib(r["total"])} GiB '
             f'| {gib(r["planned"]["total"])} GiB ({r["planned"]["total"] / r["total"]:.2f}) '
             f'| {hbm / 2**30:.0f} GiB | {r["compiler_flops"] / r["analytic_flops"]:.2f} '
+            f'| {gib(r["eval_total"])} GiB '
             f'| {" | ".join(est)} | {seconds:.0f} |', flush=True)
 
 

@@ -67,3 +67,21 @@ def test_prepare_benchmark_prints_its_figures(tmp_path):
   assert [l.split(':')[0] for l in lines] == ['workers 1', 'workers 2']
   assert all('MiB/s' in l and 'peak RSS' in l for l in lines)
   assert not (tmp_path / 'scratch').exists()  # it cleans up after itself
+
+
+def test_tpu_presets_round_the_micro_batch_to_the_chips():
+  """launch/tpu_presets.py compiles each preset as configured except for what the slice forces:
+  Llama 1B's micro-batches on 4 chips, and a micro-batch rounded up to a multiple of the chips
+  (not the whole batch: 16 rows in 4 micro-batches on 8 chips become 4 of 8)."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location('tpu_presets',
+                                                harness.ROOT / 'launch' / 'tpu_presets.py')
+  presets = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(presets)
+  cfg, changed = presets.for_slice('llama_1b', 'v5p-8', 4)
+  assert (cfg.train.batch_size, cfg.train.grad_accum, changed) == (512, 16, ['grad_accum=16'])
+  cfg, changed = presets.for_slice('gpt2_124m', 'v5p-8', 4)
+  assert changed == [] and cfg.train.batch_size % 4 == 0
+  presets.ACCUM['base', 'test'] = 4  # base: 16 rows, so micro-batches of 4, rounded up to 8
+  cfg, changed = presets.for_slice('base', 'test', 8)
+  assert (cfg.train.batch_size, changed) == (32, ['grad_accum=4', 'batch_size=32'])
