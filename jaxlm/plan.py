@@ -23,7 +23,7 @@ from typing import Any
 import jax
 from ml_collections import ConfigDict
 
-from jaxlm import sharding
+from jaxlm import metrics, sharding
 
 DTYPE_BYTES = {'float32': 4, 'bfloat16': 2, 'float16': 2}
 
@@ -94,7 +94,6 @@ def plan(cfg: ConfigDict, model_cfg: ConfigDict, mesh: jax.sharding.Mesh, rules:
   # for the whole micro-batch and the head's float32 gradient sum.
   out['loss'] = int(3 * b * chunk * V * 4 + b * L * m.embed_dim * p + head_grad)
   head = m.vocab_size * m.embed_dim
-  from jaxlm import metrics  # pylint: disable=import-outside-toplevel
   per_layer = (metrics.param_count(m) - head * (1 if m.tie_embeddings else 2)) / m.num_layers
   out['weights'] = int((2 * per_layer + head) * p / tensor)
   out['total'] = sum(out.values())
