@@ -3,8 +3,9 @@ markdown table of docs/BENCHMARKS.md. Compiler figures and cost-model estimates,
 
   python launch/tpu_presets.py [--topologies=v5p-8,v6e-8,v5p-256] [--presets=base,llama_1b]
 
-A preset runs as configured except where the slice forces a change, which its row names: a batch
-that does not divide over the chips is rounded up to a multiple of them, and llama_1b's batch of
+A preset runs as configured except where the slice calls for a change, which its row names: a batch
+that does not divide over the chips is rounded up to a multiple of them; gpt2_124m's 20
+micro-batches (sized for one GPU) become 5 on 4 or 8 chips and 1 on 128; and llama_1b's batch of
 512 x 2048 tokens takes micro-batches on 4 or 8 chips (16 on v5p-8, 32 on v6e-8).
 """
 
@@ -16,7 +17,10 @@ from absl import app, flags
 _TOPOLOGIES = flags.DEFINE_list('topologies', ['v5p-8', 'v6e-8', 'v5p-256'], 'TPU slices.')
 _PRESETS = flags.DEFINE_list('presets', ['base', 'shakespeare_char', 'lstm_char', 'mlm_base',
                                          'span_base', 'gpt2_124m', 'llama_1b'], 'Presets.')
-ACCUM = {('llama_1b', 'v5p-8'): 16, ('llama_1b', 'v6e-8'): 32}
+# Micro-batches where the preset's own default does not suit the slice: gpt2_124m's 20 are for one
+# GPU (its docstring: divide them by the devices), llama_1b's single batch fits 128 chips, not 4-8.
+ACCUM = {('gpt2_124m', 'v5p-8'): 5, ('gpt2_124m', 'v6e-8'): 5, ('gpt2_124m', 'v5p-256'): 1,
+         ('llama_1b', 'v5p-8'): 16, ('llama_1b', 'v6e-8'): 32}
 
 
 def for_slice(name: str, topology: str, chips: int):

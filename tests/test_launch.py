@@ -70,8 +70,8 @@ def test_prepare_benchmark_prints_its_figures(tmp_path):
 
 
 def test_tpu_presets_round_the_micro_batch_to_the_chips():
-  """launch/tpu_presets.py compiles each preset as configured except for what the slice forces:
-  Llama 1B's micro-batches on 4 chips, and a micro-batch rounded up to a multiple of the chips
+  """launch/tpu_presets.py compiles each preset as configured except for what the slice calls
+  for: Llama 1B's micro-batches on 4 chips, GPT-2's one batch on 128, and a micro-batch rounded up to a multiple of the chips
   (not the whole batch: 16 rows in 4 micro-batches on 8 chips become 4 of 8)."""
   import importlib.util
   spec = importlib.util.spec_from_file_location('tpu_presets',
@@ -80,8 +80,8 @@ def test_tpu_presets_round_the_micro_batch_to_the_chips():
   spec.loader.exec_module(presets)
   cfg, changed = presets.for_slice('llama_1b', 'v5p-8', 4)
   assert (cfg.train.batch_size, cfg.train.grad_accum, changed) == (512, 16, ['grad_accum=16'])
-  cfg, changed = presets.for_slice('gpt2_124m', 'v5p-8', 4)
-  assert changed == [] and cfg.train.batch_size % 4 == 0
+  cfg, changed = presets.for_slice('gpt2_124m', 'v5p-256', 128)  # 480 rows in one batch
+  assert (cfg.train.batch_size, changed) == (512, ['grad_accum=1', 'batch_size=512'])
   presets.ACCUM['base', 'test'] = 4  # base: 16 rows, so micro-batches of 4, rounded up to 8
   cfg, changed = presets.for_slice('base', 'test', 8)
   assert (cfg.train.batch_size, changed) == (32, ['grad_accum=4', 'batch_size=32'])
