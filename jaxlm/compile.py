@@ -185,7 +185,10 @@ def loop_free(cfg):
 
 
 def _ratio_ok(flops, analytic) -> bool:
-  return bool(flops) and 0.5 <= flops / analytic <= 2
+  """Whether the compiler's FLOPs agree with jaxlm's count: within 0.8-1.3, the spread of the
+  loop-free steps of every preset (the count leaves out norms, softmax and the optimizer). A
+  chunked loss counted once already brings GPT-2 124M to 0.72."""
+  return bool(flops) and 0.8 <= flops / analytic <= 1.3
 
 
 def compile_step(cfg, devices, hbm: int | None, plan_only: bool = False,
@@ -194,7 +197,7 @@ def compile_step(cfg, devices, hbm: int | None, plan_only: bool = False,
   memory planner's alone, without compiling).
 
   The step-time estimate is the cost model's for the whole step when its FLOPs agree with
-  jaxlm's count (within a factor of 2). XLA counts one trip of each loop, so when they do not
+  jaxlm's count (within 0.8-1.3). XLA counts one trip of each loop, so when they do not
   (a layer scan, micro-batches, a chunked loss) the estimate is grad_accum times that of one
   micro-batch compiled without loops (`loop_free`), if that one agrees; else none is given.
   estimate=False skips that second compile (minutes for a large model); with_eval=False skips
