@@ -112,7 +112,7 @@ def get_config() -> ConfigDict:
   t.profile_steps = 5  # Steps the trace covers.
   t.log_every = 10  # Steps between metric lines; the only host syncs in the loop happen here.
   t.eval_every = 100  # Steps between validation passes (and at the end).
-  t.eval_batches = 0  # Validation batches per pass; 0 means the whole validation split.
+  t.eval_batches = 0  # Validation batches (of batch_size rows) per pass; 0: the whole split.
   t.sample_tokens = 200  # Tokens generated for each sample (at most the context); 0 disables.
   t.eval_samples = 2  # Samples generated and logged at each validation pass; one more at the end.
   t.sample_prompt = ''  # Prompt for that sample; '' starts from the first token of the corpus.

@@ -146,6 +146,8 @@ def _compile(cfg, model_cfg, devices, which: str = 'train'):
   spans = objectives.spans(cfg, types.SimpleNamespace(eos_id=None), model_cfg.vocab_size)
   B, L = cfg.train.batch_size, objectives.window_length(cfg)
   batch_sh = sharding.batch_sharding(mesh, rules)
+  if which == 'eval':  # evaluation runs a micro-batch at a time
+    B //= cfg.train.grad_accum
   shape = lambda k, n: jax.ShapeDtypeStruct((B, n), 'float32' if k == 'mask' else 'int32',
                                             sharding=batch_sh)
   batch = {k: shape(k, L) for k in ('inputs', 'targets', 'mask')}
@@ -153,7 +155,7 @@ def _compile(cfg, model_cfg, devices, which: str = 'train'):
     step = jit_train_step(make_train_step(cfg, setup.graphdef, tx, schedule, mesh, rules,
                                           masking, spans), setup.shardings, mesh, rules)
     args = (setup.abstract, batch)
-  else:  # evaluation: the forward pass and the loss over an eval batch (each row's index too)
+  else:  # evaluation: the forward pass and the loss over a batch (each row's index too)
     step = jit_eval_step(make_eval_step(setup.graphdef, mesh, rules, cfg.train.loss_chunk,
                                         masking, objectives.eval_masking(cfg), spans),
                          setup.shardings.params, mesh, rules)

@@ -31,7 +31,8 @@ _TEXT = flags.DEFINE_string('text', '', 'UTF-8 text file, directory or glob to e
 _REFERENCES = flags.DEFINE_string('references', '', 'JSONL of {"prompt", "reference"} pairs for '
                                   'BLEU and chrF.')
 _MAX_NEW = flags.DEFINE_integer('max_new_tokens', 64, 'Tokens generated per prompt for BLEU.')
-_BATCH = flags.DEFINE_integer('batch_size', 0, 'Sequences per batch (default: the run\'s).')
+_BATCH = flags.DEFINE_integer('batch_size', 0, 'Sequences per batch (default: the run\'s '
+                              'micro-batch, train.batch_size / train.grad_accum).')
 
 
 def read_pairs(path: str) -> tuple[list[str], list[str]]:
@@ -147,7 +148,7 @@ def main(argv: list[str]) -> None:
   cli.require_location(_WORKDIR, _TEXT, _REFERENCES)
   cli.require(_STEP, _STEP.value is None or _STEP.value >= 0, 'a checkpoint step >= 0')
   cli.require(_MAX_NEW, _MAX_NEW.value >= 1, 'at least 1 token')
-  cli.require(_BATCH, _BATCH.value >= 0, '0 (the run\'s batch size) or a positive number')
+  cli.require(_BATCH, _BATCH.value >= 0, '0 (the run\'s micro-batch) or a positive number')
   out = run(_WORKDIR.value, _STEP.value, _TEXT.value, _REFERENCES.value, _MAX_NEW.value,
             _BATCH.value)
   print(f'checkpoint {out["step"]} on {out["devices"]}')

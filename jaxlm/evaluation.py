@@ -41,10 +41,11 @@ def to_global(batch: dict[str, np.ndarray], batch_sharding,
 def loss_over(eval_step, params: Any, stream: data.EvalStream, cfg: ConfigDict, batch_sharding,
               *, max_batches: int = 0) -> dict[str, float]:
   """Mean cross-entropy (nats/token) over the weighted targets of a stream, perplexity and the
-  number of tokens counted."""
+  number of tokens counted. Batches are a micro-batch of rows (train.batch_size / grad_accum):
+  what the train step runs at once, so evaluation fits wherever training does."""
   total, count = 0.0, 0.0
   sync = sync_each_step()
-  B = cfg.train.batch_size
+  B = cfg.train.batch_size // cfg.train.grad_accum
   segments = None
   if objectives.objective(cfg) != 'causal':  # rows drawn on in the step: their index and extent
     # (a masked LM's token sees its window; packed: its document)

@@ -94,8 +94,10 @@ def _restore(ckpt: Checkpointer, workdir: Path, step: int, batch_size: int) -> T
   meta = ckpt.restore_meta(step)
   cfg = ConfigDict(meta['config'])
   cfg.workdir = str(workdir)
-  cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, -1, 1
-  cfg.train.batch_size = eval_batch_size(batch_size or cfg.train.batch_size)
+  cfg.mesh.dcn, cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, 1, -1, 1
+  # The run's micro-batch by default: what its train step ran at once.
+  cfg.train.batch_size = eval_batch_size(
+      batch_size or cfg.train.batch_size // cfg.train.get('grad_accum', 1))
   cfg.train.grad_accum = 1
   run_data = trained_data(meta, workdir, step, cfg)
   tokenizer = run_data.tokenizer

@@ -325,7 +325,7 @@ class Trainer:
       self.val_stream = data.validation_stream(self.run_data, self.cfg, self.model_cfg.max_seq_len,
                                                limit if t.eval_batches else 0)
     val = loss_over(self.eval_step, params, self.val_stream, self.cfg, self.batch_sharding,
-                    max_batches=t.eval_batches)
+                    max_batches=t.eval_batches * t.grad_accum)  # in micro-batches
     del val['nats']
     self.writer.write(step, val, 'val')
     self.log(f'step {step:>6} | val loss {val["loss"]:.4f} | '

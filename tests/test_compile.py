@@ -176,6 +176,15 @@ def test_a_chunked_loss_alone_is_enough_to_take_the_loop_free_estimate():
   assert r['estimate_from'] == '1 x one micro-batch of 16 compiled without loops', r
 
 
+def test_the_eval_step_is_compiled_for_a_micro_batch():
+  """Evaluation runs a micro-batch at a time (jaxlm.evaluation.loss_over): so is it compiled."""
+  cfg = _preset('base')
+  cfg.train.batch_size, cfg.train.grad_accum = 32, 4
+  compiled = aot._compile(cfg, aot._model_config(cfg), _devices('v5p-8'), 'eval')
+  batch = compiled.args_info[0][1]  # (args, kwargs): the parameters, then the batch
+  assert batch['inputs'].shape == (8, cfg.model.max_seq_len), batch
+
+
 @pytest.mark.slow
 def test_two_slices_split_the_batch_and_replicate_the_model():
   """--num_slices=2: a (dcn 2, data 4) mesh over 8 v5p chips in two slices; each device holds

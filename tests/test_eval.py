@@ -147,6 +147,26 @@ def test_one_device_equals_eight(run_dir):
   np.testing.assert_allclose(results[0]['nats'], results[1]['nats'], rtol=1e-5)
 
 
+def test_evaluation_runs_a_micro_batch_at_a_time(run_dir):
+  """loss_over feeds the eval step train.batch_size / grad_accum rows at a time, and scores the
+  same tokens, with the same total, as with whole batches."""
+  tokens = np.frombuffer(TINY_TEXT[:1500].encode(), np.uint8).astype(np.int32)  # byte tokens
+  r, params, step, batch_sh = _restored(run_dir, jax.devices())
+  results, rows = [], []
+
+  def recording(p, batch):
+    rows.append(batch['inputs'].shape[0])
+    return step(p, batch)
+
+  for accum in (1, 2):
+    r.cfg.train.batch_size, r.cfg.train.grad_accum = 16, accum
+    stream = data.EvalStream(tokens, np.ones(len(tokens), np.float32), 0)
+    results.append(evaluation.loss_over(recording, params, stream, r.cfg, batch_sh))
+  assert set(rows) == {16, 8}
+  assert results[0]['tokens'] == results[1]['tokens'] == 1499
+  np.testing.assert_allclose(results[0]['nats'], results[1]['nats'], rtol=1e-5)
+
+
 def test_bleu_and_chrf_are_sacrebleus():
   import sacrebleu
   hyps = ['the cat sat on the mat', 'a quick brown fox']

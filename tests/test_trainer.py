@@ -163,3 +163,13 @@ def test_a_mixture_trains_logs_its_proportions_and_evaluates_each_dataset(tmp_pa
   assert set(out) == {'validation', 'validation:verse', 'validation:prose'}
   parts = out['validation:verse']['tokens'] + out['validation:prose']['tokens']
   assert out['validation']['tokens'] == parts
+
+
+def test_validation_scores_the_same_tokens_a_micro_batch_at_a_time(tmp_path, corpus_file):
+  """Validation runs a micro-batch at a time (what the train step runs at once, so it fits where
+  training does), and train.eval_batches counts whole batches: with 2 micro-batches the same
+  tokens are scored, with the same loss, as with one batch of the same size."""
+  vals = [trainer.run(_config(tmp_path, corpus_file, f'accum{accum}', steps=1, batch_size=16,
+                              grad_accum=accum, eval_batches=1))['val'] for accum in (1, 2)]
+  assert vals[0]['tokens'] == vals[1]['tokens'] == 16 * 16  # eval_batches x batch x context
+  np.testing.assert_allclose(vals[0]['loss'], vals[1]['loss'], rtol=1e-5)
