@@ -130,6 +130,8 @@ def define_config(default: str = 'configs/base.py') -> flags.FlagHolder:
   sys.argv as the flag is defined, so an unknown field is reported here, at start-up, as one line.
   """
   exit_on_signals()  # (defined at import, before the config file runs)
+  if 'config' in flags.FLAGS:  # another jaxlm entry point imported in the same process (tests)
+    return flags.FlagHolder(flags.FLAGS, flags.FLAGS['config'])
   try:
     check_config_file(_config_argument(sys.argv, default))
   except UserError as e:

@@ -85,3 +85,12 @@ def test_tpu_presets_round_the_micro_batch_to_the_chips():
   presets.ACCUM['base', 'test'] = 4  # base: 16 rows, so micro-batches of 4, rounded up to 8
   cfg, changed = presets.for_slice('base', 'test', 8)
   assert (cfg.train.batch_size, changed) == (32, ['grad_accum=4', 'batch_size=32'])
+
+
+def test_entry_points_share_the_config_flag_in_one_process():
+  """Importing two jaxlm entry points in one process (as the test files do, in whatever order
+  pytest-xdist gives them to a worker) defines --config once, not twice (a DuplicateFlagError)."""
+  result = subprocess.run([sys.executable, '-c', 'import jaxlm.compile, jaxlm.bench'],
+                          cwd=harness.ROOT, env=harness.env(), capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
