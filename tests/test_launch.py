@@ -71,8 +71,9 @@ def test_prepare_benchmark_prints_its_figures(tmp_path):
 
 def test_tpu_presets_round_the_micro_batch_to_the_chips():
   """launch/tpu_presets.py compiles each preset as configured except for what the slice calls
-  for: Llama 1B's micro-batches on 4 chips, GPT-2's one batch on 128, and a micro-batch rounded up to a multiple of the chips
-  (not the whole batch: 16 rows in 4 micro-batches on 8 chips become 4 of 8)."""
+  for: Llama 1B's micro-batches on 4 chips, GPT-2's one batch on 128, and a micro-batch rounded
+  up to a multiple of the chips (not the whole batch: 16 rows in 4 micro-batches on 8 chips
+  become 4 of 8)."""
   import importlib.util
   spec = importlib.util.spec_from_file_location('tpu_presets',
                                                 harness.ROOT / 'launch' / 'tpu_presets.py')
