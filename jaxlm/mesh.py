@@ -1,4 +1,4 @@
-"""The device mesh: config -> `jax.sharding.Mesh` over (dcn, data, fsdp, tensor); multi-host start-up.
+"""The device mesh: config -> a `jax.sharding.Mesh` over (dcn, data, fsdp, tensor); multi-host.
 
 `dcn` is data parallelism across slices (TPU slices joined by the data-center network, mesh.dcn
 of them): only gradients cross it, once a step. The other axes lie within a slice.
