@@ -9,10 +9,12 @@ micro-batches (sized for one GPU) become 5 on 4 or 8 chips and 1 on 128; and lla
 512 x 2048 tokens takes micro-batches on 4 or 8 chips (16 on v5p-8, 32 on v6e-8).
 """
 
-import sys
+import importlib.util
 import time
 
-from absl import app, flags
+from absl import flags
+
+from jaxlm import cli
 
 _TOPOLOGIES = flags.DEFINE_list('topologies', ['v5p-8', 'v6e-8', 'v5p-256'], 'TPU slices.')
 _PRESETS = flags.DEFINE_list('presets', ['base', 'shakespeare_char', 'lstm_char', 'mlm_base',
@@ -26,7 +28,6 @@ ACCUM = {('gpt2_124m', 'v5p-8'): 5, ('gpt2_124m', 'v6e-8'): 5, ('gpt2_124m', 'v5
 def for_slice(name: str, topology: str, chips: int):
   """The preset `name` as compiled for `chips` chips of `topology`, and the changes made: the
   micro-batches of ACCUM, and a micro-batch rounded up to a multiple of the chips."""
-  import importlib  # pylint: disable=import-outside-toplevel
   cfg = importlib.import_module(f'jaxlm.configs.{name}').get_config()
   changed = []
   if (name, topology) in ACCUM:
@@ -41,6 +42,8 @@ def for_slice(name: str, topology: str, chips: int):
 
 def main(argv):
   del argv
+  unknown = [n for n in _PRESETS.value if importlib.util.find_spec(f'jaxlm.configs.{n}') is None]
+  cli.require(_PRESETS, not unknown, 'names of files in configs/ (base, gpt2_124m, llama_1b, ...)')
   from jaxlm import compile as aot  # pylint: disable=import-outside-toplevel
   from jaxlm.errors import UserError  # pylint: disable=import-outside-toplevel
   gib = lambda x: f'{x / 2**30:.2f}'
@@ -71,4 +74,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  sys.exit(app.run(main))
+  cli.run(main)

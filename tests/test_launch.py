@@ -95,3 +95,11 @@ def test_entry_points_share_the_config_flag_in_one_process():
                           cwd=harness.ROOT, env=harness.env(), capture_output=True, text=True,
                           timeout=120)
   assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_tpu_presets_refuses_an_unknown_preset_in_one_sentence():
+  result = subprocess.run([sys.executable, 'launch/tpu_presets.py', '--presets=base,nope'],
+                          cwd=harness.ROOT, env=harness.env(), capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr[-2000:]
+  assert 'error: --presets=base,nope is invalid' in result.stderr and not result.stdout
