@@ -186,6 +186,13 @@ def loop_free(cfg):
   return variant
 
 
+def _device_total(memory) -> int:
+  """Bytes per device of a compiled step. Donated arguments are updated in place: their outputs
+  take no memory of their own."""
+  return (memory.argument_size_in_bytes + memory.temp_size_in_bytes +
+          memory.output_size_in_bytes - memory.alias_size_in_bytes)
+
+
 def _ratio_ok(flops, analytic) -> bool:
   """Whether the compiler's FLOPs agree with jaxlm's count: within 0.8-1.3, the spread of the
   loop-free steps of every preset (the count leaves out norms, softmax and the optimizer). A
@@ -225,12 +232,9 @@ def compile_step(cfg, devices, hbm: int | None, plan_only: bool = False,
   out.update(arguments=memory.argument_size_in_bytes, temporaries=memory.temp_size_in_bytes,
              outputs=memory.output_size_in_bytes, aliased=memory.alias_size_in_bytes,
              analytic_flops=flops_per_token * B * L / n, compiler_flops=cost.get('flops'))
-  # Donated arguments are updated in place: their outputs take no memory of their own.
-  out['total'] = out['arguments'] + out['temporaries'] + out['outputs'] - out['aliased']
+  out['total'] = _device_total(memory)
   if with_eval:
-    memory = _compile(cfg, model_cfg, devices, 'eval').memory_analysis()
-    out['eval_total'] = (memory.argument_size_in_bytes + memory.temp_size_in_bytes +
-                         memory.output_size_in_bytes - memory.alias_size_in_bytes)
+    out['eval_total'] = _device_total(_compile(cfg, model_cfg, devices, 'eval').memory_analysis())
   if not cost.get('optimal_seconds'):
     return out  # a host without a cost model (a CPU)
   whole = cost['optimal_seconds'] > 0  # a negative time: the cost model could not time the step
@@ -271,22 +275,20 @@ def report(r: dict) -> str:
           f'{r["tokens_per_step"]:,} tokens/step | mesh ' +
           ' x '.join(f'{axis} {size}' for axis, size in r['mesh'].items() if size > 1 or
                      axis != 'dcn'))
+  # ' of <HBM> HBM: fits' (or DOES NOT FIT) for a per-device figure, where the chip is known.
+  fits = lambda x: (f' of {gib(r["hbm"])} HBM: {"fits" if x <= r["hbm"] else "DOES NOT FIT"}'
+                    if r['hbm'] else '')
   if 'total' not in r:  # the plan alone
-    fits = ''
-    if r['hbm']:
-      fits = (f' of {gib(r["hbm"])} HBM: '
-              f'{"fits" if r["planned"]["total"] <= r["hbm"] else "DOES NOT FIT"} (planned)')
-    return '\n'.join([head, plan.report(r['planned']) + fits])
+    total = r['planned']['total']
+    return '\n'.join([head, plan.report(r['planned']) + fits(total) +
+                       (' (planned)' if r['hbm'] else '')])
   lines = [head,
            f'per device: arguments {gib(r["arguments"])} + temporaries {gib(r["temporaries"])} + '
            f'outputs {gib(r["outputs"])} - donated {gib(r["aliased"])} = {gib(r["total"])}' +
-           (f' of {gib(r["hbm"])} HBM: {"fits" if r["total"] <= r["hbm"] else "DOES NOT FIT"}'
-            if r['hbm'] else ''),
+           fits(r['total']),
            plan.report(r['planned'], r['total'])]
   if r.get('eval_total') is not None:
-    lines.append(f'eval step per device: {gib(r["eval_total"])}' + (
-        f' of {gib(r["hbm"])} HBM: {"fits" if r["eval_total"] <= r["hbm"] else "DOES NOT FIT"}'
-        if r['hbm'] else ''))
+    lines.append(f'eval step per device: {gib(r["eval_total"])}' + fits(r['eval_total']))
   if r.get('compiler_flops'):
     lines.append(f'FLOPs per device and step: compiler {r["compiler_flops"]:.3e}, jaxlm analytic '
                  f'{r["analytic_flops"]:.3e} (ratio {r["compiler_flops"] / r["analytic_flops"]:.2f})')
