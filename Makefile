@@ -16,7 +16,7 @@ $(VENV)/.core: pyproject.toml
 	touch $@
 
 $(VENV)/.test: $(VENV)/.core
-	$(PY) -m pip install --quiet -e '.[dev,seqio,gcs,hf,tpu]'
+	$(PY) -m pip install --quiet -e '.[dev,seqio,gcs,hf-cpu,tpu]'
 	touch $@
 
 setup: $(VENV)/.core

@@ -220,6 +220,16 @@ def _check_cross_fields(cfg: ConfigDict) -> None:
   if t.objective == 'span' and cfg.data.packing != 'concat':
     raise UserError("config field train.objective='span' corrupts windows of the token stream; "
                     "set data.packing='concat' (packed documents are not supported with it).")
+  if t.objective == 'span' and cfg.model.kind == 'lstm':
+    raise UserError("config field train.objective='span' trains a prefix LM, which reads its "
+                    "input bidirectionally; an LSTM (model.kind='lstm') reads left to right only, "
+                    "so use train.objective='causal' or model.kind='transformer'.")
+  limit = cfg.span.mean_span_length / (cfg.span.mean_span_length + 1)
+  if t.objective == 'span' and cfg.span.noise_density > limit:
+    raise UserError(f'config field span.noise_density={cfg.span.noise_density} is above '
+                    f'{limit:.4g}, the most that span.mean_span_length='
+                    f'{cfg.span.mean_span_length} allows (mean / (mean + 1): every hidden span '
+                    'needs a kept token before it); lower the density or lengthen the spans.')
   if t.objective == 'span' and not cfg.model.causal:
     raise UserError("config field train.objective='span' trains a prefix LM, which attends "
                     'bidirectionally only inside the prefix; keep model.causal=True.')

@@ -156,11 +156,15 @@ def span_shape(cfg: ConfigDict) -> SpanShape:
 @functools.lru_cache(maxsize=None)
 def _span_shape(length: int, density: float, mean: float) -> SpanShape:
   for inputs in range(length, 1, -1):
-    raw, targets = random_spans_helper(inputs, density, mean)
+    raw, _ = random_spans_helper(inputs, density, mean)
     noise = int(round(raw * density))
     spans = int(round(noise / mean))
-    if inputs + targets - 1 <= length and noise >= 1 and spans >= 1:
-      return SpanShape(raw, noise, spans, raw - noise + spans + 1, targets)
+    # The lengths corrupt() writes for this window (T5's helper trims its targets at density 0.5).
+    shape = SpanShape(raw, noise, spans, raw - noise + spans + 1, noise + spans + 1)
+    # Every hidden span needs a kept token before it (noise_mask starts with a kept one).
+    whole = noise >= 1 and spans >= 1 and raw - noise >= spans
+    if shape.inputs + shape.targets - 1 <= length and whole:
+      return shape
   from jaxlm.errors import UserError  # pylint: disable=import-outside-toplevel
   raise UserError(f'config field model.max_seq_len={length} is too short for span corruption '
                   f'with span.noise_density={density} and span.mean_span_length={mean}: no window '
@@ -206,6 +210,7 @@ class Spans(NamedTuple):
   shape: SpanShape
   sentinel_top: int  # the first span's sentinel: the model's last id (then one less per span)
   eos: int  # ends the input and the target
+  length: int  # the model's context (model.max_seq_len): rows are padded to it
 
 
 def spans(cfg: ConfigDict, tokenizer, model_vocab: int) -> Spans | None:
@@ -215,15 +220,17 @@ def spans(cfg: ConfigDict, tokenizer, model_vocab: int) -> Spans | None:
     return None
   shape = span_shape(cfg)
   eos = tokenizer.eos_id if tokenizer.eos_id is not None else model_vocab - 1 - shape.spans
-  return Spans(shape, model_vocab - 1, eos)
+  return Spans(shape, model_vocab - 1, eos, cfg.model.max_seq_len)
 
 
 def span_batch(key: jax.Array, raw: jax.Array, index: jax.Array,
                spans: Spans) -> dict[str, jax.Array]:
-  """Raw windows [B, raw] -> a prefix-LM batch of L = inputs + targets - 1 positions:
-  `inputs` (corrupted input, then the target but its last token), `targets` (the next token),
-  `mask` (1 on the target positions: from the input's end-of-sequence on), `prefix` [B, 1] (the
-  input length: attention is bidirectional before it, causal after)."""
+  """Raw windows [B, raw] -> a prefix-LM batch of L = spans.length positions: `inputs`
+  (corrupted input, then the target but its last token), `targets` (the next token), `mask` (1 on
+  the target positions: from the input's end-of-sequence on), `prefix` [B, 1] (the input length:
+  attention is bidirectional before it, causal after). The sequence holds inputs + targets - 1
+  <= L positions; the rest is padding (id 0, mask 0, after everything, so no real position
+  attends to it), which keeps L the context that train.loss_chunk divides."""
   shape = spans.shape
 
   def one(i, window):
@@ -233,8 +240,10 @@ def span_batch(key: jax.Array, raw: jax.Array, index: jax.Array,
     return jnp.concatenate([inputs, targets])
 
   sequence = jax.vmap(one)(index, raw)  # [B, inputs + targets]
-  L = shape.inputs + shape.targets - 1
-  mask = (jnp.arange(L) >= shape.inputs - 1).astype(jnp.float32)
+  L, used = spans.length, shape.inputs + shape.targets - 1
+  sequence = jnp.pad(sequence, ((0, 0), (0, L - used)))  # [B, L + 1]
+  position = jnp.arange(L)
+  mask = ((position >= shape.inputs - 1) & (position < used)).astype(jnp.float32)
   B = raw.shape[0]
   return dict(inputs=sequence[:, :-1], targets=sequence[:, 1:],
               mask=jnp.broadcast_to(mask, (B, L)),

@@ -27,8 +27,10 @@ def corpus_file(tmp_path):
   return path
 
 
-def build_training(cfg: ConfigDict, num_devices: int | None = None, vocab: int = 61):
-  """(mesh, setup, jitted train_step, batch sharding) for `cfg` on the first num_devices devices."""
+def build_training(cfg: ConfigDict, num_devices: int | None = None, vocab: int = 61,
+                   masking=None, spans=None):
+  """(mesh, setup, jitted train_step, batch sharding) for `cfg` on the first num_devices devices
+  (with the objective's `masking` or `spans`, see jaxlm.objectives)."""
   from jaxlm import sharding
   from jaxlm.mesh import make_mesh
   from jaxlm.optim import make_optimizer
@@ -40,7 +42,8 @@ def build_training(cfg: ConfigDict, num_devices: int | None = None, vocab: int =
   model_cfg = jaxlm_config.resolve_model(cfg.model, vocab)
   tx, schedule = make_optimizer(cfg)
   setup = setup_train_state(cfg, model_cfg, tx, mesh, rules)
-  step = jit_train_step(make_train_step(cfg, setup.graphdef, tx, schedule, mesh, rules),
+  step = jit_train_step(make_train_step(cfg, setup.graphdef, tx, schedule, mesh, rules, masking,
+                                        spans),
                         setup.shardings, mesh, rules)
   return mesh, setup, step, sharding.batch_sharding(mesh, rules)
 

@@ -255,7 +255,7 @@ def test_span_corruption_counts_and_merging_restores_the_window():
   sentinel gives the window back; rows get different masks."""
   shape = objectives.span_shape(_span_cfg(128))
   vocab, eos = 1000, 1
-  spans = objectives.Spans(shape, vocab - 1, eos)
+  spans = objectives.Spans(shape, vocab - 1, eos, 128)
   rng = np.random.default_rng(0)
   raw = jnp.asarray(rng.integers(2, 900, (16, shape.raw)), jnp.int32)
   batch = objectives.span_batch(jax.random.PRNGKey(0), raw, jnp.arange(16), spans)
@@ -326,3 +326,137 @@ def test_a_resumed_span_run_repeats_its_losses_and_evaluates(tmp_path):
     results.append(json.loads((workdir / 'eval' / '6.json').read_text()))
   assert results[0] == results[1] and 'bits_per_byte' not in results[0]['validation']
   assert results[0]['validation']['loss'] > 0
+
+
+@pytest.mark.parametrize('length', [1024, 4096])
+def test_span_rows_fill_the_context_so_the_presets_loss_chunk_divides_them(length):
+  """Span rows are padded to model.max_seq_len (the sequence itself is inputs + targets - 1, 1022
+  for 1024): the mask counts the targets alone, the padding after them is id 0 and uncounted,
+  and the train and eval steps trace with the GPT-2/Llama presets' loss_chunk of 256."""
+  from types import SimpleNamespace
+  from conftest import build_training
+  from jaxlm import config as jaxlm_config, sharding
+  from jaxlm.step import make_eval_step
+  cfg = _span_cfg(length)
+  cfg.train.loss_chunk, cfg.train.batch_size, cfg.mesh.data = 256, 2, 1
+  for density in (0.15, 0.5):
+    cfg.span.noise_density = density
+    jaxlm_config.validate(cfg)
+    spans = objectives.spans(cfg, SimpleNamespace(eos_id=1), 1000)
+    shape, used = spans.shape, spans.shape.inputs + spans.shape.targets - 1
+    raw = jnp.asarray(np.random.default_rng(0).integers(2, 900, (2, shape.raw)), jnp.int32)
+    batch = objectives.span_batch(jax.random.PRNGKey(0), raw, jnp.arange(2), spans)
+    assert batch['inputs'].shape == batch['targets'].shape == batch['mask'].shape == (2, length)
+    mask, targets = np.asarray(batch['mask']), np.asarray(batch['targets'])
+    assert (mask.sum(1) == shape.targets).all() and (mask[:, used:] == 0).all()
+    assert (targets[:, used - 1] == 1).all() and (targets[:, used:] == 0).all()
+    mesh, setup, step, _ = build_training(cfg, 1, vocab=1000, spans=spans)
+    rows = dict(inputs=raw[:, :-1], targets=raw[:, 1:], mask=jnp.ones_like(raw[:, 1:], jnp.float32))
+    jax.eval_shape(step, setup.abstract, rows)  # raised a reshape TypeError for 1022 positions
+    rules = sharding.rules_from_config(cfg.mesh)
+    evaluate = make_eval_step(setup.graphdef, mesh, rules, 256, spans=spans)
+    rows.update(index=jnp.zeros((2, 1), jnp.int32), segment_ids=jnp.ones_like(raw[:, 1:]))
+    jax.eval_shape(evaluate, setup.abstract.params, rows)
+
+
+def test_span_settings_up_to_the_limit_keep_every_row_aligned():
+  """At densities up to mean / (mean + 1), for every context length, the shape is what corrupt()
+  writes (inputs: kept tokens, a sentinel per span, end-of-sequence; targets: hidden tokens, a
+  sentinel per span, end-of-sequence) with a kept token for every span; so each row's input ends
+  in end-of-sequence where the fixed loss mask starts and its target where the mask ends (at
+  density 0.5 T5's helper trims the targets, which misaligned every row)."""
+  eos = 1
+  for density, mean in [(0.5, 1.0), (0.5, 3.0), (0.7, 3.0), (0.75, 3.0), (0.15, 3.0)]:
+    for length in range(24, 300, 7):
+      cfg = _span_cfg(length)
+      cfg.span.noise_density, cfg.span.mean_span_length = density, mean
+      s = objectives.span_shape(cfg)
+      assert s.inputs == s.raw - s.noise + s.spans + 1 and s.targets == s.noise + s.spans + 1
+      assert s.raw - s.noise >= s.spans and s.inputs + s.targets - 1 <= length, (length, s)
+    cfg.model.max_seq_len = 24
+    spans = objectives.spans(cfg, types_ns(eos), 1000)
+    shape, used = spans.shape, spans.shape.inputs + spans.shape.targets - 1
+    raw = jnp.asarray(np.random.default_rng(0).integers(2, 900, (16, shape.raw)), jnp.int32)
+    batch = objectives.span_batch(jax.random.PRNGKey(0), raw, jnp.arange(16), spans)
+    inputs, targets = np.asarray(batch['inputs']), np.asarray(batch['targets'])
+    assert (inputs[:, shape.inputs - 1] == eos).all(), (density, mean, shape)
+    assert (targets[:, used - 1] == eos).all(), (density, mean, shape)
+
+
+def types_ns(eos):
+  from types import SimpleNamespace
+  return SimpleNamespace(eos_id=eos)
+
+
+@pytest.mark.parametrize('density,mean,message', [
+    (0.8, 1.0, r'span.noise_density=0.8 is above 0.5'),
+    (0.8, 3.0, r'span.noise_density=0.8 is above 0.75'),
+])
+def test_span_densities_past_the_limit_are_refused(density, mean, message):
+  from jaxlm import config as jaxlm_config
+  from jaxlm.errors import UserError
+  cfg = _span_cfg(64)
+  cfg.span.noise_density, cfg.span.mean_span_length = density, mean
+  with pytest.raises(UserError, match=message):
+    jaxlm_config.validate(cfg)
+
+
+def test_an_lstm_is_refused_span_corruption():
+  """An LSTM cannot read the prefix bidirectionally; it used to train plain causal LM silently."""
+  from jaxlm import config as jaxlm_config
+  from jaxlm.errors import UserError
+  cfg = _span_cfg(64)
+  cfg.model.kind = 'lstm'
+  for field in jaxlm_config.TRANSFORMER_FIELDS:
+    cfg.model[field] = tiny_default(field)
+  with pytest.raises(UserError, match="train.objective='span'.*LSTM"):
+    jaxlm_config.validate(cfg)
+
+
+def tiny_default(field):
+  from jaxlm.configs import base
+  return base.get_config().model[field]
+
+
+# The batch transforms of the step, checked directly: which tokens can be selected, which count.
+
+def test_masked_batch_selects_only_real_tokens_of_packed_and_padded_rows():
+  """At ratio 1 every selectable token is selected: exactly the tokens inside a segment, inside
+  input_mask, and not end-of-sequence; padding (segment 0) and masked-out input never are. The
+  targets are the original tokens; unselected inputs are unchanged."""
+  from jaxlm.step import masked_batch
+  rng = np.random.default_rng(3)
+  tokens = rng.integers(0, 50, (4, 20)).astype(np.int32)
+  tokens[:, 7] = 2  # an end-of-sequence in every row
+  segments = np.ones((4, 20), np.int32)
+  segments[0, 12:] = 2
+  segments[1, 15:] = 0  # padding at the end of a packed row
+  segments[2, :] = 0  # a whole padded row
+  input_mask = np.ones((4, 20), np.int32)
+  input_mask[3, :5] = 0
+  batch = dict(inputs=jnp.asarray(tokens), targets=jnp.asarray(tokens), mask=jnp.ones((4, 20)),
+               segment_ids=jnp.asarray(segments), input_mask=jnp.asarray(input_mask))
+  spec = objectives.Masking(vocab=50, eos=2, mask_fraction=0.8, random_fraction=0.1)
+  out = masked_batch(batch, jax.random.PRNGKey(0), jnp.float32(1.0), jnp.arange(4), spec)
+  expected = (segments > 0) & (input_mask > 0) & (tokens != 2)
+  np.testing.assert_array_equal(np.asarray(out['mask']), expected.astype(np.float32))
+  np.testing.assert_array_equal(np.asarray(out['targets']), tokens)
+  inputs = np.asarray(out['inputs'])
+  np.testing.assert_array_equal(inputs[~expected], tokens[~expected])
+  assert 'input_mask' not in out
+
+
+def test_spanned_batch_counts_only_whole_windows():
+  """A row whose segment_ids end in 0 (the padded end of an evaluation stream) counts nothing;
+  a whole window counts exactly its targets."""
+  from jaxlm.step import spanned_batch
+  cfg = _span_cfg(48)
+  spans = objectives.spans(cfg, types_ns(1), 1000)
+  raw = np.random.default_rng(1).integers(2, 900, (3, spans.shape.raw)).astype(np.int32)
+  segments = np.ones((3, spans.shape.raw - 1), np.int32)
+  segments[1, -5:] = 0  # the stream ended inside this window
+  batch = dict(inputs=jnp.asarray(raw[:, :-1]), targets=jnp.asarray(raw[:, 1:]),
+               mask=jnp.ones(segments.shape), segment_ids=jnp.asarray(segments))
+  out = spanned_batch(batch, jax.random.PRNGKey(0), jnp.arange(3), spans)
+  counted = np.asarray(out['mask']).sum(1)
+  np.testing.assert_array_equal(counted, [spans.shape.targets, 0, spans.shape.targets])
