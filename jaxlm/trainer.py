@@ -169,6 +169,11 @@ class Trainer:
              f'{sum(d.validation.tokens for d in self.run_data.datasets):,} val tokens '
              f'({cfg.data.packing}) | vocab {self.tokenizer.vocab_size} '
              f'(model {self.model_cfg.vocab_size})')
+    total = sum(self.run_data.weights)
+    if len(self.run_data.weights) > 1 and abs(total - 1) > 1e-9:
+      self.log(f'note: data.mixture weights add up to {total:g}; mixing them as ' + ', '.join(
+          f'{ds.name} {w / total:.4g}' for ds, w in zip(self.run_data.datasets,
+                                                          self.run_data.weights)))
     if self.setup.undivided:
       self.log('note: these parameter dimensions are replicated, not sharded as mesh.rules ask, '
                'because the mesh does not divide them (change the sizes or the mesh to shard '
@@ -180,7 +185,7 @@ class Trainer:
     self.data = data.train_batches(self.run_data, cfg, objectives.window_length(cfg),
                                    sharding.host_rows(self.batch_sharding, t.batch_size))
     self.mixed = np.zeros(len(self.run_data.datasets), np.int64)  # rows read per dataset
-    self.val_stream: data.EvalStream | None = None  # read at the first validation
+    self.val_streams: list[tuple[str, data.EvalStream, int]] | None = None  # at the first
     self.meta = dict(config=cfg.to_dict(), model=self.model_cfg.to_dict(),
                      tokenizer=self.tokenizer.fingerprint,
                      data=self.run_data.record(self.workdir))
@@ -317,18 +322,39 @@ class Trainer:
     self.result['train'] = values
     return values
 
+  def validation_streams(self) -> list[tuple[str, data.EvalStream, int]]:
+    """(name, stream, micro-batches) of each dataset's validation split. With train.eval_batches,
+    each dataset of a mixture gets its weight's share of them (at least one micro-batch)."""
+    t, run = self.cfg.train, self.run_data
+    total = t.eval_batches * t.grad_accum  # in micro-batches; 0: every split whole
+    window = objectives.window_length(self.cfg)
+    out = []
+    for i, (ds, weight) in enumerate(zip(run.datasets, run.weights)):
+      batches = max(1, round(total * weight / sum(run.weights))) if total else 0
+      limit = batches * (t.batch_size // t.grad_accum) * window + 1 if total else 0
+      out.append((ds.name, data.validation_stream(run, self.cfg, self.model_cfg.max_seq_len,
+                                                  limit, dataset=i), batches))
+    return out
+
   def validate(self, step: int, params: Any) -> None:
-    """Validation loss and perplexity, and a few samples to read."""
+    """Validation loss and perplexity, and a few samples to read. A mixture's datasets are scored
+    each on its own (val/<name>/loss); its val/loss is their mean weighted as in training."""
     t = self.cfg.train
-    if self.val_stream is None:
-      limit = t.eval_batches * t.batch_size * objectives.window_length(self.cfg) + 1
-      self.val_stream = data.validation_stream(self.run_data, self.cfg, self.model_cfg.max_seq_len,
-                                               limit if t.eval_batches else 0)
-    val = loss_over(self.eval_step, params, self.val_stream, self.cfg, self.batch_sharding,
-                    max_batches=t.eval_batches * t.grad_accum)  # in micro-batches
-    del val['nats']
+    if self.val_streams is None:
+      self.val_streams = self.validation_streams()
+    scores = {name: loss_over(self.eval_step, params, stream, self.cfg, self.batch_sharding,
+                              max_batches=batches) for name, stream, batches in self.val_streams}
+    weights = np.asarray(self.run_data.weights) / sum(self.run_data.weights)
+    loss = float(sum(w * s['loss'] for w, s in zip(weights, scores.values())))
+    val = dict(loss=loss, perplexity=float(np.exp(min(loss, 80.0))),
+               tokens=sum(s['tokens'] for s in scores.values()))
+    shown = ''
+    if len(scores) > 1:
+      for name, s in scores.items():
+        val.update({f'{name}/loss': s['loss'], f'{name}/tokens': s['tokens']})
+      shown = ' (' + ', '.join(f'{name} {s["loss"]:.4f}' for name, s in scores.items()) + ')'
     self.writer.write(step, val, 'val')
-    self.log(f'step {step:>6} | val loss {val["loss"]:.4f} | '
+    self.log(f'step {step:>6} | val loss {val["loss"]:.4f}{shown} | '
              f'val perplexity {val["perplexity"]:.2f}')
     self.result['val'] = val
     if t.eval_samples and self.sample_tokens:

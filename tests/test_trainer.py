@@ -173,3 +173,33 @@ def test_validation_scores_the_same_tokens_a_micro_batch_at_a_time(tmp_path, cor
                               grad_accum=accum, eval_batches=1))['val'] for accum in (1, 2)]
   assert vals[0]['tokens'] == vals[1]['tokens'] == 16 * 16  # eval_batches x batch x context
   np.testing.assert_allclose(vals[0]['loss'], vals[1]['loss'], rtol=1e-5)
+
+
+def test_mixture_validation_scores_each_dataset_on_its_weighted_share(tmp_path, capsys):
+  """Each dataset of a mixture is validated on its own share of train.eval_batches (3:1 over 2
+  batches: 2 micro-batches and 1), logged as val/<name>/loss; val/loss is the weighted mean.
+  Before, the first dataset took the whole budget and the next one a single document. Weights
+  that do not sum to one are normalised, and the log says so."""
+  from jaxlm.data.prepare import Settings, prepare
+  from tiny import TINY_TEXT
+  sets = {}
+  for name, text in (('upper', TINY_TEXT.upper()), ('lower', TINY_TEXT.lower())):
+    src = tmp_path / f'{name}.jsonl'
+    src.write_text(''.join(json.dumps({'text': text[i:] + text}) + '\n' for i in range(6)))
+    prepare(Settings(source=str(src), tokenizer='byte', val_docs=3), tmp_path / name, workers=1,
+            progress=False)
+    sets[name] = tmp_path / name
+  cfg = tiny_config(workdir=str(tmp_path / 'run'))
+  cfg.data.tokenizer = 'byte'
+  cfg.data.mixture = f'{sets["upper"]}:3,{sets["lower"]}:1'
+  cfg.train.steps, cfg.train.eval_every, cfg.train.eval_batches = 1, 1, 2
+  cfg.train.sample_tokens = 0
+  val = trainer.run(cfg)['val']
+  rows = cfg.train.batch_size * cfg.model.max_seq_len
+  assert (val['upper/tokens'], val['lower/tokens']) == (2 * rows, rows)
+  assert val['loss'] == pytest.approx(0.75 * val['upper/loss'] + 0.25 * val['lower/loss'])
+  assert val['upper/loss'] != val['lower/loss']
+  logged = [json.loads(l) for l in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
+  assert any('upper/loss' in l for l in logged if l['split'] == 'val')
+  assert 'data.mixture weights add up to 4; mixing them as upper 0.75, lower 0.25' in \
+      capsys.readouterr().out
