@@ -147,13 +147,31 @@ class Checkpointer:
     """Restores (state, data_state, meta) of `step`.
 
     `abstract_state` gives each array's shape, dtype and target sharding, so a checkpoint written
-    on one mesh restores onto another.
+    on one mesh restores onto another. model.dtype may change on resume: when float16 compute
+    (and so a loss scale) is turned on or off, the state comes back without a loss scale (None),
+    for the caller to start a fresh one.
     """
-    self._check_shapes(step, abstract_state)
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
-        meta=ocp.args.JsonRestore()))
-    return restored.state, restored.data, restored.meta
+    target = abstract_state
+    scale = getattr(abstract_state, 'loss_scale', None)
+    metadata = self.manager.item_metadata(step)
+    stored_scale = bool(metadata and metadata['state'] and any(
+        p.startswith('loss_scale/') for p in _by_path(metadata['state'])))
+    if hasattr(abstract_state, 'loss_scale') and (scale is not None) != stored_scale:
+      target = abstract_state.replace(loss_scale=None)
+    self._check_shapes(step, target)
+    if not stored_scale or target is abstract_state:
+      restored = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(),
+          meta=ocp.args.JsonRestore()))
+      return restored.state, restored.data, restored.meta
+    # float16 turned off: every array but the stored loss scale.
+    with ocp.PyTreeCheckpointer() as reader:
+      state = reader.restore(self.directory / str(step) / 'state', args=ocp.args.PyTreeRestore(
+          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+          partial_restore=True))
+    rest = self.manager.restore(step, args=ocp.args.Composite(
+        data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+    return state, rest.data, rest.meta
 
   def restore_params(self, abstract_params: Any, step: int) -> Any:
     """Only the parameters of `step` (the state's `params`), onto the shardings in

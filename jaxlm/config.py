@@ -214,6 +214,35 @@ def _check_cross_fields(cfg: ConfigDict) -> None:
                     f'model.max_seq_len={cfg.model.max_seq_len}.')
   if o.min_lr > o.lr:
     _fail('optim.min_lr', o.min_lr, f'at most optim.lr={o.lr}')
+  check_objective(cfg)
+  if cfg.mlm.mask_fraction + cfg.mlm.random_fraction > 1:
+    raise UserError(f'config fields mlm.mask_fraction={cfg.mlm.mask_fraction} and '
+                    f'mlm.random_fraction={cfg.mlm.random_fraction} add up to more than 1; the '
+                    'rest of the selected tokens is kept unchanged.')
+  d = cfg.data
+  if d.tokenizer == 'huggingface' and not d.tokenizer_path:
+    _fail('data.tokenizer_path', '', "a tokenizer.json (or a Hugging Face model directory holding "
+          "one) with data.tokenizer='huggingface'")
+  if d.mixture and d.corpus:
+    raise UserError(f'config fields data.corpus={d.corpus!r} and data.mixture={d.mixture!r} are '
+                    'both set; give one (a mixture names its prepared datasets itself).')
+  if d.packing == 'pack' and d.stride:
+    _fail('data.stride', d.stride, "0 with data.packing='pack' (strides are for concat windows)")
+  if d.packing == 'concat' and d.max_docs_per_row:
+    _fail('data.max_docs_per_row', d.max_docs_per_row,
+          "0 with data.packing='concat' (it limits packed rows)")
+  if [cfg.mesh[a] for a in MESH_AXES].count(-1) > 1:
+    raise UserError('at most one of config fields mesh.data, mesh.fsdp, mesh.tensor may be -1.')
+  for logical, axes in cfg.mesh.rules.items():
+    for axis in filter(None, axes.split(',')):
+      if axis.strip() not in MESH_AXES:
+        _fail(f'mesh.rules.{logical}', axes, 'a comma-separated list of ' + ', '.join(MESH_AXES))
+
+
+def check_objective(cfg: ConfigDict) -> None:
+  """train.objective against the model (checked again once config.init_from has set the model's
+  architecture: a masked-LM encoder cannot become a causal LM silently, nor the reverse)."""
+  t = cfg.train
   if t.objective == 'mlm' and cfg.model.causal:
     raise UserError("config field train.objective='mlm' needs a bidirectional model: set "
                     'model.causal=False (a causal model cannot see the tokens after a mask).')
@@ -237,28 +266,6 @@ def _check_cross_fields(cfg: ConfigDict) -> None:
     raise UserError("config field model.causal=False lets each token see the next one, which "
                     "train.objective='causal' predicts; use train.objective='mlm' (or keep "
                     'model.causal=True).')
-  if cfg.mlm.mask_fraction + cfg.mlm.random_fraction > 1:
-    raise UserError(f'config fields mlm.mask_fraction={cfg.mlm.mask_fraction} and '
-                    f'mlm.random_fraction={cfg.mlm.random_fraction} add up to more than 1; the '
-                    'rest of the selected tokens is kept unchanged.')
-  d = cfg.data
-  if d.tokenizer == 'huggingface' and not d.tokenizer_path:
-    _fail('data.tokenizer_path', '', "a tokenizer.json (or a Hugging Face model directory holding "
-          "one) with data.tokenizer='huggingface'")
-  if d.mixture and d.corpus:
-    raise UserError(f'config fields data.corpus={d.corpus!r} and data.mixture={d.mixture!r} are '
-                    'both set; give one (a mixture names its prepared datasets itself).')
-  if d.packing == 'pack' and d.stride:
-    _fail('data.stride', d.stride, "0 with data.packing='pack' (strides are for concat windows)")
-  if d.packing == 'concat' and d.max_docs_per_row:
-    _fail('data.max_docs_per_row', d.max_docs_per_row,
-          "0 with data.packing='concat' (it limits packed rows)")
-  if [cfg.mesh[a] for a in MESH_AXES].count(-1) > 1:
-    raise UserError('at most one of config fields mesh.data, mesh.fsdp, mesh.tensor may be -1.')
-  for logical, axes in cfg.mesh.rules.items():
-    for axis in filter(None, axes.split(',')):
-      if axis.strip() not in MESH_AXES:
-        _fail(f'mesh.rules.{logical}', axes, 'a comma-separated list of ' + ', '.join(MESH_AXES))
 
 
 # What a run started from trained weights (config.init_from) keeps from its own model config: how

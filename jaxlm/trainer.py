@@ -24,11 +24,11 @@ from tqdm import tqdm
 
 from jaxlm import data, metrics, objectives, paths, sharding, warmstart
 from jaxlm.checkpoint import Checkpointer
-from jaxlm.config import check_model, resolve_model, validate
+from jaxlm.config import check_model, check_objective, resolve_model, validate
 from jaxlm.errors import UserError
 from jaxlm.evaluation import continuations, loss_over, sync_each_step, to_global
 from jaxlm.mesh import configure_backend, initialize_distributed, make_mesh
-from jaxlm.optim import make_optimizer
+from jaxlm.optim import LossScale, make_optimizer
 from jaxlm.state import SKIP_CAUSES, setup_train_state
 from jaxlm.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
 from jaxlm.workdir import WorkdirLock, prepare_workdir, run_differences
@@ -150,6 +150,12 @@ class Trainer:
     if self.init_from:
       self.init_from.set_model_fields(cfg.model)
       check_model(cfg.model)
+      try:
+        check_objective(cfg)
+      except UserError as e:
+        raise UserError(f'config field init_from={cfg.init_from!r} gives a model with '
+                        f'model.causal={cfg.model.causal} (model.kind={cfg.model.kind!r}), '
+                        f'which train.objective={t.objective!r} cannot train: {e}') from None
       self.init_from.check_tokenizer(self.tokenizer, cfg.model)
     reserved = objectives.reserved_ids(cfg)
     if reserved and 0 < cfg.model.vocab_size < self.tokenizer.vocab_size + reserved:
@@ -249,6 +255,11 @@ class Trainer:
         self.log(f'Starting from the weights of {self.cfg.init_from}{which}')
       return state
     state, data_state, step = restored
+    if self.setup.abstract.loss_scale is not None and state.loss_scale is None:
+      state = state.replace(loss_scale=jax.device_put(LossScale.create(self.cfg),
+                                                      self.setup.shardings.loss_scale))
+      self.log(f'model.dtype is float16 now (checkpoint {step} was not): the loss scale starts '
+               f'at optim.loss_scale_init={self.cfg.optim.loss_scale_init:g}')
     self.data.set_state(data_state)
     self.log(f'Resuming from step {step} in {self.ckpt.directory}')
     return state

@@ -69,18 +69,31 @@ _FREE_ON_RESUME = {'model.dtype', 'model.remat', 'model.scan_unroll', 'model.att
                    'model.dropout', 'data.workers'}
 
 
+# The objective's settings that change what is trained (mlm.eval_ratio changes what validation
+# reports, not training, and is free).
+_OBJECTIVE_FIELDS = {'mlm': ('ratio_schedule', 'ratio_start', 'ratio_end', 'mask_fraction',
+                             'random_fraction'),
+                     'span': ('noise_density', 'mean_span_length')}
+
+
 def run_differences(saved: dict, now: dict) -> list[str]:
-  """"field=saved (now x)" for each architecture or data setting that differs between a
-  checkpoint's metadata and this run's: the resolved model, data.*, seed and train.batch_size
-  (the data position counts global batches)."""
-  defaults = base.get_config().model.to_dict()  # for model fields added since a checkpoint
+  """"field=saved (now x)" for each setting that differs between a checkpoint's metadata and this
+  run's and would change what is trained: the resolved model, data.*, seed, train.batch_size
+  (the data position counts global batches), train.objective and its mlm.* or span.* settings.
+  docs/RELIABILITY.md has the table of what is free and what is refused."""
+  defaults = base.get_config()  # for fields added since a checkpoint was written
 
   def fields(meta: dict) -> dict[str, Any]:
-    out = {f'model.{k}': v for k, v in {**defaults, **meta.get('model', {})}.items()}
+    out = {f'model.{k}': v for k, v in {**defaults.model.to_dict(),
+                                        **meta.get('model', {})}.items()}
     config = meta.get('config', {})
     out.update({f'data.{k}': v for k, v in config.get('data', {}).items()})
     out['seed'] = config.get('seed')
-    out['train.batch_size'] = config.get('train', {}).get('batch_size')
+    train = config.get('train', {})
+    out['train.batch_size'] = train.get('batch_size')
+    objective = out['train.objective'] = train.get('objective', 'causal')
+    for name in _OBJECTIVE_FIELDS.get(objective, ()):
+      out[f'{objective}.{name}'] = config.get(objective, {}).get(name, defaults[objective][name])
     return out
   old, new = fields(saved), fields(now)
   return [f'{k}={old.get(k)!r} (now {new.get(k)!r})' for k in sorted(set(old) | set(new))

@@ -4,8 +4,10 @@ import json
 import re
 import shutil
 
+import jax
 import numpy as np
 import pytest
+from ml_collections import ConfigDict
 
 from conftest import tiny_config
 from jaxlm import trainer
@@ -203,3 +205,87 @@ def test_mixture_validation_scores_each_dataset_on_its_weighted_share(tmp_path, 
   assert any('upper/loss' in l for l in logged if l['split'] == 'val')
   assert 'data.mixture weights add up to 4; mixing them as upper 0.75, lower 0.25' in \
       capsys.readouterr().out
+
+
+def _set(cfg, fields):
+  for field, value in fields.items():
+    section, name = field.split('.')
+    cfg[section][name] = value
+
+
+MLM = {'train.objective': 'mlm', 'model.causal': False}
+
+
+@pytest.mark.parametrize('first,changed,message', [
+    ({}, {'train.objective': 'span'}, "train.objective='causal' (now 'span')"),
+    ({**MLM, 'mlm.ratio_schedule': 'linear', 'mlm.ratio_end': 0.3},
+     {'mlm.ratio_schedule': 'cosine'}, "mlm.ratio_schedule='linear' (now 'cosine')"),
+    ({**MLM}, {'mlm.mask_fraction': 1.0, 'mlm.random_fraction': 0.0},
+     'mlm.mask_fraction=0.8 (now 1.0), mlm.random_fraction=0.1 (now 0.0)'),
+    ({'train.objective': 'span'}, {'span.noise_density': 0.3},
+     'span.noise_density=0.15 (now 0.3)'),
+])
+def test_resume_refuses_a_changed_objective(tmp_path, corpus_file, first, changed, message):
+  """The objective and the settings of its masking change what is trained: a resumed run that
+  changes them is refused, naming each with both values (they were accepted silently)."""
+  cfg = _config(tmp_path, corpus_file, steps=2, sample_tokens=0, eval_every=100)
+  _set(cfg, first)
+  trainer.run(cfg)
+  _set(cfg, changed)
+  cfg.train.steps = 4
+  with pytest.raises(UserError, match=re.escape(message)):
+    trainer.run(cfg)
+
+
+def test_float16_turned_on_or_off_on_resume_restores_the_rest(tmp_path, corpus_file):
+  """model.dtype is free on resume, float16 (and its loss scale) included: turned off, every
+  other array comes back as saved and the state has no loss scale; turned on, the loss scale
+  starts at optim.loss_scale_init. With it change the other settings documented as free
+  (grad_accum, the optimizer's, the loss chunk, the mesh, steps): the run goes on."""
+  cfg = _config(tmp_path, corpus_file, steps=3, sample_tokens=0, eval_every=100)
+
+  def restored(dtype):
+    c = ConfigDict(cfg.to_dict())
+    c.model.dtype, c.train.steps = dtype, 6
+    t = trainer.Trainer(c)
+    try:
+      return jax.device_get(t.restore_or_init())
+    finally:
+      t.close()
+
+  cfg.model.dtype = 'float16'
+  trainer.run(cfg)
+  as16, as32 = restored('float16'), restored('float32')
+  assert int(as32.step) == 3 and as32.loss_scale is None and as16.loss_scale is not None
+  for a, b in zip(jax.tree.leaves((as16.params, as16.opt_state, as16.rng)),
+                  jax.tree.leaves((as32.params, as32.opt_state, as32.rng))):
+    np.testing.assert_array_equal(a, b)
+  cfg.workdir, cfg.model.dtype = str(tmp_path / 'from32'), 'float32'
+  trainer.run(cfg)
+  on = restored('float16')
+  assert int(on.step) == 3 and float(on.loss_scale.scale) == cfg.optim.loss_scale_init
+  cfg.model.dtype, cfg.train.steps, cfg.train.grad_accum = 'float16', 5, 2
+  cfg.optim.lr, cfg.train.loss_chunk = 1e-3, 8
+  cfg.mesh.data, cfg.mesh.tensor = 4, 2  # (micro-batches of 4 rows over 4 data shards)
+  assert np.isfinite(trainer.run(cfg)['train']['loss'])
+  assert sorted(_train_losses(tmp_path / 'from32')) == [1, 2, 3, 4, 5]
+
+
+def test_init_from_a_masked_lm_into_a_causal_run_is_refused(tmp_path, corpus_file):
+  """init_from takes the trained model's architecture, model.causal included: a masked-LM encoder
+  is refused for a causal run (it trained one silently), while a causal model may start a span
+  corruption run (a prefix LM is causal after its prefix)."""
+  mlm = _config(tmp_path, corpus_file, 'mlm', steps=1, sample_tokens=0)
+  _set(mlm, MLM)
+  trainer.run(mlm)
+  causal = _config(tmp_path, corpus_file, 'causal', steps=1, sample_tokens=0)
+  causal.init_from = str(tmp_path / 'mlm')
+  with pytest.raises(UserError, match=r"init_from=.* model.causal=False .*train.objective="
+                                      r"'causal' cannot train"):
+    trainer.run(causal)
+  assert not (tmp_path / 'causal' / 'checkpoints').exists() or not any(
+      (tmp_path / 'causal' / 'checkpoints').iterdir())
+  trainer.run(_config(tmp_path, corpus_file, 'lm', steps=1, sample_tokens=0))
+  span = _config(tmp_path, corpus_file, 'span', steps=1, sample_tokens=0)
+  span.init_from, span.train.objective = str(tmp_path / 'lm'), 'span'
+  assert np.isfinite(trainer.run(span)['train']['loss'])
