@@ -41,7 +41,8 @@ def task_name():
   def dataset_fn(split, shuffle_files, seed=None):
     del shuffle_files, seed
     texts = LINES[:-4] if split == 'train' else LINES[-4:]
-    return tf.data.Dataset.from_tensor_slices({'text': texts, 'id': list(range(len(texts)))})
+    return tf.data.Dataset.from_tensor_slices({'text': texts, 'id': list(range(len(texts))),
+                                               'tokens': [[37, 423, 5]] * len(texts)})
 
   name = 'jaxlm_test_tiny_text'
   if name not in seqio.TaskRegistry.names():
@@ -72,6 +73,13 @@ def test_seqio_errors(tmp_path, task_name):
   cfg.data.text_field = 'targets'
   with pytest.raises(UserError, match="has no feature 'targets'"):
     data.open_run_data(cfg, tmp_path / 'run')
+  # A feature that is not text (a tokenized one, a number) was prepared as its str(): '[37 423 5]'.
+  for feature, what in (('tokens', r'int32 values of shape \(3,\)'),
+                        ('id', r'a number \(int32\)')):
+    cfg.data.text_field = feature
+    with pytest.raises(UserError, match=f"feature '{feature}' is not text but {what} .*set the "
+                                        "text field .* to an untokenized feature: 'text'"):
+      data.open_run_data(cfg, tmp_path / 'run')
   cfg.data.seqio_module = 'no_such_module_xyz'
   with pytest.raises(UserError, match='cannot import the SeqIO module'):
     data.open_run_data(cfg, tmp_path / 'run')

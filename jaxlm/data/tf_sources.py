@@ -89,4 +89,32 @@ def documents(source: str, split: str, feature: str, seqio_module: str = '',
       raise UserError(f'the {kind} source {name!r} has no feature {feature!r} (it has '
                       f'{sorted(example)}); set the text field (data.text_field or --text_field).')
     value = example[feature]
-    yield value.decode('utf-8') if isinstance(value, bytes) else str(value)
+    if isinstance(value, bytes):
+      try:
+        value = value.decode('utf-8')
+      except UnicodeDecodeError as e:
+        raise UserError(f'the {kind} source {name!r} has a {feature!r} that is not UTF-8 text '
+                        f'({e.reason} at byte {e.start}); give a feature of UTF-8 text.') from None
+    if not isinstance(value, str):
+      raise UserError(f'the {kind} source {name!r} feature {feature!r} is not text but '
+                      f'{_described(value)} (a preprocessor may have tokenized it); set the text '
+                      f'field (data.text_field or --text_field) to an untokenized feature'
+                      f'{_text_features(example)}.')
+    yield value
+
+
+def _described(value) -> str:
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  array = np.asarray(value)
+  if array.ndim:
+    return f'{array.dtype} values of shape {array.shape}'
+  return f'a number ({array.dtype})'
+
+
+def _text_features(example: dict) -> str:
+  """The features of an example that hold text, as a hint."""
+  text = sorted(k for k, v in example.items() if isinstance(v, (bytes, str)))
+  if text:
+    return ': ' + ', '.join(repr(k) for k in text)
+  return (" (this one has none: keep the text in the task, as SeqIO's '<feature>_pretokenized' "
+          'features do)')
