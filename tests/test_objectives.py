@@ -460,3 +460,31 @@ def test_spanned_batch_counts_only_whole_windows():
   out = spanned_batch(batch, jax.random.PRNGKey(0), jnp.arange(3), spans)
   counted = np.asarray(out['mask']).sum(1)
   np.testing.assert_array_equal(counted, [spans.shape.targets, 0, spans.shape.targets])
+
+
+def test_mlm_evaluation_selects_only_tokens_of_weight_one():
+  """The masked-LM eval step draws its tokens among the weighted ones only: with half of every
+  window weighted 0 (as end-of-document and padding tokens are), the count at ratio 0.9 is
+  about 0.9 of the weighted tokens (within 5 sigma), not of all of them (twice as many)."""
+  from jaxlm import sharding
+  from jaxlm.data import eval_batches
+  from jaxlm.mesh import make_mesh
+  from jaxlm.state import init_params, model_parts
+  from jaxlm.step import make_eval_step
+  cfg = tiny_config()
+  cfg.train.objective, cfg.model.causal, cfg.mesh.data = 'mlm', False, 1
+  model_cfg = resolve_model(cfg.model, 61)
+  mesh = make_mesh(cfg, jax.devices()[:1])
+  rules = sharding.rules_from_config(cfg.mesh)
+  graphdef, _ = model_parts(model_cfg, mesh, rules)
+  params = init_params(model_cfg, jax.random.PRNGKey(0))
+  step = jax.jit(make_eval_step(graphdef, mesh, rules, 0, objectives.Masking(60, None, 0.8, 0.1),
+                                (0, 0.9)))
+  n = 8 * 16 * 4 + 1
+  tokens = np.random.default_rng(0).integers(0, 60, n).astype(np.int32)
+  weights = ((np.arange(n) % 16) < 8).astype(np.float32)
+  counted = 0.0
+  for batch in eval_batches(tokens, 16, 8, weights=weights, segments=np.ones(n, np.int32)):
+    counted += float(step(params, batch)[1])
+  weighted = weights[:-1].sum()
+  assert abs(counted - 0.9 * weighted) < 5 * math.sqrt(weighted * 0.9 * 0.1), (counted, weighted)
