@@ -105,10 +105,10 @@ def run(cfg: ConfigDict, what: list[str], steps: int, warmup: int,
   from jaxlm.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
 
   validate(cfg)
+  configure_backend(cfg)  # before anything starts JAX (opening data asks for the process index)
   run_data = open_data(cfg) if 'data' in what or not cfg.model.vocab_size else None
   if what == ['data']:
     return dict(data=data_benchmark(cfg, run_data, steps, warmup))
-  configure_backend(cfg)
   vocab = cfg.model.vocab_size or run_data.tokenizer.vocab_size
   if objectives.objective(cfg) == 'span':
     raise UserError("jaxlm.bench does not measure span corruption; benchmark the same model with "

@@ -77,6 +77,10 @@ def tpu_devices(desc: str, num_slices: int = 1) -> list:
   # Compiling needs no chip: let several such processes load libtpu at once (else its lockfile
   # refuses the second).
   os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
+  from jaxlm.mesh import tpu_chips  # pylint: disable=import-outside-toplevel
+  if not tpu_chips():  # libtpu would ask a metadata server for the host's TPU, and print errors
+    os.environ.setdefault('TPU_ACCELERATOR_TYPE', desc.split(':')[0] + '-8')  # (what is
+    os.environ.setdefault('TPU_WORKER_HOSTNAMES', 'localhost')  # compiled does not change)
   try:
     from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
     kwargs = dict(num_slices=num_slices) if num_slices > 1 else {}

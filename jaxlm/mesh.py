@@ -31,6 +31,7 @@ def configure_backend(cfg: ConfigDict) -> None:
   from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel
   if xla_bridge.backends_are_initialized():  # No public API tells this.
     return
+  skip_absent_tpu()
   xla_flags = f'{os.environ.get("XLA_FLAGS", "")} {cfg.xla_flags}'.strip()
   micro = cfg.train.batch_size // cfg.train.grad_accum
   n = cfg.cpu_devices or max(d for d in range(1, (os.cpu_count() or 1) + 1) if micro % d == 0)
@@ -39,6 +40,41 @@ def configure_backend(cfg: ConfigDict) -> None:
     if '--xla_cpu_multi_thread_eigen' not in xla_flags:
       xla_flags += ' --xla_cpu_multi_thread_eigen=false'
   os.environ['XLA_FLAGS'] = xla_flags.strip()
+
+
+def tpu_chips() -> int:
+  """The TPU chips this host has (JAX's own check, by PCI ids; 1 if JAX cannot tell)."""
+  try:
+    from jax._src import hardware_utils  # pylint: disable=import-outside-toplevel
+    return hardware_utils.num_available_tpu_chips_and_device_id()[0]
+  except (ImportError, AttributeError):
+    return 1
+
+
+def skip_absent_tpu() -> None:
+  """Leaves JAX's TPU backend out on a host without TPU chips, before JAX starts its backends.
+
+  With libtpu installed (the `tpu` extra, which jaxlm.compile uses to compile for TPU topologies
+  on any host) JAX tries the TPU backend on every start, and libtpu prints errors about
+  TPU_ACCELERATOR_TYPE and worker hostnames where there is no TPU: noise on a healthy run. JAX
+  already skips CUDA without a visible GPU; this does the same for TPUs (by the chips' PCI ids,
+  as JAX's own check). JAX_PLATFORMS, when set, is the user's choice and is left alone;
+  compiling for a topology loads libtpu on its own and is unaffected.
+  """
+  if os.environ.get('JAX_PLATFORMS') or jax.config.jax_platforms:
+    return
+  try:  # private API (JAX 0.10-0.12): without it, the noise stays and nothing else changes
+    import dataclasses  # pylint: disable=import-outside-toplevel
+    from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel
+    factories = xla_bridge._backend_factories  # pylint: disable=protected-access
+    if 'tpu' in factories and not tpu_chips():
+      def absent():
+        raise RuntimeError('no TPU chip on this host')
+      # The registration stays (lowering rules for TPU, compiling for a topology, need it); its
+      # start fails at once, quietly (fail_quietly, as JAX registers it), without loading libtpu.
+      factories['tpu'] = dataclasses.replace(factories['tpu'], factory=absent)
+  except (ImportError, AttributeError, TypeError):
+    pass
 
 
 def initialize_distributed(cfg: ConfigDict) -> None:

@@ -3,6 +3,8 @@
 import jax
 
 jax.config.update('jax_num_cpu_devices', 8)  # Before any JAX use: tests see 8 CPU devices...
+from jaxlm.mesh import skip_absent_tpu  # noqa: E402  (and, as jaxlm's commands, no libtpu start
+skip_absent_tpu()  # without a TPU: a process holding libtpu silences it in every other one)
 if jax.default_backend() == 'cpu':  # ...(on a GPU host only the attention tests are meant to run)
   assert jax.device_count() == 8  # and starting the backend now keeps jaxlm's cpu_devices out.
 

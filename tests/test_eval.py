@@ -251,3 +251,36 @@ def test_plot_draws_several_runs_against_training_time(run_dir, tmp_path):
   assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   result = _cli('plot', f'--workdir={run_dir},{tmp_path / "other"}')
   assert result.returncode == 2 and 'when several workdirs are drawn' in result.stderr
+
+
+@pytest.mark.slow
+def test_commands_print_no_tpu_initialisation_noise_without_a_tpu(tmp_path):
+  """With libtpu installed (the tpu extra) and JAX_PLATFORMS unset, as a user runs them on a
+  host without TPU chips, jaxlm's commands do not start libtpu, so print none of its start-up
+  errors (before: lines about TPU_ACCELERATOR_TYPE and worker hostnames, E0000 ..., on every
+  command). Any process holding libtpu silences the others on the machine (another test worker
+  may), so the first check is whether libtpu is mapped into a process that starts JAX as the
+  commands do; then jaxlm.train and jaxlm.eval print no such line."""
+  pytest.importorskip('libtpu')
+  import harness
+  from jaxlm.mesh import tpu_chips
+  if tpu_chips():
+    pytest.skip('this host has TPU chips')
+  # A user's shell: no JAX_PLATFORMS, and none of the TPU_* variables libtpu sets when it starts.
+  env = {k: v for k, v in harness.env().items() if k != 'JAX_PLATFORMS' and
+         not k.startswith('TPU_')}
+  start = ('import jax; from jaxlm.configs import base; from jaxlm.mesh import configure_backend; '
+           "configure_backend(base.get_config()); jax.devices(); "
+           "print('libtpu' in open('/proc/self/maps').read())")
+  result = harness.run([sys.executable, '-c', start], env=env)
+  assert result.returncode == 0 and result.stdout.strip() == 'False', result.stdout + result.stderr
+  config = harness.write_config(tmp_path / 'tiny.py', workdir=str(tmp_path / 'run'),
+                                **{'data.corpus': str(harness.SHIPPED), 'train.steps': 1,
+                                   'train.sample_tokens': 0})
+  for cmd in (harness.command(f'--config={config}'),
+              harness.command(f'--workdir={tmp_path / "run"}', module='jaxlm.eval')):
+    result = harness.run(cmd, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    noise = [l for l in (result.stdout + result.stderr).splitlines()
+             if any(mark in l for mark in ('E0000', 'W0000', 'TPU_'))]
+    assert not noise, noise
