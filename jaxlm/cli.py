@@ -68,6 +68,34 @@ def require_local(*holders: flags.FlagHolder) -> None:
     paths.check_local(f'--{flag.name}', flag.value or '')
 
 
+def require_output(flag: flags.FlagHolder, *, is_file: bool = False) -> None:
+  """A local output a command will write (a directory, or a file with is_file): not an existing
+  file where a directory goes (nor a directory where a file goes), not below a file, and in a
+  place that can be written; checked before any work, with nothing created. (A gs:// output is
+  checked when it is written.)"""
+  import tempfile  # pylint: disable=import-outside-toplevel
+  value = (flag.value or '').strip()
+  if not value or paths.is_url(value):
+    return
+  path = Path(value).expanduser()
+  if path.exists() and path.is_dir() == is_file:
+    what = 'an existing directory' if is_file else 'an existing file'
+    raise UserError(f'--{flag.name}={value} is {what}; give a '
+                    f'{"file path" if is_file else "directory"} there instead.')
+  existing = path.parent if is_file else path
+  while not existing.exists() and existing != existing.parent:
+    existing = existing.parent
+  if not existing.is_dir():
+    raise UserError(f'--{flag.name}={value} lies below {existing}, which is a file, not a '
+                    'directory; give a path in a directory.')
+  try:
+    with tempfile.TemporaryFile(dir=existing):
+      pass
+  except OSError as e:
+    raise UserError(f'--{flag.name}={value} cannot be written ({e.strerror or e} in {existing}); '
+                    'give a path you can write to.') from None
+
+
 def _parse(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)

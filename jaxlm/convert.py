@@ -35,6 +35,7 @@ def _new_directory(flag: flags.FlagHolder):
   from jaxlm.errors import UserError  # pylint: disable=import-outside-toplevel
   cli.require(flag, bool(flag.value.strip()), 'a directory to write')
   cli.require_local(flag)
+  cli.require_output(flag)
   path = Path(flag.value).expanduser()
   if path.exists() and (not path.is_dir() or any(path.iterdir())):
     raise UserError(f'--{flag.name}={path} already exists and is not an empty directory; give a '
@@ -63,7 +64,7 @@ def import_hf() -> None:
   cfg = base.get_config()
   cfg.workdir, cfg.init_from = str(workdir), str(ckpt.directory)
   cfg.data.tokenizer, cfg.data.tokenizer_path = 'huggingface', str(workdir / 'tokenizer')
-  cfg.model.max_seq_len = _MAX_LEN.value or hf.model_fields(ckpt.config)[1]['max_seq_len']
+  cfg.model.max_seq_len = _MAX_LEN.value or hf.checkpoint_fields(ckpt)[1]['max_seq_len']
   family = hf.init_fields(cfg.init_from, cfg.model)
   validate(cfg)
   # Everything that can fail on the input (the tokenizer, the tensors) before anything is written.

@@ -37,6 +37,7 @@ def main(argv: list[str]) -> None:
   cli.require(_TEMPERATURE, _TEMPERATURE.value >= 0, 'a number >= 0 (0 is greedy)')
   cli.require(_TOP_K, _TOP_K.value >= 0, '0 (all tokens) or a positive number')
   cli.require(_TOP_P, 0 < _TOP_P.value <= 1, 'a number in (0, 1]')
+  cli.require(_SEED, _SEED.value >= 0, 'a number >= 0')
   cli.require(_PROMPTS_FILE, not (_PROMPTS_FILE.value and _PROMPT.value),
               'either --prompt or --prompts_file, not both')
   prompts = [_PROMPT.value]
@@ -50,6 +51,8 @@ def main(argv: list[str]) -> None:
       raise UserError(f'--prompts_file={_PROMPTS_FILE.value} holds no prompt; write one per '
                       'line.')
   r = load_trained(_WORKDIR.value, _STEP.value, batch_size=len(prompts))
+  cli.require(_TOP_K, _TOP_K.value <= r.tokenizer.vocab_size,
+              f"0 (all tokens) or at most the vocabulary's {r.tokenizer.vocab_size} tokens")
   if not r.model_cfg.causal:
     raise UserError(f'{_WORKDIR.value} holds a bidirectional (masked language) model, which does '
                     'not continue a prompt; generate with a causal one.')

@@ -50,6 +50,20 @@ def _rope_settings(hf: dict) -> dict:
   return out
 
 
+def checkpoint_fields(ckpt: Checkpoint) -> tuple[str, dict]:
+  """model_fields of a model directory's config.json; a needed field that is missing, or not a
+  number where one goes, is one sentence naming the file and the field."""
+  try:
+    return model_fields(ckpt.config)
+  except KeyError as e:
+    raise UserError(f'{ckpt.directory / "config.json"} lacks the field {e.args[0]!r} that a '
+                    f'{ckpt.config.get("model_type")} model needs; save the model again '
+                    '(save_pretrained) or add it.') from None
+  except (TypeError, ValueError) as e:
+    raise UserError(f'{ckpt.directory / "config.json"} holds a value of the wrong type ({e}); '
+                    'save the model again (save_pretrained) or fix it.') from None
+
+
 def model_fields(hf: dict) -> tuple[str, dict]:
   """(family, jaxlm model fields) for a transformers config.json dict; one sentence if jaxlm
   cannot represent the model exactly."""
@@ -326,7 +340,7 @@ def check_tensors(shapes: dict[str, tuple], m: ConfigDict, family: str, prefix: 
 def init_fields(directory: str, model: ConfigDict) -> str:
   """Sets the architecture fields of the run's model config `model` to those of the Hugging Face
   model in `directory` (config.init_from); returns its family."""
-  family, fields = model_fields(Checkpoint(directory).config)
+  family, fields = checkpoint_fields(Checkpoint(directory))
   adopt_architecture(model, dict(fields, kind='transformer'), directory)
   return family
 
@@ -348,7 +362,7 @@ def init_params(directory: str, m: ConfigDict) -> dict:
 def import_model(directory: str) -> tuple[str, ConfigDict, dict]:
   """(family, resolved jaxlm model config, parameters as a nested dict of float32 arrays)."""
   ckpt = Checkpoint(directory)
-  family, fields = model_fields(ckpt.config)
+  family, fields = checkpoint_fields(ckpt)
   m = base.get_config().model
   m.update(fields)
   m = resolve_model(m, m.vocab_size)

@@ -2,12 +2,13 @@
 written with their index, and the tokenizer files transformers' AutoTokenizer loads. The mapping
 between those tensors and jaxlm's parameters is hf.py's."""
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from jaxlm.errors import UserError
 
@@ -22,18 +23,25 @@ class Checkpoint:
     if not config.is_file():
       raise UserError(f'{self.directory} has no config.json; give a Hugging Face model directory '
                       '(save_pretrained output).')
-    self.config = json.loads(config.read_text())
+    self.config = _json_object(config)
     index = self.directory / 'model.safetensors.index.json'
     if index.is_file():  # files not in the index (an old copy, say) are never opened
-      self.files = {name: self.directory / f
-                    for name, f in json.loads(index.read_text())['weight_map'].items()}
+      weight_map = _json_object(index).get('weight_map')
+      if not isinstance(weight_map, dict):
+        raise UserError(f'{index} has no "weight_map" of tensor names to files; save the model '
+                        'again (save_pretrained).')
+      self.files = {name: self.directory / f for name, f in weight_map.items()}
     elif (self.directory / 'model.safetensors').is_file():
-      with safe_open(str(self.directory / 'model.safetensors'), 'numpy') as f:
+      with _opened(self.directory / 'model.safetensors') as f:
         self.files = {name: self.directory / 'model.safetensors' for name in f.keys()}
     elif (self.directory / 'pytorch_model.bin').is_file():
       import torch  # pylint: disable=import-outside-toplevel  # the hf extra
-      self._torch = torch.load(self.directory / 'pytorch_model.bin', map_location='cpu',
-                               mmap=True, weights_only=True)
+      path = self.directory / 'pytorch_model.bin'
+      try:
+        self._torch = torch.load(path, map_location='cpu', mmap=True, weights_only=True)
+      except Exception as e:  # pylint: disable=broad-except  # torch's errors for a bad file vary
+        raise UserError(f'{path} cannot be read ({" ".join(str(e).split())[:200]}); download or '
+                        'save the model again.') from None
       self.files = {name: None for name in self._torch}
     else:
       raise UserError(f'{self.directory} holds no model.safetensors, safetensors index or '
@@ -45,7 +53,7 @@ class Checkpoint:
       if path is None:
         out.update((name, tuple(t.shape)) for name, t in self._torch.items())
         continue
-      with safe_open(str(path), 'numpy') as f:  # reads the header only
+      with _opened(path) as f:  # reads the header only
         out.update((name, tuple(f.get_slice(name).get_shape())) for name in f.keys()
                    if self.files.get(name) == path)
     return out
@@ -56,8 +64,32 @@ class Checkpoint:
     path = self.files[name]
     if path is None:
       return self._torch[name].float().numpy()
-    with safe_open(str(path), 'numpy') as f:
+    with _opened(path) as f:
       return np.asarray(f.get_tensor(name), np.float32)
+
+
+def _json_object(path: Path) -> dict:
+  """A JSON file holding an object; anything else is one sentence naming the file."""
+  try:
+    value = json.loads(path.read_text(encoding='utf-8'))
+  except (ValueError, OSError) as e:
+    raise UserError(f'{path} is not readable JSON ({" ".join(str(e).split())[:120]}); save the '
+                    'model again (save_pretrained) or fix the file.') from None
+  if not isinstance(value, dict):
+    raise UserError(f'{path} holds a JSON {type(value).__name__}, not an object; save the model '
+                    'again (save_pretrained) or fix the file.')
+  return value
+
+
+@contextlib.contextmanager
+def _opened(path: Path) -> Iterator:
+  """safe_open for numpy; a truncated or damaged file is one sentence naming it."""
+  try:
+    with safe_open(str(path), 'numpy') as f:
+      yield f
+  except (SafetensorError, OSError) as e:
+    raise UserError(f'{path} is not a readable safetensors file ({" ".join(str(e).split())[:160]})'
+                    '; download or save the model again.') from None
 
 
 def write_checkpoint(tensors: Iterator[tuple[str, np.ndarray]], config: dict, out: Path,

@@ -97,6 +97,7 @@ def main(argv: list[str]) -> None:
   cli.require(_WORKDIR, bool(_WORKDIR.value.strip()), "a training run's workdir")
   cli.require_location(_WORKDIR, _OUTPUT)
   cli.require(_OUTPUT, not _OUTPUT.value or _OUTPUT.value.endswith('.png'), 'a path ending in .png')
+  cli.require_output(_OUTPUT, is_file=True)
   workdirs = [paths.path(w.strip()) for w in _WORKDIR.value.split(',') if w.strip()]
   cli.require(_OUTPUT, len(workdirs) == 1 or bool(_OUTPUT.value),
               'a .png to write when several workdirs are drawn')

@@ -48,6 +48,7 @@ def main(argv: list[str]) -> None:
   cli.require(_OUTPUT, bool(_OUTPUT.value.strip()), 'a directory to write')
   cli.require_location(_SOURCE, _OUTPUT, _TOKENIZER_PATH)
   cli.require_local(_TFDS_DIR)
+  cli.require_output(_OUTPUT)
   cli.require(_VOCAB, _VOCAB.value >= 16, 'an integer >= 16')
   cli.require(_SAMPLE_MB, _SAMPLE_MB.value > 0, 'a positive number of MiB')
   cli.require(_VAL_FRACTION, 0 < _VAL_FRACTION.value < 1 or _VAL_DOCS.value > 0,

@@ -31,6 +31,7 @@ def main(argv: list[str]) -> None:
   if argv[1] == 'train':
     cli.require(_VOCAB, _VOCAB.value >= 16, 'an integer >= 16')
     cli.require(_OUTPUT, _OUTPUT.value.endswith('.model'), 'a path ending in .model')
+    cli.require_output(_OUTPUT, is_file=True)
     if Path(_OUTPUT.value).exists():
       raise UserError(f'--output={_OUTPUT.value} already exists; give a new path (or delete '
                       'the old model first).')

@@ -34,11 +34,33 @@ def trained(tmp_path_factory):
   (tmp / 'no_loss').mkdir()
   (tmp / 'no_loss' / 'metrics.jsonl').write_text('{"step": 1, "split": "samples", "texts": []}\n')
   _prepared_datasets(tmp)
+  _damaged_files(tmp)
   cfg = harness.write_config(tmp / 'cfg.py', **{
       'data.corpus': str(tmp / 'corpus.txt'), 'cpu_devices': 2, 'train.sample_tokens': 0})
   result = harness.run(harness.command(f'--config={cfg}', f'--config.workdir={tmp / "run"}'))
   assert result.returncode == 0, result.stderr[-3000:]
   return tmp, cfg
+
+
+LLAMA_CONFIG = dict(model_type='llama', vocab_size=64, hidden_size=16, intermediate_size=32,
+                    num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                    max_position_embeddings=32, rms_norm_eps=1e-5, tie_word_embeddings=False)
+
+
+def _damaged_files(tmp):
+  """A truncated gzip corpus, a directory named like a PNG, and Hugging Face model directories
+  with a config.json that is not JSON and with a model.safetensors that is not safetensors."""
+  import gzip
+  import json
+  data = gzip.compress(''.join(json.dumps({'text': TINY_TEXT[i:]}) + '\n'
+                               for i in range(20)).encode())
+  (tmp / 'trunc.jsonl.gz').write_bytes(data[:len(data) // 2])
+  (tmp / 'dir.png').mkdir()
+  for name in ('hf_notjson', 'hf_garbage'):
+    (tmp / name).mkdir()
+    (tmp / name / 'config.json').write_text(json.dumps(LLAMA_CONFIG))
+    (tmp / name / 'model.safetensors').write_bytes(b'garbage, not safetensors' * 10)
+  (tmp / 'hf_notjson' / 'config.json').write_text('{"model_type": "llama",')
 
 
 def _prepared_datasets(tmp):
@@ -58,6 +80,12 @@ def _prepared_datasets(tmp):
 
 CASES = [
     # (name, command-line arguments, a fragment of the expected error)
+    ('corpus truncated gzip', ['--config.data.corpus={tmp}/trunc.jsonl.gz'],
+     'trunc.jsonl.gz is not a whole gzip file'),
+    ('init_from config not JSON', ['--config.init_from={tmp}/hf_notjson'],
+     'hf_notjson/config.json is not readable JSON'),
+    ('init_from garbage safetensors', ['--config.init_from={tmp}/hf_garbage'],
+     'hf_garbage/model.safetensors is not a readable safetensors file'),
     ('unknown field', ['--config.model.num_layerz=2'], "unknown field 'num_layerz'"),
     ('wrong type', ['--config.model.num_layers=two'], "num_layers=two"),
     ('negative learning rate', ['--config.optim.lr=-0.001'], 'optim.lr=-0.001 is invalid'),
@@ -350,6 +378,24 @@ OTHER_CASES = [
     ('convert shard size', 'jaxlm.convert',
      ['export-hf', '--workdir={run}', '--out={tmp}/hf', '--max_shard_mb=0'],
      '--max_shard_mb=0.0 is invalid'),
+    ('prepare output below a file', 'jaxlm.prepare',
+     ['--source={tmp}/corpus.txt', '--output={tmp}/a_file/p'], 'a_file, which is a file'),
+    ('tokenizer output below a file', 'jaxlm.tokenizer',
+     ['train', '--input={tmp}/corpus.txt', '--output={tmp}/a_file/x.model'],
+     'a_file, which is a file'),
+    ('plot output is a directory', 'jaxlm.plot', ['--workdir={run}', '--output={tmp}/dir.png'],
+     'dir.png is an existing directory'),
+    ('convert export over a file', 'jaxlm.convert',
+     ['export-hf', '--workdir={run}', '--out={tmp}/a_file'], 'a_file is an existing file'),
+    ('convert import of a config that is not JSON', 'jaxlm.convert',
+     ['import-hf', '--hf_dir={tmp}/hf_notjson', '--workdir={tmp}/imp'], 'is not readable JSON'),
+    ('convert import of garbage safetensors', 'jaxlm.convert',
+     ['import-hf', '--hf_dir={tmp}/hf_garbage', '--workdir={tmp}/imp'],
+     'is not a readable safetensors file'),
+    ('generate top_k above the vocabulary', 'jaxlm.generate', ['--workdir={run}', '--top_k=1000'],
+     "--top_k=1000 is invalid: expected 0 (all tokens) or at most the vocabulary's"),
+    ('generate negative seed', 'jaxlm.generate', ['--workdir={run}', '--seed=-1'],
+     '--seed=-1 is invalid'),
     ('local processes', 'launch/local.py', ['--processes=0', '--', '--config={cfg}'],
      '--processes=0 is invalid'),
     ('local devices', 'launch/local.py', ['--devices_per_process=0', '--', '--config={cfg}'],
@@ -380,3 +426,106 @@ def _assert_one_sentence(result, message):
   assert len(errors) == 1, result.stderr[-2000:]
   assert message in errors[0], errors[0]
   assert errors[0].endswith(('.', '?', ')')), errors[0]
+
+
+# The same classes of damage, in-process (each a UserError, which every command prints as one
+# sentence with exit status 2, as the cases above show), over more variants.
+
+def _documents_of(path):
+  from jaxlm.data import sources
+  return [d for chunk in sources.plan_chunks(str(path), 64) for d in sources.documents(chunk)]
+
+
+def test_damaged_and_odd_text_sources(tmp_path):
+  """A truncated gzip file, a .gz that is not gzip, a gzip member with a wrong checksum, a JSONL
+  line that is not UTF-8 and one that holds a lone surrogate ("\\ud800") are each refused,
+  naming the file; the same data undamaged reads whole."""
+  import gzip
+  import json
+  from jaxlm.errors import UserError
+  lines = ''.join(json.dumps({'text': f'document {i} ' * 40}) + '\n' for i in range(50)).encode()
+  packed = gzip.compress(lines)
+  (tmp_path / 'good.jsonl.gz').write_bytes(packed)
+  assert len(_documents_of(tmp_path / 'good.jsonl.gz')) == 50
+  checksum = bytearray(packed)
+  checksum[-8] ^= 0xFF  # the CRC32 in the gzip trailer
+  bad_utf8 = b'{"text": "caf\xe9"}\n'
+  surrogate = json.dumps({'text': 'lone \ud800 half'}).encode() + b'\n'
+  for name, data, message in [
+      ('truncated.jsonl.gz', packed[:len(packed) // 2], 'is not a whole gzip file'),
+      ('plain.jsonl.gz', lines, r'is not a whole gzip file \(Not a gzipped file'),
+      ('checksum.jsonl.gz', bytes(checksum), r'is not a whole gzip file \(CRC check failed'),
+      ('latin1.jsonl', lines.split(b'\n')[0] + b'\n' + bad_utf8, 'is not UTF-8'),
+      ('surrogate.jsonl', surrogate, r"holds a lone surrogate \('\\ud800'")]:
+    (tmp_path / name).write_bytes(data)
+    where = '' if name.endswith('.gz') else f'line {1 + (name == "latin1.jsonl")} of '
+    with pytest.raises(UserError, match=f'{where}{tmp_path / name} {message}'):
+      _documents_of(tmp_path / name)
+
+
+def test_output_locations_that_cannot_be_written(tmp_path):
+  """An output that is an existing file (or a directory where a file goes), lies below a file,
+  or is in a place that cannot be written is one sentence naming the flag, before anything is
+  created; a new directory in a writable place passes and is not created by the check."""
+  from types import SimpleNamespace
+  from jaxlm import cli
+  from jaxlm.errors import UserError
+  (tmp_path / 'a_file').write_text('x')
+  (tmp_path / 'a_dir').mkdir()
+  flag = lambda value: SimpleNamespace(name='output', value=value)
+  for value, is_file, message in [
+      (tmp_path / 'a_file', False, 'is an existing file'),
+      (tmp_path / 'a_dir', True, 'is an existing directory'),
+      (tmp_path / 'a_file' / 'x' / 'y', False, 'a_file, which is a file'),
+      (tmp_path / 'a_file' / 'spm.model', True, 'a_file, which is a file'),
+      ('/proc/jaxlm-test/out', False, 'cannot be written')]:
+    with pytest.raises(UserError, match=f'--output={value} .*{message}'):
+      cli.require_output(flag(str(value)), is_file=is_file)
+  before = sorted(p.name for p in tmp_path.iterdir())
+  cli.require_output(flag(str(tmp_path / 'new' / 'deeper')))
+  cli.require_output(flag(str(tmp_path / 'new' / 'x.png')), is_file=True)
+  assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_damaged_hugging_face_directories(tmp_path):
+  """For convert import-hf (hf.import_model) and train's config.init_from (warmstart), a
+  safetensors file truncated or of garbage, a config.json that is not JSON, not an object, or
+  lacks a field the architecture needs, and an index without its weight map, are one sentence
+  naming the file (and the field)."""
+  import json
+  import numpy as np
+  from safetensors.numpy import save_file
+  from jaxlm import hf, warmstart
+  from jaxlm.errors import UserError
+  from tiny import tiny_config
+
+  def model_dir(name, config=LLAMA_CONFIG, weights=None):
+    d = tmp_path / name
+    d.mkdir()
+    (d / 'config.json').write_text(config if isinstance(config, str) else json.dumps(config))
+    save_file({'model.embed_tokens.weight': np.zeros((64, 16), np.float32),
+               'lm_head.weight': np.zeros((64, 16), np.float32)}, str(d / 'model.safetensors'))
+    if weights is not None:
+      (d / 'model.safetensors').write_bytes(weights(d / 'model.safetensors'))
+    return d
+
+  cut = lambda path: path.read_bytes()[:-100]
+  without_layers = {k: v for k, v in LLAMA_CONFIG.items() if k != 'num_hidden_layers'}
+  for d, message in [
+      (model_dir('truncated', weights=cut), 'truncated/model.safetensors is not a readable '
+                                            'safetensors file'),
+      (model_dir('garbage', weights=lambda _: b'\x01'), 'is not a readable safetensors file'),
+      (model_dir('notjson', config='{"model_type": '), 'notjson/config.json is not readable JSON'),
+      (model_dir('alist', config='[1, 2]'), 'holds a JSON list, not an object'),
+      (model_dir('nofield', config=without_layers),
+       "nofield/config.json lacks the field 'num_hidden_layers'")]:
+    with pytest.raises(UserError, match=message):
+      hf.import_model(str(d))
+    with pytest.raises(UserError, match=message):  # what train --config.init_from=<d> runs
+      source = warmstart.Source(str(d))
+      source.set_model_fields(tiny_config().model)
+      hf.init_params(str(d), None)
+  d = model_dir('index')
+  (d / 'model.safetensors.index.json').write_text('{"metadata": {}}')
+  with pytest.raises(UserError, match='has no "weight_map"'):
+    hf.import_model(str(d))

@@ -20,6 +20,7 @@ import dataclasses
 import glob
 import gzip
 import json
+import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -157,7 +158,7 @@ def documents(chunk: Chunk, text_field: str = 'text', **tf_options) -> Iterator[
     f.seek(0 if whole else chunk.start)
     position, line_no = chunk.start, 1
     while whole or position < chunk.stop:
-      line = f.readline()
+      line = _read_line(f, path, line_no)
       if not line:
         break
       if line.strip():
@@ -167,15 +168,35 @@ def documents(chunk: Chunk, text_field: str = 'text', **tf_options) -> Iterator[
       position, line_no = position + len(line), line_no + 1
 
 
+def _read_line(f, path, line_no: int) -> bytes:
+  """The next line; a damaged gzip file (truncated, not gzip, a wrong checksum) is one sentence."""
+  try:
+    return f.readline()
+  except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+    reason = ' '.join(str(e).split()) or type(e).__name__
+    raise UserError(f'{path} is not a whole gzip file ({reason}, reading line {line_no}); '
+                    'download or compress it again, or leave it out of the corpus (nothing '
+                    'was prepared from it).') from None
+
+
 def _field(line: bytes, field: str, where: str) -> str:
   try:
     record = json.loads(line)
+  except UnicodeDecodeError as e:
+    raise UserError(f'{where} is not UTF-8 (byte {e.start} of the line is '
+                    f'{line[e.start:e.start + 1]!r}); re-encode the file as UTF-8.') from None
   except ValueError:
     raise UserError(f'{where} is not JSON; fix or remove that line.') from None
   if not isinstance(record, dict) or not isinstance(record.get(field), str):
     raise UserError(f'{where} has no text field {field!r}; set the text field (--text_field, or '
                     'data.text_field) to the one that holds the text.')
-  return record[field]
+  text = record[field]
+  try:
+    text.encode('utf-8')
+  except UnicodeEncodeError as e:  # JSON's escapes allow lone surrogates ("\ud800")
+    raise UserError(f'{where} holds a lone surrogate ({text[e.start]!r} at character {e.start} '
+                    f'of its {field!r}), which is not text; fix or remove that line.') from None
+  return text
 
 
 def describe(source: str) -> str:
