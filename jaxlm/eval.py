@@ -79,6 +79,7 @@ def run(workdir: str, step: int | None, text: str, references: str, max_new_toke
   import jax
 
   from jaxlm import data, evaluation, metrics, objectives, sharding
+  from jaxlm.data.tokenizers import document_start
   from jaxlm.restore import load_trained
   from jaxlm.step import jit_eval_step, make_eval_step
 
@@ -93,7 +94,7 @@ def run(workdir: str, step: int | None, text: str, references: str, max_new_toke
   param_shardings = jax.tree.map(lambda x: x.sharding, r.params)
   eval_step = jit_eval_step(make_eval_step(r.graphdef, r.mesh, r.rules, r.cfg.train.loss_chunk,
                                            objectives.masking(r.cfg, r.tokenizer.vocab_size,
-                                                              r.tokenizer.eos_id),
+                                                              document_start(r.tokenizer)),
                                            objectives.eval_masking(r.cfg),
                                            objectives.spans(r.cfg, r.tokenizer,
                                                             r.model_cfg.vocab_size)),

@@ -88,7 +88,8 @@ def continuations(graphdef, params, model_cfg: ConfigDict, tokenizer: Tokenizer,
     raise UserError('there are no prompts to continue.')
   out = []
   for i in range(0, len(prompts), batch_size):
-    chunk = [tokenizer.encode(p) for p in prompts[i:i + batch_size]]
+    start = [tokenizer.bos_id] if getattr(tokenizer, 'bos_id', None) is not None else []
+    chunk = [start + tokenizer.encode(p) for p in prompts[i:i + batch_size]]
     chunk += [chunk[-1]] * (batch_size - len(chunk))  # fixed shapes: pad the last batch
     rows = sampling.generate(graphdef, params, model_cfg, chunk, max_new_tokens=max_new_tokens,
                              eos_id=tokenizer.eos_id, vocab_limit=tokenizer.vocab_size,

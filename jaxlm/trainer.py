@@ -25,6 +25,7 @@ from tqdm import tqdm
 from jaxlm import data, metrics, objectives, paths, sharding, warmstart
 from jaxlm.checkpoint import Checkpointer
 from jaxlm.config import check_model, check_objective, resolve_model, validate
+from jaxlm.data.tokenizers import document_start
 from jaxlm.errors import UserError
 from jaxlm.evaluation import continuations, loss_over, sync_each_step, to_global
 from jaxlm.mesh import configure_backend, initialize_distributed, make_mesh
@@ -164,7 +165,7 @@ class Trainer:
                       f"tokenizer's {self.tokenizer.vocab_size}; set it to 0 (or at least "
                       f'{self.tokenizer.vocab_size + reserved}).')
     self.model_cfg = resolve_model(cfg.model, self.tokenizer.vocab_size + reserved)
-    masking = objectives.masking(cfg, self.tokenizer.vocab_size, self.tokenizer.eos_id)
+    masking = objectives.masking(cfg, self.tokenizer.vocab_size, document_start(self.tokenizer))
     spans = objectives.spans(cfg, self.tokenizer, self.model_cfg.vocab_size)
     tx, schedule = make_optimizer(cfg)
     self.setup = setup_train_state(cfg, self.model_cfg, tx, self.mesh, rules)

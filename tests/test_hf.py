@@ -475,3 +475,48 @@ def test_exported_tokenizer_encodes_as_jaxlm(tmp_path, kind):
     assert theirs.decode(ids) == ours.decode(ids), text
   if ours.eos_id is not None:
     assert theirs.eos_token_id == ours.eos_id
+
+
+def llama_tokenizer(directory, vocab: int = 300):
+  """bpe_tokenizer with Llama's specials: a post-processor that puts <s> before every text (as
+  Llama 2 and 3's tokenizer.json do), and </s> as end-of-sequence in tokenizer_config.json."""
+  from tokenizers import Tokenizer, processors
+  path = bpe_tokenizer(directory, vocab)
+  tok = Tokenizer.from_file(str(path))
+  tok.add_special_tokens(['<s>', '</s>'])
+  tok.post_processor = processors.TemplateProcessing(
+      single='<s> $A', special_tokens=[('<s>', tok.token_to_id('<s>'))])
+  tok.save(str(path))
+  (directory / 'tokenizer_config.json').write_text(json.dumps({'bos_token': '<s>',
+                                                               'eos_token': '</s>'}))
+  return path
+
+
+def test_an_imported_llama_starts_documents_with_its_bos_and_scores_as_transformers(tmp_path):
+  """A tokenizer that adds a beginning-of-sequence token (Llama's <s>) starts every document with
+  it in jaxlm's streams, not with end-of-sequence: the perplexity jaxlm.eval computes on a text
+  (its stream, scored by the imported model) equals transformers' on the tokens its tokenizer
+  gives (<s> + the text). A GPT-2 tokenizer, which adds nothing, keeps end-of-sequence."""
+  from jaxlm import data
+  from jaxlm.data.tokenizers import HuggingFaceTokenizer, document_start
+  from tiny import TINY_TEXT
+  model, path = saved_model(tmp_path, 'llama', vocab_size=320)
+  llama_tokenizer(path)
+  tok = HuggingFaceTokenizer(path)
+  assert tok.bos_id == tok.backend.token_to_id('<s>')
+  assert tok.eos_id == tok.backend.token_to_id('</s>') != tok.bos_id
+  text = TINY_TEXT[:260]
+  ids = tok.backend.encode(text, add_special_tokens=True).ids  # transformers' tokenizer(text)
+  assert ids[0] == tok.bos_id and len(ids) <= LENGTH
+  with torch.no_grad():
+    want = model(torch.tensor([ids]), labels=torch.tensor([ids])).loss.item()
+  _, m, params = hf.import_model(str(path))
+  stream = data.text_stream([text], tok, 'concat', m.max_seq_len)
+  np.testing.assert_array_equal(stream.tokens, ids)
+  logits = jaxlm_logits(m, params, stream.tokens[None, :-1])[0]
+  logp = jax.nn.log_softmax(logits.astype(np.float32), axis=-1)
+  nll = -np.take_along_axis(np.asarray(logp), stream.tokens[1:, None], axis=-1)[:, 0]
+  got = float((nll * stream.weights[1:]).sum() / stream.weights[1:].sum())
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  gpt2 = HuggingFaceTokenizer(bpe_tokenizer(tmp_path / 'gpt2'))
+  assert gpt2.bos_id is None and document_start(gpt2) == gpt2.eos_id

@@ -23,7 +23,8 @@ from jaxlm.data.prepared import Prepared, Split, is_prepared
 from jaxlm.data.staging import prepare_to
 from jaxlm.data.sources import corpus_files, describe, file_stamp, read_text
 from jaxlm.data.tf_sources import is_tf_source
-from jaxlm.data.tokenizers import HuggingFaceTokenizer, SentencePieceTokenizer, Tokenizer
+from jaxlm.data.tokenizers import (HuggingFaceTokenizer, SentencePieceTokenizer, Tokenizer,
+                                   document_start)
 from jaxlm.errors import UserError
 
 
@@ -139,7 +140,7 @@ def train_batches(run: RunData, cfg: ConfigDict, length: int, host_rows: Sequenc
   from jaxlm.data.pipeline import TrainBatches, train_rows
   d = cfg.data
   sources = train_rows([ds.train for ds in run.datasets], packing=d.packing, length=length,
-                       eos=run.tokenizer.eos_id, seed=cfg.seed, stride=d.stride,
+                       eos=document_start(run.tokenizer), seed=cfg.seed, stride=d.stride,
                        max_docs=d.max_docs_per_row)
   return TrainBatches(sources, run.weights, cfg.train.batch_size, host_rows, workers=d.workers)
 
@@ -158,9 +159,9 @@ def eval_stream(docs: Sequence[np.ndarray], n_bytes: int, tokenizer: Tokenizer, 
   first token of each document does not count. A packing run (windows of `length`) scores
   documents alone."""
   from jaxlm.data.pipeline import document_stream  # pylint: disable=import-outside-toplevel
-  tokens, weights, documents = document_stream(docs, tokenizer.eos_id,
-                                               length if packing == 'pack' else 0)
-  if tokenizer.eos_id is None and n_bytes:
+  start = document_start(tokenizer)
+  tokens, weights, documents = document_stream(docs, start, length if packing == 'pack' else 0)
+  if start is None and n_bytes:
     n_bytes -= sum(len(tokenizer.decode([int(d[0])]).encode()) for d in docs if len(d))
   return EvalStream(tokens, weights, n_bytes, documents)
 

@@ -3,8 +3,11 @@ Hugging Face tokenizer.json (through the `tokenizers` library), as used by impor
 
 All four share one small interface: `encode(str) -> list[int]`, `decode(ids) -> str`,
 `token_bytes(str) -> list[int]` (the UTF-8 bytes of the text each token stands for, for bits per
-byte), `vocab_size`, `eos_id` (None when the vocabulary has no end-of-sequence token) and
-`fingerprint` (identifies the vocabulary, so caches and checkpoints can tell tokenizers apart).
+byte), `vocab_size`, `eos_id` (None when the vocabulary has no end-of-sequence token), `bos_id`
+(the beginning-of-sequence token a Hugging Face tokenizer adds before a text, as Llama's do; None
+for the others) and `fingerprint` (identifies the vocabulary, so caches and checkpoints can tell
+tokenizers apart). Every document starts with `document_start(tokenizer)` in training rows and
+evaluation streams, and so does a prompt when there is a beginning-of-sequence token.
 """
 
 import hashlib
@@ -23,6 +26,7 @@ from jaxlm.errors import UserError
 class Tokenizer(Protocol):
   vocab_size: int
   eos_id: int | None
+  bos_id: int | None
   fingerprint: str
 
   def encode(self, text: str) -> list[int]: ...
@@ -30,6 +34,14 @@ class Tokenizer(Protocol):
   def decode(self, ids: Sequence[int]) -> str: ...
 
   def token_bytes(self, text: str) -> list[int]: ...
+
+
+def document_start(tokenizer: Tokenizer) -> int | None:
+  """The id each document starts with (and the one that joins documents): the beginning-of-
+  sequence token where the tokenizer adds one, so an imported Llama sees what it was trained on;
+  else end-of-sequence (GPT-2's way, and jaxlm's own tokenizers'); None without either."""
+  bos = getattr(tokenizer, 'bos_id', None)
+  return bos if bos is not None else tokenizer.eos_id
 
 
 def _digest(data: bytes) -> str:
@@ -54,7 +66,7 @@ class CharTokenizer:
   def __init__(self, chars: str):
     self.chars = chars
     self.index = {c: i for i, c in enumerate(chars)}
-    self.vocab_size, self.eos_id = len(chars), None
+    self.vocab_size, self.eos_id, self.bos_id = len(chars), None, None
     self.fingerprint = 'char-' + _digest(chars.encode())
 
   @classmethod
@@ -86,7 +98,7 @@ class CharTokenizer:
 class ByteTokenizer:
   """The 256 UTF-8 byte values, plus id 256 for end-of-sequence."""
 
-  vocab_size, eos_id, fingerprint = 257, 256, 'byte-v1'
+  vocab_size, eos_id, bos_id, fingerprint = 257, 256, None, 'byte-v1'
 
   def encode(self, text: str) -> list[int]:
     return list(text.encode('utf-8'))
@@ -130,9 +142,16 @@ class HuggingFaceTokenizer:
     specials = [t.content for t in self.backend.get_added_tokens_decoder().values() if t.special]
     eos = eos or next((n for n in _EOS_NAMES if n in specials), None)
     self.eos_id = self.backend.token_to_id(eos) if eos else None
+    # The beginning-of-sequence token the tokenizer's post-processor puts before a text (Llama 2
+    # and 3: <s>, <|begin_of_text|>), which the model saw first in every training document.
+    start = self.backend.encode('', add_special_tokens=True).ids
+    special_ids = {self.backend.token_to_id(t) for t in specials}
+    self.bos_id = start[0] if start and start[0] in special_ids and start[0] != self.eos_id \
+        else None
     self.vocab_size = self.backend.get_vocab_size(with_added_tokens=True)
     canonical = json.dumps(json.loads(data), sort_keys=True).encode()
-    self.fingerprint = f'hf-{_digest(canonical)}-eos{self.eos_id}'
+    self.fingerprint = f'hf-{_digest(canonical)}-eos{self.eos_id}' + (
+        f'-bos{self.bos_id}' if self.bos_id is not None else '')
 
   def encode(self, text: str) -> list[int]:
     return self.backend.encode(text, add_special_tokens=False).ids
@@ -169,6 +188,7 @@ class SentencePieceTokenizer:
     self.path = path
     self.vocab_size = self.sp.get_piece_size()
     self.eos_id = self.sp.eos_id() if self.sp.eos_id() >= 0 else None
+    self.bos_id = None  # jaxlm's SentencePiece models start documents with end-of-sequence
     self.fingerprint = 'spm-' + _content_digest(data)
 
   def encode(self, text: str) -> list[int]:
