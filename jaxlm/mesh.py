@@ -61,9 +61,9 @@ def skip_absent_tpu() -> None:
   as JAX's own check). JAX_PLATFORMS, when set, is the user's choice and is left alone;
   compiling for a topology loads libtpu on its own and is unaffected.
   """
-  if os.environ.get('JAX_PLATFORMS') or jax.config.jax_platforms:
-    return
   try:  # private API (JAX 0.10-0.12): without it, the noise stays and nothing else changes
+    if os.environ.get('JAX_PLATFORMS') or jax.config.jax_platforms:
+      return
     import dataclasses  # pylint: disable=import-outside-toplevel
     from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel
     factories = xla_bridge._backend_factories  # pylint: disable=protected-access
