@@ -120,7 +120,7 @@ def run(cfg: ConfigDict, what: list[str], steps: int, warmup: int,
                     'out of --what.')
   mesh = make_mesh(cfg)
   rules = sharding.rules_from_config(cfg.mesh)
-  tx, schedule = make_optimizer(cfg)
+  tx, schedule = make_optimizer(cfg, model_cfg)
   setup = setup_train_state(cfg, model_cfg, tx, mesh, rules)
   state = setup.init()
   B, L = cfg.train.batch_size, model_cfg.max_seq_len

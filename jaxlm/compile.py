@@ -131,7 +131,7 @@ def _setup(cfg, model_cfg, devices):
   from jaxlm.state import setup_train_state  # pylint: disable=import-outside-toplevel
   mesh = make_mesh(cfg, devices)
   rules = sharding.rules_from_config(cfg.mesh)
-  tx, schedule = make_optimizer(cfg)
+  tx, schedule = make_optimizer(cfg, model_cfg)
   return mesh, rules, tx, schedule, setup_train_state(cfg, model_cfg, tx, mesh, rules)
 
 

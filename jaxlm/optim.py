@@ -14,9 +14,6 @@ import optax
 from flax import struct
 from ml_collections import ConfigDict
 
-# Parameter leaf names (see jaxlm.model): matmul kernels are decayed; embeddings only on request;
-# norm scales and biases never.
-_EMBEDDINGS = ('table', 'pos_embed')
 
 
 def make_schedule(cfg: ConfigDict) -> optax.Schedule:
@@ -36,23 +33,45 @@ def make_schedule(cfg: ConfigDict) -> optax.Schedule:
   return lambda step: curve(step + 1)
 
 
-def decay_mask(params: Any, decay_embeddings: bool) -> Any:
-  """True for the parameters AdamW decays: dense kernels, and embeddings if asked."""
-  def decayed(path, _):
-    name = path[-1].key
-    return name == 'kernel' or (decay_embeddings and name in _EMBEDDINGS)
-  return jax.tree_util.tree_map_with_path(decayed, params)
+def decayed(axes: tuple[str | None, ...], decay_embeddings: bool) -> bool:
+  """Whether AdamW decays a parameter with these logical axes: by its role, not its name.
+
+  A matmul weight has two or more model axes (the scanned stack's `layers` aside) and reads or
+  writes the residual width or the MLP's (`embed`, `mlp`): attention and MLP projections, the
+  LSTM's input and recurrent matrices, an untied output head. A lookup table (first axis `vocab`
+  or `length`: token and learned position embeddings) is decayed only with
+  optim.decay_embeddings. Norm scales and biases (one model axis, or heads without a width, as
+  the query/key/value bias) never are.
+  """
+  named = [a for a in axes if a not in (None, 'layers')]
+  if named[:1] in (['vocab'], ['length']):
+    return decay_embeddings
+  return len(named) >= 2 and bool({'embed', 'mlp'} & set(named))
 
 
-def make_optimizer(cfg: ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """The optax chain (global-norm clipping, then AdamW without its learning rate) and the
-  learning-rate schedule; the update is -schedule(step) * tx.update(...) (see apply_updates)."""
+def decay_mask(model_cfg: ConfigDict, decay_embeddings: bool) -> dict[str, Any]:
+  """The decay decision of every parameter of the model (a pure dict shaped like its params)."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from jaxlm.state import abstract_model  # pylint: disable=import-outside-toplevel  (a cycle)
+  state = nnx.state(abstract_model(model_cfg), nnx.Param)
+  mask = jax.tree.map(
+      lambda v: decayed(tuple(v.get_metadata().get('out_sharding') or ()), decay_embeddings),
+      state, is_leaf=lambda v: isinstance(v, nnx.Variable))
+  return nnx.to_pure_dict(mask)
+
+
+def make_optimizer(cfg: ConfigDict,
+                   model_cfg: ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optax chain (global-norm clipping, then AdamW without its learning rate) for the resolved
+  model `model_cfg` and the learning-rate schedule; the update is -schedule(step) *
+  tx.update(...) (see apply_updates)."""
   o = cfg.optim
   tx = optax.chain(
       optax.clip_by_global_norm(o.clip_norm) if o.clip_norm > 0 else optax.identity(),
       # optax.adamw is exactly these two followed by scale_by_learning_rate.
       optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps),
-      optax.add_decayed_weights(o.weight_decay, mask=lambda p: decay_mask(p, o.decay_embeddings)),
+      optax.add_decayed_weights(o.weight_decay,
+                                mask=decay_mask(model_cfg, o.decay_embeddings)),
   )
   return tx, make_schedule(cfg)
 

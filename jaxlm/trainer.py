@@ -167,7 +167,7 @@ class Trainer:
     self.model_cfg = resolve_model(cfg.model, self.tokenizer.vocab_size + reserved)
     masking = objectives.masking(cfg, self.tokenizer.vocab_size, document_start(self.tokenizer))
     spans = objectives.spans(cfg, self.tokenizer, self.model_cfg.vocab_size)
-    tx, schedule = make_optimizer(cfg)
+    tx, schedule = make_optimizer(cfg, self.model_cfg)
     self.setup = setup_train_state(cfg, self.model_cfg, tx, self.mesh, rules)
     self.is_main = jax.process_index() == 0
     self.log(f'jaxlm | {metrics.param_count(self.model_cfg) / 1e6:.2f}M parameters | mesh '

@@ -42,7 +42,7 @@ def build_training(cfg: ConfigDict, num_devices: int | None = None, vocab: int =
   mesh = make_mesh(cfg, devices)
   rules = sharding.rules_from_config(cfg.mesh)
   model_cfg = jaxlm_config.resolve_model(cfg.model, vocab)
-  tx, schedule = make_optimizer(cfg)
+  tx, schedule = make_optimizer(cfg, model_cfg)
   setup = setup_train_state(cfg, model_cfg, tx, mesh, rules)
   step = jit_train_step(make_train_step(cfg, setup.graphdef, tx, schedule, mesh, rules, masking,
                                         spans),

@@ -102,3 +102,40 @@ def test_z_loss_enters_the_gradients_but_not_the_reported_loss():
   assert float(with_z['loss']) == pytest.approx(float(plain['loss']), rel=1e-6)
   assert float(with_z['grad_norm']) == pytest.approx(norm, rel=1e-4)
   assert abs(float(with_z['grad_norm']) - float(plain['grad_norm'])) > 1e-3 * norm
+
+
+def _lstm_model():
+  from jaxlm.config import TRANSFORMER_FIELDS
+  from jaxlm.configs import base
+  m = tiny_config().model
+  for field in TRANSFORMER_FIELDS:
+    m[field] = base.get_config().model[field]
+  m.kind = 'lstm'
+  return m
+
+
+def test_the_decay_mask_of_every_family_follows_the_role_of_each_parameter():
+  """Every matmul weight is decayed, the LSTM's recurrent matrix included (named `u`, it was
+  not: the old mask decayed only leaves named `kernel`); embeddings only when asked; norm
+  scales and biases (the query/key/value bias included) never."""
+  from jaxlm.config import resolve_model
+  from jaxlm.optim import decay_mask
+  gpt2 = tiny_config('gpt2').model
+  qwen = tiny_config('llama').model
+  qwen.qkv_bias = True
+  matmuls = {
+      'gpt2': {'blocks/attn/qkv/kernel', 'blocks/attn/o/kernel', 'blocks/mlp/up/kernel',
+               'blocks/mlp/down/kernel'},
+      'qwen': {'blocks/attn/qkv/kernel', 'blocks/attn/o/kernel', 'blocks/mlp/gate/kernel',
+               'blocks/mlp/up/kernel', 'blocks/mlp/down/kernel', 'head/kernel'},
+      'lstm': {'layers/w/kernel', 'layers/u', 'head/kernel'}}
+  lookups = {'gpt2': {'embed/table', 'pos_embed'}, 'qwen': {'embed/table'},
+             'lstm': {'embed/table'}}
+  for name, model in (('gpt2', gpt2), ('qwen', qwen), ('lstm', _lstm_model())):
+    m = resolve_model(model, 61)
+    for embeddings in (False, True):
+      flat = {'/'.join(str(k.key) for k in path): v for path, v in
+              jax.tree_util.tree_flatten_with_path(decay_mask(m, embeddings))[0]}
+      decayed = {k for k, v in flat.items() if v}
+      assert decayed == matmuls[name] | (lookups[name] if embeddings else set()), (name, decayed)
+      assert len(flat) > len(decayed)  # norms and biases are in the mask, undecayed

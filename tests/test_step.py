@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import build_training, random_batch, tiny_config
-from jaxlm.optim import LossScale, make_optimizer
+from jaxlm.optim import LossScale, make_schedule
 
 
 def _one_step(cfg, batch, num_devices=1, state=None):
@@ -128,7 +128,7 @@ def test_float16_overflow_skips_halves_the_scale_and_keeps_the_schedule():
   assert (int(state.skipped.count), int(state.skipped.last)) == (skips, skips)
   assert int(state.skipped.longest) == skips and int(state.skipped.run) == 0
   assert float(state.loss_scale.scale) == scales[-1]  # a finite step keeps the scale
-  _, schedule = make_optimizer(cfg)
+  schedule = make_schedule(cfg)
   assert float(metrics['lr']) == pytest.approx(float(schedule(skips)))
   assert float(schedule(skips)) > 2 * float(schedule(0))  # still warming up: they differ
   # Adam's first applied update moves every parameter with a gradient by lr (no decay here).
