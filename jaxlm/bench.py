@@ -97,39 +97,33 @@ def run(cfg: ConfigDict, what: list[str], steps: int, warmup: int,
   """The benchmarks in `what`; emit(results, name) is called as soon as each is measured (and
   with name 'config' once the model is built), so a run cut short keeps what it measured."""
   from jaxlm import metrics, objectives, sampling, sharding
+  from jaxlm.build import Vocab, build, vocab_of_model
   from jaxlm.errors import UserError
-  from jaxlm.config import resolve_model, validate
-  from jaxlm.mesh import configure_backend, make_mesh
-  from jaxlm.optim import make_optimizer
-  from jaxlm.state import setup_train_state
-  from jaxlm.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
+  from jaxlm.config import validate
+  from jaxlm.mesh import configure_backend
 
   validate(cfg)
   configure_backend(cfg)  # before anything starts JAX (opening data asks for the process index)
   run_data = open_data(cfg) if 'data' in what or not cfg.model.vocab_size else None
   if what == ['data']:
     return dict(data=data_benchmark(cfg, run_data, steps, warmup))
-  vocab = cfg.model.vocab_size or run_data.tokenizer.vocab_size
-  if objectives.objective(cfg) == 'span':
-    raise UserError("jaxlm.bench does not measure span corruption; benchmark the same model with "
-                    "--config.train.objective=causal (the step differs only in its input rows).")
-  model_cfg = resolve_model(cfg.model, vocab + objectives.reserved_ids(cfg))
-  masking = objectives.masking(cfg, vocab, None)
-  if masking is not None and 'decode' in what:
+  vocab = Vocab.of(run_data.tokenizer) if run_data else vocab_of_model(cfg)
+  if objectives.is_mlm(cfg) and 'decode' in what:
     raise UserError('a masked language model (train.objective=mlm) does not decode; leave decode '
                     'out of --what.')
-  mesh = make_mesh(cfg)
-  rules = sharding.rules_from_config(cfg.mesh)
-  tx, schedule = make_optimizer(cfg, model_cfg)
-  setup = setup_train_state(cfg, model_cfg, tx, mesh, rules)
+  built = build(cfg, vocab)  # the step training would run
+  model_cfg, setup = built.model_cfg, built.setup
   state = setup.init()
-  B, L = cfg.train.batch_size, model_cfg.max_seq_len
+  # Rows as the data pipeline gives them (span corruption reads raw windows, a little shorter).
+  B, L, W = cfg.train.batch_size, model_cfg.max_seq_len, objectives.window_length(cfg)
   rng = np.random.default_rng(cfg.seed)
-  tokens = rng.integers(0, vocab, (B, L + 1), dtype=np.int32)
-  batch_sh = sharding.batch_sharding(mesh, rules)
+  tokens = rng.integers(0, vocab.size, (B, W + 1), dtype=np.int32)
+  batch_sh = sharding.batch_sharding(built.mesh, built.rules)
   batch = {k: jax.device_put(v, batch_sh) for k, v in dict(
-      inputs=tokens[:, :-1], targets=tokens[:, 1:], mask=np.ones((B, L), np.float32),
-      **(dict(index=np.arange(B, dtype=np.int32)[:, None]) if masking else {})).items()}
+      inputs=tokens[:, :-1], targets=tokens[:, 1:], mask=np.ones((B, W), np.float32)).items()}
+  eval_batch = batch  # masked LM and span corruption draw on each row's index there
+  if objectives.objective(cfg) != 'causal':
+    eval_batch = dict(batch, index=jax.device_put(np.arange(B, dtype=np.int32)[:, None], batch_sh))
   flops = metrics.flops_per_token(model_cfg)
   results = dict(
       config=dict(layers=model_cfg.num_layers, width=model_cfg.embed_dim,
@@ -142,9 +136,7 @@ def run(cfg: ConfigDict, what: list[str], steps: int, warmup: int,
   emit(results, 'config')
 
   if 'train' in what:
-    train_step = jit_train_step(make_train_step(cfg, setup.graphdef, tx, schedule, mesh, rules,
-                                                masking),
-                                setup.shardings, mesh, rules)
+    train_step = built.train_step
     holder = [state]
 
     def one_step():
@@ -155,15 +147,13 @@ def run(cfg: ConfigDict, what: list[str], steps: int, warmup: int,
     emit(results, 'train')
     state = holder[0]
   if 'eval' in what:
-    eval_step = jit_eval_step(make_eval_step(setup.graphdef, mesh, rules, cfg.train.loss_chunk,
-                                             masking, objectives.eval_masking(cfg)),
-                              setup.shardings.params, mesh, rules)
-    results['eval'] = _summary(_timed(lambda: eval_step(state.params, batch), steps, warmup),
+    eval_step = built.eval_step
+    results['eval'] = _summary(_timed(lambda: eval_step(state.params, eval_batch), steps, warmup),
                                B * L, flops / 3)  # forward only: a third of the train FLOPs
     emit(results, 'eval')
   if 'decode' in what:
     new = L // 2
-    prompts = tokens[:, :L - new].tolist()
+    prompts = tokens[:, :min(L - new, W)].tolist()
     decode = lambda: sampling.generate(setup.graphdef, state.params, model_cfg, prompts,
                                        max_new_tokens=new, temperature=1.0, seed=0)
     results['decode'] = _summary(_timed(decode, max(steps // 10, 3), 1), B * new, None)

@@ -20,7 +20,6 @@ figures (jaxlm.plan) beside XLA's; --plan prints them alone, without compiling.
 
 import re
 from pathlib import Path
-import types
 
 from absl import flags
 
@@ -115,55 +114,33 @@ def model_vocab(cfg) -> int:
                   f'data.tokenizer={d.tokenizer!r} here; set model.vocab_size.')
 
 
-def _model_config(cfg):
-  from jaxlm import objectives  # pylint: disable=import-outside-toplevel
-  from jaxlm.config import resolve_model  # pylint: disable=import-outside-toplevel
+def built_for(cfg, devices):
+  """The step training would run (jaxlm.build), for `devices`. No data is read: the tokenizer's
+  size comes from model_vocab, with no end-of-sequence id (the same shapes, so the same program)."""
+  from jaxlm import build  # pylint: disable=import-outside-toplevel
   vocab = model_vocab(cfg)
-  return resolve_model(cfg.model, vocab + (0 if cfg.model.vocab_size else
-                                           objectives.reserved_ids(cfg)))
+  return build.build(cfg, build.vocab_of_model(cfg, 0 if cfg.model.vocab_size else vocab),
+                     devices)
 
 
-def _setup(cfg, model_cfg, devices):
-  """(mesh, rules, optimizer, schedule, the train state's setup) of a config on `devices`."""
-  from jaxlm import sharding  # pylint: disable=import-outside-toplevel
-  from jaxlm.mesh import make_mesh  # pylint: disable=import-outside-toplevel
-  from jaxlm.optim import make_optimizer  # pylint: disable=import-outside-toplevel
-  from jaxlm.state import setup_train_state  # pylint: disable=import-outside-toplevel
-  mesh = make_mesh(cfg, devices)
-  rules = sharding.rules_from_config(cfg.mesh)
-  tx, schedule = make_optimizer(cfg, model_cfg)
-  return mesh, rules, tx, schedule, setup_train_state(cfg, model_cfg, tx, mesh, rules)
-
-
-def _compile(cfg, model_cfg, devices, which: str = 'train'):
+def _compile(cfg, devices, which: str = 'train', built=None):
   """The train step (or the eval step) of `cfg` compiled for `devices`; a step the compiler
   cannot fit in memory is one sentence."""
   import jax  # pylint: disable=import-outside-toplevel
   from jaxlm import objectives, sharding  # pylint: disable=import-outside-toplevel
   from jaxlm.errors import UserError  # pylint: disable=import-outside-toplevel
-  # pylint: disable-next=import-outside-toplevel
-  from jaxlm.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
-  mesh, rules, tx, schedule, setup = _setup(cfg, model_cfg, devices)
-  masking = objectives.masking(cfg, model_cfg.vocab_size - 1, None)
-  # Only the shapes matter here: no tokenizer, so the end-of-sequence id is the one below the
-  # sentinels, as for a character vocabulary.
-  spans = objectives.spans(cfg, types.SimpleNamespace(eos_id=None), model_cfg.vocab_size)
+  built = built or built_for(cfg, devices)
   B, L = cfg.train.batch_size, objectives.window_length(cfg)
-  batch_sh = sharding.batch_sharding(mesh, rules)
+  batch_sh = sharding.batch_sharding(built.mesh, built.rules)
   if which == 'eval':  # evaluation runs a micro-batch at a time
     B //= cfg.train.grad_accum
   shape = lambda k, n: jax.ShapeDtypeStruct((B, n), 'float32' if k == 'mask' else 'int32',
                                             sharding=batch_sh)
   batch = {k: shape(k, L) for k in ('inputs', 'targets', 'mask')}
   if which == 'train':
-    step = jit_train_step(make_train_step(cfg, setup.graphdef, tx, schedule, mesh, rules,
-                                          masking, spans), setup.shardings, mesh, rules)
-    args = (setup.abstract, batch)
+    step, args = built.train_step, (built.setup.abstract, batch)
   else:  # evaluation: the forward pass and the loss over a batch (each row's index too)
-    step = jit_eval_step(make_eval_step(setup.graphdef, mesh, rules, cfg.train.loss_chunk,
-                                        masking, objectives.eval_masking(cfg), spans),
-                         setup.shardings.params, mesh, rules)
-    args = (setup.abstract.params, dict(batch, index=shape('index', 1)))
+    step, args = built.eval_step, (built.abstract_params, dict(batch, index=shape('index', 1)))
   try:
     return step.lower(*args).compile()
   except Exception as e:  # pylint: disable=broad-except
@@ -218,8 +195,8 @@ def compile_step(cfg, devices, hbm: int | None, plan_only: bool = False,
   from jaxlm import metrics, objectives, plan  # pylint: disable=import-outside-toplevel
   from jaxlm.errors import UserError  # pylint: disable=import-outside-toplevel
   from jaxlm.model import attention_kernels  # pylint: disable=import-outside-toplevel
-  model_cfg = _model_config(cfg)
-  mesh, rules, _, _, setup = _setup(cfg, model_cfg, devices)
+  built = built_for(cfg, devices)
+  model_cfg, mesh, rules, setup = built.model_cfg, built.mesh, built.rules, built.setup
   # Span corruption attends as a prefix LM: a dense mask, which only the reference takes.
   kernel = attention_kernels.kernel_for(
       model_cfg.attention, devices[0].platform, masked=objectives.objective(cfg) == 'span',
@@ -230,7 +207,7 @@ def compile_step(cfg, devices, hbm: int | None, plan_only: bool = False,
              params=metrics.param_count(model_cfg), tokens_per_step=B * L)
   if plan_only:
     return out
-  compiled = _compile(cfg, model_cfg, devices)
+  compiled = _compile(cfg, devices, built=built)
   memory, cost = compiled.memory_analysis(), _cost(compiled)
   flops_per_token = metrics.flops_per_token(model_cfg)
   out.update(arguments=memory.argument_size_in_bytes, temporaries=memory.temp_size_in_bytes,
@@ -238,7 +215,7 @@ def compile_step(cfg, devices, hbm: int | None, plan_only: bool = False,
              analytic_flops=flops_per_token * B * L / n, compiler_flops=cost.get('flops'))
   out['total'] = _device_total(memory)
   if with_eval:
-    out['eval_total'] = _device_total(_compile(cfg, model_cfg, devices, 'eval').memory_analysis())
+    out['eval_total'] = _device_total(_compile(cfg, devices, 'eval', built).memory_analysis())
   if not cost.get('optimal_seconds'):
     return out  # a host without a cost model (a CPU)
   whole = cost['optimal_seconds'] > 0  # a negative time: the cost model could not time the step
@@ -252,7 +229,7 @@ def compile_step(cfg, devices, hbm: int | None, plan_only: bool = False,
   else:
     variant = loop_free(cfg)
     try:
-      variant_cost = _cost(_compile(variant, _model_config(variant), devices))
+      variant_cost = _cost(_compile(variant, devices))
     except UserError as e:
       out['no_estimate'] = f'one micro-batch without loops does not compile: {e}'
     else:

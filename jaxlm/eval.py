@@ -79,9 +79,7 @@ def run(workdir: str, step: int | None, text: str, references: str, max_new_toke
   import jax
 
   from jaxlm import data, evaluation, metrics, objectives, sharding
-  from jaxlm.data.tokenizers import document_start
   from jaxlm.restore import load_trained
-  from jaxlm.step import jit_eval_step, make_eval_step
 
   pairs = read_pairs(references) if references else None  # a bad file fails before any work
   r = load_trained(workdir, step, batch_size)
@@ -91,14 +89,7 @@ def run(workdir: str, step: int | None, text: str, references: str, max_new_toke
     raise UserError(f'{workdir} holds a masked language model, which does not generate; '
                     '--references (BLEU) needs a causal one.')
   batch_sh = sharding.batch_sharding(r.mesh, r.rules)
-  param_shardings = jax.tree.map(lambda x: x.sharding, r.params)
-  eval_step = jit_eval_step(make_eval_step(r.graphdef, r.mesh, r.rules, r.cfg.train.loss_chunk,
-                                           objectives.masking(r.cfg, r.tokenizer.vocab_size,
-                                                              document_start(r.tokenizer)),
-                                           objectives.eval_masking(r.cfg),
-                                           objectives.spans(r.cfg, r.tokenizer,
-                                                            r.model_cfg.vocab_size)),
-                            param_shardings, r.mesh, r.rules)
+  eval_step = r.eval_step
   packing, length = r.cfg.data.packing, r.model_cfg.max_seq_len
   if text:
     files = data.corpus_files(text)

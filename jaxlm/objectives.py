@@ -213,13 +213,13 @@ class Spans(NamedTuple):
   length: int  # the model's context (model.max_seq_len): rows are padded to it
 
 
-def spans(cfg: ConfigDict, tokenizer, model_vocab: int) -> Spans | None:
-  """The span corruption of a span run (None for any other). A tokenizer without an
-  end-of-sequence id (characters) ends both parts with the last sentinel's neighbour below."""
+def spans(cfg: ConfigDict, eos: int | None, model_vocab: int) -> Spans | None:
+  """The span corruption of a span run (None for any other), for a tokenizer whose end-of-sequence
+  id is `eos`. Without one (characters) both parts end with the last sentinel's neighbour below."""
   if objective(cfg) != 'span':
     return None
   shape = span_shape(cfg)
-  eos = tokenizer.eos_id if tokenizer.eos_id is not None else model_vocab - 1 - shape.spans
+  eos = eos if eos is not None else model_vocab - 1 - shape.spans
   return Spans(shape, model_vocab - 1, eos, cfg.model.max_seq_len)
 
 

@@ -17,13 +17,13 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from jaxlm import paths, sharding
+from jaxlm.build import Vocab, build
 from jaxlm.checkpoint import Checkpointer, short_reason, peek_config
 from jaxlm.config import resolve_model
 from jaxlm.data import RunData, is_prepared, open_run_data_at
 from jaxlm.data.tokenizers import Tokenizer, open_tokenizer
 from jaxlm.errors import UserError
-from jaxlm.mesh import configure_backend, make_mesh
-from jaxlm.state import model_parts
+from jaxlm.mesh import configure_backend
 
 
 class TrainedRun(NamedTuple):
@@ -37,6 +37,7 @@ class TrainedRun(NamedTuple):
   mesh: Mesh
   rules: sharding.Rules
   workdir: Path
+  eval_step: Any  # jitted (params, batch) -> (summed loss, counted tokens), as training's
 
 
 def eval_batch_size(batch_size: int) -> int:
@@ -105,12 +106,10 @@ def _restore(ckpt: Checkpointer, workdir: Path, step: int, batch_size: int) -> T
     raise UserError(f'the tokenizer of {run_data.datasets[0].directory} ({tokenizer.fingerprint}) '
                     f'is not the one checkpoint {step} was trained with ({meta["tokenizer"]}).')
   model_cfg = resolve_model(ConfigDict(meta['model']), tokenizer.vocab_size)
-  mesh = make_mesh(cfg)
-  rules = sharding.rules_from_config(cfg.mesh)
-  graphdef, abstract = model_parts(model_cfg, mesh, rules)  # no optimizer state: a reader
-  params = ckpt.restore_params(abstract, step)
-  return TrainedRun(cfg, model_cfg, tokenizer, run_data, graphdef, params, step, mesh, rules,
-                    workdir)
+  built = build(cfg, Vocab.of(tokenizer), model_cfg=model_cfg, train=False)  # no optimizer state
+  params = ckpt.restore_params(built.abstract_params, step)
+  return TrainedRun(cfg, model_cfg, tokenizer, run_data, built.graphdef, params, step, built.mesh,
+                    built.rules, workdir, built.eval_step)
 
 
 def trained_data(meta: dict, workdir: Path, step: int, cfg: ConfigDict) -> RunData:

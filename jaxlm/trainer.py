@@ -24,14 +24,13 @@ from tqdm import tqdm
 
 from jaxlm import data, metrics, objectives, paths, sharding, warmstart
 from jaxlm.checkpoint import Checkpointer
-from jaxlm.config import check_model, check_objective, resolve_model, validate
-from jaxlm.data.tokenizers import document_start
+from jaxlm.build import Vocab, build
+from jaxlm.config import check_model, check_objective, validate
 from jaxlm.errors import UserError
 from jaxlm.evaluation import continuations, loss_over, sync_each_step, to_global
 from jaxlm.mesh import configure_backend, initialize_distributed, make_mesh
-from jaxlm.optim import LossScale, make_optimizer
-from jaxlm.state import SKIP_CAUSES, setup_train_state
-from jaxlm.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
+from jaxlm.optim import LossScale
+from jaxlm.state import SKIP_CAUSES
 from jaxlm.workdir import WorkdirLock, prepare_workdir, run_differences
 
 
@@ -141,8 +140,7 @@ class Trainer:
 
   def _build(self, cfg: ConfigDict) -> None:
     t = cfg.train
-    self.mesh = make_mesh(cfg)
-    self.rules = rules = sharding.rules_from_config(cfg.mesh)
+    mesh = make_mesh(cfg)  # a mesh this machine cannot hold fails before any data is prepared
     # config.init_from: the architecture is the trained model's, and so must the tokenizer be.
     self.init_from = warmstart.Source(cfg.init_from) if cfg.init_from else None
     self.run_data = open_data_once(cfg, self.workdir)
@@ -158,17 +156,9 @@ class Trainer:
                         f'model.causal={cfg.model.causal} (model.kind={cfg.model.kind!r}), '
                         f'which train.objective={t.objective!r} cannot train: {e}') from None
       self.init_from.check_tokenizer(self.tokenizer, cfg.model)
-    reserved = objectives.reserved_ids(cfg)
-    if reserved and 0 < cfg.model.vocab_size < self.tokenizer.vocab_size + reserved:
-      raise UserError(f'config field model.vocab_size={cfg.model.vocab_size} has no room for the '
-                      f'{reserved} id(s) train.objective={t.objective!r} needs past the '
-                      f"tokenizer's {self.tokenizer.vocab_size}; set it to 0 (or at least "
-                      f'{self.tokenizer.vocab_size + reserved}).')
-    self.model_cfg = resolve_model(cfg.model, self.tokenizer.vocab_size + reserved)
-    masking = objectives.masking(cfg, self.tokenizer.vocab_size, document_start(self.tokenizer))
-    spans = objectives.spans(cfg, self.tokenizer, self.model_cfg.vocab_size)
-    tx, schedule = make_optimizer(cfg, self.model_cfg)
-    self.setup = setup_train_state(cfg, self.model_cfg, tx, self.mesh, rules)
+    built = build(cfg, Vocab.of(self.tokenizer), mesh=mesh)
+    self.mesh, self.rules, self.model_cfg = built.mesh, built.rules, built.model_cfg
+    self.setup, self.train_step, self.eval_step = built.setup, built.train_step, built.eval_step
     self.is_main = jax.process_index() == 0
     self.log(f'jaxlm | {metrics.param_count(self.model_cfg) / 1e6:.2f}M parameters | mesh '
              f'{dict(self.mesh.shape)} on {metrics.devices_text()} | '
@@ -188,7 +178,7 @@ class Trainer:
     self.ckpt = Checkpointer(self.workdir / 'checkpoints', keep=cfg.checkpoint.keep,
                              keep_period=cfg.checkpoint.keep_period,
                              async_save=cfg.checkpoint.async_save)
-    self.batch_sharding = sharding.batch_sharding(self.mesh, rules)
+    self.batch_sharding = sharding.batch_sharding(self.mesh, self.rules)
     self.data = data.train_batches(self.run_data, cfg, objectives.window_length(cfg),
                                    sharding.host_rows(self.batch_sharding, t.batch_size))
     self.mixed = np.zeros(len(self.run_data.datasets), np.int64)  # rows read per dataset
@@ -196,13 +186,6 @@ class Trainer:
     self.meta = dict(config=cfg.to_dict(), model=self.model_cfg.to_dict(),
                      tokenizer=self.tokenizer.fingerprint,
                      data=self.run_data.record(self.workdir))
-    self.train_step = jit_train_step(
-        make_train_step(cfg, self.setup.graphdef, tx, schedule, self.mesh, rules, masking, spans),
-        self.setup.shardings, self.mesh, rules)
-    self.eval_step = jit_eval_step(
-        make_eval_step(self.setup.graphdef, self.mesh, rules, t.loss_chunk, masking,
-                       objectives.eval_masking(cfg), spans),
-        self.setup.shardings.params, self.mesh, rules)
     # Samples continue a prompt: only a causal model generates.
     self.sample_tokens = t.sample_tokens if self.model_cfg.causal else 0
     self.tokens_per_step = t.batch_size * self.model_cfg.max_seq_len

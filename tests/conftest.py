@@ -30,24 +30,15 @@ def corpus_file(tmp_path):
 
 
 def build_training(cfg: ConfigDict, num_devices: int | None = None, vocab: int = 61,
-                   masking=None, spans=None):
-  """(mesh, setup, jitted train_step, batch sharding) for `cfg` on the first num_devices devices
-  (with the objective's `masking` or `spans`, see jaxlm.objectives)."""
+                   eos: int | None = None):
+  """(mesh, setup, jitted train_step, batch sharding) for `cfg` on the first num_devices devices,
+  built as every command builds it (jaxlm.build), for a tokenizer of `vocab` ids."""
   from jaxlm import sharding
-  from jaxlm.mesh import make_mesh
-  from jaxlm.optim import make_optimizer
-  from jaxlm.state import setup_train_state
-  from jaxlm.step import jit_train_step, make_train_step
+  from jaxlm.build import Vocab, build
   devices = jax.devices()[:num_devices] if num_devices else jax.devices()
-  mesh = make_mesh(cfg, devices)
-  rules = sharding.rules_from_config(cfg.mesh)
-  model_cfg = jaxlm_config.resolve_model(cfg.model, vocab)
-  tx, schedule = make_optimizer(cfg, model_cfg)
-  setup = setup_train_state(cfg, model_cfg, tx, mesh, rules)
-  step = jit_train_step(make_train_step(cfg, setup.graphdef, tx, schedule, mesh, rules, masking,
-                                        spans),
-                        setup.shardings, mesh, rules)
-  return mesh, setup, step, sharding.batch_sharding(mesh, rules)
+  built = build(cfg, Vocab(vocab, eos, eos), devices)
+  return built.mesh, built.setup, built.train_step, sharding.batch_sharding(built.mesh,
+                                                                            built.rules)
 
 
 def random_batch(batch_size: int, seq_len: int, vocab: int = 61, seed: int = 0):

@@ -180,7 +180,7 @@ def test_the_eval_step_is_compiled_for_a_micro_batch():
   """Evaluation runs a micro-batch at a time (jaxlm.evaluation.loss_over): so is it compiled."""
   cfg = _preset('base')
   cfg.train.batch_size, cfg.train.grad_accum = 32, 4
-  compiled = aot._compile(cfg, aot._model_config(cfg), _devices('v5p-8'), 'eval')
+  compiled = aot._compile(cfg, _devices('v5p-8'), 'eval')
   batch = compiled.args_info[0][1]  # (args, kwargs): the parameters, then the batch
   assert batch['inputs'].shape == (8, cfg.model.max_seq_len), batch
 

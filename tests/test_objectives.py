@@ -333,16 +333,14 @@ def test_span_rows_fill_the_context_so_the_presets_loss_chunk_divides_them(lengt
   """Span rows are padded to model.max_seq_len (the sequence itself is inputs + targets - 1, 1022
   for 1024): the mask counts the targets alone, the padding after them is id 0 and uncounted,
   and the train and eval steps trace with the GPT-2/Llama presets' loss_chunk of 256."""
-  from types import SimpleNamespace
-  from conftest import build_training
-  from jaxlm import config as jaxlm_config, sharding
-  from jaxlm.step import make_eval_step
+  from jaxlm import config as jaxlm_config
+  from jaxlm.build import Vocab, build
   cfg = _span_cfg(length)
   cfg.train.loss_chunk, cfg.train.batch_size, cfg.mesh.data = 256, 2, 1
   for density in (0.15, 0.5):
     cfg.span.noise_density = density
     jaxlm_config.validate(cfg)
-    spans = objectives.spans(cfg, SimpleNamespace(eos_id=1), 1000)
+    spans = objectives.spans(cfg, 1, 1000)
     shape, used = spans.shape, spans.shape.inputs + spans.shape.targets - 1
     raw = jnp.asarray(np.random.default_rng(0).integers(2, 900, (2, shape.raw)), jnp.int32)
     batch = objectives.span_batch(jax.random.PRNGKey(0), raw, jnp.arange(2), spans)
@@ -350,13 +348,12 @@ def test_span_rows_fill_the_context_so_the_presets_loss_chunk_divides_them(lengt
     mask, targets = np.asarray(batch['mask']), np.asarray(batch['targets'])
     assert (mask.sum(1) == shape.targets).all() and (mask[:, used:] == 0).all()
     assert (targets[:, used - 1] == 1).all() and (targets[:, used:] == 0).all()
-    mesh, setup, step, _ = build_training(cfg, 1, vocab=1000, spans=spans)
+    built = build(cfg, Vocab(1000 - objectives.reserved_ids(cfg), 1), jax.devices()[:1])
     rows = dict(inputs=raw[:, :-1], targets=raw[:, 1:], mask=jnp.ones_like(raw[:, 1:], jnp.float32))
-    jax.eval_shape(step, setup.abstract, rows)  # raised a reshape TypeError for 1022 positions
-    rules = sharding.rules_from_config(cfg.mesh)
-    evaluate = make_eval_step(setup.graphdef, mesh, rules, 256, spans=spans)
+    # (the train and eval steps raised a reshape TypeError for 1022 positions)
+    jax.eval_shape(built.train_step, built.setup.abstract, rows)
     rows.update(index=jnp.zeros((2, 1), jnp.int32), segment_ids=jnp.ones_like(raw[:, 1:]))
-    jax.eval_shape(evaluate, setup.abstract.params, rows)
+    jax.eval_shape(built.eval_step, built.abstract_params, rows)
 
 
 def test_span_settings_up_to_the_limit_keep_every_row_aligned():
@@ -374,18 +371,13 @@ def test_span_settings_up_to_the_limit_keep_every_row_aligned():
       assert s.inputs == s.raw - s.noise + s.spans + 1 and s.targets == s.noise + s.spans + 1
       assert s.raw - s.noise >= s.spans and s.inputs + s.targets - 1 <= length, (length, s)
     cfg.model.max_seq_len = 24
-    spans = objectives.spans(cfg, types_ns(eos), 1000)
+    spans = objectives.spans(cfg, eos, 1000)
     shape, used = spans.shape, spans.shape.inputs + spans.shape.targets - 1
     raw = jnp.asarray(np.random.default_rng(0).integers(2, 900, (16, shape.raw)), jnp.int32)
     batch = objectives.span_batch(jax.random.PRNGKey(0), raw, jnp.arange(16), spans)
     inputs, targets = np.asarray(batch['inputs']), np.asarray(batch['targets'])
     assert (inputs[:, shape.inputs - 1] == eos).all(), (density, mean, shape)
     assert (targets[:, used - 1] == eos).all(), (density, mean, shape)
-
-
-def types_ns(eos):
-  from types import SimpleNamespace
-  return SimpleNamespace(eos_id=eos)
 
 
 @pytest.mark.parametrize('density,mean,message', [
@@ -451,7 +443,7 @@ def test_spanned_batch_counts_only_whole_windows():
   a whole window counts exactly its targets."""
   from jaxlm.step import spanned_batch
   cfg = _span_cfg(48)
-  spans = objectives.spans(cfg, types_ns(1), 1000)
+  spans = objectives.spans(cfg, 1, 1000)
   raw = np.random.default_rng(1).integers(2, 900, (3, spans.shape.raw)).astype(np.int32)
   segments = np.ones((3, spans.shape.raw - 1), np.int32)
   segments[1, -5:] = 0  # the stream ended inside this window
