@@ -4,7 +4,7 @@ the step training runs."""
 import jax
 import pytest
 
-from conftest import corpus_file, tiny_config  # noqa: F401  (a fixture)
+from conftest import tiny_config
 from jaxlm import compile as aot
 from jaxlm import objectives, sharding, trainer
 
