@@ -22,6 +22,24 @@ def resolved_model(variant: str = 'llama', vocab: int = 61, **overrides) -> Conf
   return jaxlm_config.resolve_model(c, vocab)
 
 
+def pytest_configure(config):
+  """A persistent compilation cache for the commands the tests start (harness.env), one per test
+  session: made by the first process (the controller, before pytest-xdist starts its workers,
+  which inherit it) and removed at its end, so no entry outlives the session."""
+  import os
+  import tempfile
+  if 'JAXLM_TEST_XLA_CACHE' not in os.environ:
+    os.environ['JAXLM_TEST_XLA_CACHE'] = tempfile.mkdtemp(prefix='jaxlm-test-xla-cache-')
+    config.jaxlm_cache_owner = True
+
+
+def pytest_unconfigure(config):
+  import os
+  import shutil
+  if getattr(config, 'jaxlm_cache_owner', False):
+    shutil.rmtree(os.environ.pop('JAXLM_TEST_XLA_CACHE'), ignore_errors=True)
+
+
 @pytest.fixture
 def corpus_file(tmp_path):
   path = tmp_path / 'corpus.txt'
