@@ -15,7 +15,6 @@ from flax import struct
 from ml_collections import ConfigDict
 
 
-
 def make_schedule(cfg: ConfigDict) -> optax.Schedule:
   """Linear warm-up to optim.lr, then cosine decay to optim.min_lr (or constant).
 
