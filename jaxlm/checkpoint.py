@@ -153,12 +153,11 @@ class Checkpointer:
     """
     target = abstract_state
     scale = getattr(abstract_state, 'loss_scale', None)
-    metadata = self.manager.item_metadata(step)
-    stored_scale = bool(metadata and metadata['state'] and any(
-        p.startswith('loss_scale/') for p in _by_path(metadata['state'])))
+    stored = self._stored(step)
+    stored_scale = any(p.startswith('loss_scale/') for p in stored)
     if hasattr(abstract_state, 'loss_scale') and (scale is not None) != stored_scale:
       target = abstract_state.replace(loss_scale=None)
-    self._check_shapes(step, target)
+    self._check_shapes(step, target, stored)
     if not stored_scale or target is abstract_state:
       restored = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(),
@@ -234,12 +233,17 @@ class Checkpointer:
       multihost_utils.sync_global_devices(f'jaxlm: checkpoint {step} moved aside')
     self.manager.reload()
 
-  def _check_shapes(self, step: int, abstract_state: Any) -> None:
-    """A checkpoint of another model shape is an error naming the parameter and both shapes."""
+  def _stored(self, step: int) -> dict[str, Any]:
+    """The stored arrays' metadata of `step`, by path."""
     metadata = self.manager.item_metadata(step)
     if not metadata or not metadata['state']:
       raise ValueError('its array metadata is missing')  # unreadable, not another model
-    stored = _by_path(metadata['state'])
+    return _by_path(metadata['state'])
+
+  def _check_shapes(self, step: int, abstract_state: Any,
+                    stored: dict[str, Any] | None = None) -> None:
+    """A checkpoint of another model shape is an error naming the parameter and both shapes."""
+    stored = self._stored(step) if stored is None else stored
     for path, want in _by_path(abstract_state).items():
       have = stored.get(path)
       if have is None:
