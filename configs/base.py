@@ -99,6 +99,7 @@ def get_config() -> ConfigDict:
   t.objective = 'causal'  # 'causal': predict each next token. 'mlm': masked LM (BERT) on a
   #                         bidirectional model (model.causal=False), with the mlm.* settings.
   #                         'span': T5's span corruption as a prefix LM, with the span.* settings.
+  #                         'fim': causal LM with fill-in-the-middle rows (the fim.* settings).
   t.steps = 500  # Optimizer steps; the default run takes a few minutes on a 2-core CPU.
   t.batch_size = 16  # B, global sequences per step, split over the dcn, data and fsdp mesh axes.
   t.grad_accum = 1  # Micro-batches per step; B must divide by it. Same update as one big batch.
@@ -134,6 +135,10 @@ def get_config() -> ConfigDict:
   c.span.mean_span_length = 3.0  # Mean length of a hidden span (T5's 3); one sentinel id each.
   #   The window is as long as T5's random_spans_helper says, so that the corrupted input and the
   #   target together fill model.max_seq_len; sentinel ids are the top ids of the vocabulary.
+
+  c.fim = ConfigDict()  # train.objective='fim' (Bavarian et al. 2022): rows cut into prefix,
+  c.fim.rate = 0.5  # middle, suffix and reordered <PRE> prefix <SUF> suffix <MID> middle with this
+  #                   probability (their 0.5: infilling learnt at no cost to left-to-right loss).
 
   c.optim = ConfigDict()
   o = c.optim

@@ -97,7 +97,8 @@ def run(cfg: ConfigDict, what: list[str], steps: int, warmup: int,
   """The benchmarks in `what`; emit(results, name) is called as soon as each is measured (and
   with name 'config' once the model is built), so a run cut short keeps what it measured."""
   from jaxlm import metrics, objectives, sampling, sharding
-  from jaxlm.build import Vocab, build, vocab_of_model
+  from jaxlm.build import build, vocab_of_model
+  from jaxlm.objectives import Vocab
   from jaxlm.errors import UserError
   from jaxlm.config import validate
   from jaxlm.mesh import configure_backend
@@ -108,9 +109,9 @@ def run(cfg: ConfigDict, what: list[str], steps: int, warmup: int,
   if what == ['data']:
     return dict(data=data_benchmark(cfg, run_data, steps, warmup))
   vocab = Vocab.of(run_data.tokenizer) if run_data else vocab_of_model(cfg)
-  if objectives.is_mlm(cfg) and 'decode' in what:
-    raise UserError('a masked language model (train.objective=mlm) does not decode; leave decode '
-                    'out of --what.')
+  if not objectives.of(cfg).generates and 'decode' in what:
+    raise UserError(f'a model trained with train.objective={cfg.train.objective!r} does not '
+                    'decode; leave decode out of --what.')
   built = build(cfg, vocab)  # the step training would run
   model_cfg, setup = built.model_cfg, built.setup
   state = setup.init()
@@ -121,9 +122,12 @@ def run(cfg: ConfigDict, what: list[str], steps: int, warmup: int,
   batch_sh = sharding.batch_sharding(built.mesh, built.rules)
   batch = {k: jax.device_put(v, batch_sh) for k, v in dict(
       inputs=tokens[:, :-1], targets=tokens[:, 1:], mask=np.ones((B, W), np.float32)).items()}
-  eval_batch = batch  # masked LM and span corruption draw on each row's index there
-  if objectives.objective(cfg) != 'causal':
-    eval_batch = dict(batch, index=jax.device_put(np.arange(B, dtype=np.int32)[:, None], batch_sh))
+  eval_batch = batch  # most objectives draw on each row's index and extent there
+  if built.objective.eval_rows:
+    put = lambda x: jax.device_put(x, batch_sh)
+    eval_batch = dict(batch, index=put(np.arange(B, dtype=np.int32)[:, None]),
+                      segment_ids=put(np.ones((B, W), np.int32)),
+                      input_mask=put(np.ones((B, W), np.float32)))
   flops = metrics.flops_per_token(model_cfg)
   results = dict(
       config=dict(layers=model_cfg.num_layers, width=model_cfg.embed_dim,

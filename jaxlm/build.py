@@ -1,7 +1,7 @@
 """The one place that assembles a run's step, for every command and the tests.
 
-  config -> mesh and logical-axis rules -> resolved model -> the objective's settings (masking,
-  span corruption) -> optimizer and schedule -> train-state setup -> jitted train and eval steps
+  config -> mesh and logical-axis rules -> resolved model -> the objective (objectives/) ->
+  optimizer and schedule -> train-state setup -> jitted train and eval steps
 
 The trainer, jaxlm.eval and jaxlm.generate (through restore.py), jaxlm.bench, jaxlm.compile and the
 tests' helper all call `build`; nothing else builds a step, so what compile and bench measure is
@@ -18,23 +18,12 @@ from ml_collections import ConfigDict
 
 from jaxlm import objectives, sharding
 from jaxlm.config import resolve_model
-from jaxlm.data.tokenizers import Tokenizer, document_start
 from jaxlm.errors import UserError
 from jaxlm.mesh import make_mesh
+from jaxlm.objectives import Objective, Vocab
 from jaxlm.optim import make_optimizer
 from jaxlm.state import StateSetup, model_parts, setup_train_state
 from jaxlm.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
-
-
-class Vocab(NamedTuple):
-  """What a step needs of the tokenizer."""
-  size: int  # its ids are 0 .. size - 1; the objective's reserved ids come after
-  eos: int | None = None  # end-of-sequence: ends span corruption's input and target
-  start: int | None = None  # what each document starts with (never masked)
-
-  @classmethod
-  def of(cls, tokenizer: Tokenizer) -> 'Vocab':
-    return cls(tokenizer.vocab_size, tokenizer.eos_id, document_start(tokenizer))
 
 
 class Built(NamedTuple):
@@ -42,8 +31,7 @@ class Built(NamedTuple):
   mesh: Mesh
   rules: sharding.Rules
   model_cfg: ConfigDict  # resolved
-  masking: objectives.Masking | None  # train.objective='mlm'
-  spans: objectives.Spans | None  # train.objective='span'
+  objective: Objective
   tx: optax.GradientTransformation | None  # None for a reader (train=False)
   schedule: optax.Schedule | None
   setup: StateSetup | None  # creating or restoring the whole train state; None for a reader
@@ -81,20 +69,19 @@ def build(cfg: ConfigDict, vocab: Vocab, devices: Sequence[jax.Device] | None = 
   mesh = mesh or make_mesh(cfg, devices)
   rules = sharding.rules_from_config(cfg.mesh)
   model_cfg = model_cfg or model_config(cfg, vocab)
-  masking = objectives.masking(cfg, vocab.size, vocab.start)
-  spans = objectives.spans(cfg, vocab.eos, model_cfg.vocab_size)
+  objective = objectives.make(cfg, vocab, model_cfg.vocab_size)
   tx = schedule = setup = train_step = None
   if train:
     tx, schedule = make_optimizer(cfg, model_cfg)
     setup = setup_train_state(cfg, model_cfg, tx, mesh, rules)
     graphdef, abstract_params = setup.graphdef, setup.abstract.params
     train_step = jit_train_step(make_train_step(cfg, graphdef, tx, schedule, mesh, rules,
-                                                masking, spans), setup.shardings, mesh, rules)
+                                                objective), setup.shardings, mesh, rules)
   else:
     graphdef, abstract_params = model_parts(model_cfg, mesh, rules)
   param_shardings = jax.tree.map(lambda x: x.sharding, abstract_params)
-  eval_step = jit_eval_step(make_eval_step(graphdef, mesh, rules, cfg.train.loss_chunk, masking,
-                                           objectives.eval_masking(cfg), spans),
-                            param_shardings, mesh, rules)
-  return Built(mesh, rules, model_cfg, masking, spans, tx, schedule, setup, graphdef,
+  eval_step = jit_eval_step(
+      make_eval_step(graphdef, mesh, rules, objective, cfg.train.loss_chunk), param_shardings,
+      mesh, rules)
+  return Built(mesh, rules, model_cfg, objective, tx, schedule, setup, graphdef,
                abstract_params, train_step, eval_step)

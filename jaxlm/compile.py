@@ -139,8 +139,11 @@ def _compile(cfg, devices, which: str = 'train', built=None):
   batch = {k: shape(k, L) for k in ('inputs', 'targets', 'mask')}
   if which == 'train':
     step, args = built.train_step, (built.setup.abstract, batch)
-  else:  # evaluation: the forward pass and the loss over a batch (each row's index too)
-    step, args = built.eval_step, (built.abstract_params, dict(batch, index=shape('index', 1)))
+  else:  # evaluation: the forward pass and the loss over a batch
+    if built.objective.eval_rows:  # as data.eval_batches gives them: each row's index, extent
+      batch.update(segment_ids=shape('segment_ids', L), input_mask=shape('mask', L),
+                   index=shape('index', 1))
+    step, args = built.eval_step, (built.abstract_params, batch)
   try:
     return step.lower(*args).compile()
   except Exception as e:  # pylint: disable=broad-except
@@ -197,9 +200,9 @@ def compile_step(cfg, devices, hbm: int | None, plan_only: bool = False,
   from jaxlm.model import attention_kernels  # pylint: disable=import-outside-toplevel
   built = built_for(cfg, devices)
   model_cfg, mesh, rules, setup = built.model_cfg, built.mesh, built.rules, built.setup
-  # Span corruption attends as a prefix LM: a dense mask, which only the reference takes.
+  # A prefix LM (span corruption) attends through a dense mask, which only the reference takes.
   kernel = attention_kernels.kernel_for(
-      model_cfg.attention, devices[0].platform, masked=objectives.objective(cfg) == 'span',
+      model_cfg.attention, devices[0].platform, masked=built.objective.prefix_lm,
       length=model_cfg.max_seq_len, head_dim=model_cfg.head_dim, dtype=model_cfg.dtype)
   n, B, L = len(devices), cfg.train.batch_size, objectives.window_length(cfg)
   out = dict(planned=plan.plan(cfg, model_cfg, mesh, rules, setup.abstract, kernel != 'xla'),

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from ml_collections import ConfigDict
 
-from jaxlm import paths
+from jaxlm import objectives, paths
 from jaxlm.configs import base
 from jaxlm.errors import UserError
 
@@ -30,9 +30,8 @@ _CHOICES = {
     'data.val_split': ('tail', 'documents'),
     'train.on_nonfinite': ('abort', 'skip'),
     'optim.schedule': ('cosine', 'constant'),
-    'train.objective': ('causal', 'mlm', 'span'),
+    'train.objective': tuple(objectives.REGISTRY),
     'train.loss_grad': ('blockwise', 'autodiff'),
-    'mlm.ratio_schedule': ('constant', 'linear', 'cosine'),
 }
 
 _positive = (lambda v: v > 0, 'a positive number')
@@ -63,13 +62,6 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'model.rope_high_freq_factor': _positive,
     'model.rope_original_max_len': _positive,
     'model.dropout': _fraction,
-    'mlm.ratio_start': _ratio,
-    'mlm.ratio_end': _ratio,
-    'mlm.eval_ratio': _ratio,
-    'mlm.mask_fraction': _unit,
-    'mlm.random_fraction': _unit,
-    'span.noise_density': _ratio,
-    'span.mean_span_length': (lambda v: v >= 1, 'a number >= 1'),
     'model.init_std': _positive,
     'data.tokenizer_vocab_size': (lambda v: v >= 16, 'an integer >= 16'),
     'data.val_fraction': (lambda v: 0 < v < 1, 'a number strictly between 0 and 1'),
@@ -109,6 +101,9 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'checkpoint.keep': _positive,
     'checkpoint.keep_period': _non_negative,
 }
+for _objective in objectives.REGISTRY.values():  # each objective's own settings
+  _CHOICES.update(_objective.choices)
+  _RANGES.update(_objective.ranges)
 
 
 def _flatten(cfg: ConfigDict, prefix: str = '') -> dict[str, Any]:
@@ -215,10 +210,6 @@ def _check_cross_fields(cfg: ConfigDict) -> None:
   if o.min_lr > o.lr:
     _fail('optim.min_lr', o.min_lr, f'at most optim.lr={o.lr}')
   check_objective(cfg)
-  if cfg.mlm.mask_fraction + cfg.mlm.random_fraction > 1:
-    raise UserError(f'config fields mlm.mask_fraction={cfg.mlm.mask_fraction} and '
-                    f'mlm.random_fraction={cfg.mlm.random_fraction} add up to more than 1; the '
-                    'rest of the selected tokens is kept unchanged.')
   d = cfg.data
   if d.tokenizer == 'huggingface' and not d.tokenizer_path:
     _fail('data.tokenizer_path', '', "a tokenizer.json (or a Hugging Face model directory holding "
@@ -240,32 +231,10 @@ def _check_cross_fields(cfg: ConfigDict) -> None:
 
 
 def check_objective(cfg: ConfigDict) -> None:
-  """train.objective against the model (checked again once config.init_from has set the model's
-  architecture: a masked-LM encoder cannot become a causal LM silently, nor the reverse)."""
-  t = cfg.train
-  if t.objective == 'mlm' and cfg.model.causal:
-    raise UserError("config field train.objective='mlm' needs a bidirectional model: set "
-                    'model.causal=False (a causal model cannot see the tokens after a mask).')
-  if t.objective == 'span' and cfg.data.packing != 'concat':
-    raise UserError("config field train.objective='span' corrupts windows of the token stream; "
-                    "set data.packing='concat' (packed documents are not supported with it).")
-  if t.objective == 'span' and cfg.model.kind == 'lstm':
-    raise UserError("config field train.objective='span' trains a prefix LM, which reads its "
-                    "input bidirectionally; an LSTM (model.kind='lstm') reads left to right only, "
-                    "so use train.objective='causal' or model.kind='transformer'.")
-  limit = cfg.span.mean_span_length / (cfg.span.mean_span_length + 1)
-  if t.objective == 'span' and cfg.span.noise_density > limit:
-    raise UserError(f'config field span.noise_density={cfg.span.noise_density} is above '
-                    f'{limit:.4g}, the most that span.mean_span_length='
-                    f'{cfg.span.mean_span_length} allows (mean / (mean + 1): every hidden span '
-                    'needs a kept token before it); lower the density or lengthen the spans.')
-  if t.objective == 'span' and not cfg.model.causal:
-    raise UserError("config field train.objective='span' trains a prefix LM, which attends "
-                    'bidirectionally only inside the prefix; keep model.causal=True.')
-  if t.objective == 'causal' and not cfg.model.causal:
-    raise UserError("config field model.causal=False lets each token see the next one, which "
-                    "train.objective='causal' predicts; use train.objective='mlm' (or keep "
-                    'model.causal=True).')
+  """train.objective against the model and data (checked again once config.init_from has set the
+  model's architecture: a masked-LM encoder cannot become a causal LM silently, nor the reverse).
+  Each objective checks what it needs (objectives/)."""
+  objectives.of(cfg).check(cfg)
 
 
 # What a run started from trained weights (config.init_from) keeps from its own model config: how

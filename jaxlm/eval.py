@@ -78,16 +78,15 @@ def run(workdir: str, step: int | None, text: str, references: str, max_new_toke
         batch_size: int) -> dict:
   import jax
 
-  from jaxlm import data, evaluation, metrics, objectives, sharding
+  from jaxlm import data, evaluation, metrics, sharding
   from jaxlm.restore import load_trained
 
   pairs = read_pairs(references) if references else None  # a bad file fails before any work
   r = load_trained(workdir, step, batch_size)
-  mlm = objectives.is_mlm(r.cfg)
-  objective = objectives.objective(r.cfg)
-  if mlm and references:
-    raise UserError(f'{workdir} holds a masked language model, which does not generate; '
-                    '--references (BLEU) needs a causal one.')
+  objective = r.objective
+  if references and not objective.generates:
+    raise UserError(f'{workdir} holds a model trained with train.objective={objective.name!r}, '
+                    'which does not generate; --references (BLEU) needs a causal one.')
   batch_sh = sharding.batch_sharding(r.mesh, r.rules)
   eval_step = r.eval_step
   packing, length = r.cfg.data.packing, r.model_cfg.max_seq_len
@@ -109,15 +108,7 @@ def run(workdir: str, step: int | None, text: str, references: str, max_new_toke
     if len(stream.tokens) < 2 or not stream.weights[1:].any():
       raise UserError(f'the {name} text has no token to predict; evaluate a longer text.')
     result = evaluation.loss_over(eval_step, r.params, stream, r.cfg, batch_sh)
-    if mlm:  # the masked tokens' loss at the fixed ratio; bits per byte would need every token
-      del result['nats']
-      result['mask_ratio'] = r.cfg.mlm.eval_ratio
-    elif objective == 'span':  # the targets' loss (sentinels, hidden spans, end-of-sequence)
-      del result['nats']
-    else:
-      result['bits_per_byte'] = evaluation.bits_per_byte(result.pop('nats'), stream.bytes)
-      result['bytes'] = stream.bytes
-    results[name] = result
+    results[name] = objective.report(result, stream.bytes)
   if references:
     prompts, refs = pairs
     hyps = evaluation.continuations(r.graphdef, r.params, r.model_cfg, r.tokenizer, prompts,

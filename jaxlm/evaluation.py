@@ -40,14 +40,16 @@ def to_global(batch: dict[str, np.ndarray], batch_sharding,
 
 def loss_over(eval_step, params: Any, stream: data.EvalStream, cfg: ConfigDict, batch_sharding,
               *, max_batches: int = 0) -> dict[str, float]:
-  """Mean cross-entropy (nats/token) over the weighted targets of a stream, perplexity and the
-  number of tokens counted. Batches are a micro-batch of rows (train.batch_size / grad_accum):
-  what the train step runs at once, so evaluation fits wherever training does."""
-  total, count = 0.0, 0.0
+  """Mean cross-entropy (nats/token) over the weighted targets of a stream, perplexity, the
+  number of tokens counted and their summed loss (nats); and for each further view the
+  objective scores (objective.eval_views), `<view>_loss` and `<view>_tokens`. Batches are a
+  micro-batch of rows (train.batch_size / grad_accum): what the train step runs at once, so
+  evaluation fits wherever training does."""
+  totals = None
   sync = sync_each_step()
   B = cfg.train.batch_size // cfg.train.grad_accum
   segments = None
-  if objectives.objective(cfg) != 'causal':  # rows drawn on in the step: their index and extent
+  if objectives.of(cfg).eval_rows:  # rows drawn on in the step: their index and extent
     # (a masked LM's token sees its window; packed: its document)
     documents = (stream.documents if stream.documents is not None
                  else np.ones(len(stream.tokens), np.int32))
@@ -56,13 +58,20 @@ def loss_over(eval_step, params: Any, stream: data.EvalStream, cfg: ConfigDict, 
                                  weights=stream.weights,
                                  max_batches=max_batches, segments=segments,
                                  rows=sharding.host_rows(batch_sharding, B)):
-    ce, n = eval_step(params, to_global(batch, batch_sharding, B))
-    total, count = total + ce, count + n  # Stays on device: one host sync at the end...
+    sums = eval_step(params, to_global(batch, batch_sharding, B))
+    # Stays on device: one host sync at the end...
+    totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
     if sync:
-      jax.block_until_ready(total)  # ...except where sync_each_step says otherwise.
-  total, count = float(total), float(count)
-  loss = total / max(count, 1.0)
-  return dict(loss=loss, perplexity=math.exp(min(loss, 80.0)), tokens=count, nats=total)
+      jax.block_until_ready(totals)  # ...except where sync_each_step says otherwise.
+  out = dict(loss=0.0, perplexity=1.0, tokens=0.0, nats=0.0)  # a stream of no batch
+  for name, (total, count) in jax.device_get(totals or {}).items():
+    total, count = float(total), float(count)
+    loss = total / max(count, 1.0)
+    if name:
+      out.update({f'{name}_loss': loss, f'{name}_tokens': count})
+    else:
+      out.update(loss=loss, perplexity=math.exp(min(loss, 80.0)), tokens=count, nats=total)
+  return out
 
 
 def bits_per_byte(nats: float, n_bytes: int) -> float:

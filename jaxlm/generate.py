@@ -53,9 +53,10 @@ def main(argv: list[str]) -> None:
   r = load_trained(_WORKDIR.value, _STEP.value, batch_size=len(prompts))
   cli.require(_TOP_K, _TOP_K.value <= r.tokenizer.vocab_size,
               f"0 (all tokens) or at most the vocabulary's {r.tokenizer.vocab_size} tokens")
-  if not r.model_cfg.causal:
-    raise UserError(f'{_WORKDIR.value} holds a bidirectional (masked language) model, which does '
-                    'not continue a prompt; generate with a causal one.')
+  if not r.objective.generates:
+    raise UserError(f'{_WORKDIR.value} holds a model trained with train.objective='
+                    f'{r.objective.name!r}, which does not continue a prompt; generate with a '
+                    'causal one.')
   kw = dict(max_new_tokens=_MAX_NEW.value, batch_size=r.cfg.train.batch_size,
             temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
             seed=_SEED.value)

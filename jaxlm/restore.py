@@ -17,13 +17,14 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from jaxlm import paths, sharding
-from jaxlm.build import Vocab, build
+from jaxlm.build import build
 from jaxlm.checkpoint import Checkpointer, short_reason, peek_config
 from jaxlm.config import resolve_model
 from jaxlm.data import RunData, is_prepared, open_run_data_at
 from jaxlm.data.tokenizers import Tokenizer, open_tokenizer
 from jaxlm.errors import UserError
 from jaxlm.mesh import configure_backend
+from jaxlm.objectives import Vocab
 
 
 class TrainedRun(NamedTuple):
@@ -37,7 +38,8 @@ class TrainedRun(NamedTuple):
   mesh: Mesh
   rules: sharding.Rules
   workdir: Path
-  eval_step: Any  # jitted (params, batch) -> (summed loss, counted tokens), as training's
+  eval_step: Any  # jitted (params, batch) -> {view: (summed loss, counted tokens)}, as training's
+  objective: Any  # objectives.Objective: what the eval step scores, what eval reports
 
 
 def eval_batch_size(batch_size: int) -> int:
@@ -109,7 +111,7 @@ def _restore(ckpt: Checkpointer, workdir: Path, step: int, batch_size: int) -> T
   built = build(cfg, Vocab.of(tokenizer), model_cfg=model_cfg, train=False)  # no optimizer state
   params = ckpt.restore_params(built.abstract_params, step)
   return TrainedRun(cfg, model_cfg, tokenizer, run_data, built.graphdef, params, step, built.mesh,
-                    built.rules, workdir, built.eval_step)
+                    built.rules, workdir, built.eval_step, built.objective)
 
 
 def trained_data(meta: dict, workdir: Path, step: int, cfg: ConfigDict) -> RunData:

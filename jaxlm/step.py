@@ -14,8 +14,9 @@ from flax import nnx
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
-from jaxlm import objectives, sharding
+from jaxlm import sharding
 from jaxlm.loss import blockwise_cross_entropy, chunked_cross_entropy
+from jaxlm.objectives import Objective
 from jaxlm.optim import apply_updates
 from jaxlm.state import TrainState
 
@@ -25,8 +26,7 @@ Metrics = dict[str, jax.Array]
 
 def make_train_step(cfg: ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, mesh: Mesh, rules: sharding.Rules,
-                    masking: objectives.Masking | None = None,
-                    spans: objectives.Spans | None = None,
+                    objective: Objective,
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """Builds train_step(state, batch) -> (state, metrics).
 
@@ -37,11 +37,10 @@ def make_train_step(cfg: ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientT
   by it after. An update whose loss or gradients are not finite is not applied (and the scale is
   halved); the step still counts, and the learning rate is always schedule(state.step).
 
-  With train.objective='mlm' (`masking` given) the batch's token rows are masked first (see
-  objectives.py), with the ratio of this step and keys from fold_in(rng, step) and each row's
-  global index (step * B + row), before the batch is split into micro-batches. With
-  train.objective='span' (`spans` given) the rows are raw windows that become prefix-LM rows
-  (objectives.span_batch) the same way.
+  The batch's rows become what the model reads through the `objective`
+  (objective.train_batch: masked, span-corrupted, reordered, or as they are), with keys from
+  fold_in(rng, step) and each row's global index (step * B + row), before the batch is split
+  into micro-batches; its metrics (the masking ratio) are the step's too.
   """
   accum, z_loss, chunk = cfg.train.grad_accum, cfg.train.z_loss, cfg.train.loss_chunk
   use_dropout = cfg.model.dropout > 0
@@ -51,28 +50,22 @@ def make_train_step(cfg: ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientT
     model = nnx.merge(graphdef, params)
     h, _ = model.features(batch['inputs'], batch.get('positions'),
                           segment_ids=batch.get('segment_ids'), dropout_key=key,
-                          mask=prefix_mask(batch))
+                          mask=objective.attention_mask(batch))
     if blockwise:  # the loss's gradient is formed in its forward pass, at this scale
       w, w_axes = model.head_weight()
-      objective, ce, count = blockwise_cross_entropy(h, w, batch['targets'], batch['mask'],
-                                                     z_loss, chunk, scale, w_axes)
+      summed, ce, count = blockwise_cross_entropy(h, w, batch['targets'], batch['mask'],
+                                                  z_loss, chunk, scale, w_axes)
     else:
-      objective, ce, count = chunked_cross_entropy(model.logits, h, batch['targets'],
-                                                   batch['mask'], z_loss, chunk)
-    return objective * scale, (ce, count)
+      summed, ce, count = chunked_cross_entropy(model.logits, h, batch['targets'],
+                                                batch['mask'], z_loss, chunk)
+    return summed * scale, (ce, count)
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     with sharding.use_mesh(mesh, rules):
-      extra = {}
       step_key = jax.random.fold_in(state.rng, state.step)
       B = batch['inputs'].shape[0]
       rows = state.step * B + jnp.arange(B)  # each row's global index
-      if masking is not None:
-        ratio = objectives.mlm_ratio(cfg, state.step)
-        batch = masked_batch(batch, step_key, ratio, rows, masking)
-        extra['mask_ratio'] = ratio
-      if spans is not None:
-        batch = spanned_batch(batch, step_key, rows, spans)
+      batch, extra = objective.train_batch(batch, step_key, state.step, rows)
       key = step_key if use_dropout else None
       loss_scale = state.loss_scale.scale if state.loss_scale is not None else jnp.float32(1)
       count = jnp.maximum(batch['mask'].astype(jnp.float32).sum(), 1)
@@ -113,49 +106,6 @@ def make_train_step(cfg: ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientT
   return train_step
 
 
-def masked_batch(batch: Batch, key: jax.Array, ratio: jax.Array, index: jax.Array,
-                 masking: objectives.Masking) -> Batch:
-  """A masked-LM batch from rows of tokens (`inputs`; real where `segment_ids` > 0 when packed,
-  and where `input_mask` > 0 when given): the corrupted rows as inputs, the original tokens as
-  targets, the selected positions as the mask."""
-  tokens = batch['inputs']
-  valid = jnp.ones(tokens.shape, bool)
-  if 'segment_ids' in batch:
-    valid &= batch['segment_ids'] > 0
-  if 'input_mask' in batch:
-    valid &= batch['input_mask'] > 0
-  # A stream of its own: the masks do not share bits with dropout's fold_in(rng, step).
-  inputs, selected = objectives.mask_tokens(jax.random.fold_in(key, _MASK_STREAM), tokens, valid,
-                                            index, ratio, masking)
-  out = dict(batch, inputs=inputs, targets=tokens, mask=selected)
-  out.pop('input_mask', None)
-  out.pop('index', None)
-  return out
-
-
-_MASK_STREAM = 0x6D6C6D  # 'mlm'
-_SPAN_STREAM = 0x737061  # 'spa'
-
-
-def spanned_batch(batch: Batch, key: jax.Array, index: jax.Array,
-                  spans: objectives.Spans) -> Batch:
-  """A prefix-LM batch of span corruption from rows of raw windows (`inputs` and the last of
-  `targets`). A row that is not a whole window (the padded end of an evaluation stream, whose
-  `segment_ids` end in 0) counts for nothing."""
-  raw = jnp.concatenate([batch['inputs'], batch['targets'][:, -1:]], axis=1)
-  out = objectives.span_batch(jax.random.fold_in(key, _SPAN_STREAM), raw, index, spans)
-  if 'segment_ids' in batch:
-    out['mask'] = out['mask'] * (batch['segment_ids'][:, -1:] > 0)
-  return out
-
-
-def prefix_mask(batch: Batch) -> jax.Array | None:
-  """The prefix LM's attention mask of a span-corruption batch (None for any other)."""
-  if 'prefix' not in batch:
-    return None
-  return objectives.prefix_lm_mask(batch['prefix'][:, 0], batch['inputs'].shape[1])
-
-
 def split_micro_batches(batch: Batch, accum: int) -> Batch:
   """[B, L] -> [A, B/A, L], micro-batch i taking rows i, i+A, i+2A, ...
 
@@ -169,31 +119,25 @@ def split_micro_batches(batch: Batch, accum: int) -> Batch:
 
 
 def make_eval_step(graphdef: nnx.GraphDef, mesh: Mesh, rules: sharding.Rules,
-                   chunk: int = 0, masking: objectives.Masking | None = None,
-                   mlm_eval: tuple[int, float] = (0, 0.15),
-                   spans: objectives.Spans | None = None,
-                   ) -> Callable[[Any, Batch], tuple[jax.Array, jax.Array]]:
-  """Builds eval_step(params, batch) -> (summed cross-entropy, counted tokens).
+                   objective: Objective, chunk: int = 0,
+                   ) -> Callable[[Any, Batch], dict[str, tuple[jax.Array, jax.Array]]]:
+  """Builds eval_step(params, batch) -> {view: (summed cross-entropy, counted tokens)}: each
+  batch the objective scores from the rows (objective.eval_views; '' the main one). A masked
+  LM's selected tokens, span corruption's windows and FIM's cuts are drawn from the run's seed
+  and each row's `index`: the same for every checkpoint, so evaluations compare."""
 
-  A masked LM (`masking` given) is scored on the tokens selected at the fixed ratio of
-  mlm_eval = (seed, ratio), drawn from the seed and each row's `index`: the same tokens for every
-  checkpoint, so evaluations compare. Span corruption (`spans` given) is scored on the targets
-  of windows corrupted with that seed too."""
-  seed, ratio = mlm_eval
-
-  def eval_step(params, batch: Batch) -> tuple[jax.Array, jax.Array]:
+  def eval_step(params, batch: Batch) -> dict[str, tuple[jax.Array, jax.Array]]:
     with sharding.use_mesh(mesh, rules):
-      if masking is not None:
-        batch = masked_batch(batch, jax.random.PRNGKey(seed), jnp.float32(ratio),
-                             batch['index'][:, 0], masking)
-      if spans is not None:
-        batch = spanned_batch(batch, jax.random.PRNGKey(seed), batch['index'][:, 0], spans)
       model = nnx.merge(graphdef, params)
-      h, _ = model.features(batch['inputs'], batch.get('positions'),
-                            segment_ids=batch.get('segment_ids'), mask=prefix_mask(batch))
-      _, ce, count = chunked_cross_entropy(model.logits, h, batch['targets'], batch['mask'],
-                                           chunk=chunk)
-      return ce, count
+      out = {}
+      for name, view in objective.eval_views(batch).items():
+        h, _ = model.features(view['inputs'], view.get('positions'),
+                              segment_ids=view.get('segment_ids'),
+                              mask=objective.attention_mask(view))
+        _, ce, count = chunked_cross_entropy(model.logits, h, view['targets'], view['mask'],
+                                             chunk=chunk)
+        out[name] = (ce, count)
+      return out
   return eval_step
 
 

@@ -24,11 +24,12 @@ from tqdm import tqdm
 
 from jaxlm import data, metrics, objectives, paths, sharding, warmstart
 from jaxlm.checkpoint import Checkpointer
-from jaxlm.build import Vocab, build
+from jaxlm.build import build
 from jaxlm.config import check_model, check_objective, validate
 from jaxlm.errors import UserError
 from jaxlm.evaluation import continuations, loss_over, sync_each_step, to_global
 from jaxlm.mesh import configure_backend, initialize_distributed, make_mesh
+from jaxlm.objectives import Vocab
 from jaxlm.optim import LossScale
 from jaxlm.state import SKIP_CAUSES
 from jaxlm.workdir import WorkdirLock, prepare_workdir, run_differences
@@ -159,6 +160,7 @@ class Trainer:
     built = build(cfg, Vocab.of(self.tokenizer), mesh=mesh)
     self.mesh, self.rules, self.model_cfg = built.mesh, built.rules, built.model_cfg
     self.setup, self.train_step, self.eval_step = built.setup, built.train_step, built.eval_step
+    self.objective = built.objective
     self.is_main = jax.process_index() == 0
     self.log(f'jaxlm | {metrics.param_count(self.model_cfg) / 1e6:.2f}M parameters | mesh '
              f'{dict(self.mesh.shape)} on {metrics.devices_text()} | '
@@ -186,8 +188,8 @@ class Trainer:
     self.meta = dict(config=cfg.to_dict(), model=self.model_cfg.to_dict(),
                      tokenizer=self.tokenizer.fingerprint,
                      data=self.run_data.record(self.workdir))
-    # Samples continue a prompt: only a causal model generates.
-    self.sample_tokens = t.sample_tokens if self.model_cfg.causal else 0
+    # Samples continue a prompt: a masked LM's model does not.
+    self.sample_tokens = t.sample_tokens if self.objective.generates else 0
     self.tokens_per_step = t.batch_size * self.model_cfg.max_seq_len
     self.flops_per_token, self.peak = metrics.flops_per_token(self.model_cfg), metrics.peak_flops()
     self.result: dict[str, Any] = {}
@@ -340,15 +342,21 @@ class Trainer:
     scores = {name: loss_over(self.eval_step, params, stream, self.cfg, self.batch_sharding,
                               max_batches=batches) for name, stream, batches in self.val_streams}
     weights = np.asarray(self.run_data.weights) / sum(self.run_data.weights)
-    loss = float(sum(w * s['loss'] for w, s in zip(weights, scores.values())))
+    mean = lambda key: float(sum(w * s[key] for w, s in zip(weights, scores.values())))
+    loss = mean('loss')
     val = dict(loss=loss, perplexity=float(np.exp(min(loss, 80.0))),
                tokens=sum(s['tokens'] for s in scores.values()))
+    views = [k for k in next(iter(scores.values())) if k.endswith('_loss')]  # the objective's
+    for k in views:
+      tokens = k[:-len('loss')] + 'tokens'
+      val.update({k: mean(k), tokens: sum(s[tokens] for s in scores.values())})
     shown = ''
     if len(scores) > 1:
       for name, s in scores.items():
         val.update({f'{name}/loss': s['loss'], f'{name}/tokens': s['tokens']})
       shown = ' (' + ', '.join(f'{name} {s["loss"]:.4f}' for name, s in scores.items()) + ')'
     self.writer.write(step, val, 'val')
+    shown += ''.join(f' | val {k.replace("_", " ")} {val[k]:.4f}' for k in views)
     self.log(f'step {step:>6} | val loss {val["loss"]:.4f}{shown} | '
              f'val perplexity {val["perplexity"]:.2f}')
     self.result['val'] = val

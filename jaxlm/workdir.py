@@ -9,7 +9,7 @@ from typing import Any
 
 import jax
 
-from jaxlm import paths
+from jaxlm import objectives, paths
 from jaxlm.configs import base
 from jaxlm.errors import UserError
 
@@ -71,9 +71,6 @@ _FREE_ON_RESUME = {'model.dtype', 'model.remat', 'model.scan_unroll', 'model.att
 
 # The objective's settings that change what is trained (mlm.eval_ratio changes what validation
 # reports, not training, and is free).
-_OBJECTIVE_FIELDS = {'mlm': ('ratio_schedule', 'ratio_start', 'ratio_end', 'mask_fraction',
-                             'random_fraction'),
-                     'span': ('noise_density', 'mean_span_length')}
 
 
 def run_differences(saved: dict, now: dict) -> list[str]:
@@ -91,9 +88,11 @@ def run_differences(saved: dict, now: dict) -> list[str]:
     out['seed'] = config.get('seed')
     train = config.get('train', {})
     out['train.batch_size'] = train.get('batch_size')
-    objective = out['train.objective'] = train.get('objective', 'causal')
-    for name in _OBJECTIVE_FIELDS.get(objective, ()):
-      out[f'{objective}.{name}'] = config.get(objective, {}).get(name, defaults[objective][name])
+    objective = objectives.REGISTRY.get(train.get('objective', 'causal'))
+    out['train.objective'] = train.get('objective', 'causal')
+    for name in objective.resume_fields if objective else ():
+      section = objective.section
+      out[f'{section}.{name}'] = config.get(section, {}).get(name, defaults[section][name])
     return out
   old, new = fields(saved), fields(now)
   return [f'{k}={old.get(k)!r} (now {new.get(k)!r})' for k in sorted(set(old) | set(new))

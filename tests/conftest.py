@@ -52,7 +52,8 @@ def build_training(cfg: ConfigDict, num_devices: int | None = None, vocab: int =
   """(mesh, setup, jitted train_step, batch sharding) for `cfg` on the first num_devices devices,
   built as every command builds it (jaxlm.build), for a tokenizer of `vocab` ids."""
   from jaxlm import sharding
-  from jaxlm.build import Vocab, build
+  from jaxlm.build import build
+  from jaxlm.objectives import Vocab
   devices = jax.devices()[:num_devices] if num_devices else jax.devices()
   built = build(cfg, Vocab(vocab, eos, eos), devices)
   return built.mesh, built.setup, built.train_step, sharding.batch_sharding(built.mesh,

@@ -9,7 +9,7 @@ from jaxlm import compile as aot
 from jaxlm import objectives, sharding, trainer
 
 
-@pytest.mark.parametrize('objective', ['causal', 'mlm', 'span'])
+@pytest.mark.parametrize('objective', sorted(objectives.REGISTRY))
 def test_compile_lowers_the_train_and_eval_steps_training_runs(tmp_path, corpus_file, objective):
   """For each objective, the train and eval steps the trainer builds (from its prepared data and
   tokenizer) and those jaxlm.compile builds (from the config alone) lower to the same program.
@@ -28,7 +28,10 @@ def test_compile_lowers_the_train_and_eval_steps_training_runs(tmp_path, corpus_
     shape = lambda k, n: jax.ShapeDtypeStruct((B, n), 'float32' if k == 'mask' else 'int32',
                                               sharding=batch_sh)
     batch = {k: shape(k, L) for k in ('inputs', 'targets', 'mask')}
-    eval_batch = dict(batch, index=shape('index', 1))
+    eval_batch = dict(batch)
+    if built.objective.eval_rows:
+      eval_batch.update(segment_ids=shape('segment_ids', L), input_mask=shape('mask', L),
+                        index=shape('index', 1))
     assert built.model_cfg.to_dict() == t.model_cfg.to_dict()
     train = lambda step, state: step.lower(state, batch).as_text()
     assert train(built.train_step, built.setup.abstract) == train(t.train_step, t.setup.abstract)

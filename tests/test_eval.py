@@ -42,7 +42,8 @@ def _restored(run_dir, devices):
   mesh = make_mesh(cfg, devices)
   params = jax.device_put(r.params, sharding.replicated(mesh))
   shardings = jax.tree.map(lambda x: x.sharding, params)
-  step = jit_eval_step(make_eval_step(r.graphdef, mesh, r.rules), shardings, mesh, r.rules)
+  step = jit_eval_step(make_eval_step(r.graphdef, mesh, r.rules, r.objective), shardings, mesh,
+                       r.rules)
   return r, params, step, sharding.batch_sharding(mesh, r.rules)
 
 

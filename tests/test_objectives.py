@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 
 from jaxlm import objectives
+from jaxlm.objectives import Vocab, mlm, span
 from jaxlm.config import resolve_model
 from jaxlm.model.transformer import Transformer
 from tiny import tiny_config
@@ -18,8 +19,15 @@ from tiny import tiny_config
 V, EOS = 1000, 7  # an end-of-sequence id inside the vocabulary, as SentencePiece's often is
 
 
+def _spans(cfg, eos, model_vocab):
+  """Span corruption's settings for `cfg`, a tokenizer whose end-of-sequence id is `eos` and a
+  model of `model_vocab` ids."""
+  return span.SpanCorruption(cfg, Vocab(model_vocab - span.SpanCorruption.reserved_ids(cfg), eos),
+                             model_vocab).spans
+
+
 def spec(mask_fraction=0.8, random_fraction=0.1):
-  return objectives.Masking(V, EOS, mask_fraction, random_fraction)
+  return mlm.Masking(V, EOS, mask_fraction, random_fraction)
 
 
 def draw(ratio, seed=0, rows=64, length=2048):
@@ -30,7 +38,7 @@ def draw(ratio, seed=0, rows=64, length=2048):
   tokens[rng.random(tokens.shape) < 0.05] = 0  # id 0 is an ordinary token
   valid = np.ones(tokens.shape, bool)
   valid[:, -100:] = False  # padding
-  inputs, selected = objectives.mask_tokens(jax.random.PRNGKey(seed), jnp.asarray(tokens),
+  inputs, selected = mlm.mask_tokens(jax.random.PRNGKey(seed), jnp.asarray(tokens),
                                             jnp.asarray(valid), jnp.arange(rows),
                                             jnp.float32(ratio), spec())
   return tokens, valid, np.asarray(inputs), np.asarray(selected) > 0
@@ -80,7 +88,7 @@ def test_masks_are_a_pure_function_of_key_and_row_index():
   valid = jnp.ones(tokens.shape, bool)
   index = jnp.arange(100, 108)
   key = jax.random.fold_in(jax.random.PRNGKey(0), 5)
-  run = lambda k, t, i: objectives.mask_tokens(k, t, valid, i, jnp.float32(0.3), spec())
+  run = lambda k, t, i: mlm.mask_tokens(k, t, valid, i, jnp.float32(0.3), spec())
   a, b = run(key, tokens, index), run(key, tokens, index)
   np.testing.assert_array_equal(a[0], b[0])
   np.testing.assert_array_equal(a[1], b[1])
@@ -104,7 +112,7 @@ def test_ratio_schedule_closed_form(schedule):
       'cosine': lambda p: 0.15 + (0.3 - 0.15) * 0.5 * (1 + math.cos(math.pi * p)),
   }[schedule]
   for step, progress in [(0, 0.0), (50, 0.5), (100, 1.0), (25, 0.25)]:
-    got = float(objectives.mlm_ratio(cfg, jnp.int32(step)))
+    got = float(mlm.mlm_ratio(cfg, jnp.int32(step)))
     assert got == pytest.approx(expected(progress), abs=1e-6), (step, got)
 
 
@@ -211,9 +219,9 @@ def test_random_spans_helper_equals_t5():
   29 (worked by hand from T5's function: 141 - 21 + 7 + 1 = 128, and 142 would give 129); at
   density 0.5, 767 raw tokens give 512 inputs (767 - 384 + 128 + 1) and 513 targets, so T5 takes
   766 and 512 targets instead."""
-  assert objectives.random_spans_helper(512, 0.15, 3.0) == (568, 114)
-  assert objectives.random_spans_helper(128, 0.15, 3.0) == (141, 29)
-  assert objectives.random_spans_helper(512, 0.5, 3.0) == (766, 512)
+  assert span.random_spans_helper(512, 0.15, 3.0) == (568, 114)
+  assert span.random_spans_helper(128, 0.15, 3.0) == (141, 29)
+  assert span.random_spans_helper(512, 0.5, 3.0) == (766, 512)
 
 
 def _span_cfg(length=625):
@@ -225,9 +233,9 @@ def _span_cfg(length=625):
 def test_the_span_shape_fills_the_context():
   """A context of 512 + 114 - 1 gets T5's 512-input shape exactly; every context's prefix-LM
   sequence fits it, with T5's rounding of noise and spans."""
-  assert objectives.span_shape(_span_cfg(625)) == objectives.SpanShape(568, 85, 28, 512, 114)
+  assert span.span_shape(_span_cfg(625)) == span.SpanShape(568, 85, 28, 512, 114)
   for length in (16, 48, 128, 300):
-    s = objectives.span_shape(_span_cfg(length))
+    s = span.span_shape(_span_cfg(length))
     assert s.inputs + s.targets - 1 <= length
     assert s.noise == round(s.raw * 0.15) and s.spans == round(s.noise / 3)
     assert s.inputs == s.raw - s.noise + s.spans + 1 and s.targets == s.noise + s.spans + 1
@@ -253,17 +261,17 @@ def test_span_corruption_counts_and_merging_restores_the_window():
   first token kept; row i's input is the window with each span of fold_in(key, i)'s mask made
   one sentinel (top id first), then the end-of-sequence id, as is the target; merging the two by
   sentinel gives the window back; rows get different masks."""
-  shape = objectives.span_shape(_span_cfg(128))
+  shape = span.span_shape(_span_cfg(128))
   vocab, eos = 1000, 1
-  spans = objectives.Spans(shape, vocab - 1, eos, 128)
+  spans = span.Spans(shape, vocab - 1, eos, 128)
   rng = np.random.default_rng(0)
   raw = jnp.asarray(rng.integers(2, 900, (16, shape.raw)), jnp.int32)
-  batch = objectives.span_batch(jax.random.PRNGKey(0), raw, jnp.arange(16), spans)
+  batch = span.span_batch(jax.random.PRNGKey(0), raw, jnp.arange(16), spans)
   sequence = np.concatenate([np.asarray(batch['inputs']), np.asarray(batch['targets'][:, -1:])], 1)
   sentinels = set(range(vocab - shape.spans, vocab))
   masks = []
   for i in range(16):
-    noise = np.asarray(objectives.noise_mask(jax.random.fold_in(jax.random.PRNGKey(0), i), shape))
+    noise = np.asarray(span.noise_mask(jax.random.fold_in(jax.random.PRNGKey(0), i), shape))
     masks.append(noise)
     inputs, targets = sequence[i, :shape.inputs], sequence[i, shape.inputs:]
     expected, sentinel = [], vocab - 1  # row i is corrupted with fold_in(key, i)'s mask
@@ -288,13 +296,13 @@ def test_span_corruption_counts_and_merging_restores_the_window():
 def test_the_prefix_lm_mask_is_bidirectional_in_the_prefix_and_causal_after():
   """The mask itself, and a model under it: changing a prefix token changes the outputs before
   it; changing a target token changes none before it."""
-  mask = np.asarray(objectives.prefix_lm_mask(jnp.asarray([5]), 9))[0, 0]
+  mask = np.asarray(span.prefix_lm_mask(jnp.asarray([5]), 9))[0, 0]
   for q in range(9):
     for k in range(9):
       assert mask[q, k] == (k < 5 or k <= q), (q, k)
   model = _model(True)
   tokens = jnp.asarray(np.random.default_rng(4).integers(0, 61, (1, 16)), jnp.int32)
-  full = objectives.prefix_lm_mask(jnp.asarray([10]), 16)
+  full = span.prefix_lm_mask(jnp.asarray([10]), 16)
   out = lambda t: np.asarray(model.logits(model.features(t, mask=full)[0]))[0]
   before = out(tokens)
   in_prefix = np.abs(out(tokens.at[0, 6].add(1)) - before).max(-1)
@@ -334,16 +342,16 @@ def test_span_rows_fill_the_context_so_the_presets_loss_chunk_divides_them(lengt
   for 1024): the mask counts the targets alone, the padding after them is id 0 and uncounted,
   and the train and eval steps trace with the GPT-2/Llama presets' loss_chunk of 256."""
   from jaxlm import config as jaxlm_config
-  from jaxlm.build import Vocab, build
+  from jaxlm.build import build
   cfg = _span_cfg(length)
   cfg.train.loss_chunk, cfg.train.batch_size, cfg.mesh.data = 256, 2, 1
   for density in (0.15, 0.5):
     cfg.span.noise_density = density
     jaxlm_config.validate(cfg)
-    spans = objectives.spans(cfg, 1, 1000)
+    spans = _spans(cfg, 1, 1000)
     shape, used = spans.shape, spans.shape.inputs + spans.shape.targets - 1
     raw = jnp.asarray(np.random.default_rng(0).integers(2, 900, (2, shape.raw)), jnp.int32)
-    batch = objectives.span_batch(jax.random.PRNGKey(0), raw, jnp.arange(2), spans)
+    batch = span.span_batch(jax.random.PRNGKey(0), raw, jnp.arange(2), spans)
     assert batch['inputs'].shape == batch['targets'].shape == batch['mask'].shape == (2, length)
     mask, targets = np.asarray(batch['mask']), np.asarray(batch['targets'])
     assert (mask.sum(1) == shape.targets).all() and (mask[:, used:] == 0).all()
@@ -367,14 +375,14 @@ def test_span_settings_up_to_the_limit_keep_every_row_aligned():
     for length in range(24, 300, 7):
       cfg = _span_cfg(length)
       cfg.span.noise_density, cfg.span.mean_span_length = density, mean
-      s = objectives.span_shape(cfg)
+      s = span.span_shape(cfg)
       assert s.inputs == s.raw - s.noise + s.spans + 1 and s.targets == s.noise + s.spans + 1
       assert s.raw - s.noise >= s.spans and s.inputs + s.targets - 1 <= length, (length, s)
     cfg.model.max_seq_len = 24
-    spans = objectives.spans(cfg, eos, 1000)
+    spans = _spans(cfg, eos, 1000)
     shape, used = spans.shape, spans.shape.inputs + spans.shape.targets - 1
     raw = jnp.asarray(np.random.default_rng(0).integers(2, 900, (16, shape.raw)), jnp.int32)
-    batch = objectives.span_batch(jax.random.PRNGKey(0), raw, jnp.arange(16), spans)
+    batch = span.span_batch(jax.random.PRNGKey(0), raw, jnp.arange(16), spans)
     inputs, targets = np.asarray(batch['inputs']), np.asarray(batch['targets'])
     assert (inputs[:, shape.inputs - 1] == eos).all(), (density, mean, shape)
     assert (targets[:, used - 1] == eos).all(), (density, mean, shape)
@@ -416,7 +424,7 @@ def test_masked_batch_selects_only_real_tokens_of_packed_and_padded_rows():
   """At ratio 1 every selectable token is selected: exactly the tokens inside a segment, inside
   input_mask, and not end-of-sequence; padding (segment 0) and masked-out input never are. The
   targets are the original tokens; unselected inputs are unchanged."""
-  from jaxlm.step import masked_batch
+  from jaxlm.objectives.mlm import masked_batch
   rng = np.random.default_rng(3)
   tokens = rng.integers(0, 50, (4, 20)).astype(np.int32)
   tokens[:, 7] = 2  # an end-of-sequence in every row
@@ -428,7 +436,7 @@ def test_masked_batch_selects_only_real_tokens_of_packed_and_padded_rows():
   input_mask[3, :5] = 0
   batch = dict(inputs=jnp.asarray(tokens), targets=jnp.asarray(tokens), mask=jnp.ones((4, 20)),
                segment_ids=jnp.asarray(segments), input_mask=jnp.asarray(input_mask))
-  spec = objectives.Masking(vocab=50, eos=2, mask_fraction=0.8, random_fraction=0.1)
+  spec = mlm.Masking(vocab=50, eos=2, mask_fraction=0.8, random_fraction=0.1)
   out = masked_batch(batch, jax.random.PRNGKey(0), jnp.float32(1.0), jnp.arange(4), spec)
   expected = (segments > 0) & (input_mask > 0) & (tokens != 2)
   np.testing.assert_array_equal(np.asarray(out['mask']), expected.astype(np.float32))
@@ -441,9 +449,9 @@ def test_masked_batch_selects_only_real_tokens_of_packed_and_padded_rows():
 def test_spanned_batch_counts_only_whole_windows():
   """A row whose segment_ids end in 0 (the padded end of an evaluation stream) counts nothing;
   a whole window counts exactly its targets."""
-  from jaxlm.step import spanned_batch
+  from jaxlm.objectives.span import spanned_batch
   cfg = _span_cfg(48)
-  spans = objectives.spans(cfg, 1, 1000)
+  spans = _spans(cfg, 1, 1000)
   raw = np.random.default_rng(1).integers(2, 900, (3, spans.shape.raw)).astype(np.int32)
   segments = np.ones((3, spans.shape.raw - 1), np.int32)
   segments[1, -5:] = 0  # the stream ended inside this window
@@ -465,18 +473,18 @@ def test_mlm_evaluation_selects_only_tokens_of_weight_one():
   from jaxlm.step import make_eval_step
   cfg = tiny_config()
   cfg.train.objective, cfg.model.causal, cfg.mesh.data = 'mlm', False, 1
+  cfg.seed, cfg.mlm.eval_ratio = 0, 0.9
   model_cfg = resolve_model(cfg.model, 61)
   mesh = make_mesh(cfg, jax.devices()[:1])
   rules = sharding.rules_from_config(cfg.mesh)
   graphdef, _ = model_parts(model_cfg, mesh, rules)
   params = init_params(model_cfg, jax.random.PRNGKey(0))
-  step = jax.jit(make_eval_step(graphdef, mesh, rules, 0, objectives.Masking(60, None, 0.8, 0.1),
-                                (0, 0.9)))
+  step = jax.jit(make_eval_step(graphdef, mesh, rules, objectives.make(cfg, Vocab(60), 61)))
   n = 8 * 16 * 4 + 1
   tokens = np.random.default_rng(0).integers(0, 60, n).astype(np.int32)
   weights = ((np.arange(n) % 16) < 8).astype(np.float32)
   counted = 0.0
   for batch in eval_batches(tokens, 16, 8, weights=weights, segments=np.ones(n, np.int32)):
-    counted += float(step(params, batch)[1])
+    counted += float(step(params, batch)[''][1])
   weighted = weights[:-1].sum()
   assert abs(counted - 0.9 * weighted) < 5 * math.sqrt(weighted * 0.9 * 0.1), (counted, weighted)

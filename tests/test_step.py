@@ -157,6 +157,7 @@ def _gradients(cfg, batch):
   from jaxlm.config import resolve_model
   from jaxlm.mesh import make_mesh
   from jaxlm.state import setup_train_state
+  from jaxlm.objectives import Vocab, make
   from jaxlm.step import jit_train_step, make_train_step
   keep = optax.GradientTransformation(lambda p: jax.tree.map(jnp.zeros_like, p),
                                       lambda g, state, params=None: (g, g))
@@ -164,7 +165,8 @@ def _gradients(cfg, batch):
   rules = sharding.rules_from_config(cfg.mesh)
   setup = setup_train_state(cfg, resolve_model(cfg.model, 61), keep, mesh, rules)
   step = jit_train_step(make_train_step(cfg, setup.graphdef, keep, lambda _: jnp.float32(1),
-                                        mesh, rules), setup.shardings, mesh, rules)
+                                        mesh, rules, make(cfg, Vocab(61), 61)),
+                        setup.shardings, mesh, rules)
   state, _ = step(setup.init(), jax.device_put(batch, sharding.batch_sharding(mesh, rules)))
   return jax.device_get(state.opt_state)
 

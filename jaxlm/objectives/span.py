@@ -1,116 +1,26 @@
-"""Training objectives other than next-token prediction: masked LM (BERT) with a ratio schedule,
-and T5's span corruption as a prefix LM (below).
+"""T5's span corruption as a prefix LM.
 
-A masked-LM batch is made inside the jitted step from a plain batch of token rows: a fraction
-`ratio` of the ordinary tokens is selected, and of those `mask_fraction` are replaced by the
-[MASK] id, `random_fraction` by a random ordinary token, and the rest kept; the loss counts the
-selected positions, predicting the original tokens. The draws are a pure function of a key and
-each row's global index (fold_in(key, index)), so they do not depend on the mesh, the number of
-hosts or gradient accumulation, and a resumed run draws the same masks.
-
-Special ids are never selected and never drawn as replacements: the end-of-sequence id (which
-separates and starts documents) and the [MASK] id, the first id past the tokenizer's vocabulary.
-Padding (outside every segment) is never selected. Token id 0 is an ordinary token.
+A window of raw tokens loses span.noise_density of them in spans of mean length
+span.mean_span_length; the input keeps the rest with one sentinel id in place of each span, the
+target is each sentinel followed by the tokens it hid. For a decoder-only model it is a prefix LM:
+the input is a bidirectional prefix, the target is predicted causally after it. The sentinels are
+the model's top ids; the corruption is drawn inside the step from fold_in(seed, step) and each
+row's global index, and for evaluation from the run's seed.
 Shape letters: B batch, L length.
 """
 
 import functools
-import math
 from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+from etils import epy
 from ml_collections import ConfigDict
 
+from jaxlm.errors import UserError
+from jaxlm.objectives.base import Batch, Objective, Vocab, stream_key
 
-def is_mlm(cfg: ConfigDict) -> bool:
-  """Whether a run's config trains a masked LM."""
-  return objective(cfg) == 'mlm'
-
-
-def objective(cfg: ConfigDict) -> str:
-  """A run's train.objective (configs older than the field are causal)."""
-  return cfg.train.get('objective', 'causal')
-
-
-def reserved_ids(cfg: ConfigDict) -> int:
-  """Ids the objective needs past the tokenizer's vocabulary (the model's must hold them): the
-  [MASK] id, or one sentinel per span of a window."""
-  if objective(cfg) == 'span':  # and one to end the parts if the tokenizer has no end-of-sequence
-    return span_shape(cfg).spans + 1
-  return 1 if objective(cfg) == 'mlm' else 0
-
-
-def window_length(cfg: ConfigDict) -> int:
-  """The tokens a data row gives as inputs (one more is its last target): the context, or for
-  span corruption the raw window less one."""
-  return span_shape(cfg).raw - 1 if objective(cfg) == 'span' else cfg.model.max_seq_len
-
-
-def mlm_ratio(cfg: ConfigDict, step):
-  """The masking ratio at 0-based `step` (int or traced): mlm.ratio_start at step 0,
-  mlm.ratio_end at the last step (train.steps - 1), linearly or along a half cosine between."""
-  m = cfg.mlm
-  if m.ratio_schedule == 'constant':
-    return jnp.float32(m.ratio_start)
-  progress = jnp.clip(jnp.asarray(step, jnp.float32) / max(cfg.train.steps - 1, 1), 0, 1)
-  if m.ratio_schedule == 'cosine':
-    progress = 0.5 * (1 - jnp.cos(math.pi * progress))
-  return jnp.float32(m.ratio_start) + (m.ratio_end - m.ratio_start) * progress
-
-
-class Masking(NamedTuple):
-  """What masking needs to know of the vocabulary; static (hashable) for jit."""
-  vocab: int  # the tokenizer's: ids 0..vocab-1; the [MASK] id is `vocab`
-  eos: int | None  # the tokenizer's end-of-sequence id, never selected
-  mask_fraction: float
-  random_fraction: float
-
-  @property
-  def mask_id(self) -> int:
-    return self.vocab
-
-  def ordinary(self) -> np.ndarray:
-    """The ids a random replacement is drawn from: every tokenizer id but the end-of-sequence."""
-    ids = np.arange(self.vocab, dtype=np.int32)
-    return ids[ids != self.eos] if self.eos is not None else ids
-
-
-def masking(cfg: ConfigDict, vocab: int, eos: int | None) -> Masking | None:
-  """The masking of a masked-LM run (None for any other), for a tokenizer of `vocab` ids with
-  end-of-sequence id `eos`."""
-  if not is_mlm(cfg):
-    return None
-  return Masking(vocab, eos, cfg.mlm.mask_fraction, cfg.mlm.random_fraction)
-
-
-def eval_masking(cfg: ConfigDict) -> tuple[int, float]:
-  """(seed, ratio) of a masked-LM evaluation: the same tokens for every checkpoint of a run."""
-  return cfg.seed, cfg.mlm.eval_ratio if is_mlm(cfg) else 0.15
-
-
-def mask_tokens(key: jax.Array, tokens: jax.Array, valid: jax.Array, index: jax.Array,
-                ratio: jax.Array, spec: Masking) -> tuple[jax.Array, jax.Array]:
-  """tokens [B, L], valid [B, L] (bool: real tokens), index [B] (each row's global index) ->
-  (corrupted inputs [B, L], selected [B, L] float32: the positions whose original token is the
-  target)."""
-  ordinary = jnp.asarray(spec.ordinary())
-
-  def row(i, t, ok):
-    k_select, k_action, k_token = jax.random.split(jax.random.fold_in(key, i), 3)
-    selectable = ok & (t != spec.mask_id)
-    if spec.eos is not None:
-      selectable &= t != spec.eos
-    selected = selectable & (jax.random.uniform(k_select, t.shape) < ratio)
-    action = jax.random.uniform(k_action, t.shape)
-    random = ordinary[jax.random.randint(k_token, t.shape, 0, len(spec.ordinary()))]
-    replaced = jnp.where(action < spec.mask_fraction, spec.mask_id,
-                         jnp.where(action < spec.mask_fraction + spec.random_fraction, random, t))
-    return jnp.where(selected, replaced, t), selected
-
-  inputs, selected = jax.vmap(row)(index, tokens, valid)
-  return inputs.astype(tokens.dtype), selected.astype(jnp.float32)
+with epy.lazy_imports():
+  import jax
+  import jax.numpy as jnp
 
 
 # Span corruption (T5): a window of raw tokens loses noise_density of them in spans of mean length
@@ -165,19 +75,18 @@ def _span_shape(length: int, density: float, mean: float) -> SpanShape:
     whole = noise >= 1 and spans >= 1 and raw - noise >= spans
     if shape.inputs + shape.targets - 1 <= length and whole:
       return shape
-  from jaxlm.errors import UserError  # pylint: disable=import-outside-toplevel
   raise UserError(f'config field model.max_seq_len={length} is too short for span corruption '
                   f'with span.noise_density={density} and span.mean_span_length={mean}: no window '
                   'hides a whole span; lengthen the context.')
 
 
-def noise_mask(key: jax.Array, shape: SpanShape) -> jax.Array:
+def noise_mask(key: 'jax.Array', shape: SpanShape) -> 'jax.Array':
   """T5's random_spans_noise_mask for one window: [raw] bool, True where a token is hidden. The
   window alternates kept and hidden spans, starting with a kept one; the lengths of each kind
   are a random composition of their total into `spans` positive parts."""
   k_noise, k_kept = jax.random.split(key)
 
-  def segment_lengths(k, items: int) -> jax.Array:
+  def segment_lengths(k, items: int) -> 'jax.Array':
     first = jnp.arange(items - 1) < shape.spans - 1  # spans - 1 segment starts among items - 1
     first = jnp.concatenate([jnp.zeros(1, jnp.int32),
                              jax.random.permutation(k, first).astype(jnp.int32)])
@@ -191,8 +100,8 @@ def noise_mask(key: jax.Array, shape: SpanShape) -> jax.Array:
   return jnp.cumsum(indicator) % 2 == 1
 
 
-def corrupt(raw: jax.Array, noise: jax.Array, sentinel_top: int, eos: int,
-            length: int) -> jax.Array:
+def corrupt(raw: 'jax.Array', noise: 'jax.Array', sentinel_top: int, eos: int,
+            length: int) -> 'jax.Array':
   """T5's noise_span_to_unique_sentinel and the end-of-sequence id, for one window: the tokens
   where `noise` is False, each noise span replaced by one sentinel (sentinel_top, sentinel_top - 1,
   ... in order), then eos, left-aligned in `length` slots (the rest 0)."""
@@ -213,18 +122,8 @@ class Spans(NamedTuple):
   length: int  # the model's context (model.max_seq_len): rows are padded to it
 
 
-def spans(cfg: ConfigDict, eos: int | None, model_vocab: int) -> Spans | None:
-  """The span corruption of a span run (None for any other), for a tokenizer whose end-of-sequence
-  id is `eos`. Without one (characters) both parts end with the last sentinel's neighbour below."""
-  if objective(cfg) != 'span':
-    return None
-  shape = span_shape(cfg)
-  eos = eos if eos is not None else model_vocab - 1 - shape.spans
-  return Spans(shape, model_vocab - 1, eos, cfg.model.max_seq_len)
-
-
-def span_batch(key: jax.Array, raw: jax.Array, index: jax.Array,
-               spans: Spans) -> dict[str, jax.Array]:
+def span_batch(key: 'jax.Array', raw: 'jax.Array', index: 'jax.Array',
+               spans: Spans) -> dict[str, 'jax.Array']:
   """Raw windows [B, raw] -> a prefix-LM batch of L = spans.length positions: `inputs`
   (corrupted input, then the target but its last token), `targets` (the next token), `mask` (1 on
   the target positions: from the input's end-of-sequence on), `prefix` [B, 1] (the input length:
@@ -250,9 +149,88 @@ def span_batch(key: jax.Array, raw: jax.Array, index: jax.Array,
               prefix=jnp.full((B, 1), shape.inputs, jnp.int32))
 
 
-def prefix_lm_mask(prefix: jax.Array, length: int) -> jax.Array:
+def prefix_lm_mask(prefix: 'jax.Array', length: int) -> 'jax.Array':
   """[B, 1, L, L] attention mask: a query sees every key before `prefix` [B] and every earlier
   key (itself included) after it."""
   q = jnp.arange(length)[:, None]
   k = jnp.arange(length)[None, :]
   return ((k < prefix[:, None, None]) | (k <= q))[:, None]
+
+
+def spanned_batch(batch: Batch, key: 'jax.Array', index: 'jax.Array', spans: Spans) -> Batch:
+  """A prefix-LM batch of span corruption from rows of raw windows (`inputs` and the last of
+  `targets`). A row that is not a whole window (the padded end of an evaluation stream, whose
+  `segment_ids` end in 0) counts for nothing."""
+  raw = jnp.concatenate([batch['inputs'], batch['targets'][:, -1:]], axis=1)
+  out = span_batch(stream_key(key, 'span'), raw, index, spans)
+  if 'segment_ids' in batch:
+    out['mask'] = out['mask'] * (batch['segment_ids'][:, -1:] > 0)
+  return out
+
+
+class SpanCorruption(Objective):
+  """T5's span corruption, the corrupted window a bidirectional prefix of a causal model."""
+  name = 'span'
+  section = 'span'
+  resume_fields = ('noise_density', 'mean_span_length')
+  ranges = {'span.noise_density': (lambda v: 0 < v < 1, 'a number in (0, 1)'),
+            'span.mean_span_length': (lambda v: v >= 1, 'a number >= 1')}
+  prefix_lm = True
+  eval_rows = True
+
+  def __init__(self, cfg: ConfigDict, vocab: Vocab, model_vocab: int):
+    """Without an end-of-sequence id (characters) both parts end with the id below the last
+    sentinel."""
+    super().__init__(cfg, vocab, model_vocab)
+    shape = span_shape(cfg)
+    eos = vocab.eos if vocab.eos is not None else model_vocab - 1 - shape.spans
+    self.spans = Spans(shape, model_vocab - 1, eos, cfg.model.max_seq_len)
+
+  @classmethod
+  def check(cls, cfg: ConfigDict) -> None:
+    if cfg.data.packing != 'concat':
+      raise UserError("config field train.objective='span' corrupts windows of the token stream; "
+                      "set data.packing='concat' (packed documents are not supported with it).")
+    if cfg.model.kind == 'lstm':
+      raise UserError("config field train.objective='span' trains a prefix LM, which reads its "
+                      "input bidirectionally; an LSTM (model.kind='lstm') reads left to right "
+                      "only, so use train.objective='causal' or model.kind='transformer'.")
+    limit = cfg.span.mean_span_length / (cfg.span.mean_span_length + 1)
+    if cfg.span.noise_density > limit:
+      raise UserError(f'config field span.noise_density={cfg.span.noise_density} is above '
+                      f'{limit:.4g}, the most that span.mean_span_length='
+                      f'{cfg.span.mean_span_length} allows (mean / (mean + 1): every hidden span '
+                      'needs a kept token before it); lower the density or lengthen the spans.')
+    if not cfg.model.causal:
+      raise UserError("config field train.objective='span' trains a prefix LM, which attends "
+                      'bidirectionally only inside the prefix; keep model.causal=True.')
+
+  @classmethod
+  def reserved_ids(cls, cfg: ConfigDict) -> int:
+    """One sentinel per span of a window, and one to end the parts if the tokenizer has no
+    end-of-sequence."""
+    return span_shape(cfg).spans + 1
+
+  @classmethod
+  def window_length(cls, cfg: ConfigDict) -> int:
+    """The raw window less one: its last token is the row's last target."""
+    return span_shape(cfg).raw - 1
+
+  def train_batch(self, batch, key, step, rows):
+    del step
+    return spanned_batch(batch, key, rows, self.spans), {}
+
+  def eval_views(self, batch):
+    """The targets of windows corrupted from the run's seed."""
+    return {'': spanned_batch(batch, jax.random.PRNGKey(self.seed), batch['index'][:, 0],
+                              self.spans)}
+
+  def attention_mask(self, batch: Batch) -> 'jax.Array':
+    return prefix_lm_mask(batch['prefix'][:, 0], batch['inputs'].shape[1])
+
+  def report(self, result, text_bytes):
+    """The targets' loss (sentinels, hidden spans, end-of-sequence): not every token's."""
+    del text_bytes
+    result = dict(result)
+    del result['nats']
+    return result

@@ -1,0 +1,109 @@
+"""What every training objective is: one class, a value the builder hands to the step.
+
+An objective owns everything that differs between objectives, so that the step, the trainer,
+evaluation and the commands ask it instead of comparing names:
+
+- its settings' allowed values (`choices`, `ranges`) and config checks (`check`, no JAX: a bad config fails in well under a second), the ids it
+  reserves past the tokenizer's vocabulary, the window of tokens a data row gives it, and the
+  settings a resumed run must keep (`resume_fields`);
+- inside the jitted step, how a training batch of plain token rows becomes what the model reads
+  (`train_batch`: keys from fold_in(seed, step) and each row's global index, so the draws do not
+  depend on the mesh, the hosts or gradient accumulation, and a resumed run repeats them);
+- how an evaluation batch is scored (`eval_views`: one or more named batches from the same rows,
+  drawn from a fixed seed so that every checkpoint is scored on the same tokens), and what
+  validation and jaxlm.eval report of the sums (`report`);
+- whether its model continues text (`generates`: samples, jaxlm.generate, BLEU, export-hf, the
+  decode benchmark), and whether it attends through a dense prefix-LM mask (`prefix_lm`).
+
+A new objective is one module with one subclass, and one line in objectives/__init__.py's REGISTRY.
+Shape letters: B batch, L length.
+"""
+
+from typing import Any, Callable, ClassVar, NamedTuple
+
+from etils import epy
+from ml_collections import ConfigDict
+
+with epy.lazy_imports():
+  import jax
+
+Batch = dict[str, Any]  # [B, L] arrays: inputs, targets, mask (and segment_ids, positions, ...)
+
+
+class Vocab(NamedTuple):
+  """What an objective (and the step) needs of the tokenizer."""
+  size: int  # its ids are 0 .. size - 1; the objective's reserved ids come after
+  eos: int | None = None  # end-of-sequence: ends span corruption's input and target
+  start: int | None = None  # what each document starts with (never masked)
+
+  @classmethod
+  def of(cls, tokenizer) -> 'Vocab':
+    from jaxlm.data.tokenizers import document_start  # pylint: disable=import-outside-toplevel
+    return cls(tokenizer.vocab_size, tokenizer.eos_id, document_start(tokenizer))
+
+
+class Objective:
+  """The default, next-token prediction on plain rows; subclasses change what they need."""
+  name: ClassVar[str]
+  section: ClassVar[str] = ''  # its config section (mlm, span, fim), if it has settings
+  resume_fields: ClassVar[tuple[str, ...]] = ()  # of the section: a resume may not change them
+  # Its settings' allowed values, checked by config.validate with every other field's:
+  choices: ClassVar[dict[str, tuple]] = {}  # field -> the values allowed
+  ranges: ClassVar[dict[str, tuple[Callable[[Any], bool], str]]] = {}  # field -> (ok, expected)
+  generates: ClassVar[bool] = True  # its model continues a prompt
+  prefix_lm: ClassVar[bool] = False  # attends through a dense [B, 1, L, L] mask
+  eval_rows: ClassVar[bool] = False  # its evaluation batches carry each row's index and extent
+
+  def __init__(self, cfg: ConfigDict, vocab: Vocab, model_vocab: int):
+    """cfg: the run's config; vocab: the tokenizer's; model_vocab: the model's ids (the
+    tokenizer's, the reserved ids after them, rounded up)."""
+    self.vocab, self.model_vocab, self.seed = vocab, model_vocab, cfg.seed
+
+  @classmethod
+  def check(cls, cfg: ConfigDict) -> None:
+    """Raises UserError, in one sentence, if `cfg` cannot train this objective."""
+
+  @classmethod
+  def reserved_ids(cls, cfg: ConfigDict) -> int:
+    """Ids it needs past the tokenizer's vocabulary (the model's must hold them)."""
+    del cfg
+    return 0
+
+  @classmethod
+  def window_length(cls, cfg: ConfigDict) -> int:
+    """The tokens a data row gives as inputs (one more is its last target)."""
+    return cfg.model.max_seq_len
+
+  def train_batch(self, batch: Batch, key: 'jax.Array', step: 'jax.Array',
+                  rows: 'jax.Array') -> tuple[Batch, dict[str, 'jax.Array']]:
+    """Inside the train step, before the micro-batch split: a batch of data rows -> what the
+    model reads and is scored on, and metrics of its own. key: fold_in(seed, step); rows [B]:
+    each row's global index."""
+    del key, step, rows
+    return batch, {}
+
+  def eval_views(self, batch: Batch) -> dict[str, Batch]:
+    """An evaluation batch of data rows -> the batches scored, by name: '' is the loss validation
+    and jaxlm.eval report as `loss`; another name n adds `n_loss` and `n_tokens`."""
+    return {'': batch}
+
+  def attention_mask(self, batch: Batch) -> 'jax.Array | None':
+    """The [B, 1, L, L] attention mask of a batch it made, or None: the model's own (causal or
+    bidirectional within segments)."""
+    del batch
+    return None
+
+  def report(self, result: dict[str, float], text_bytes: int) -> dict[str, float]:
+    """What jaxlm.eval reports of a stream's sums (`loss`, `perplexity`, `tokens`, `nats`, and
+    each view's): by default, every token was scored, so bits per byte too."""
+    from jaxlm.evaluation import bits_per_byte  # pylint: disable=import-outside-toplevel
+    result = dict(result)
+    result['bits_per_byte'] = bits_per_byte(result.pop('nats'), text_bytes)
+    result['bytes'] = text_bytes
+    return result
+
+
+def stream_key(key: 'jax.Array', name: str) -> 'jax.Array':
+  """key folded with a fixed 24-bit id of `name` (its first three bytes): an objective's draws
+  get a stream of their own, sharing no bits with dropout's key or another objective's."""
+  return jax.random.fold_in(key, int.from_bytes(name.encode()[:3].ljust(3, b'\0'), 'big'))
