@@ -161,18 +161,26 @@ def get_config() -> ConfigDict:
   c.mesh.data = -1  # Data-parallel replicas; -1 takes the devices the other axes leave.
   c.mesh.fsdp = 1  # Parameter and optimizer-state sharding (ZeRO-3 style) degree.
   c.mesh.tensor = 1  # Tensor (Megatron) parallel degree over heads, MLP width and vocabulary.
-  # The one logical-to-mesh rules table: each logical axis of a weight or an activation maps to a
-  # comma-separated list of mesh axes ('' replicates). Override per hardware from the command line.
+  # The one logical-to-mesh rules table: each logical axis maps to a comma-separated list of mesh
+  # axes ('' replicates); override per hardware from the command line. Weights and activations
+  # name their axes apart (MaxText's activation_* names), so each can be sharded on its own; two
+  # axes of one array on the same mesh axis are refused. The reasons:
   c.mesh.rules = ConfigDict(dict(
-      batch='dcn,data,fsdp',
-      length='',
-      embed='fsdp',
-      mlp='tensor',
-      heads='tensor',
+      # Activations [batch, length, embed] and attention's [batch, length, heads, head_dim]:
+      activation_batch='dcn,data,fsdp',  # data parallelism: rows over every non-tensor axis
+      activation_length='',  # whole sequences per device (no sequence parallelism)
+      activation_embed='',  # the width whole: fsdp already splits these arrays by their rows
+      activation_heads='tensor',  # Megatron attention: each tensor shard computes its heads...
+      activation_kv_heads='tensor',  # ...with the key/value heads they share
+      # Weights:
+      embed='fsdp',  # FSDP (ZeRO-3): every matrix split along the model width, gathered per layer
+      mlp='tensor',  # Megatron MLP: up-projections split by columns, the down one by rows
+      heads='tensor',  # attention projections split by head, as the activations above
       kv_heads='tensor',
-      head_dim='',
-      vocab='tensor',
-      layers='',
+      head_dim='',  # heads split whole
+      vocab='tensor',  # the embedding table and the output head split by token id
+      length='',  # learned position table rows (GPT-2): small, kept whole
+      layers='',  # the scanned layer stack: every device holds every layer's shard
   ))
 
   c.checkpoint = ConfigDict()

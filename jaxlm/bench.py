@@ -25,7 +25,7 @@ from ml_collections import ConfigDict
 
 from jaxlm import cli
 
-_CONFIG = cli.define_config()
+_CONFIG = cli.ConfigFlag()
 _STEPS = flags.DEFINE_integer('steps', 50, 'Timed steps of each benchmark.')
 _WARMUP = flags.DEFINE_integer('warmup', 5, 'Untimed steps first (compilation included).')
 _WHAT = flags.DEFINE_list('what', ['train', 'eval', 'decode'],
@@ -207,7 +207,7 @@ def main(argv: list[str]) -> None:
     if _JSON.value:
       Path(_JSON.value).write_text(json.dumps(results, indent=2))
 
-  results = run(cli.config_value(_CONFIG), _WHAT.value, _STEPS.value, _WARMUP.value, emit)
+  results = run(_CONFIG.value, _WHAT.value, _STEPS.value, _WARMUP.value, emit)
   if 'data' in results:
     print_data(results['data'])
   if results.get('peak_memory_gib') is not None:
@@ -217,4 +217,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  cli.run(main, config=_CONFIG)

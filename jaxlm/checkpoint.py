@@ -97,6 +97,7 @@ class Checkpointer:
 
     create=False is for readers (eval, generate): no directory is made or cleaned.
     """
+    paths.without_tensorflow()  # Orbax reads through etils.epath
     self.directory = paths.path(directory)
     if not paths.is_url(directory):
       self.directory = self.directory.absolute()

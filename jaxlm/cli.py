@@ -151,46 +151,58 @@ def check_config_file(value: str) -> None:
                     'ml_collections ConfigDict; return one (start from configs/base.py).')
 
 
-def define_config(default: str = 'configs/base.py') -> flags.FlagHolder:
-  """`--config=<file>` plus its `--config.x.y=v` overrides (ml_collections.config_flags).
+class ConfigFlag:
+  """`--config=<file>` plus its `--config.x.y=v` overrides (ml_collections.config_flags), declared
+  by a command at import and defined by `run`: importing a command runs no config file, installs
+  no signal handler and cannot exit the process.
 
-  The file is checked first (check_config_file); config_flags then reads the overrides from
-  sys.argv as the flag is defined, so an unknown field is reported here, at start-up, as one line.
-  """
-  exit_on_signals()  # (defined at import, before the config file runs)
-  if 'config' in flags.FLAGS:  # another jaxlm entry point imported in the same process (tests)
-    return flags.FlagHolder(flags.FLAGS, flags.FLAGS['config'])
-  try:
-    check_config_file(_config_argument(sys.argv, default))
-  except UserError as e:
-    _fail(str(e))
-  try:
-    return config_flags.DEFINE_config_file(
-        'config', default, 'Config file with a get_config(); override fields with '
-        '--config.field=value.', lock_config=True)
-  except (AttributeError, KeyError) as e:
-    _fail(_flag_error(e))
+  `run` checks the file first (check_config_file), then config_flags reads the overrides from
+  sys.argv as the flag is defined, so an unknown field is reported at start-up, as one line."""
 
+  def __init__(self, default: str = 'configs/base.py'):
+    self.default = default
+    self.holder: flags.FlagHolder | None = None
 
-def config_value(holder: flags.FlagHolder) -> ConfigDict:
-  """The config a `define_config` flag loaded, or a UserError saying why not."""
-  try:
-    value = holder.value
-    if not isinstance(value, ConfigDict):  # config_flags defers load errors to first use
-      value.to_dict()
-    return value
-  except (AttributeError, KeyError, OSError, TypeError, ValueError) as e:
-    raise UserError(_flag_error(e)) from None
+  def define(self, argv: list[str]) -> None:
+    if 'config' in flags.FLAGS:  # another jaxlm command defined it in this process (tests)
+      self.holder = flags.FlagHolder(flags.FLAGS, flags.FLAGS['config'])
+      return
+    check_config_file(_config_argument(argv, self.default))
+    try:
+      self.holder = config_flags.DEFINE_config_file(
+          'config', self.default, 'Config file with a get_config(); override fields with '
+          '--config.field=value.', lock_config=True)
+    except (AttributeError, KeyError) as e:
+      raise UserError(_flag_error(e)) from None
+
+  @property
+  def value(self) -> ConfigDict:
+    """The config loaded, or a UserError saying why not."""
+    try:
+      value = self.holder.value
+      if not isinstance(value, ConfigDict):  # config_flags defers load errors to first use
+        value.to_dict()
+      return value
+    except (AttributeError, KeyError, OSError, TypeError, ValueError) as e:
+      raise UserError(_flag_error(e)) from None
 
 
 def run(main: Callable[[list[str]], None], commands: tuple[str, ...] = (),
-        positional: bool = False) -> None:
+        positional: bool = False, config: ConfigFlag | None = None) -> None:
   """app.run(main) with friendly flag errors, absl INFO logs hidden unless --verbosity is given,
   a UserError turned into a one-line message and exit status 2, and SIGINT/SIGTERM into one line
   and 128 + the signal's number (errors.reported). `commands` are the allowed positional
   sub-commands (main gets argv with the chosen one at argv[1]); positional=True passes
-  any positional arguments on (launch/local.py's training flags after `--`)."""
-  exit_on_signals()
+  any positional arguments on (launch/local.py's training flags after `--`). `config`, the
+  command's ConfigFlag, is defined here, after the signal handlers and before the flags are
+  parsed."""
+  exit_on_signals()  # the one process-wide installation (errors.py holds every handler)
+  paths.without_tensorflow()
+  if config is not None:
+    try:
+      config.define(sys.argv)
+    except UserError as e:
+      _fail(str(e))
 
   def wrapped(argv: list[str]) -> None:
     if not flags.FLAGS['verbosity'].present:

@@ -25,7 +25,7 @@ from absl import flags
 
 from jaxlm import cli
 
-_CONFIG = cli.define_config()
+_CONFIG = cli.ConfigFlag()
 _PLAN = flags.DEFINE_bool('plan', False, "Print the memory planner's figures per device only "
                           '(parameters, optimizer state, gradients, activations), without '
                           'compiling: seconds, where a compile takes minutes.')
@@ -195,7 +195,7 @@ def compile_step(cfg, devices, hbm: int | None, plan_only: bool = False,
   micro-batch compiled without loops (`loop_free`), if that one agrees; else none is given.
   estimate=False skips that second compile (minutes for a large model); with_eval=False skips
   compiling the eval step, whose per-device memory is 'eval_total'."""
-  from jaxlm import metrics, objectives, plan  # pylint: disable=import-outside-toplevel
+  from jaxlm import families, metrics, objectives, plan  # pylint: disable=import-outside-toplevel
   from jaxlm.errors import UserError  # pylint: disable=import-outside-toplevel
   from jaxlm.model import attention_kernels  # pylint: disable=import-outside-toplevel
   built = built_for(cfg, devices)
@@ -224,8 +224,8 @@ def compile_step(cfg, devices, hbm: int | None, plan_only: bool = False,
   whole = cost['optimal_seconds'] > 0  # a negative time: the cost model could not time the step
   if whole and _ratio_ok(out['compiler_flops'], out['analytic_flops']):
     out.update(seconds=cost['optimal_seconds'], estimate_from='the whole step')
-  elif model_cfg.get('kind', 'transformer') == 'lstm':
-    out['no_estimate'] = "the LSTM's time steps are a loop, which XLA's cost model counts once"
+  elif families.of(model_cfg).no_estimate:
+    out['no_estimate'] = families.of(model_cfg).no_estimate
   elif not estimate:
     out['no_estimate'] = ('the cost model cannot time the whole step, and the loop-free estimate '
                           'was not asked for (--noestimate)')
@@ -322,4 +322,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  cli.run(main, config=_CONFIG)

@@ -10,14 +10,14 @@ from typing import Any, Callable
 
 from ml_collections import ConfigDict
 
-from jaxlm import objectives, paths
+from jaxlm import families, objectives, paths
 from jaxlm.configs import base
 from jaxlm.errors import UserError
 
 MESH_AXES = ('dcn', 'data', 'fsdp', 'tensor')
 
 _CHOICES = {
-    'model.kind': ('transformer', 'lstm'),
+    'model.kind': tuple(families.FAMILIES),
     'model.norm': ('rmsnorm', 'layernorm'),
     'model.position': ('rope', 'learned'),
     'model.mlp': ('swiglu', 'gelu'),
@@ -159,43 +159,9 @@ def validate(cfg: ConfigDict) -> None:
   _check_cross_fields(cfg)
 
 
-# Model fields only a Transformer has: an LSTM must leave them at their defaults.
-TRANSFORMER_FIELDS = ('num_heads', 'num_kv_heads', 'head_dim', 'mlp_dim', 'norm', 'norm_eps',
-                      'position', 'mlp', 'use_bias', 'rope_theta', 'rope_scaling',
-                      'rope_scaling_factor', 'rope_low_freq_factor', 'rope_high_freq_factor',
-                      'rope_original_max_len', 'qkv_bias', 'causal', 'attention', 'remat',
-                      'scan_unroll')
-
-
 def check_model(m: ConfigDict) -> None:
-  if m.get('kind', 'transformer') == 'lstm':
-    defaults = base.get_config().model
-    for field in TRANSFORMER_FIELDS:
-      if m[field] != defaults[field]:
-        raise UserError(f"config field model.{field}={m[field]!r} is a Transformer's; an LSTM "
-                        f"(model.kind='lstm') has none, so leave it at {defaults[field]!r}.")
-    return
-  if m.head_dim == 0 and m.embed_dim % m.num_heads:
-    raise UserError(
-        f'config field model.num_heads={m.num_heads} must divide model.embed_dim={m.embed_dim} '
-        '(or set model.head_dim explicitly).')
-  kv = m.num_kv_heads or m.num_heads
-  if m.num_heads % kv:
-    raise UserError(
-        f'config field model.num_kv_heads={kv} must divide model.num_heads={m.num_heads} '
-        '(each key/value head serves a whole group of query heads).')
-  if m.attention == 'splash' and m.max_seq_len % 128:
-    raise UserError(f'config field model.attention=\'splash\' needs model.max_seq_len '
-                    f'(now {m.max_seq_len}) to be a multiple of 128, the kernel\'s block; use '
-                    '\'xla\' or change the length.')
-  if m.position == 'rope' and (m.head_dim or m.embed_dim // m.num_heads) % 2:
-    raise UserError('RoPE rotates pairs of channels, so the head dimension '
-                    '(model.head_dim, or model.embed_dim // model.num_heads) must be even.')
-  if m.rope_scaling and m.position != 'rope':
-    _fail('model.rope_scaling', m.rope_scaling, "'' unless model.position='rope'")
-  if m.rope_scaling and m.rope_high_freq_factor <= m.rope_low_freq_factor:
-    _fail('model.rope_high_freq_factor', m.rope_high_freq_factor,
-          f'a number above model.rope_low_freq_factor={m.rope_low_freq_factor}')
+  """The model config against its family (families.py)."""
+  families.of(m).check(m)
 
 
 def _check_cross_fields(cfg: ConfigDict) -> None:

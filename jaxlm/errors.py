@@ -76,6 +76,45 @@ def exiting_with(cleanup: Callable[[], None]):
 
 
 @contextlib.contextmanager
+def recording_signals(record: Callable[[str], None]):
+  """Inside: SIGTERM and SIGINT only call record(<the signal's name>) (the training loop stops
+  after its step, with a checkpoint); the handlers in place before are restored afterwards."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+  def handler(signum, frame):
+    del frame
+    record(signal.Signals(signum).name)
+  for s in previous:
+    signal.signal(s, handler)
+  try:
+    yield
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def interrupts_ignored():
+  """Inside, SIGINT is ignored: processes started there inherit that (exec keeps it), so that a
+  Ctrl-C, which reaches the whole process group, is handled by this process alone."""
+  previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
+
+
+def worker_signals() -> None:
+  """For a worker process of the data pipeline: SIGINT ignored (the process that started it
+  stops it), SIGTERM its default action."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
 def reported():
   """Turns a UserError raised inside into `error: <sentence>` on stderr and exit status 2, and an
   interruption into one sentence and 128 + the signal's number."""

@@ -20,6 +20,7 @@ import numpy as np
 from flax import traverse_util
 from ml_collections import ConfigDict
 
+from jaxlm import families
 from jaxlm.config import RUN_MODEL_FIELDS, adopt_architecture, resolve_model
 from jaxlm.configs import base
 from jaxlm.errors import UserError
@@ -111,7 +112,7 @@ def model_fields(hf: dict) -> tuple[str, dict]:
 
 def family_of(m: ConfigDict) -> str:
   """The transformers family that represents the jaxlm model `m` exactly, or one sentence."""
-  if m.get('kind', 'transformer') != 'transformer':
+  if not families.of(m).exports_hf:
     raise UserError(f'a jaxlm {m.kind} model has no transformers equivalent; only Transformers '
                     'export.')
   if not m.causal:

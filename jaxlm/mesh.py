@@ -143,7 +143,7 @@ def make_mesh(cfg: ConfigDict, devices: Sequence[jax.Device] | None = None) -> j
 
 def check_divisibility(cfg: ConfigDict, sizes: dict[str, int]) -> None:
   """The batch must split evenly over the batch axes, and heads over the tensor axis."""
-  batch_axes = [a.strip() for a in cfg.mesh.rules.batch.split(',') if a.strip()]
+  batch_axes = [a.strip() for a in cfg.mesh.rules.activation_batch.split(',') if a.strip()]
   shards = math.prod(sizes[a] for a in batch_axes)
   micro = cfg.train.batch_size // cfg.train.grad_accum
   if micro % shards:

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from jaxlm import paths
+from jaxlm import families, paths
 
 # Dense bf16 peak FLOP/s per device, from the vendors' datasheets. Matched against the lowercased
 # `device_kind` in this order; a device not listed (a CPU, say) has no MFU.
@@ -32,39 +32,19 @@ PEAK_FLOPS = (
 
 def matmul_params(m: ConfigDict) -> int:
   """Parameters that take part in a matmul per token, for a resolved model config."""
-  D, H, K, E, F = m.embed_dim, m.num_heads, m.num_kv_heads, m.head_dim, m.mlp_dim
-  if m.get('kind', 'transformer') == 'lstm':  # input and recurrent weights, 4 gates each
-    return m.num_layers * 8 * D * D + D * m.vocab_size
-  attention = D * H * E * 2 + D * K * E * 2
-  mlp = D * F * (3 if m.mlp == 'swiglu' else 2)
-  return m.num_layers * (attention + mlp) + D * m.vocab_size
+  return families.of(m).matmul_params(m)
 
 
 def flops_per_token(m: ConfigDict, seq_len: int | None = None) -> float:
   """Training FLOPs per token (forward and backward) of a resolved model config: 6 per matmul
-  parameter, plus attention's scores and weighted sum, over the earlier tokens (about half the
-  window) in a causal model and over all of it in an encoder."""
-  seq_len = seq_len or m.max_seq_len
-  if m.get('kind', 'transformer') == 'lstm':
-    return 6 * matmul_params(m)
-  attention = 6 if m.get('causal', True) else 12
-  return 6 * matmul_params(m) + attention * m.num_layers * m.num_heads * m.head_dim * seq_len
+  parameter, plus a Transformer's attention scores and weighted sum, over the earlier tokens
+  (about half the window) in a causal model and over all of it in an encoder."""
+  return families.of(m).flops_per_token(m, seq_len or m.max_seq_len)
 
 
 def param_count(m: ConfigDict) -> int:
   """The analytic number of parameters of a resolved model config (checked against the model)."""
-  D, H, K, E, F, V = m.embed_dim, m.num_heads, m.num_kv_heads, m.head_dim, m.mlp_dim, m.vocab_size
-  if m.get('kind', 'transformer') == 'lstm':
-    return m.num_layers * (8 * D * D + 4 * D) + V * D + (0 if m.tie_embeddings else D * V)
-  norm = D * (2 if m.use_bias and m.norm == 'layernorm' else 1)
-  bias = m.use_bias
-  attention = D * H * E + 2 * D * K * E + H * E * D + bias * (H * E + 2 * K * E + D)
-  mats = 3 if m.mlp == 'swiglu' else 2
-  mlp = mats * D * F + bias * ((mats - 1) * F + D)
-  per_layer = attention + mlp + 2 * norm
-  embed = V * D + (m.max_seq_len * D if m.position == 'learned' else 0)
-  head = 0 if m.tie_embeddings else D * V
-  return m.num_layers * per_layer + embed + norm + head
+  return families.of(m).param_count(m)
 
 
 def devices_text() -> str:

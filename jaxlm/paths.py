@@ -25,7 +25,12 @@ from pathlib import Path
 
 from jaxlm.errors import UserError
 
-os.environ.setdefault('EPATH_USE_TF', 'false')
+
+def without_tensorflow() -> None:
+  """Has etils.epath (and Orbax through it) read files without TensorFlow, unless EPATH_USE_TF
+  says otherwise: importing it for every path costs seconds. Called before the first epath use
+  (by the commands at start-up, by `path` and the Checkpointer), not at import."""
+  os.environ.setdefault('EPATH_USE_TF', 'false')
 
 SCHEMES = {'gs': 'gcsfs'}  # URL scheme -> the Python package that reads it
 
@@ -59,6 +64,7 @@ def check_local(name: str, value: str) -> None:
 def path(value):
   """A pathlib.Path (with ~ expanded) for a local path, an epath.Path for a gs:// URL."""
   if is_url(value):
+    without_tensorflow()
     from etils import epath  # pylint: disable=import-outside-toplevel
     return epath.Path(str(value))
   return Path(value).expanduser()

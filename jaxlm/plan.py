@@ -12,7 +12,8 @@ Per device, in bytes:
 - loss: the output head's chunk of float32 logits and its gradient buffers;
 - weights: the parameters as the layers use them, gathered over the fsdp axis and cast to the
   compute dtype: one layer's, twice (the next is fetched while one computes), and the head's.
-The activation terms count each tensor a layer keeps in the compute dtype (see `_kept_per_token`);
+The activation terms count each tensor a layer keeps in the compute dtype (see
+`families.Family.activation_bytes`);
 XLA fuses some of them away and keeps a few float32 copies, so they are an estimate, which the
 tests hold to within 15% of XLA's total for three configs.
 """
@@ -23,10 +24,7 @@ from typing import Any
 import jax
 from ml_collections import ConfigDict
 
-from jaxlm import metrics, sharding
-
-DTYPE_BYTES = {'float32': 4, 'bfloat16': 2, 'float16': 2}
-
+from jaxlm import families, metrics, sharding
 
 def _device_bytes(tree: Any) -> int:
   """Bytes per device of a tree of ShapeDtypeStructs with shardings (a shard of each)."""
@@ -37,29 +35,6 @@ def _device_bytes(tree: Any) -> int:
   return total
 
 
-def _kept_per_token(m: ConfigDict, remat: str, fused: bool, tensor: int) -> tuple[float, float]:
-  """(bytes kept per token and layer for the backward pass, bytes of one layer's full set):
-  attention's [L, L] probabilities are counted separately, per token pair."""
-  p = DTYPE_BYTES[m.dtype]
-  D, E = m.embed_dim, m.head_dim
-  H, K, F = m.num_heads / tensor, m.num_kv_heads / tensor, m.mlp_dim / tensor
-  ups = 2 if m.mlp == 'swiglu' else 1
-  qkv = (H + 2 * K) * E
-  attention_out = H * E + (H * 4 / p if fused else 0)  # the output, and the kernel's logsumexp
-  every = (4 * D  # block input, the two norms' outputs, the attention projection's output
-           + qkv + (H + K) * E * (m.position == 'rope')  # projections, rotated queries and keys
-           + attention_out + (ups + 1) * F)  # the MLP's up projections and activation
-  if remat == 'none':
-    kept = every
-  elif remat in ('dots', 'dots_attention'):
-    kept = D + qkv + D + ups * F + D  # block input and every matmul's output
-    if remat == 'dots_attention' and fused:
-      kept += qkv + attention_out  # the kernel's inputs and output
-  else:  # full
-    kept = D
-  return kept * p, every * p
-
-
 def plan(cfg: ConfigDict, model_cfg: ConfigDict, mesh: jax.sharding.Mesh, rules: sharding.Rules,
          abstract_state: Any, fused_attention: bool) -> dict[str, int]:
   """The planned bytes per device of each part of a train step (see the module docstring), and
@@ -67,23 +42,17 @@ def plan(cfg: ConfigDict, model_cfg: ConfigDict, mesh: jax.sharding.Mesh, rules:
   m, t = model_cfg, cfg.train
   sizes = dict(mesh.shape)
   shards = lambda logical: math.prod(sizes.get(a, 1) for a in dict(rules).get(logical, ()))
-  batch_shards = shards('batch')
+  batch_shards = shards('activation_batch')
   tensor = sizes.get('tensor', 1)
   micro = t.batch_size // t.grad_accum
   b, L = micro / batch_shards, m.max_seq_len
-  p = DTYPE_BYTES[m.dtype]
+  p = families.DTYPE_BYTES[m.dtype]
   out = dict(params=_device_bytes(abstract_state.params),
              optimizer=_device_bytes(abstract_state.opt_state))
   out['gradients'] = out['params'] * (2 if t.grad_accum > 1 else 1)
   out['batch'] = int(t.batch_size * L * 12 / batch_shards)  # int32 inputs, targets; float32 mask
-  if m.get('kind', 'transformer') == 'lstm':
-    kept = every = (m.embed_dim * 6 + 4 * m.embed_dim) * p  # inputs, gates, and f32 states
-    probs = 0
-  else:
-    kept, every = _kept_per_token(m, m.remat, fused_attention, tensor)
-    # The reference attention keeps its float32 scores and its probabilities per layer (when
-    # nothing recomputes them); the fused kernels keep none.
-    probs = 0 if fused_attention else b * (m.num_heads / tensor) * L * L * (4 + p)
+  kept, every, scores = families.of(m).activation_bytes(m, m.remat, fused_attention, tensor)
+  probs = b * L * L * scores  # attention's kept float32 scores and probabilities, per layer
   layers = m.num_layers
   saved_probs = probs * (layers if m.remat == 'none' else 1)
   out['activations'] = int(b * L * (kept * layers + 2 * every) + saved_probs)

@@ -20,6 +20,7 @@ from jaxlm import paths, sharding
 from jaxlm.build import build
 from jaxlm.checkpoint import Checkpointer, short_reason, peek_config
 from jaxlm.config import resolve_model
+from jaxlm.configs import base
 from jaxlm.data import RunData, is_prepared, open_run_data_at
 from jaxlm.data.tokenizers import Tokenizer, open_tokenizer
 from jaxlm.errors import UserError
@@ -93,15 +94,25 @@ def load_trained(workdir: str, step: int | None = None, batch_size: int = 0) -> 
     ckpt.close()
 
 
+def reader_config(saved: dict, workdir: Path, batch_size: int = 0) -> ConfigDict:
+  """The config a reader (eval, generate) builds its step from, a new value: the run's saved
+  config on all of this machine's devices (fsdp over them), at `batch_size` rows (default: the
+  run's micro-batch, what its train step ran at once), without accumulation."""
+  train = saved['train']
+  rows = eval_batch_size(batch_size or train['batch_size'] // train.get('grad_accum', 1))
+  cfg = ConfigDict({**saved, 'workdir': str(workdir),
+                    'mesh': {**saved['mesh'], 'dcn': 1, 'data': 1, 'fsdp': -1, 'tensor': 1,
+                             # the axes named since the run was saved take their defaults
+                             'rules': {**base.get_config().mesh.rules.to_dict(),
+                                       **saved['mesh'].get('rules', {})}},
+                    'train': {**train, 'batch_size': rows, 'grad_accum': 1}})
+  cfg.lock()
+  return cfg
+
+
 def _restore(ckpt: Checkpointer, workdir: Path, step: int, batch_size: int) -> TrainedRun:
   meta = ckpt.restore_meta(step)
-  cfg = ConfigDict(meta['config'])
-  cfg.workdir = str(workdir)
-  cfg.mesh.dcn, cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, 1, -1, 1
-  # The run's micro-batch by default: what its train step ran at once.
-  cfg.train.batch_size = eval_batch_size(
-      batch_size or cfg.train.batch_size // cfg.train.get('grad_accum', 1))
-  cfg.train.grad_accum = 1
+  cfg = reader_config(meta['config'], workdir, batch_size)
   run_data = trained_data(meta, workdir, step, cfg)
   tokenizer = run_data.tokenizer
   if tokenizer.fingerprint != meta['tokenizer']:

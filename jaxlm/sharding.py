@@ -1,9 +1,13 @@
 """Logical axes -> mesh axes: the rules table, activation constraints and shardings for state and batch.
 
-Model code names the axes of every weight and block-boundary activation with logical names
-(`embed`, `mlp`, `heads`, `kv_heads`, `head_dim`, `vocab`, `layers`, `batch`, `length`); only this
-module knows the mesh. The rules table itself is `config.mesh.rules`, so it can be overridden per
-hardware without touching code.
+Model code names the axes of every weight (`embed`, `mlp`, `heads`, `kv_heads`, `head_dim`,
+`vocab`, `length`, `layers`) and of every block-boundary activation (`activation_batch`,
+`activation_length`, `activation_embed`, `activation_heads`, `activation_kv_heads`) with logical
+names, kept apart as MaxText keeps them, so that an activation's width can be sharded apart from
+the weights' (FSDP shards weight `embed` over `fsdp` while the activations' batch takes `fsdp`);
+only this module knows the mesh. The rules table itself is `config.mesh.rules`, so it can be
+overridden per hardware without touching code. A table that maps two axes of one array onto the
+same mesh axis is refused in one sentence, naming them.
 """
 
 import contextlib
@@ -17,10 +21,13 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
+from jaxlm.errors import UserError
+
 Rules = tuple[tuple[str, tuple[str, ...]], ...]
 
-# The logical axes of a token batch [B, L].
-BATCH_AXES = ('batch', 'length')
+# The logical axes of a token batch [B, L], and of the activations between blocks [B, L, D].
+BATCH_AXES = ('activation_batch', 'activation_length')
+ACTIVATION_AXES = ('activation_batch', 'activation_length', 'activation_embed')
 
 
 def rules_from_config(mesh_cfg: ConfigDict) -> Rules:
@@ -33,10 +40,10 @@ def logical_to_spec(axes: Sequence[str | None], rules: Rules, mesh: Mesh | None 
                     shape: Sequence[int] | None = None) -> PartitionSpec:
   """Maps logical axis names to a PartitionSpec.
 
-  A mesh axis is used at most once per array (the first logical axis that claims it wins). Given
-  `mesh` and `shape`, a dimension that its mesh axes do not divide is replicated instead (a
+  Given `mesh` and `shape`, a dimension that its mesh axes do not divide is replicated instead (a
   65-character vocabulary over 2 tensor shards, say), so any model runs on any mesh;
-  `undivided` lists the parameters where that happened.
+  `undivided` lists the parameters where that happened. Two axes mapped onto one mesh axis are
+  a UserError (a mesh axis can split an array along one dimension only).
   """
   return _resolve(axes, rules, mesh, shape)[0]
 
@@ -44,17 +51,23 @@ def logical_to_spec(axes: Sequence[str | None], rules: Rules, mesh: Mesh | None 
 def _resolve(axes, rules, mesh, shape) -> tuple[PartitionSpec, list[str]]:
   """(spec, ['vocab=65 over tensor=2', ...] for the dimensions replicated because undivided)."""
   table = dict(rules)
-  used: set[str] = set()
+  used: dict[str, str] = {}
   spec, dropped = [], []
   for i, name in enumerate(axes):
-    mesh_axes = tuple(a for a in table.get(name, ()) if a not in used) if name else ()
+    mesh_axes = tuple(table.get(name, ())) if name else ()
+    for a in mesh_axes:
+      if a in used:
+        raise UserError(f'config fields mesh.rules.{used[a]} and mesh.rules.{name} both map onto '
+                        f'the mesh axis {a!r}, and one array has both axes '
+                        f'({", ".join(map(str, axes))}); map one of them elsewhere (a mesh axis '
+                        'splits one dimension of an array).')
     if mesh is not None:
       mesh_axes = tuple(a for a in mesh_axes if mesh.shape[a] > 1)
       if shape is not None and shape[i] % math.prod(mesh.shape[a] for a in mesh_axes):
         over = 'x'.join(f'{a}={mesh.shape[a]}' for a in mesh_axes)
         dropped.append(f'{name}={shape[i]} over {over}')
         mesh_axes = ()
-    used.update(mesh_axes)
+    used.update({a: name for a in mesh_axes})
     spec.append(mesh_axes[0] if len(mesh_axes) == 1 else (mesh_axes or None))
   return PartitionSpec(*spec), dropped
 

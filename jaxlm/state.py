@@ -13,9 +13,8 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding
 from ml_collections import ConfigDict
 
-from jaxlm import sharding
-from jaxlm.model import Transformer
-from jaxlm.model.lstm import LSTM
+from jaxlm import families, sharding
+from jaxlm.model.layers import LanguageModel
 from jaxlm.optim import LossScale
 
 
@@ -56,13 +55,12 @@ class TrainState:
   loss_scale: LossScale | None = None  # Only with float16 compute.
 
 
-def build_model(model_cfg: ConfigDict, rngs: nnx.Rngs) -> Transformer | LSTM:
-  """The model of a resolved config: a Transformer, or an LSTM (model.kind='lstm')."""
-  kind = LSTM if model_cfg.get('kind', 'transformer') == 'lstm' else Transformer
-  return kind(model_cfg, rngs=rngs)
+def build_model(model_cfg: ConfigDict, rngs: nnx.Rngs) -> LanguageModel:
+  """The model of a resolved config, of its family (model.kind: families.py)."""
+  return families.of(model_cfg).module()(model_cfg, rngs=rngs)
 
 
-def abstract_model(model_cfg: ConfigDict) -> Transformer | LSTM:
+def abstract_model(model_cfg: ConfigDict) -> LanguageModel:
   """The model with ShapeDtypeStructs instead of arrays: shapes and axis names, no memory."""
   return nnx.eval_shape(lambda: build_model(model_cfg, nnx.Rngs(0)))
 

@@ -14,7 +14,7 @@ from flax import nnx
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
-from jaxlm import sharding
+from jaxlm import families, sharding
 from jaxlm.loss import blockwise_cross_entropy, chunked_cross_entropy
 from jaxlm.objectives import Objective
 from jaxlm.optim import apply_updates
@@ -40,13 +40,16 @@ def make_train_step(cfg: ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientT
   The batch's rows become what the model reads through the `objective`
   (objective.train_batch: masked, span-corrupted, reordered, or as they are), with keys from
   fold_in(rng, step) and each row's global index (step * B + row), before the batch is split
-  into micro-batches; its metrics (the masking ratio) are the step's too.
+  into micro-batches; its metrics (the masking ratio) are the step's too. The model family's
+  auxiliary loss (families.Family.aux_loss), if it has one, is added to the objective's mean,
+  averaged over the micro-batches, and logged as aux_loss.
   """
   accum, z_loss, chunk = cfg.train.grad_accum, cfg.train.z_loss, cfg.train.loss_chunk
   use_dropout = cfg.model.dropout > 0
   blockwise = cfg.train.loss_grad == 'blockwise'
+  family = families.of(cfg.model)
 
-  def loss_fn(params, batch, key, scale):
+  def loss_fn(params, batch, key, scale, loss_scale):
     model = nnx.merge(graphdef, params)
     h, _ = model.features(batch['inputs'], batch.get('positions'),
                           segment_ids=batch.get('segment_ids'), dropout_key=key,
@@ -58,7 +61,11 @@ def make_train_step(cfg: ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientT
     else:
       summed, ce, count = chunked_cross_entropy(model.logits, h, batch['targets'],
                                                 batch['mask'], z_loss, chunk)
-    return summed * scale, (ce, count)
+    loss, aux = summed * scale, family.aux_loss(model)
+    if aux is None:
+      return loss, (ce, jnp.float32(0))
+    # The family's auxiliary term (a micro-batch mean): the step's is its mean over micro-batches.
+    return loss + aux * (loss_scale / accum), (ce, aux.astype(jnp.float32))
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     with sharding.use_mesh(mesh, rules):
@@ -72,20 +79,20 @@ def make_train_step(cfg: ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientT
       scale = loss_scale / count  # the summed loss times this is the (scaled) batch mean
 
       def micro_step(carry, xs):
-        grads, ce = carry
+        grads, ce, aux = carry
         micro_batch, i = xs
         micro_key = jax.random.fold_in(key, i) if use_dropout else None
-        (_, (c, _)), g = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, micro_batch, micro_key, scale)
-        return (jax.tree.map(jnp.add, grads, g), ce + c), None
+        (_, (c, a)), g = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, micro_batch, micro_key, scale, loss_scale)
+        return (jax.tree.map(jnp.add, grads, g), ce + c, aux + a), None
 
       zeros = jax.tree.map(jnp.zeros_like, state.params)
-      (grads, ce), _ = jax.lax.scan(
-          micro_step, (zeros, jnp.float32(0)),
+      (grads, ce, aux), _ = jax.lax.scan(
+          micro_step, (zeros, jnp.float32(0), jnp.float32(0)),
           (split_micro_batches(batch, accum), jnp.arange(accum)))
       grads = jax.tree.map(lambda g: g / loss_scale, grads)
       grad_norm = optax.tree.norm(grads)
-      loss_finite = jnp.isfinite(ce)
+      loss_finite = jnp.isfinite(ce) & jnp.isfinite(aux)
       finite = loss_finite & jnp.isfinite(grad_norm)
 
       lr = schedule(state.step)
@@ -99,6 +106,8 @@ def make_train_step(cfg: ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientT
           loss_scale=None if state.loss_scale is None else state.loss_scale.update(finite))
       metrics = dict(loss=ce / count, grad_norm=grad_norm, lr=lr, tokens=count, finite=finite,
                      **extra)
+      if family.has_aux_loss:
+        metrics['aux_loss'] = aux / accum
       if state.loss_scale is not None:
         metrics['loss_scale'] = loss_scale
       return new_state, metrics

@@ -5,14 +5,14 @@ Running the same command again resumes from the latest checkpoint in the config'
 
 from jaxlm import cli
 
-_CONFIG = cli.define_config()
+_CONFIG = cli.ConfigFlag()
 
 
 def main(argv: list[str]) -> None:
-  cfg = cli.config_value(_CONFIG)
+  cfg = _CONFIG.value
   from jaxlm import trainer  # Imported after flag parsing: a bad flag fails before JAX loads.
   trainer.run(cfg)
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  cli.run(main, config=_CONFIG)

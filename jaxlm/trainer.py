@@ -10,8 +10,6 @@ applied and never checkpointed; a mistake stops with one sentence and loses noth
 """
 
 import contextlib
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,8 +23,8 @@ from tqdm import tqdm
 from jaxlm import data, metrics, objectives, paths, sharding, warmstart
 from jaxlm.checkpoint import Checkpointer
 from jaxlm.build import build
-from jaxlm.config import check_model, check_objective, validate
-from jaxlm.errors import UserError
+from jaxlm.config import validate
+from jaxlm.errors import UserError, recording_signals
 from jaxlm.evaluation import continuations, loss_over, sync_each_step, to_global
 from jaxlm.mesh import configure_backend, initialize_distributed, make_mesh
 from jaxlm.objectives import Vocab
@@ -57,21 +55,11 @@ class StopRequest:
 
   @contextlib.contextmanager
   def installed(self) -> Iterator['StopRequest']:
-    if jax.process_count() > 1 or threading.current_thread() is not threading.main_thread():
+    if jax.process_count() > 1:  # JAX's preemption notice, through Orbax (see requested)
       yield self
       return
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-
-    def handler(signum, frame):
-      del frame
-      self.signal_name = signal.Signals(signum).name
-    for s in previous:
-      signal.signal(s, handler)
-    try:
+    with recording_signals(lambda name: setattr(self, 'signal_name', name)):
       yield self
-    finally:
-      for s, h in previous.items():
-        signal.signal(s, h)
 
   def requested(self, step: int, ckpt: Checkpointer) -> bool:
     if jax.process_count() > 1:
@@ -126,7 +114,9 @@ class Trainer:
   """One training run: everything built from the config, the loop, and what it reports."""
 
   def __init__(self, cfg: ConfigDict):
-    self.cfg = cfg
+    # config.init_from: the architecture is the trained model's (and so must the tokenizer be).
+    self.cfg, self.init_from = warmstart.resolved(cfg)
+    cfg = self.cfg
     self.workdir = prepare_workdir(cfg.workdir)
     # What must be written locally (a profile trace) goes to a local mirror of a bucket workdir.
     self.local_dir = paths.local_dir(cfg.workdir)
@@ -142,20 +132,10 @@ class Trainer:
   def _build(self, cfg: ConfigDict) -> None:
     t = cfg.train
     mesh = make_mesh(cfg)  # a mesh this machine cannot hold fails before any data is prepared
-    # config.init_from: the architecture is the trained model's, and so must the tokenizer be.
-    self.init_from = warmstart.Source(cfg.init_from) if cfg.init_from else None
     self.run_data = open_data_once(cfg, self.workdir)
     self.tokenizer = self.run_data.tokenizer
     self.tokenizer.encode(t.sample_prompt)  # a prompt it cannot encode fails now, not at the end
     if self.init_from:
-      self.init_from.set_model_fields(cfg.model)
-      check_model(cfg.model)
-      try:
-        check_objective(cfg)
-      except UserError as e:
-        raise UserError(f'config field init_from={cfg.init_from!r} gives a model with '
-                        f'model.causal={cfg.model.causal} (model.kind={cfg.model.kind!r}), '
-                        f'which train.objective={t.objective!r} cannot train: {e}') from None
       self.init_from.check_tokenizer(self.tokenizer, cfg.model)
     built = build(cfg, Vocab.of(self.tokenizer), mesh=mesh)
     self.mesh, self.rules, self.model_cfg = built.mesh, built.rules, built.model_cfg

@@ -18,10 +18,30 @@ from ml_collections import ConfigDict
 
 from jaxlm import hf, sharding
 from jaxlm.checkpoint import Checkpointer, short_reason
-from jaxlm.config import adopt_architecture, resolve_model
+from jaxlm.config import adopt_architecture, check_model, check_objective, resolve_model
 from jaxlm.data.tokenizers import TOKENIZER_FILES, HuggingFaceTokenizer, Tokenizer
 from jaxlm.errors import UserError
 from jaxlm.state import abstract_params
+
+
+def resolved(cfg: ConfigDict) -> tuple[ConfigDict, 'Source | None']:
+  """A validated run config -> (the config the run trains: a new one, with config.init_from's
+  architecture adopted and checked again, the caller's left as it was; the Source of init_from,
+  or None). Every field the run reads is final from here on."""
+  if not cfg.init_from:
+    return cfg, None
+  source = Source(cfg.init_from)
+  out = cfg.copy_and_resolve_references()
+  source.set_model_fields(out.model)
+  check_model(out.model)
+  try:
+    check_objective(out)
+  except UserError as e:
+    raise UserError(f'config field init_from={cfg.init_from!r} gives a model with '
+                    f'model.causal={out.model.causal} (model.kind={out.model.kind!r}), '
+                    f'which train.objective={out.train.objective!r} cannot train: {e}') from None
+  out.lock()
+  return out, source
 
 
 class Source:

@@ -113,7 +113,8 @@ def test_splash_under_a_mesh_equals_the_reference():
   """On a (data 2, fsdp 2, tensor 2) mesh splash runs per device under shard_map."""
   mesh = jax.make_mesh((2, 2, 2), ('data', 'fsdp', 'tensor'),
                        axis_types=(jax.sharding.AxisType.Auto,) * 3)
-  rules = (('batch', ('data', 'fsdp')), ('heads', ('tensor',)), ('kv_heads', ('tensor',)))
+  rules = (('activation_batch', ('data', 'fsdp')), ('activation_heads', ('tensor',)),
+           ('activation_kv_heads', ('tensor',)))
   q, k, v = _qkv(4, 128, 4, 2, 64)
   seg = jnp.concatenate([_segments(2, 128)] * 2)
 

@@ -40,3 +40,47 @@ def test_compile_lowers_the_train_and_eval_steps_training_runs(tmp_path, corpus_
         evaluate(t.eval_step, t.setup.abstract.params)
   finally:
     t.close()
+
+
+def test_no_family_or_objective_is_named_outside_their_registries():
+  """model.kind and train.objective are looked up in families.FAMILIES and objectives.REGISTRY;
+  no other module compares them by name (adding either is its module and one registry line)."""
+  import re
+  from pathlib import Path
+  root = Path(objectives.__file__).resolve().parents[1]
+  allowed = {root / 'families.py', *(root / 'objectives').glob('*.py')}
+  kinds = '|'.join(["'transformer'", "'lstm'"])
+  names = '|'.join(repr(name) for name in objectives.REGISTRY)
+  compared = re.compile(rf"(==|!=|\bin)\s*\(?({kinds}|{names})|({kinds}|{names})\s*(==|!=)")
+  found = [f'{path.relative_to(root)}:{n}: {line.strip()}'
+           for path in sorted(root.rglob('*.py')) if path not in allowed
+           for n, line in enumerate(path.read_text().splitlines(), 1)
+           if compared.search(line)]
+  assert not found, found
+
+
+def test_signal_handlers_are_installed_in_one_module_and_never_at_import():
+  """errors.py alone installs signal handlers; importing a command installs none, writes no
+  environment variable and runs no config file (a bad --config does not fail an import)."""
+  import os
+  import subprocess
+  import sys
+  from pathlib import Path
+  root = Path(objectives.__file__).resolve().parents[1]
+  installing = [str(p.relative_to(root)) for p in sorted(root.rglob('*.py'))
+                if 'signal.signal(' in p.read_text() and p.name != 'errors.py']
+  assert not installing, installing
+  commands = ['train', 'bench', 'compile', 'eval', 'generate', 'convert', 'prepare', 'tokenizer',
+              'plot']
+  probe = ('import os, signal, sys\n'
+           'handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]\n'
+           'env = dict(os.environ)\n'
+           f'import jaxlm.{{}}\n'
+           'assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers\n'
+           'assert dict(os.environ) == env, set(os.environ.items()) ^ set(env.items())\n')
+  for command in commands:
+    result = subprocess.run([sys.executable, '-c', probe.format(command), '--config=nope.py'],
+                            cwd=root.parent, capture_output=True, text=True, timeout=120,
+                            env={**{k: v for k, v in os.environ.items() if k != 'EPATH_USE_TF'},
+                                 'PYTHONPATH': str(root.parent)})
+    assert result.returncode == 0, (command, result.stderr[-2000:])

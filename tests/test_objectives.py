@@ -403,13 +403,14 @@ def test_span_densities_past_the_limit_are_refused(density, mean, message):
 
 def test_an_lstm_is_refused_span_corruption():
   """An LSTM cannot read the prefix bidirectionally; it used to train plain causal LM silently."""
-  from jaxlm import config as jaxlm_config
+  from jaxlm import config as jaxlm_config, families
   from jaxlm.errors import UserError
   cfg = _span_cfg(64)
   cfg.model.kind = 'lstm'
-  for field in jaxlm_config.TRANSFORMER_FIELDS:
+  for field in families.TRANSFORMER_FIELDS:
     cfg.model[field] = tiny_default(field)
-  with pytest.raises(UserError, match="train.objective='span'.*LSTM"):
+  with pytest.raises(UserError,
+                     match="train.objective='span'.*model.kind='lstm' reads left to right"):
     jaxlm_config.validate(cfg)
 
 

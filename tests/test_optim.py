@@ -105,7 +105,7 @@ def test_z_loss_enters_the_gradients_but_not_the_reported_loss():
 
 
 def _lstm_model():
-  from jaxlm.config import TRANSFORMER_FIELDS
+  from jaxlm.families import TRANSFORMER_FIELDS
   from jaxlm.configs import base
   m = tiny_config().model
   for field in TRANSFORMER_FIELDS:

@@ -12,15 +12,16 @@ from jaxlm import sharding
 from jaxlm.errors import UserError
 from jaxlm.mesh import make_mesh, mesh_shape
 
-RULES = (('batch', ('data', 'fsdp')), ('embed', ('fsdp',)), ('mlp', ('tensor',)),
+RULES = (('activation_batch', ('data', 'fsdp')), ('activation_length', ()),
+         ('activation_embed', ()), ('embed', ('fsdp',)), ('mlp', ('tensor',)),
          ('heads', ('tensor',)), ('vocab', ('tensor',)), ('length', ()))
 
 
 def test_logical_to_spec():
-  # A mesh axis is used at most once per array: the first logical axis that claims it wins.
-  assert sharding.logical_to_spec(('batch', 'length', 'embed'), RULES) == \
+  """Activations and weights name their axes apart: the activations' batch takes fsdp while the
+  weights' embed does too, and neither needs the other to give way."""
+  assert sharding.logical_to_spec(sharding.ACTIVATION_AXES, RULES) == \
       P(('data', 'fsdp'), None, None)
-  assert sharding.logical_to_spec(('embed', 'batch'), RULES) == P('fsdp', 'data')
   mesh = jax.make_mesh((2, 2, 2), ('data', 'fsdp', 'tensor'),
                        axis_types=(jax.sharding.AxisType.Auto,) * 3)
   assert sharding.logical_to_spec(('embed', 'mlp'), RULES, mesh) == P('fsdp', 'tensor')
@@ -28,6 +29,20 @@ def test_logical_to_spec():
       P(None, 'fsdp', 'tensor', None)
   # A dimension its mesh axes do not divide is replicated: 65 characters over 2 tensor shards.
   assert sharding.logical_to_spec(('vocab', 'embed'), RULES, mesh, (65, 32)) == P(None, 'fsdp')
+  # The activations' width can be sharded apart from the weights' (over tensor, say).
+  apart = dict(RULES, activation_embed=('tensor',))
+  assert sharding.logical_to_spec(sharding.ACTIVATION_AXES, tuple(apart.items()), mesh) == \
+      P(('data', 'fsdp'), None, 'tensor')
+
+
+def test_two_axes_of_one_array_on_one_mesh_axis_are_refused():
+  """No silent first-claim: a table that puts the activations' width on fsdp, which their batch
+  already takes, is one sentence naming both rules."""
+  clash = tuple(dict(RULES, activation_embed=('fsdp',)).items())
+  with pytest.raises(UserError, match=r"mesh.rules.activation_batch and "
+                                      r"mesh.rules.activation_embed both map onto the mesh axis "
+                                      r"'fsdp'"):
+    sharding.logical_to_spec(sharding.ACTIVATION_AXES, clash)
 
 
 @pytest.mark.parametrize('shape,hosts,expected', [

@@ -149,9 +149,10 @@ def test_step_is_deterministic(dropout):
     np.testing.assert_array_equal(x, y)
 
 
-def _gradients(cfg, batch):
+def _gradients(cfg, batch, with_start=False):
   """The gradient the train step forms, exactly: the optimizer is swapped for one that keeps the
-  gradient as its state (and returns it as the update)."""
+  gradient as its state (and returns it as the update). with_start: also the step's metrics and
+  the parameters it started from."""
   import optax
   from jaxlm import sharding
   from jaxlm.config import resolve_model
@@ -167,7 +168,11 @@ def _gradients(cfg, batch):
   step = jit_train_step(make_train_step(cfg, setup.graphdef, keep, lambda _: jnp.float32(1),
                                         mesh, rules, make(cfg, Vocab(61), 61)),
                         setup.shardings, mesh, rules)
-  state, _ = step(setup.init(), jax.device_put(batch, sharding.batch_sharding(mesh, rules)))
+  start = setup.init()
+  params = jax.device_get(start.params)
+  state, metrics = step(start, jax.device_put(batch, sharding.batch_sharding(mesh, rules)))
+  if with_start:
+    return jax.device_get(state.opt_state), jax.device_get(metrics), params
   return jax.device_get(state.opt_state)
 
 
@@ -190,6 +195,38 @@ def test_blockwise_loss_gradient_equals_autodiff(chunk):
       scale = np.abs(b).max()
       assert scale > 0, path
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale, err_msg=str(path))
+
+
+def test_a_familys_auxiliary_loss_joins_the_objective_once_per_step(monkeypatch):
+  """The step adds the model family's auxiliary loss (the hook a Mixture-of-Experts balancing
+  loss will use) to the objective. With a family whose term is c * sum(embedding^2), the gradient
+  is the plain one plus 2c * embedding on the embedding and nothing elsewhere, once per step
+  though the step runs 2 micro-batches, and aux_loss is logged as the term itself."""
+  from jaxlm import families
+  c = 0.01
+
+  class Squares(families.TransformerFamily):
+    name, has_aux_loss = 'squares', True
+
+    @classmethod
+    def aux_loss(cls, model):
+      return c * jnp.sum(jnp.square(model.embed.table[...].astype(jnp.float32)))
+
+  monkeypatch.setitem(families.FAMILIES, 'squares', Squares)
+  cfg = tiny_config()
+  cfg.mesh.data, cfg.train.grad_accum = 1, 2
+  batch = random_batch(8, 16)
+  plain, plain_metrics, start = _gradients(cfg, batch, with_start=True)
+  cfg.model.kind = 'squares'
+  grads, metrics, same_start = _gradients(cfg, batch, with_start=True)
+  table = start['embed']['table']
+  np.testing.assert_array_equal(same_start['embed']['table'], table)
+  assert 'aux_loss' not in plain_metrics
+  np.testing.assert_allclose(metrics['aux_loss'], c * np.sum(np.square(table)), rtol=1e-5)
+  assert metrics['loss'] == plain_metrics['loss']  # the objective's own loss, as logged
+  for (path, g), p in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(plain)):
+    expected = p + 2 * c * table if 'embed' in jax.tree_util.keystr(path) else p
+    np.testing.assert_allclose(g, expected, rtol=1e-4, atol=1e-7, err_msg=str(path))
 
 
 def test_chunked_loss_gives_the_same_step():

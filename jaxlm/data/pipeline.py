@@ -17,7 +17,6 @@ packs documents evaluates each one alone, cut where its training pieces are cut.
 
 import functools
 import os
-import signal
 import sys
 import threading
 import time
@@ -28,6 +27,7 @@ import numpy as np
 
 from jaxlm.data.prepared import Split
 from jaxlm.data.rows import ConcatRows, PackedRows
+from jaxlm.errors import worker_signals
 
 Batch = dict[str, np.ndarray]
 
@@ -142,12 +142,11 @@ class TrainBatches:
 
 def _worker_init(parent: int, worker_index: int, worker_count: int) -> None:
   """Runs in each Grain worker. A Ctrl-C reaches the whole process group: the trainer stops after
-  the step and closes its workers, so they ignore SIGINT (and take SIGTERM's default action
-  rather than the trainer's handler, which jaxlm.train's re-import installed). A watch ends the
-  worker when the trainer is gone (a SIGKILLed trainer would otherwise leave it running)."""
+  the step and closes its workers, so they ignore SIGINT (and take SIGTERM's default action,
+  whatever the process they were started from had). A watch ends the worker when the trainer is
+  gone (a SIGKILLed trainer would otherwise leave it running)."""
   del worker_index, worker_count
-  signal.signal(signal.SIGINT, signal.SIG_IGN)
-  signal.signal(signal.SIGTERM, signal.SIG_DFL)
+  worker_signals()
 
   def watch():
     while os.getppid() == parent:

@@ -27,7 +27,6 @@ import io
 import json
 import multiprocessing
 import os
-import signal
 from pathlib import Path
 from typing import Sequence
 
@@ -37,7 +36,7 @@ from tqdm import tqdm
 from jaxlm.data.sources import Chunk, documents, plan_chunks
 from jaxlm.data.tf_sources import is_tf_source
 from jaxlm.data.tokenizers import Tokenizer, atomic_write, build_tokenizer, open_tokenizer
-from jaxlm.errors import UserError, exiting_with
+from jaxlm.errors import UserError, exiting_with, interrupts_ignored
 
 FORMAT = 2
 SPLITS = ('train', 'validation')
@@ -201,11 +200,8 @@ def _pool(workers: int, s: Settings, output: Path):
   """Spawned worker processes (fresh interpreters: forking a process that runs JAX's threads
   hangs). They start with SIGINT ignored, which exec keeps: a Ctrl-C reaches the whole process
   group, and the main process alone ends the pool (see errors.exiting_with)."""
-  previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-  try:
+  with interrupts_ignored():
     return multiprocessing.get_context('spawn').Pool(workers, _init_worker, (s, str(output)))
-  finally:
-    signal.signal(signal.SIGINT, previous)
 
 
 def prepare(s: Settings, output: Path, workers: int = 0, progress: bool = True) -> dict:

@@ -132,8 +132,9 @@ def splash(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | No
   if current is None:
     return local(q, k, v, segment_ids)
   mesh, rules = current
-  head = lambda name: sharding.logical_to_spec(('batch', None, name, None), rules, mesh)
-  q_spec, kv_spec = head('heads'), head('kv_heads')
+  head = lambda name: sharding.logical_to_spec(('activation_batch', None, name, None), rules,
+                                                mesh)
+  q_spec, kv_spec = head('activation_heads'), head('activation_kv_heads')
   if q_spec[2] != kv_spec[2]:  # query heads must be split like the kv heads they share
     q_spec = kv_spec
   seg_spec = jax.sharding.PartitionSpec(q_spec[0], None)

@@ -16,11 +16,10 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from jaxlm.model.layers import Dense, Embed, LanguageModel, dropout, output_head, param
-from jaxlm.sharding import constrain
+from jaxlm.sharding import ACTIVATION_AXES, constrain
 
 State = tuple[jax.Array, jax.Array]  # (h, c): [N, B, D] each
 
-ACTIVATION_AXES = ('batch', 'length', 'embed')
 
 
 class LSTMLayer(nnx.Module):

@@ -16,7 +16,7 @@ from jaxlm.model import attention_kernels
 from jaxlm.model.attention import Attention, Cache
 from jaxlm.model.layers import Embed, LanguageModel, Norm, dropout, output_head, param
 from jaxlm.model.mlp import Mlp
-from jaxlm.sharding import constrain
+from jaxlm.sharding import ACTIVATION_AXES, constrain
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
@@ -30,7 +30,6 @@ REMAT_POLICIES = {
 }
 
 # Logical axes of the residual stream between blocks.
-ACTIVATION_AXES = ('batch', 'length', 'embed')
 
 
 class Block(nnx.Module):

@@ -15,6 +15,7 @@ from typing import NamedTuple
 from etils import epy
 from ml_collections import ConfigDict
 
+from jaxlm import families
 from jaxlm.errors import UserError
 from jaxlm.objectives.base import Batch, Objective, Vocab, stream_key
 
@@ -191,9 +192,9 @@ class SpanCorruption(Objective):
     if cfg.data.packing != 'concat':
       raise UserError("config field train.objective='span' corrupts windows of the token stream; "
                       "set data.packing='concat' (packed documents are not supported with it).")
-    if cfg.model.kind == 'lstm':
+    if not families.of(cfg.model).attends:
       raise UserError("config field train.objective='span' trains a prefix LM, which reads its "
-                      "input bidirectionally; an LSTM (model.kind='lstm') reads left to right "
+                      f'input bidirectionally; model.kind={cfg.model.kind!r} reads left to right '
                       "only, so use train.objective='causal' or model.kind='transformer'.")
     limit = cfg.span.mean_span_length / (cfg.span.mean_span_length + 1)
     if cfg.span.noise_density > limit:
