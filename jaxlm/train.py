@@ -14,5 +14,10 @@ def main(argv: list[str]) -> None:
   trainer.run(cfg)
 
 
-if __name__ == '__main__':
+def command() -> None:
+  """The command line: flags, the config file, one-sentence errors (cli.run)."""
   cli.run(main, config=_CONFIG)
+
+
+if __name__ == '__main__':
+  command()

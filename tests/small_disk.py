@@ -7,6 +7,6 @@ import signal
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing the process
 resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384))
 
-from jaxlm import cli, train  # noqa: E402
+from jaxlm import train  # noqa: E402
 
-cli.run(train.main)
+train.command()

@@ -23,6 +23,6 @@ async def finalize(self):
 
 atomicity.AtomicRenameTemporaryPath.finalize = finalize
 
-from jaxlm import cli, train  # noqa: E402  (after the patch)
+from jaxlm import train  # noqa: E402  (after the patch)
 
-cli.run(train.main)
+train.command()

@@ -150,7 +150,8 @@ def test_a_fim_run_killed_resumes_bit_for_bit_and_evaluates(tmp_path, corpus_fil
   an uninterrupted run, bit for bit; its validation logs fim_loss; jaxlm.eval reports the
   left-to-right loss with bits per byte and the middles' loss, the same on two calls."""
   cfg = harness.write_config(tmp_path / 'fim.py', **FIELDS, **{'data.corpus': str(corpus_file)})
-  ref = harness.run(harness.command(f'--config={cfg}', f'--config.workdir={tmp_path / "ref"}'))
+  ref = harness.run_forked(harness.command(f'--config={cfg}',
+                                           f'--config.workdir={tmp_path / "ref"}'))
   assert ref.returncode == 0, ref.stderr[-3000:]
   expected = {step: v[-1] for step, v in harness.logged_losses(tmp_path / 'ref').items()}
   assert sorted(expected) == list(range(1, 7))
@@ -175,7 +176,7 @@ def test_a_fim_run_killed_resumes_bit_for_bit_and_evaluates(tmp_path, corpus_fil
   assert val['fim_loss'] > 0 and val['fim_tokens'] > 0
   results = []
   for _ in range(2):
-    out = harness.run(harness.command(f'--workdir={work}', module='jaxlm.eval'))
+    out = harness.run_forked(harness.command(f'--workdir={work}', module='jaxlm.eval'))
     assert out.returncode == 0, out.stderr[-3000:]
     results.append(json.loads((work / 'eval' / '6.json').read_text())['validation'])
   assert results[0] == results[1]

@@ -412,7 +412,7 @@ def test_import_hf_command_makes_a_workdir_to_generate_and_evaluate_with(tmp_pat
   model.save_pretrained(tmp_path / 'gpt2')
   tok = HuggingFaceTokenizer(bpe_tokenizer(tmp_path / 'gpt2'))
   work = tmp_path / 'imported'
-  run = lambda module, *args: harness.run(harness.command(*args, module=module))
+  run = lambda module, *args: harness.run_forked(harness.command(*args, module=module))
   result = run('jaxlm.convert', 'import-hf', f'--hf_dir={tmp_path / "gpt2"}', f'--workdir={work}')
   assert result.returncode == 0, result.stderr[-3000:]
   prompt = 'First Citizen:'

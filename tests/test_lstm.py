@@ -128,9 +128,10 @@ def test_a_resumed_lstm_run_repeats_its_losses(tmp_path):
   losses = harness.logged_losses(tmp_path / 'run')
   for step in (4, 5, 6):
     assert len(losses[step]) == 2 and losses[step][0] == losses[step][1], losses
-  result = harness.run(harness.command(f'--workdir={tmp_path / "run"}', module='jaxlm.eval'))
+  result = harness.run_forked(harness.command(f'--workdir={tmp_path / "run"}',
+                                              module='jaxlm.eval'))
   assert result.returncode == 0, result.stderr[-3000:]
   assert json.loads((tmp_path / 'run' / 'eval' / '6.json').read_text())['validation']['loss'] > 0
-  result = harness.run(harness.command(f'--workdir={tmp_path / "run"}', '--prompt=First',
-                                       '--max_new_tokens=5', module='jaxlm.generate'))
+  result = harness.run_forked(harness.command(f'--workdir={tmp_path / "run"}', '--prompt=First',
+                                              '--max_new_tokens=5', module='jaxlm.generate'))
   assert result.returncode == 0 and 'First' in result.stdout, result.stderr[-3000:]

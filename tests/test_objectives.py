@@ -187,7 +187,7 @@ def test_mlm_eval_scores_a_fixed_sample_of_masked_tokens(tmp_path):
   would need every token scored); generate and BLEU are refused in one sentence each."""
   import harness
   _train(tmp_path, 'run', **{'mlm.eval_ratio': 0.25})
-  run = lambda *args, module='jaxlm.eval': harness.run(harness.command(
+  run = lambda *args, module='jaxlm.eval': harness.run_forked(harness.command(
       f'--workdir={tmp_path / "run"}', *args, module=module))
   results = []
   for _ in range(2):
@@ -329,7 +329,7 @@ def test_a_resumed_span_run_repeats_its_losses_and_evaluates(tmp_path):
     assert len(by_step[step]) == 2 and by_step[step][0] == by_step[step][1], by_step
   results = []
   for _ in range(2):
-    result = harness.run(harness.command(f'--workdir={workdir}', module='jaxlm.eval'))
+    result = harness.run_forked(harness.command(f'--workdir={workdir}', module='jaxlm.eval'))
     assert result.returncode == 0, result.stderr[-3000:]
     results.append(json.loads((workdir / 'eval' / '6.json').read_text()))
   assert results[0] == results[1] and 'bits_per_byte' not in results[0]['validation']
