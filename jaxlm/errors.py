@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Callable
+from typing import Any, Callable
 
 
 class UserError(Exception):
@@ -48,52 +48,42 @@ def exit_on_signals(before_exit: Callable[[], None] | None = None) -> None:
 
 
 @contextlib.contextmanager
-def exiting_with(cleanup: Callable[[], None]):
-  """Inside: SIGINT and SIGTERM run `cleanup` (stop a pool of worker processes, say), print the
-  one line of exit_on_signals and end the command with 128 + the signal's number through a
-  normal interpreter exit (SystemExit), so that multiprocessing releases its semaphores. For a
-  main thread that only waits on its workers there, where the exception can land safely. The
-  handlers in place before are restored afterwards."""
+def _handling(handler: Callable[[int, Any], None]):
+  """Inside: `handler` for SIGINT and SIGTERM (in the main thread; elsewhere nothing changes);
+  the handlers in place before are restored afterwards."""
   if threading.current_thread() is not threading.main_thread():
     yield
     return
   previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+  for s in previous:
+    signal.signal(s, handler)
+  try:
+    yield
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
+
+
+def exiting_with(cleanup: Callable[[], None]):
+  """Inside: SIGINT and SIGTERM run `cleanup` (stop a pool of worker processes, say), print the
+  one line of exit_on_signals and end the command with 128 + the signal's number through a
+  normal interpreter exit (SystemExit), so that multiprocessing releases its semaphores. For a
+  main thread that only waits on its workers there, where the exception can land safely."""
 
   def handler(signum, frame):
     del frame
-    for s in previous:  # a second signal while cleaning up changes nothing
+    for s in (signal.SIGINT, signal.SIGTERM):  # a second signal while cleaning up changes nothing
       signal.signal(s, signal.SIG_IGN)
     cleanup()
     print(STOPPED.format(signal.Signals(signum).name), file=sys.stderr, flush=True)
     raise SystemExit(128 + signum)
-  for s in previous:
-    signal.signal(s, handler)
-  try:
-    yield
-  finally:
-    for s, h in previous.items():
-      signal.signal(s, h)
+  return _handling(handler)
 
 
-@contextlib.contextmanager
 def recording_signals(record: Callable[[str], None]):
   """Inside: SIGTERM and SIGINT only call record(<the signal's name>) (the training loop stops
-  after its step, with a checkpoint); the handlers in place before are restored afterwards."""
-  if threading.current_thread() is not threading.main_thread():
-    yield
-    return
-  previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-
-  def handler(signum, frame):
-    del frame
-    record(signal.Signals(signum).name)
-  for s in previous:
-    signal.signal(s, handler)
-  try:
-    yield
-  finally:
-    for s, h in previous.items():
-      signal.signal(s, h)
+  after its step, with a checkpoint)."""
+  return _handling(lambda signum, frame: record(signal.Signals(signum).name))
 
 
 @contextlib.contextmanager

@@ -23,14 +23,18 @@ def resolved_model(variant: str = 'llama', vocab: int = 61, **overrides) -> Conf
 
 
 def pytest_configure(config):
-  """A persistent compilation cache for the commands the tests start (harness.env), one per test
-  session: made by the first process (the controller, before pytest-xdist starts its workers,
+  """A persistent compilation cache for the tests and the commands they start (harness.env), one
+  per test session: made by the first process (the controller, before pytest-xdist starts its workers,
   which inherit it) and removed at its end, so no entry outlives the session."""
   import os
   import tempfile
   if 'JAXLM_TEST_XLA_CACHE' not in os.environ:
     os.environ['JAXLM_TEST_XLA_CACHE'] = tempfile.mkdtemp(prefix='jaxlm-test-xla-cache-')
     config.jaxlm_cache_owner = True
+  # The tests' own steps share it too: many compile the same tiny programs (a hit loads XLA's
+  # executable for the same program, options and devices; what runs is the same).
+  jax.config.update('jax_compilation_cache_dir', os.environ['JAXLM_TEST_XLA_CACHE'])
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 
 
 def pytest_unconfigure(config):

@@ -35,7 +35,9 @@ def setup(tmp_path_factory):
   tmp = tmp_path_factory.mktemp('ft')
   (tmp / 'corpus.txt').write_text(TINY_TEXT)
   cfg = harness.write_config(tmp / 'cfg.py', **COMMON, **{'data.corpus': str(tmp / 'corpus.txt')})
-  result = harness.run(harness.command(f'--config={cfg}', f'--config.workdir={tmp / "ref"}'))
+  # (in a fork of the harness's warmed-up process; every interrupted run is a process of its own)
+  result = harness.run_forked(harness.command(f'--config={cfg}',
+                                              f'--config.workdir={tmp / "ref"}'))
   assert result.returncode == 0, result.stderr[-3000:]
   expected = {step: values[-1] for step, values in harness.logged_losses(tmp / 'ref').items()}
   assert sorted(expected) == list(range(1, STEPS + 1))
@@ -86,8 +88,8 @@ def packed(setup):
   docs.write_text(''.join(json.dumps({'text': t}) + '\n' for t in speeches))
   args = [f'--config.data.corpus={docs}', '--config.data.packing=pack',
           '--config.data.val_split=documents', '--config.data.max_docs_per_row=3']
-  ref = harness.run(harness.command(f'--config={cfg}', f'--config.workdir={tmp / "pack_ref"}',
-                                    *args))
+  ref = harness.run_forked(harness.command(f'--config={cfg}',
+                                           f'--config.workdir={tmp / "pack_ref"}', *args))
   assert ref.returncode == 0, ref.stderr[-3000:]
   expected = {step: v[-1] for step, v in harness.logged_losses(tmp / 'pack_ref').items()}
   return args, expected
@@ -379,6 +381,13 @@ def test_one_run_per_workdir_and_no_stale_lock_after_a_crash(setup):
   assert f'Resuming from step {latest}' in result.stdout + result.stderr
 
 
+def _catches(pid, signum):
+  """Whether process `pid` has a handler of its own for `signum` (Linux: SigCgt in its status)."""
+  status = open(f'/proc/{pid}/status').read()
+  mask = int(next(l.split()[1] for l in status.splitlines() if l.startswith('SigCgt:')), 16)
+  return bool(mask >> (signum - 1) & 1)
+
+
 @pytest.mark.parametrize('signum,moment', [
     (signal.SIGINT, 'start-up'), (signal.SIGTERM, 'start-up'), (signal.SIGINT, 'first compile'),
     (signal.SIGTERM, 'first compile')])
@@ -389,8 +398,10 @@ def test_a_signal_outside_the_loop_ends_cleanly(setup, signum, moment):
   work = tmp / f'signal-{signum}-{moment}'
   log = tmp / f'signal-{signum}-{moment}.log'
   p = harness.start(harness.command(f'--config={cfg}', f'--config.workdir={work}'), log)
-  if moment == 'start-up':
-    time.sleep(1.5)  # inside the imports and the config check
+  if moment == 'start-up':  # inside the config check and the imports of JAX that follow it, as
+    # soon as the command has its handlers (SIGTERM's, which Python leaves at its default; a
+    # fixed sleep raced a slow start on a busy host)
+    harness.wait_until(lambda: _catches(p.pid, signal.SIGTERM), p, log=log)
   else:
     harness.wait_until(lambda: 'jaxlm |' in log.read_text(), p, log=log)  # then it compiles
   p.send_signal(signum)

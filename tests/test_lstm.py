@@ -118,9 +118,9 @@ def test_a_resumed_lstm_run_repeats_its_losses(tmp_path):
       'from ml_collections import ConfigDict', 'from tiny import tiny_config', '', '',
       'def get_config():', '  c = tiny_config()', f'  c.model = ConfigDict({model!r})',
       '  c.cpu_devices = 2', '  return c', '']))
-  train = lambda: harness.run(harness.command(f'--config={config}',
-                                              f'--config.workdir={tmp_path / "run"}'))
-  result = train()
+  train = lambda run=harness.run: run(harness.command(f'--config={config}',
+                                                     f'--config.workdir={tmp_path / "run"}'))
+  result = train(harness.run_forked)  # the resume below runs in a process of its own
   assert result.returncode == 0, result.stderr[-3000:]
   shutil.rmtree(tmp_path / 'run' / 'checkpoints' / '6')
   result = train()

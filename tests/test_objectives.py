@@ -144,12 +144,14 @@ MLM_FIELDS = {'model.causal': False, 'train.objective': 'mlm', 'train.steps': 6,
               'mlm.ratio_start': 0.4, 'mlm.ratio_end': 0.15, 'cpu_devices': 2}
 
 
-def _train(tmp_path, name, **fields):
-  """A tiny masked-LM run (unless `fields` say otherwise) in its own process, as a user runs it."""
+def _train(tmp_path, name, resume=False, **fields):
+  """A tiny masked-LM run (unless `fields` say otherwise), as a user runs it. A resume runs in a
+  process of its own (a draw keyed by the process would show); a first run in a fork of the
+  harness's warmed-up process (harness.run_forked)."""
   import harness
   config = harness.write_config(tmp_path / f'{name}.py', **{**MLM_FIELDS, **fields})
-  result = harness.run(harness.command(f'--config={config}',
-                                       f'--config.workdir={tmp_path / name}'))
+  run = harness.run if resume else harness.run_forked
+  result = run(harness.command(f'--config={config}', f'--config.workdir={tmp_path / name}'))
   assert result.returncode == 0, result.stderr[-3000:]
   return tmp_path / name
 
@@ -172,7 +174,7 @@ def test_a_resumed_mlm_run_repeats_its_losses_and_ratios(tmp_path, packing):
   assert ratios[1] == pytest.approx(0.4) and ratios[6] == pytest.approx(0.15)
   assert ratios[4] == pytest.approx(0.4 + (0.15 - 0.4) * 3 / 5)
   shutil.rmtree(workdir / 'checkpoints' / '6')
-  _train(tmp_path, 'run', **{'data.packing': packing})
+  _train(tmp_path, 'run', resume=True, **{'data.packing': packing})
   by_step: dict[int, list] = {}
   for r in _train_records(workdir):
     by_step.setdefault(r['step'], []).append((r['loss'], r['mask_ratio']))
@@ -321,7 +323,7 @@ def test_a_resumed_span_run_repeats_its_losses_and_evaluates(tmp_path):
             'train.eval_every': 6, 'cpu_devices': 2}
   workdir = _train(tmp_path, 'run', **fields, **{'model.causal': True})
   shutil.rmtree(workdir / 'checkpoints' / '6')
-  _train(tmp_path, 'run', **fields, **{'model.causal': True})
+  _train(tmp_path, 'run', resume=True, **fields, **{'model.causal': True})
   by_step: dict[int, list] = {}
   for r in _train_records(workdir):
     by_step.setdefault(r['step'], []).append(r['loss'])
