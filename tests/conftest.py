@@ -2,6 +2,8 @@
 
 import jax
 
+from jaxlm import paths  # noqa: E402
+paths.without_tensorflow()  # as every command's start: etils.epath decides once per process
 jax.config.update('jax_num_cpu_devices', 8)  # Before any JAX use: tests see 8 CPU devices...
 from jaxlm.mesh import skip_absent_tpu  # noqa: E402  (and, as jaxlm's commands, no libtpu start
 skip_absent_tpu()  # without a TPU: a process holding libtpu silences it in every other one)
