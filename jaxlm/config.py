@@ -12,7 +12,7 @@ from ml_collections import ConfigDict
 
 from jaxlm import families, objectives, paths
 from jaxlm.configs import base
-from jaxlm.errors import UserError
+from jaxlm.errors import UserError, invalid_field
 
 MESH_AXES = ('dcn', 'data', 'fsdp', 'tensor')
 
@@ -118,7 +118,7 @@ def _flatten(cfg: ConfigDict, prefix: str = '') -> dict[str, Any]:
 
 
 def _fail(field: str, value: Any, expected: str) -> None:
-  raise UserError(f'config field {field}={value!r} is invalid: expected {expected}.')
+  raise invalid_field(field, value, expected)
 
 
 # Fields that name a location: local paths or gs:// URLs (see paths.py), checked before anything

@@ -21,6 +21,11 @@ STOPPED = ('error: stopped by {} before the command finished; what was already s
            'run the same command again to resume (or redo) it.')
 
 
+def invalid_field(field: str, value: Any, expected: str) -> UserError:
+  """The one sentence for a config field outside what it allows."""
+  return UserError(f'config field {field}={value!r} is invalid: expected {expected}.')
+
+
 def exit_on_signals(before_exit: Callable[[], None] | None = None) -> None:
   """From now on SIGINT and SIGTERM end the process at once with one sentence and status
   128 + the signal's number (the training loop swaps in its own handler, which stops after a step

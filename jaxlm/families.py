@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from ml_collections import ConfigDict
 
-from jaxlm.errors import UserError
+from jaxlm.errors import UserError, invalid_field
 
 
 DTYPE_BYTES = {'float32': 4, 'bfloat16': 2, 'float16': 2}
@@ -100,12 +100,10 @@ class TransformerFamily(Family):
       raise UserError('RoPE rotates pairs of channels, so the head dimension '
                       '(model.head_dim, or model.embed_dim // model.num_heads) must be even.')
     if m.rope_scaling and m.position != 'rope':
-      raise UserError(f'config field model.rope_scaling={m.rope_scaling!r} is invalid: expected '
-                      "'' unless model.position='rope'.")
+      raise invalid_field('model.rope_scaling', m.rope_scaling, "'' unless model.position='rope'")
     if m.rope_scaling and m.rope_high_freq_factor <= m.rope_low_freq_factor:
-      raise UserError(f'config field model.rope_high_freq_factor={m.rope_high_freq_factor!r} is '
-                      'invalid: expected a number above model.rope_low_freq_factor='
-                      f'{m.rope_low_freq_factor}.')
+      raise invalid_field('model.rope_high_freq_factor', m.rope_high_freq_factor,
+                          f'a number above model.rope_low_freq_factor={m.rope_low_freq_factor}')
 
   @classmethod
   def module(cls) -> type:

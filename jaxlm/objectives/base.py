@@ -3,9 +3,10 @@
 An objective owns everything that differs between objectives, so that the step, the trainer,
 evaluation and the commands ask it instead of comparing names:
 
-- its settings' allowed values (`choices`, `ranges`) and config checks (`check`, no JAX: a bad config fails in well under a second), the ids it
-  reserves past the tokenizer's vocabulary, the window of tokens a data row gives it, and the
-  settings a resumed run must keep (`resume_fields`);
+- its settings' allowed values (`choices`, `ranges`) and config checks (`check`, no JAX: a bad
+  config fails in well under a second), the ids it reserves past the tokenizer's vocabulary, the
+  window of tokens a data row gives it, and the settings a resumed run must keep
+  (`resume_fields`);
 - inside the jitted step, how a training batch of plain token rows becomes what the model reads
   (`train_batch`: keys from fold_in(seed, step) and each row's global index, so the draws do not
   depend on the mesh, the hosts or gradient accumulation, and a resumed run repeats them);
@@ -56,8 +57,9 @@ class Objective:
 
   def __init__(self, cfg: ConfigDict, vocab: Vocab, model_vocab: int):
     """cfg: the run's config; vocab: the tokenizer's; model_vocab: the model's ids (the
-    tokenizer's, the reserved ids after them, rounded up)."""
-    self.vocab, self.model_vocab, self.seed = vocab, model_vocab, cfg.seed
+    tokenizer's, the reserved ids after them, rounded up). Subclasses keep what they need."""
+    del vocab, model_vocab
+    self.seed = cfg.seed
 
   @classmethod
   def check(cls, cfg: ConfigDict) -> None:
@@ -101,6 +103,12 @@ class Objective:
     result['bits_per_byte'] = bits_per_byte(result.pop('nats'), text_bytes)
     result['bytes'] = text_bytes
     return result
+
+
+def windows(batch: Batch) -> 'jax.Array':
+  """A batch's rows as the token windows they were cut from: [B, L + 1], the inputs and the last
+  target (what span corruption and FIM rearrange)."""
+  return jax.numpy.concatenate([batch['inputs'], batch['targets'][:, -1:]], axis=1)
 
 
 def stream_key(key: 'jax.Array', name: str) -> 'jax.Array':

@@ -24,7 +24,7 @@ from etils import epy
 from ml_collections import ConfigDict
 
 from jaxlm.errors import UserError
-from jaxlm.objectives.base import Batch, Objective, Vocab, stream_key
+from jaxlm.objectives.base import Batch, Objective, Vocab, stream_key, windows
 
 with epy.lazy_imports():
   import jax
@@ -63,7 +63,7 @@ def fim_batch(batch: Batch, key: 'jax.Array', index: 'jax.Array', rate: float,
   """Rows of tokens (`inputs` and the last of `targets`) -> (the FIM rows as a causal-LM batch,
   [B] the position of each row's <MID>: n + 3 = L + 1 where a row was left whole). A transformed
   row counts on every position if its row counted on all of them, else on none."""
-  raw = jnp.concatenate([batch['inputs'], batch['targets'][:, -1:]], axis=1)
+  raw = windows(batch)
   rows, middle = jax.vmap(lambda i, r: fim_row(jax.random.fold_in(key, i), r, rate, ids))(
       index, raw)
   chosen = (middle <= raw.shape[1] - 1)[:, None]

@@ -17,7 +17,7 @@ from ml_collections import ConfigDict
 
 from jaxlm import families
 from jaxlm.errors import UserError
-from jaxlm.objectives.base import Batch, Objective, Vocab, stream_key
+from jaxlm.objectives.base import Batch, Objective, Vocab, stream_key, windows
 
 with epy.lazy_imports():
   import jax
@@ -162,8 +162,7 @@ def spanned_batch(batch: Batch, key: 'jax.Array', index: 'jax.Array', spans: Spa
   """A prefix-LM batch of span corruption from rows of raw windows (`inputs` and the last of
   `targets`). A row that is not a whole window (the padded end of an evaluation stream, whose
   `segment_ids` end in 0) counts for nothing."""
-  raw = jnp.concatenate([batch['inputs'], batch['targets'][:, -1:]], axis=1)
-  out = span_batch(stream_key(key, 'span'), raw, index, spans)
+  out = span_batch(stream_key(key, 'span'), windows(batch), index, spans)
   if 'segment_ids' in batch:
     out['mask'] = out['mask'] * (batch['segment_ids'][:, -1:] > 0)
   return out
