@@ -28,7 +28,7 @@ train: $(VENV)/.core
 
 ## The whole test suite on CPU (8 simulated devices), TensorFlow/SeqIO extra included.
 test: $(VENV)/.test
-	$(PY) -m pytest -q -n 2 --dist loadfile $(ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder $(ARGS)
 
 ## Step time, tokens/s and MFU of the train step, eval forward and decoding.
 bench: $(VENV)/.core

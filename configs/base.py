@@ -31,8 +31,10 @@ def get_config() -> ConfigDict:
 
   c.model = ConfigDict()
   m = c.model
-  m.kind = 'transformer'  # 'transformer' (every field below) or 'lstm': the recurrent baseline
-  #                         (vocabulary, width, layers, context, dropout, init, tying, dtype).
+  m.kind = 'transformer'  # 'transformer' (every field below), or the LSTM case study's 'lstm'
+  #                         (left to right), 'bilstm' (a bidirectional encoder, for mlm) or
+  #                         'lstm_seq2seq' (encoder -> context -> decoder, for span or prefix):
+  #                         vocabulary, width, layers, context, dropout, init, tying, dtype.
   m.vocab_size = 0  # 0: the tokenizer's vocabulary, rounded up to vocab_multiple.
   m.vocab_multiple = 64  # A padded vocabulary keeps the head matmul aligned (nanoGPT's 50304).
   m.num_layers = 4  # Depth; the stack is scanned, so compile time does not grow with it.
@@ -67,6 +69,8 @@ def get_config() -> ConfigDict:
   m.attention = 'auto'  # Kernel: 'auto' (splash on TPU, cuDNN on GPU where they apply, else xla),
   #                       'xla' (any device), 'cudnn' (GPU flash attention), 'splash' (TPU).
   #                       Calls with an explicit mask (decoding, prefix LM) always use 'xla'.
+  m.decoder_attention = ''  # model.kind='lstm_seq2seq': '' (the context vector alone) or 'luong'
+  #                           (Luong's global attention over the encoder's outputs).
 
   c.data = ConfigDict()
   d = c.data
@@ -97,8 +101,10 @@ def get_config() -> ConfigDict:
   c.train = ConfigDict()
   t = c.train
   t.objective = 'causal'  # 'causal': predict each next token. 'mlm': masked LM (BERT) on a
-  #                         bidirectional model (model.causal=False), with the mlm.* settings.
-  #                         'span': T5's span corruption as a prefix LM, with the span.* settings.
+  #                         bidirectional model (model.causal=False, or 'bilstm'), with the mlm.*
+  #                         settings. 'span': T5's span corruption as a prefix LM (or into an
+  #                         'lstm_seq2seq'), with the span.* settings. 'prefix': each window cut
+  #                         at random, its prefix read whole, the rest predicted (T5's prefix LM).
   #                         'fim': causal LM with fill-in-the-middle rows (the fim.* settings).
   t.steps = 500  # Optimizer steps; the default run takes a few minutes on a 2-core CPU.
   t.batch_size = 16  # B, global sequences per step, split over the dcn, data and fsdp mesh axes.

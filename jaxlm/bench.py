@@ -159,7 +159,8 @@ def run(cfg: ConfigDict, what: list[str], steps: int, warmup: int,
     new = L // 2
     prompts = tokens[:, :min(L - new, W)].tolist()
     decode = lambda: sampling.generate(setup.graphdef, state.params, model_cfg, prompts,
-                                       max_new_tokens=new, temperature=1.0, seed=0)
+                                       max_new_tokens=new, temperature=1.0, seed=0,
+                                       prefix_lm=objectives.of(cfg).prefix_lm)
     results['decode'] = _summary(_timed(decode, max(steps // 10, 3), 1), B * new, None)
     emit(results, 'decode')
   results['peak_memory_gib'] = _peak_memory()

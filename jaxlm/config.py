@@ -25,6 +25,7 @@ _CHOICES = {
     'model.dtype': ('float32', 'bfloat16', 'float16'),
     'model.remat': ('none', 'dots', 'dots_attention', 'full'),
     'model.attention': ('auto', 'xla', 'cudnn', 'splash'),
+    'model.decoder_attention': ('', 'luong'),
     'data.tokenizer': ('sentencepiece', 'char', 'byte', 'huggingface'),
     'data.packing': ('concat', 'pack'),
     'data.val_split': ('tail', 'documents'),
@@ -199,8 +200,14 @@ def _check_cross_fields(cfg: ConfigDict) -> None:
 def check_objective(cfg: ConfigDict) -> None:
   """train.objective against the model and data (checked again once config.init_from has set the
   model's architecture: a masked-LM encoder cannot become a causal LM silently, nor the reverse).
-  Each objective checks what it needs (objectives/)."""
-  objectives.of(cfg).check(cfg)
+  The model must read what the objective needs (families.Family.reads); each objective checks the
+  rest of what it needs (objectives/)."""
+  objective, family = objectives.of(cfg), families.of(cfg.model)
+  if objective.reads not in family.reads(cfg.model):
+    raise UserError(f'config field train.objective={objective.name!r} '
+                    f'{families.READS[objective.reads]}, which {family.setting(cfg.model)} '
+                    f'cannot; use {families.readers(objective.reads)}, or another objective.')
+  objective.check(cfg)
 
 
 # What a run started from trained weights (config.init_from) keeps from its own model config: how

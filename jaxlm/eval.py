@@ -21,7 +21,7 @@ from pathlib import Path
 
 from absl import flags
 
-from jaxlm import cli, paths
+from jaxlm import cli, objectives, paths
 from jaxlm.errors import UserError
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The training run\'s workdir.', required=True)
@@ -86,7 +86,8 @@ def run(workdir: str, step: int | None, text: str, references: str, max_new_toke
   objective = r.objective
   if references and not objective.generates:
     raise UserError(f'{workdir} holds a model trained with train.objective={objective.name!r}, '
-                    'which does not generate; --references (BLEU) needs a causal one.')
+                    'which does not generate; --references (BLEU) needs one trained with '
+                    f'{objectives.generating()}.')
   batch_sh = sharding.batch_sharding(r.mesh, r.rules)
   eval_step = r.eval_step
   packing, length = r.cfg.data.packing, r.model_cfg.max_seq_len
@@ -113,7 +114,8 @@ def run(workdir: str, step: int | None, text: str, references: str, max_new_toke
     prompts, refs = pairs
     hyps = evaluation.continuations(r.graphdef, r.params, r.model_cfg, r.tokenizer, prompts,
                                     max_new_tokens=max_new_tokens,
-                                    batch_size=r.cfg.train.batch_size, temperature=0.0)
+                                    batch_size=r.cfg.train.batch_size, temperature=0.0,
+                                    prefix_lm=objective.prefix_lm)
     results['references'] = dict(evaluation.bleu_and_chrf(hyps, refs), pairs=len(prompts))
   out = r.workdir / 'eval' / f'{r.step}.json'
   if jax.process_index() == 0:  # one host writes the results

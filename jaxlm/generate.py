@@ -13,7 +13,7 @@ import time
 
 from absl import flags
 
-from jaxlm import cli, paths
+from jaxlm import cli, objectives, paths
 from jaxlm.errors import UserError
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The training run\'s workdir.', required=True)
@@ -55,11 +55,11 @@ def main(argv: list[str]) -> None:
               f"0 (all tokens) or at most the vocabulary's {r.tokenizer.vocab_size} tokens")
   if not r.objective.generates:
     raise UserError(f'{_WORKDIR.value} holds a model trained with train.objective='
-                    f'{r.objective.name!r}, which does not continue a prompt; generate with a '
-                    'causal one.')
+                    f'{r.objective.name!r}, which does not continue a prompt; generate from one '
+                    f'trained with {objectives.generating()}.')
   kw = dict(max_new_tokens=_MAX_NEW.value, batch_size=r.cfg.train.batch_size,
             temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
-            seed=_SEED.value)
+            seed=_SEED.value, prefix_lm=r.objective.prefix_lm)
   continuations(r.graphdef, r.params, r.model_cfg, r.tokenizer, prompts, **kw)  # compile
   start = time.perf_counter()
   texts = continuations(r.graphdef, r.params, r.model_cfg, r.tokenizer, prompts, **kw)

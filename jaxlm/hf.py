@@ -112,9 +112,10 @@ def model_fields(hf: dict) -> tuple[str, dict]:
 
 def family_of(m: ConfigDict) -> str:
   """The transformers family that represents the jaxlm model `m` exactly, or one sentence."""
-  if not families.of(m).exports_hf:
-    raise UserError(f'a jaxlm {m.kind} model has no transformers equivalent; only Transformers '
-                    'export.')
+  family = families.of(m)
+  if not family.exports_hf:
+    raise UserError(f'{family.title} (model.kind={m.kind!r}) has no transformers equivalent; '
+                    'only Transformers export.')
   if not m.causal:
     raise UserError('a bidirectional jaxlm model (model.causal=False) has no transformers '
                     'causal-LM equivalent; only causal models export.')

@@ -46,19 +46,23 @@ def _mask(slots: jax.Array, query_slots: jax.Array, pad: jax.Array) -> jax.Array
   return ((s <= t) & (s >= pad[:, None, None, None])) | (s == t)
 
 
-def prefill(model: nnx.Module, prompts: jax.Array, pad: jax.Array, cache, slots: int):
+def prefill(model: nnx.Module, prompts: jax.Array, pad: jax.Array, cache, slots: int,
+            prefix_lm: bool = False):
   """Runs left-padded prompts [B, P] (pad [B] leading pads per row) into cache slots 0..P-1 of
   `slots` (a recurrent model's state instead: its segment starts at the first real token).
+  A prefix LM reads the whole prompt as its input (prefix P): a Transformer attends over all of
+  it, the LSTM encoder-decoder encodes it and starts decoding at its last token.
 
   Returns (logits [B, P, V] in float32, cache). Positions start at each row's first real token.
   """
   slots = jnp.arange(slots)
-  P = prompts.shape[1]
+  B, P = prompts.shape
   positions = jnp.maximum(slots[None, :P] - pad[:, None], 0)
   real = (slots[None, :P] >= pad[:, None]).astype(jnp.int32)
   h, cache = model.features(prompts, positions, segment_ids=real,
-                            mask=_mask(slots, slots[:P], pad), cache=cache,
-                            cache_index=jnp.int32(0))
+                            mask=_mask(slots, slots[:P], pad),
+                            prefix=jnp.full((B,), P, jnp.int32) if prefix_lm else None,
+                            cache=cache, cache_index=jnp.int32(0))
   return model.logits(h).astype(jnp.float32), cache
 
 
@@ -72,10 +76,11 @@ def decode_step(model: nnx.Module, tokens: jax.Array, slot: jax.Array, pad: jax.
 
 
 @functools.partial(jax.jit, static_argnames=('graphdef', 'max_new_tokens', 'temperature',
-                                             'top_k', 'top_p', 'eos_id', 'vocab_limit'))
+                                             'top_k', 'top_p', 'eos_id', 'vocab_limit',
+                                             'prefix_lm'))
 def _generate(params: Any, prompts: jax.Array, lengths: jax.Array, key: jax.Array, *,
               graphdef: nnx.GraphDef, max_new_tokens: int, temperature: float, top_k: int,
-              top_p: float, eos_id: int | None, vocab_limit: int) -> jax.Array:
+              top_p: float, eos_id: int | None, vocab_limit: int, prefix_lm: bool) -> jax.Array:
   model = nnx.merge(graphdef, params)
   B, P = prompts.shape
   pad = P - lengths  # [B] left padding of each row
@@ -86,7 +91,7 @@ def _generate(params: Any, prompts: jax.Array, lengths: jax.Array, key: jax.Arra
     logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf)
     return sample_logits(logits, key, temperature=temperature, top_k=top_k, top_p=top_p)
 
-  logits, cache = prefill(model, prompts, pad, cache, S)
+  logits, cache = prefill(model, prompts, pad, cache, S, prefix_lm)
   token = pick(logits[:, -1], jax.random.fold_in(key, 0))
 
   def cond(carry):
@@ -113,8 +118,9 @@ def _generate(params: Any, prompts: jax.Array, lengths: jax.Array, key: jax.Arra
 def generate(graphdef: nnx.GraphDef, params: Any, model_cfg: ConfigDict,
              prompts: Sequence[Sequence[int]], *, max_new_tokens: int, temperature: float = 0.8,
              top_k: int = 0, top_p: float = 1.0, seed: int = 0, eos_id: int | None = None,
-             vocab_limit: int | None = None) -> list[list[int]]:
-  """Continues each prompt (a list of token ids) by up to max_new_tokens tokens.
+             vocab_limit: int | None = None, prefix_lm: bool = False) -> list[list[int]]:
+  """Continues each prompt (a list of token ids) by up to max_new_tokens tokens; a prefix LM's
+  model (objectives' prefix_lm) reads each prompt whole, as its input.
 
   Prompts longer than the context allows are cut from the left. Returns the new tokens of each
   row, ending before the first eos_id. `vocab_limit` (the tokenizer's vocabulary) keeps the
@@ -135,7 +141,7 @@ def generate(graphdef: nnx.GraphDef, params: Any, model_cfg: ConfigDict,
   out = _generate(params, padded, lengths, jax.random.PRNGKey(seed), graphdef=graphdef,
                   max_new_tokens=max_new_tokens, temperature=float(temperature),
                   top_k=int(top_k), top_p=float(top_p), eos_id=eos_id,
-                  vocab_limit=int(vocab_limit or model_cfg.vocab_size))
+                  vocab_limit=int(vocab_limit or model_cfg.vocab_size), prefix_lm=prefix_lm)
   rows = []
   for row in np.asarray(out).tolist():
     rows.append(row[:row.index(eos_id)] if eos_id is not None and eos_id in row else row)

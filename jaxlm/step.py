@@ -1,7 +1,8 @@
 """The pure train and eval steps, and their jitted, sharded forms. No I/O, no host syncs.
 
 A batch is a dict of [B, L] arrays: `inputs` (token ids), `targets` (the next token ids) and
-`mask` (1 where the target counts); packed batches add `segment_ids` and `positions`.
+`mask` (1 where the target counts); packed batches add `segment_ids` and `positions`, a prefix
+LM's `prefix` [B, 1].
 Shape letters: B batch, L length, A micro-batches.
 """
 
@@ -53,7 +54,7 @@ def make_train_step(cfg: ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientT
     model = nnx.merge(graphdef, params)
     h, _ = model.features(batch['inputs'], batch.get('positions'),
                           segment_ids=batch.get('segment_ids'), dropout_key=key,
-                          mask=objective.attention_mask(batch))
+                          prefix=prefix_of(batch))
     if blockwise:  # the loss's gradient is formed in its forward pass, at this scale
       w, w_axes = model.head_weight()
       summed, ce, count = blockwise_cross_entropy(h, w, batch['targets'], batch['mask'],
@@ -115,6 +116,13 @@ def make_train_step(cfg: ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientT
   return train_step
 
 
+def prefix_of(batch: Batch) -> jax.Array | None:
+  """A prefix LM's batch carries `prefix` [B, 1], each row's input length (span corruption,
+  prefix -> continuation): what the model reads bidirectionally (a Transformer) or encodes (the
+  LSTM encoder-decoder). None for the others."""
+  return batch['prefix'][:, 0] if 'prefix' in batch else None
+
+
 def split_micro_batches(batch: Batch, accum: int) -> Batch:
   """[B, L] -> [A, B/A, L], micro-batch i taking rows i, i+A, i+2A, ...
 
@@ -141,8 +149,7 @@ def make_eval_step(graphdef: nnx.GraphDef, mesh: Mesh, rules: sharding.Rules,
       out = {}
       for name, view in objective.eval_views(batch).items():
         h, _ = model.features(view['inputs'], view.get('positions'),
-                              segment_ids=view.get('segment_ids'),
-                              mask=objective.attention_mask(view))
+                              segment_ids=view.get('segment_ids'), prefix=prefix_of(view))
         _, ce, count = chunked_cross_entropy(model.logits, h, view['targets'], view['mask'],
                                              chunk=chunk)
         out[name] = (ce, count)

@@ -370,7 +370,8 @@ class Trainer:
     prompt = cfg.train.sample_prompt or tok.decode([int(i) for i in first])
     new = min(cfg.train.sample_tokens, self.model_cfg.max_seq_len - 1)
     texts = continuations(self.setup.graphdef, params, self.model_cfg, tok, [prompt] * n,
-                          max_new_tokens=new, batch_size=n, temperature=0.8, seed=cfg.seed)
+                          max_new_tokens=new, batch_size=n, temperature=0.8, seed=cfg.seed,
+                          prefix_lm=self.objective.prefix_lm)
     return [('' if cfg.train.sample_prompt else prompt) + text for text in texts]
 
 

@@ -37,9 +37,8 @@ def resolved(cfg: ConfigDict) -> tuple[ConfigDict, 'Source | None']:
   try:
     check_objective(out)
   except UserError as e:
-    raise UserError(f'config field init_from={cfg.init_from!r} gives a model with '
-                    f'model.causal={out.model.causal} (model.kind={out.model.kind!r}), '
-                    f'which train.objective={out.train.objective!r} cannot train: {e}') from None
+    raise UserError(f'config field init_from={cfg.init_from!r} gives a model that '
+                    f'train.objective={out.train.objective!r} cannot train: {e}') from None
   out.lock()
   return out, source
 

@@ -162,7 +162,37 @@ CASES = [
      ['--config.train.objective=span', '--config.data.packing=pack'],
      "train.objective='span' corrupts windows of the token stream; set data.packing='concat'"),
     ('span corruption on an encoder', ['--config.train.objective=span', '--config.model.causal=False'],
-     "train.objective='span' trains a prefix LM"),
+     "config field train.objective='span' reads an input whole and predicts its continuation, "
+     "which model.kind='transformer' with model.causal=False cannot; use "
+     "model.kind='transformer' (model.causal=True) or model.kind='lstm_seq2seq'"),
+    ('span corruption on an lstm', ['--config=configs/lstm_char.py', '--config.train.objective=span'],
+     "train.objective='span' reads an input whole and predicts its continuation, which "
+     "model.kind='lstm' cannot"),
+    ('masked LM on an lstm', ['--config=configs/lstm_char.py', '--config.train.objective=mlm'],
+     "train.objective='mlm' predicts tokens from both sides of them, which model.kind='lstm' "
+     "cannot; use model.kind='transformer' with model.causal=False or model.kind='bilstm'"),
+    ('causal LM on the bidirectional lstm',
+     ['--config=configs/bilstm_char.py', '--config.train.objective=causal'],
+     "train.objective='causal' predicts each token from those before it, which "
+     "model.kind='bilstm' cannot; use model.kind='transformer' (model.causal=True) or "
+     "model.kind='lstm'"),
+    ('masked LM on the encoder-decoder',
+     ['--config=configs/lstm_seq2seq_char.py', '--config.train.objective=mlm'],
+     "train.objective='mlm' predicts tokens from both sides of them, which "
+     "model.kind='lstm_seq2seq' cannot"),
+    ('causal LM on the encoder-decoder',
+     ['--config=configs/lstm_seq2seq_char.py', '--config.train.objective=causal'],
+     "which model.kind='lstm_seq2seq' cannot"),
+    ('decoder attention without the encoder-decoder',
+     ['--config=configs/lstm_char.py', '--config.model.decoder_attention=luong'],
+     "config field model.decoder_attention='luong' is an LSTM encoder-decoder's; an LSTM "
+     "(model.kind='lstm') has none, so leave it at ''."),
+    ('unknown decoder attention',
+     ['--config=configs/lstm_seq2seq_char.py', '--config.model.decoder_attention=bahdanau'],
+     "config field model.decoder_attention='bahdanau' is invalid"),
+    ('prefix LM of packed documents',
+     ['--config.train.objective=prefix', '--config.data.packing=pack'],
+     "train.objective='prefix' cuts windows of the token stream; set data.packing='concat'"),
     ('span corruption without room for sentinels',
      ['--config.train.objective=span', '--config.model.vocab_size=8'],
      "config field model.vocab_size=8 has no room for the"),
@@ -173,9 +203,12 @@ CASES = [
                                      '--config.span.noise_density=1.0'],
      'config field span.noise_density=1.0 is invalid'),
     ('mlm with a causal model', ['--config.train.objective=mlm'],
-     "train.objective='mlm' needs a bidirectional model: set model.causal=False"),
+     "train.objective='mlm' predicts tokens from both sides of them, which "
+     "model.kind='transformer' with model.causal=True cannot; use model.kind='transformer' with "
+     "model.causal=False"),
     ('causal objective on a bidirectional model', ['--config.model.causal=False'],
-     "lets each token see the next one, which train.objective='causal' predicts"),
+     "train.objective='causal' predicts each token from those before it, which "
+     "model.kind='transformer' with model.causal=False cannot"),
     ('mlm ratio outside (0, 1)', ['--config.train.objective=mlm', '--config.model.causal=False',
                                   '--config.mlm.ratio_end=0'],
      'config field mlm.ratio_end=0.0 is invalid: expected a number in (0, 1)'),

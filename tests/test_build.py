@@ -6,7 +6,7 @@ import pytest
 
 from conftest import tiny_config
 from jaxlm import compile as aot
-from jaxlm import objectives, sharding, trainer
+from jaxlm import families, objectives, sharding, trainer
 
 
 @pytest.mark.parametrize('objective', sorted(objectives.REGISTRY))
@@ -49,7 +49,7 @@ def test_no_family_or_objective_is_named_outside_their_registries():
   from pathlib import Path
   root = Path(objectives.__file__).resolve().parents[1]
   allowed = {root / 'families.py', *(root / 'objectives').glob('*.py')}
-  kinds = '|'.join(["'transformer'", "'lstm'"])
+  kinds = '|'.join(repr(kind) for kind in families.FAMILIES)
   names = '|'.join(repr(name) for name in objectives.REGISTRY)
   compared = re.compile(rf"(==|!=|\bin)\s*\(?({kinds}|{names})|({kinds}|{names})\s*(==|!=)")
   found = [f'{path.relative_to(root)}:{n}: {line.strip()}'

@@ -122,7 +122,8 @@ def test_fim_evaluation_scores_every_token_and_the_middles_of_whole_windows():
 
 @pytest.mark.parametrize('fields,message', [
     ({'data.packing': 'pack'}, "set data.packing='concat'"),
-    ({'model.causal': False}, 'keep model.causal=True'),
+    ({'model.causal': False}, "train.objective='fim' predicts each token from those before it, "
+                              "which model.kind='transformer' with model.causal=False cannot"),
     ({'fim.rate': 0.0}, 'config field fim.rate=0.0 is invalid: expected a number in (0, 1]'),
     ({'fim.rate': 1.5}, 'config field fim.rate=1.5 is invalid'),
     ({'model.max_seq_len': 3}, 'leaves no token to reorder'),

@@ -202,6 +202,13 @@ def test_export_refuses_what_transformers_cannot_represent():
   m.norm = 'layernorm'  # with RoPE and SwiGLU: no transformers family has it
   with pytest.raises(UserError, match='has no transformers equivalent'):
     hf.family_of(resolve_model(m, 100))
+  for kind, title in (('lstm', 'an LSTM'), ('bilstm', 'a bidirectional LSTM'),
+                      ('lstm_seq2seq', 'an LSTM encoder-decoder')):
+    m = base.get_config().model
+    m.kind = kind
+    with pytest.raises(UserError, match=f"^{title} \\(model.kind='{kind}'\\) has no "
+                                        'transformers equivalent; only Transformers export.$'):
+      hf.family_of(resolve_model(m, 100))
 
 
 @pytest.mark.slow

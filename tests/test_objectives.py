@@ -298,14 +298,14 @@ def test_span_corruption_counts_and_merging_restores_the_window():
 def test_the_prefix_lm_mask_is_bidirectional_in_the_prefix_and_causal_after():
   """The mask itself, and a model under it: changing a prefix token changes the outputs before
   it; changing a target token changes none before it."""
-  mask = np.asarray(span.prefix_lm_mask(jnp.asarray([5]), 9))[0, 0]
+  from jaxlm.model.attention import prefix_mask
+  mask = np.asarray(prefix_mask(jnp.asarray([5]), 9))[0, 0]
   for q in range(9):
     for k in range(9):
       assert mask[q, k] == (k < 5 or k <= q), (q, k)
   model = _model(True)
   tokens = jnp.asarray(np.random.default_rng(4).integers(0, 61, (1, 16)), jnp.int32)
-  full = span.prefix_lm_mask(jnp.asarray([10]), 16)
-  out = lambda t: np.asarray(model.logits(model.features(t, mask=full)[0]))[0]
+  out = lambda t: np.asarray(model.logits(model.features(t, prefix=jnp.asarray([10]))[0]))[0]
   before = out(tokens)
   in_prefix = np.abs(out(tokens.at[0, 6].add(1)) - before).max(-1)
   assert (in_prefix[:6] > 1e-6).all()
@@ -412,7 +412,10 @@ def test_an_lstm_is_refused_span_corruption():
   for field in families.TRANSFORMER_FIELDS:
     cfg.model[field] = tiny_default(field)
   with pytest.raises(UserError,
-                     match="train.objective='span'.*model.kind='lstm' reads left to right"):
+                     match="train.objective='span' reads an input whole and predicts its "
+                           "continuation, which model.kind='lstm' cannot; use "
+                           r"model.kind='transformer' \(model.causal=True\) or "
+                           "model.kind='lstm_seq2seq'"):
     jaxlm_config.validate(cfg)
 
 

@@ -280,8 +280,9 @@ def test_init_from_a_masked_lm_into_a_causal_run_is_refused(tmp_path, corpus_fil
   trainer.run(mlm)
   causal = _config(tmp_path, corpus_file, 'causal', steps=1, sample_tokens=0)
   causal.init_from = str(tmp_path / 'mlm')
-  with pytest.raises(UserError, match=r"init_from=.* model.causal=False .*train.objective="
-                                      r"'causal' cannot train"):
+  with pytest.raises(UserError, match=r"init_from=.* train.objective='causal' cannot train: "
+                                      r".* which model.kind='transformer' with "
+                                      r"model.causal=False cannot; use "):
     trainer.run(causal)
   assert not (tmp_path / 'causal' / 'checkpoints').exists() or not any(
       (tmp_path / 'causal' / 'checkpoints').iterdir())

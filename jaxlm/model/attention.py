@@ -50,6 +50,24 @@ def rope(x: jax.Array, positions: jax.Array, freq: jax.Array) -> jax.Array:
   return out.astype(x.dtype)
 
 
+def prefix_mask(prefix: jax.Array, length: int, mask: jax.Array | None = None,
+                segment_ids: jax.Array | None = None) -> jax.Array:
+  """The [B, 1, L, S] attention mask of a prefix LM: `mask` (None: causal over the L positions)
+  and, besides, every key at a slot before prefix [B] for every query of the same segment
+  (segment_ids [B, L], None: one segment). The prefix is read bidirectionally, the rest causally.
+  A prompt's prefill passes its decoding mask and its segment_ids (0 on the left padding, which
+  no real query then sees)."""
+  if mask is None:
+    q = jnp.arange(length)[:, None]
+    mask = (jnp.arange(length)[None, :] <= q)[None, None]
+  S = mask.shape[-1]
+  visible = (jnp.arange(S)[None, :] < prefix[:, None])[:, None, :]  # [B, 1, S]
+  if segment_ids is not None:
+    keys = jnp.pad(segment_ids, ((0, 0), (0, S - segment_ids.shape[1])))
+    visible = visible & (segment_ids[:, :, None] == keys[:, None, :])  # [B, L, S]
+  return mask | visible[:, None]
+
+
 class Attention(nnx.Module):
   """Query, key and value projections (one fused matmul), RoPE, attention, output projection.
 

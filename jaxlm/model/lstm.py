@@ -36,25 +36,47 @@ class LSTMLayer(nnx.Module):
     self.b = nnx.Param(jnp.zeros((4, D), jnp.float32).at[1].set(1.0), out_sharding=(None, 'mlp'),
                        eager_sharding=False)
 
-  def __call__(self, x: jax.Array, state: State, reset: jax.Array) -> tuple[jax.Array, State]:
+  def __call__(self, x: jax.Array, state: State, reset: jax.Array,
+               active: jax.Array | None = None, *,
+               reverse: bool = False) -> tuple[jax.Array, State]:
     """x [B, L, D], state ([B, D], [B, D]), reset [B, L] (True: start from a zero state at this
-    position) -> outputs [B, L, D] and the state after the last position."""
+    position) -> outputs [B, L, D] and the state after the last position. `active` [B, L]
+    (None: every position) skips the others: the state passes them unchanged, their outputs are
+    0. reverse: run from the last position to the first (a backward direction)."""
     B, L, D = x.shape
     gates_x = self.w(x) + self.b[...].astype(self.dtype)  # [B, L, 4, D]: the whole window at once
     u = self.u[...].astype(self.dtype).reshape(D, 4 * D)
 
     def step(carry, inputs):
-      h, c = carry
-      g, r = inputs  # [B, 4, D], [B]
-      h, c = jnp.where(r[:, None], 0.0, h), jnp.where(r[:, None], 0.0, c)
+      h0, c0 = carry
+      g, r, a = inputs  # [B, 4, D], [B], [B] or None
+      h, c = jnp.where(r[:, None], 0.0, h0), jnp.where(r[:, None], 0.0, c0)
       g = g.astype(jnp.float32) + (h.astype(self.dtype) @ u).reshape(B, 4, D).astype(jnp.float32)
       i, f, z, o = (g[:, k] for k in range(4))
       c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(z)
       h = jax.nn.sigmoid(o) * jnp.tanh(c)
-      return (h, c), h
+      if a is None:
+        return (h, c), h
+      h, c = jnp.where(a[:, None], h, h0), jnp.where(a[:, None], c, c0)
+      return (h, c), jnp.where(a[:, None], h, 0.0)
 
-    state, out = jax.lax.scan(step, state, (gates_x.swapaxes(0, 1), reset.swapaxes(0, 1)))
+    time_major = lambda v: None if v is None else v.swapaxes(0, 1)
+    state, out = jax.lax.scan(step, state, (time_major(gates_x), time_major(reset),
+                                            time_major(active)), reverse=reverse)
     return out.swapaxes(0, 1).astype(self.dtype), state
+
+
+def zero_state(batch: int, width: int) -> State:
+  return jnp.zeros((batch, width), jnp.float32), jnp.zeros((batch, width), jnp.float32)
+
+
+def layer_keys(dropout_key: jax.Array | None,
+               num_layers: int) -> tuple[jax.Array | None, jax.Array | None]:
+  """(the embedding dropout's key, each layer's [N] keys), or (None, None) without dropout."""
+  if dropout_key is None:
+    return None, None
+  dropout_key, layers_key = jax.random.split(dropout_key)
+  return dropout_key, jax.random.split(layers_key, num_layers)
 
 
 class LSTM(LanguageModel):
@@ -83,21 +105,20 @@ class LSTM(LanguageModel):
 
   def features(self, tokens: jax.Array, positions: jax.Array | None = None, *,
                segment_ids: jax.Array | None = None, dropout_key: jax.Array | None = None,
-               mask: jax.Array | None = None, cache: State | None = None,
+               mask: jax.Array | None = None, prefix: jax.Array | None = None,
+               cache: State | None = None,
                cache_index: jax.Array | None = None) -> tuple[jax.Array, State | None]:
     """tokens [B, L] -> the last layer's outputs [B, L, D], and the state after them when a
-    state `cache` was given (generation). Positions, mask and cache_index are the Transformer's
-    (order is the recurrence's own); a change of `segment_ids` restarts from a zero state."""
-    del positions, mask, cache_index
+    state `cache` was given (generation). Positions, mask, prefix and cache_index are the
+    Transformer's (order is the recurrence's own, and it reads left to right only); a change of
+    `segment_ids` restarts from a zero state."""
+    del positions, mask, prefix, cache_index
     B, L = tokens.shape
     reset = jnp.zeros((B, L), bool)
     if segment_ids is not None:
       reset = reset.at[:, 1:].set(segment_ids[:, 1:] != segment_ids[:, :-1])
     x = self.embed(tokens)
-    layer_keys = None
-    if dropout_key is not None:
-      dropout_key, layers_key = jax.random.split(dropout_key)
-      layer_keys = jax.random.split(layers_key, self.num_layers)
+    dropout_key, keys = layer_keys(dropout_key, self.num_layers)
     x = constrain(dropout(x, self.dropout, dropout_key), ACTIVATION_AXES)
     state = cache if cache is not None else self.init_cache(B, L)
     graphdef, stacked = nnx.split(self.layers)
@@ -108,5 +129,5 @@ class LSTM(LanguageModel):
       out = constrain(dropout(out, self.dropout, key), ACTIVATION_AXES)
       return out, new_state
 
-    x, (h, c) = jax.lax.scan(layer, x, (stacked, layer_keys, *state))
+    x, (h, c) = jax.lax.scan(layer, x, (stacked, keys, *state))
     return x, ((h, c) if cache is not None else None)

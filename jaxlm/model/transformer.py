@@ -13,7 +13,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from jaxlm.model import attention_kernels
-from jaxlm.model.attention import Attention, Cache
+from jaxlm.model.attention import Attention, Cache, prefix_mask
 from jaxlm.model.layers import Embed, LanguageModel, Norm, dropout, output_head, param
 from jaxlm.model.mlp import Mlp
 from jaxlm.sharding import ACTIVATION_AXES, constrain
@@ -80,14 +80,18 @@ class Transformer(LanguageModel):
 
   def features(self, tokens: jax.Array, positions: jax.Array | None = None, *,
                segment_ids: jax.Array | None = None, dropout_key: jax.Array | None = None,
-               mask: jax.Array | None = None, cache: Cache | None = None,
+               mask: jax.Array | None = None, prefix: jax.Array | None = None,
+               cache: Cache | None = None,
                cache_index: jax.Array | None = None) -> tuple[jax.Array, Cache | None]:
     """tokens [B, L] -> final hidden states [B, L, D], and the cache [N, B, S, K, E] x 2 if given.
 
     `positions` [B, L] default to 0..L-1. Packed sequences pass `segment_ids` [B, L] (tokens
     attend only within their segment) and positions that restart at each segment. `mask`,
-    `cache` and `cache_index` are for decoding (see Attention).
+    `cache` and `cache_index` are for decoding (see Attention). `prefix` [B] makes a prefix LM:
+    every token of a row's first prefix positions is seen by every query (see prefix_mask).
     """
+    if prefix is not None:
+      mask = prefix_mask(prefix, tokens.shape[1], mask, segment_ids)
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     x = self.embed(tokens)

@@ -7,10 +7,11 @@ from jaxlm.objectives.base import Batch, Objective, Vocab
 from jaxlm.objectives.causal import Causal
 from jaxlm.objectives.fim import FillInTheMiddle
 from jaxlm.objectives.mlm import MaskedLM
+from jaxlm.objectives.prefix import PrefixLM
 from jaxlm.objectives.span import SpanCorruption
 
 REGISTRY: dict[str, type[Objective]] = {
-    cls.name: cls for cls in (Causal, MaskedLM, SpanCorruption, FillInTheMiddle)}
+    cls.name: cls for cls in (Causal, MaskedLM, SpanCorruption, FillInTheMiddle, PrefixLM)}
 
 
 def of(cfg: ConfigDict) -> type[Objective]:
@@ -23,6 +24,12 @@ def make(cfg: ConfigDict, vocab: Vocab, model_vocab: int) -> Objective:
   return of(cfg)(cfg, vocab, model_vocab)
 
 
+def generating() -> str:
+  """The objectives whose models continue a prompt, for error messages."""
+  names = [repr(name) for name, cls in REGISTRY.items() if cls.generates]
+  return ', '.join(names[:-1]) + ' or ' + names[-1]
+
+
 def reserved_ids(cfg: ConfigDict) -> int:
   return of(cfg).reserved_ids(cfg)
 
@@ -31,5 +38,5 @@ def window_length(cfg: ConfigDict) -> int:
   return of(cfg).window_length(cfg)
 
 
-__all__ = ['REGISTRY', 'Batch', 'Objective', 'Vocab', 'make', 'of', 'reserved_ids',
+__all__ = ['REGISTRY', 'Batch', 'Objective', 'Vocab', 'generating', 'make', 'of', 'reserved_ids',
            'window_length']

@@ -13,8 +13,12 @@ evaluation and the commands ask it instead of comparing names:
 - how an evaluation batch is scored (`eval_views`: one or more named batches from the same rows,
   drawn from a fixed seed so that every checkpoint is scored on the same tokens), and what
   validation and jaxlm.eval report of the sums (`report`);
-- whether its model continues text (`generates`: samples, jaxlm.generate, BLEU, export-hf, the
-  decode benchmark), and whether it attends through a dense prefix-LM mask (`prefix_lm`).
+- what the model must read (`reads`: 'causal' left to right, 'bidirectional' both ways, or
+  'prefix', an input read whole and a continuation predicted; a model family says which it can,
+  families.Family.reads), whether its model continues text (`generates`: samples,
+  jaxlm.generate, BLEU, export-hf, the decode benchmark), and whether it is a prefix LM
+  (`prefix_lm`: its batches carry `prefix`, each row's input length, and a prompt is generated
+  from as a whole input).
 
 A new objective is one module with one subclass, and one line in objectives/__init__.py's REGISTRY.
 Shape letters: B batch, L length.
@@ -51,8 +55,10 @@ class Objective:
   # Its settings' allowed values, checked by config.validate with every other field's:
   choices: ClassVar[dict[str, tuple]] = {}  # field -> the values allowed
   ranges: ClassVar[dict[str, tuple[Callable[[Any], bool], str]]] = {}  # field -> (ok, expected)
+  reads: ClassVar[str] = 'causal'  # what its model must read: causal, bidirectional or prefix
   generates: ClassVar[bool] = True  # its model continues a prompt
-  prefix_lm: ClassVar[bool] = False  # attends through a dense [B, 1, L, L] mask
+  prefix_lm: ClassVar[bool] = False  # its batches carry `prefix` [B, 1]: the rows' input lengths
+  every_token: ClassVar[bool] = True  # its evaluation scores every token (bits per byte)
   eval_rows: ClassVar[bool] = False  # its evaluation batches carry each row's index and extent
 
   def __init__(self, cfg: ConfigDict, vocab: Vocab, model_vocab: int):
@@ -89,19 +95,15 @@ class Objective:
     and jaxlm.eval report as `loss`; another name n adds `n_loss` and `n_tokens`."""
     return {'': batch}
 
-  def attention_mask(self, batch: Batch) -> 'jax.Array | None':
-    """The [B, 1, L, L] attention mask of a batch it made, or None: the model's own (causal or
-    bidirectional within segments)."""
-    del batch
-    return None
-
   def report(self, result: dict[str, float], text_bytes: int) -> dict[str, float]:
     """What jaxlm.eval reports of a stream's sums (`loss`, `perplexity`, `tokens`, `nats`, and
-    each view's): by default, every token was scored, so bits per byte too."""
+    each view's): bits per byte when every token was scored (`every_token`), which it needs."""
     from jaxlm.evaluation import bits_per_byte  # pylint: disable=import-outside-toplevel
     result = dict(result)
-    result['bits_per_byte'] = bits_per_byte(result.pop('nats'), text_bytes)
-    result['bytes'] = text_bytes
+    nats = result.pop('nats')
+    if self.every_token:
+      result['bits_per_byte'] = bits_per_byte(nats, text_bytes)
+      result['bytes'] = text_bytes
     return result
 
 

@@ -87,9 +87,6 @@ class FillInTheMiddle(Objective):
 
   @classmethod
   def check(cls, cfg: ConfigDict) -> None:
-    if not cfg.model.causal:
-      raise UserError("config field train.objective='fim' trains a causal LM on reordered rows; "
-                      'keep model.causal=True.')
     if cfg.data.packing != 'concat':
       raise UserError("config field train.objective='fim' reorders windows of the token stream; "
                       "set data.packing='concat' (packed rows would mix their documents).")

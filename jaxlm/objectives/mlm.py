@@ -113,6 +113,8 @@ class MaskedLM(Objective):
             **{f'mlm.{k}': (lambda v: 0 <= v <= 1, 'a number in [0, 1]')
                for k in ('mask_fraction', 'random_fraction')}}
   generates = False
+  reads = 'bidirectional'
+  every_token = False
   eval_rows = True
 
   def __init__(self, cfg: ConfigDict, vocab: Vocab, model_vocab: int):
@@ -124,9 +126,6 @@ class MaskedLM(Objective):
 
   @classmethod
   def check(cls, cfg: ConfigDict) -> None:
-    if cfg.model.causal:
-      raise UserError("config field train.objective='mlm' needs a bidirectional model: set "
-                      'model.causal=False (a causal model cannot see the tokens after a mask).')
     if cfg.mlm.mask_fraction + cfg.mlm.random_fraction > 1:
       raise UserError(f'config fields mlm.mask_fraction={cfg.mlm.mask_fraction} and '
                       f'mlm.random_fraction={cfg.mlm.random_fraction} add up to more than 1; the '
@@ -147,7 +146,4 @@ class MaskedLM(Objective):
 
   def report(self, result, text_bytes):
     """The masked tokens' loss at the fixed ratio; bits per byte would need every token."""
-    del text_bytes
-    result = dict(result, mask_ratio=self.eval_ratio)
-    del result['nats']
-    return result
+    return dict(super().report(result, text_bytes), mask_ratio=self.eval_ratio)

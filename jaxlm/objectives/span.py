@@ -15,7 +15,6 @@ from typing import NamedTuple
 from etils import epy
 from ml_collections import ConfigDict
 
-from jaxlm import families
 from jaxlm.errors import UserError
 from jaxlm.objectives.base import Batch, Objective, Vocab, stream_key, windows
 
@@ -150,14 +149,6 @@ def span_batch(key: 'jax.Array', raw: 'jax.Array', index: 'jax.Array',
               prefix=jnp.full((B, 1), shape.inputs, jnp.int32))
 
 
-def prefix_lm_mask(prefix: 'jax.Array', length: int) -> 'jax.Array':
-  """[B, 1, L, L] attention mask: a query sees every key before `prefix` [B] and every earlier
-  key (itself included) after it."""
-  q = jnp.arange(length)[:, None]
-  k = jnp.arange(length)[None, :]
-  return ((k < prefix[:, None, None]) | (k <= q))[:, None]
-
-
 def spanned_batch(batch: Batch, key: 'jax.Array', index: 'jax.Array', spans: Spans) -> Batch:
   """A prefix-LM batch of span corruption from rows of raw windows (`inputs` and the last of
   `targets`). A row that is not a whole window (the padded end of an evaluation stream, whose
@@ -175,8 +166,10 @@ class SpanCorruption(Objective):
   resume_fields = ('noise_density', 'mean_span_length')
   ranges = {'span.noise_density': (lambda v: 0 < v < 1, 'a number in (0, 1)'),
             'span.mean_span_length': (lambda v: v >= 1, 'a number >= 1')}
+  reads = 'prefix'
   prefix_lm = True
   eval_rows = True
+  every_token = False  # the targets' loss (sentinels, hidden spans, end-of-sequence)
 
   def __init__(self, cfg: ConfigDict, vocab: Vocab, model_vocab: int):
     """Without an end-of-sequence id (characters) both parts end with the id below the last
@@ -191,19 +184,12 @@ class SpanCorruption(Objective):
     if cfg.data.packing != 'concat':
       raise UserError("config field train.objective='span' corrupts windows of the token stream; "
                       "set data.packing='concat' (packed documents are not supported with it).")
-    if not families.of(cfg.model).attends:
-      raise UserError("config field train.objective='span' trains a prefix LM, which reads its "
-                      f'input bidirectionally; model.kind={cfg.model.kind!r} reads left to right '
-                      "only, so use train.objective='causal' or model.kind='transformer'.")
     limit = cfg.span.mean_span_length / (cfg.span.mean_span_length + 1)
     if cfg.span.noise_density > limit:
       raise UserError(f'config field span.noise_density={cfg.span.noise_density} is above '
                       f'{limit:.4g}, the most that span.mean_span_length='
                       f'{cfg.span.mean_span_length} allows (mean / (mean + 1): every hidden span '
                       'needs a kept token before it); lower the density or lengthen the spans.')
-    if not cfg.model.causal:
-      raise UserError("config field train.objective='span' trains a prefix LM, which attends "
-                      'bidirectionally only inside the prefix; keep model.causal=True.')
 
   @classmethod
   def reserved_ids(cls, cfg: ConfigDict) -> int:
@@ -225,12 +211,3 @@ class SpanCorruption(Objective):
     return {'': spanned_batch(batch, jax.random.PRNGKey(self.seed), batch['index'][:, 0],
                               self.spans)}
 
-  def attention_mask(self, batch: Batch) -> 'jax.Array':
-    return prefix_lm_mask(batch['prefix'][:, 0], batch['inputs'].shape[1])
-
-  def report(self, result, text_bytes):
-    """The targets' loss (sentinels, hidden spans, end-of-sequence): not every token's."""
-    del text_bytes
-    result = dict(result)
-    del result['nats']
-    return result
