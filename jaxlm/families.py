@@ -3,10 +3,10 @@ nothing else compares the kind string.
 
 A family owns: its config checks (`check`: a field of another family's `fields` must stay at its
 default), what it can read (`reads`: the objectives it can train, by their own `reads`), its Flax
-NNX module (`module`, imported when a model is built), its analytic parameter and FLOP counts (metrics.py's MFU and the planner use them), what
-the memory planner counts of its activations, whether XLA's cost model can time its step (compile),
-whether it has a transformers equivalent (export-hf), and the auxiliary loss its forward pass adds
-to the objective (`aux_loss`: a Mixture-of-Experts load-balancing loss will come from here; None
+NNX module (`module`, imported when a model is built), its analytic parameter and FLOP counts
+(metrics.py's MFU and the planner use them), what the memory planner counts of its activations,
+whether XLA's cost model can time its step (compile), whether it has a transformers equivalent
+(export-hf), and the auxiliary loss its forward pass adds to the objective (`aux_loss`: a Mixture-of-Experts load-balancing loss will come from here; None
 adds nothing and leaves the step's program as it was).
 
 This module imports no JAX: config validation uses it.
@@ -66,8 +66,7 @@ class Family:
   @classmethod
   def reader(cls, need: str) -> str:
     """The setting of this family that reads `need`, for error messages ('' if none does)."""
-    del need
-    return ''
+    return f'model.kind={cls.name!r}' if need in cls.reads(ConfigDict()) else ''
 
   @classmethod
   def setting(cls, m: ConfigDict) -> str:
@@ -236,10 +235,6 @@ class LSTMFamily(Family):
     return ('causal',)
 
   @classmethod
-  def reader(cls, need: str) -> str:
-    return "model.kind='lstm'" if need == 'causal' else ''
-
-  @classmethod
   def module(cls) -> type:
     from jaxlm.model.lstm import LSTM  # pylint: disable=import-outside-toplevel
     return LSTM
@@ -274,10 +269,6 @@ class BiLSTMFamily(Family):
   @classmethod
   def reads(cls, m: ConfigDict) -> tuple[str, ...]:
     return ('bidirectional',)
-
-  @classmethod
-  def reader(cls, need: str) -> str:
-    return "model.kind='bilstm'" if need == 'bidirectional' else ''
 
   @classmethod
   def module(cls) -> type:
@@ -318,10 +309,6 @@ class LSTMSeq2SeqFamily(Family):
   @classmethod
   def reads(cls, m: ConfigDict) -> tuple[str, ...]:
     return ('prefix',)
-
-  @classmethod
-  def reader(cls, need: str) -> str:
-    return "model.kind='lstm_seq2seq'" if need == 'prefix' else ''
 
   @classmethod
   def module(cls) -> type:

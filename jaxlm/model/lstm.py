@@ -1,12 +1,15 @@
 """A multi-layer LSTM language model (model.kind='lstm'): the recurrent baseline to compare the
 Transformer with, through the same trainer, checkpoints, evaluation and generation.
 
-Embedding -> dropout -> N LSTM layers of width D, each followed by dropout -> the output head (tied to the embedding, or its own). Each layer computes its input projections for the whole
+Embedding -> dropout -> N LSTM layers of width D, each followed by dropout -> the output head
+(tied to the embedding, or its own). Each layer computes its input projections for the whole
 window in one matmul, then runs the recurrence with `jax.lax.scan` over time; the layers are
 stacked on a leading `layers` axis and applied with a scan, as the Transformer's blocks are. The
 recurrent state is float32 whatever the compute dtype. A new segment (packed documents, or the
 first real token after left padding when generating) starts from a zero state, so documents
 never see each other. Generation carries the state (h, c) [N, B, D] x 2 instead of a KV cache.
+A layer can also run backwards and skip positions (`LSTMLayer`'s reverse and active): the
+bidirectional encoder (bilstm.py) and the encoder-decoder (lstm_seq2seq.py) are built from it.
 Shape letters: B batch, L length, D width, V vocab, N layers.
 """
 
