@@ -47,18 +47,21 @@ def _quiet_abandoned_reads(unraisable) -> None:
 class _NoOrbaxTracebacks(logging.Filter):
   """Orbax logs the traceback of a failed background write before handing the error back to
   the save or wait call, where jaxlm reports it as one sentence; its log copy is dropped. So is
-  asyncio's copy ("Task exception was never retrieved") of the same error from Orbax's tasks."""
+  asyncio's copy ("Task exception was never retrieved") of the same error from Orbax's tasks,
+  whose frames may be only those of the array reads under it (JAX's array serialization over
+  TensorStore: a torn checkpoint's other arrays, abandoned once the first failed)."""
+  SOURCES = tuple(f'{os.sep}{part}{os.sep}' for part in ('orbax', 'array_serialization',
+                                                          'tensorstore'))
 
   def filter(self, record: logging.LogRecord) -> bool:
     if not record.exc_info:
       return True
-    orbax = f'{os.sep}orbax{os.sep}'
     tb = record.exc_info[2]
     files = [record.pathname]
     while tb is not None:
       files.append(tb.tb_frame.f_code.co_filename)
       tb = tb.tb_next
-    return not any(orbax in f for f in files)
+    return not any(source in f for f in files for source in self.SOURCES)
 
 
 class _Quiet:

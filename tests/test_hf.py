@@ -225,8 +225,8 @@ def test_export_hf_command_on_a_trained_run(tmp_path, variant):
   cfg.data.corpus, cfg.data.tokenizer = str(tmp_path / 'corpus.txt'), 'byte'
   cfg.train.steps, cfg.train.eval_samples = 4, 0
   trainer.run(cfg)
-  result = harness.run(harness.command('export-hf', f'--workdir={tmp_path / "run"}',
-                                       f'--out={tmp_path / "hf"}', module='jaxlm.convert'))
+  result = harness.run_forked(harness.command('export-hf', f'--workdir={tmp_path / "run"}',
+                                              f'--out={tmp_path / "hf"}', module='jaxlm.convert'))
   assert result.returncode == 0, result.stderr[-3000:]
   assert f'as {hf.ARCHITECTURES["gpt2" if variant == "gpt2" else "llama"]}' in result.stdout
   assert 'no tokenizer (a ByteTokenizer has no transformers equivalent)' in result.stdout
@@ -347,8 +347,8 @@ def test_continued_pretraining_from_an_imported_gpt2(tmp_path):
   # The workdir jaxlm.convert import-hf makes starts a run with the same weights; the tokenizer
   # it holds is the one the message names.
   imported = tmp_path / 'imported'
-  result = harness.run(harness.command('import-hf', f'--hf_dir={hf_dir}', f'--workdir={imported}',
-                                       module='jaxlm.convert'))
+  result = harness.run_forked(harness.command('import-hf', f'--hf_dir={hf_dir}',
+                                              f'--workdir={imported}', module='jaxlm.convert'))
   assert result.returncode == 0, result.stderr[-3000:]
   other = cfg.copy_and_resolve_references()
   other.init_from, other.workdir = str(imported), str(tmp_path / 'from-imported')
@@ -366,7 +366,7 @@ def test_continued_pretraining_from_an_imported_gpt2(tmp_path):
   config = harness.write_config(tmp_path / 'cfg.py', **fields, cpu_devices=2)
   command = lambda name: harness.command(f'--config={config}',
                                          f'--config.workdir={tmp_path / name}')
-  result = harness.run(command('ref'))
+  result = harness.run_forked(command('ref'))  # the killed and resumed runs: processes of their own
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'Starting from the weights of' in result.stdout
   ref = harness.logged_losses(tmp_path / 'ref')
