@@ -224,6 +224,11 @@ def lstm_layer_params(D: int) -> int:
   return 8 * D * D + 4 * D
 
 
+def embedding_params(m: ConfigDict) -> int:
+  """The embedding table, and the output head unless it is tied to it."""
+  return m.vocab_size * m.embed_dim * (1 if m.tie_embeddings else 2)
+
+
 class LSTMFamily(Family):
   """The LSTM language model of the case study: left to right, no attention."""
   name = 'lstm'
@@ -247,8 +252,7 @@ class LSTMFamily(Family):
 
   @classmethod
   def param_count(cls, m: ConfigDict) -> int:
-    D, V = m.embed_dim, m.vocab_size
-    return m.num_layers * lstm_layer_params(D) + V * D + (0 if m.tie_embeddings else D * V)
+    return m.num_layers * lstm_layer_params(m.embed_dim) + embedding_params(m)
 
   @classmethod
   def activation_bytes(cls, m: ConfigDict, remat: str, fused: bool,
@@ -283,9 +287,9 @@ class BiLSTMFamily(Family):
 
   @classmethod
   def param_count(cls, m: ConfigDict) -> int:
-    D, V = m.embed_dim, m.vocab_size
+    D = m.embed_dim
     layer = 2 * lstm_layer_params(D) + 2 * D * D
-    return m.num_layers * layer + V * D + (0 if m.tie_embeddings else D * V)
+    return m.num_layers * layer + embedding_params(m)
 
   @classmethod
   def activation_bytes(cls, m: ConfigDict, remat: str, fused: bool,
@@ -332,12 +336,11 @@ class LSTMSeq2SeqFamily(Family):
 
   @classmethod
   def param_count(cls, m: ConfigDict) -> int:
-    D, V = m.embed_dim, m.vocab_size
+    D = m.embed_dim
     encoder = 2 * lstm_layer_params(D) + 2 * D * D
     decoder = lstm_layer_params(D) + 2 * 2 * D * D  # and the two bridges from [2D] to [D]
     attention = 3 * D * D if m.decoder_attention else 0  # W_a [D, D], W_c [2D, D]
-    return (m.num_layers * (encoder + decoder) + attention + V * D
-            + (0 if m.tie_embeddings else D * V))
+    return m.num_layers * (encoder + decoder) + attention + embedding_params(m)
 
   @classmethod
   def activation_bytes(cls, m: ConfigDict, remat: str, fused: bool,

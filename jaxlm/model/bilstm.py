@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 from ml_collections import ConfigDict
 
-from jaxlm.model.layers import Dense, Embed, LanguageModel, dropout, output_head
+from jaxlm.model.layers import Dense, Embed, LanguageModel, dropout, output_head, stacked
 from jaxlm.model.lstm import LSTMLayer, State, layer_keys, zero_state
 from jaxlm.sharding import ACTIVATION_AXES, constrain
 
@@ -59,17 +59,6 @@ def boundaries(segment_ids: jax.Array | None, shape: tuple[int, int]) -> tuple[j
   return starts, ends
 
 
-def make_bilayers(cfg: ConfigDict, dtype: jnp.dtype, rngs: nnx.Rngs) -> BiLayer:
-  """N bidirectional layers stacked on a leading `layers` axis."""
-
-  @nnx.split_rngs(splits=cfg.num_layers)
-  @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: 'layers'})
-  def make(rngs: nnx.Rngs) -> BiLayer:
-    return BiLayer(cfg, dtype=dtype, rngs=rngs)
-
-  return make(rngs)
-
-
 def encode(layers: BiLayer, x: jax.Array, starts: jax.Array, ends: jax.Array,
            active: jax.Array | None, rate: float,
            keys: jax.Array | None) -> tuple[jax.Array, tuple[State, State]]:
@@ -94,7 +83,7 @@ class BiLSTM(LanguageModel):
     dtype = DTYPES[cfg.dtype]
     self.num_layers, self.dropout = cfg.num_layers, cfg.dropout
     self.embed = Embed(cfg.vocab_size, cfg.embed_dim, std=cfg.init_std, dtype=dtype, rngs=rngs)
-    self.layers = make_bilayers(cfg, dtype, rngs)
+    self.layers = stacked(BiLayer, cfg, dtype, rngs)
     self.head = output_head(cfg, dtype, rngs)
 
   def init_cache(self, batch: int, length: int):

@@ -137,6 +137,19 @@ class LanguageModel(nnx.Module):
     return self.head.kernel[...].astype(self.head.dtype), ('embed', 'vocab')
 
 
+def stacked(layer: type[nnx.Module], cfg, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Module:
+  """cfg.num_layers modules layer(cfg, dtype=dtype, rngs=rngs), each with its own keys, as one
+  module whose parameters have a leading `layers` axis: applied with a scan over that axis, so
+  compile time does not grow with depth."""
+
+  @nnx.split_rngs(splits=cfg.num_layers)
+  @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: 'layers'})
+  def make(rngs: nnx.Rngs) -> nnx.Module:
+    return layer(cfg, dtype=dtype, rngs=rngs)
+
+  return make(rngs)
+
+
 def output_head(cfg, dtype: jnp.dtype, rngs: nnx.Rngs) -> Dense | None:
   """The output projection [D] -> [V], or None when tied to the embedding."""
   if cfg.tie_embeddings:

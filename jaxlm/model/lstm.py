@@ -18,7 +18,8 @@ import jax.numpy as jnp
 from flax import nnx
 from ml_collections import ConfigDict
 
-from jaxlm.model.layers import Dense, Embed, LanguageModel, dropout, output_head, param
+from jaxlm.model.layers import (Dense, Embed, LanguageModel, dropout, output_head, param,
+                                stacked)
 from jaxlm.sharding import ACTIVATION_AXES, constrain
 
 State = tuple[jax.Array, jax.Array]  # (h, c): [N, B, D] each
@@ -92,12 +93,7 @@ class LSTM(LanguageModel):
     self.num_layers, self.dropout, self.width = cfg.num_layers, cfg.dropout, cfg.embed_dim
     self.embed = Embed(cfg.vocab_size, cfg.embed_dim, std=cfg.init_std, dtype=dtype, rngs=rngs)
 
-    @nnx.split_rngs(splits=cfg.num_layers)
-    @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: 'layers'})
-    def make_layers(rngs: nnx.Rngs) -> LSTMLayer:
-      return LSTMLayer(cfg, dtype=dtype, rngs=rngs)
-
-    self.layers = make_layers(rngs)
+    self.layers = stacked(LSTMLayer, cfg, dtype, rngs)
     self.head = output_head(cfg, dtype, rngs)
 
   def init_cache(self, batch: int, length: int) -> State:

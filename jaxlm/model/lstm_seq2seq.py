@@ -31,8 +31,8 @@ import jax.numpy as jnp
 from flax import nnx
 from ml_collections import ConfigDict
 
-from jaxlm.model.bilstm import encode, make_bilayers
-from jaxlm.model.layers import Dense, Embed, LanguageModel, dropout, output_head
+from jaxlm.model.bilstm import BiLayer, encode
+from jaxlm.model.layers import Dense, Embed, LanguageModel, dropout, output_head, stacked
 from jaxlm.model.lstm import LSTMLayer, State, layer_keys
 from jaxlm.sharding import ACTIVATION_AXES, constrain
 
@@ -95,14 +95,9 @@ class LSTMSeq2Seq(LanguageModel):
     self.num_layers, self.dropout, self.width = cfg.num_layers, cfg.dropout, cfg.embed_dim
     self.dtype = dtype
     self.embed = Embed(cfg.vocab_size, cfg.embed_dim, std=cfg.init_std, dtype=dtype, rngs=rngs)
-    self.encoder = make_bilayers(cfg, dtype, rngs)
+    self.encoder = stacked(BiLayer, cfg, dtype, rngs)
 
-    @nnx.split_rngs(splits=cfg.num_layers)
-    @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: 'layers'})
-    def make_decoder(rngs: nnx.Rngs) -> DecoderLayer:
-      return DecoderLayer(cfg, dtype=dtype, rngs=rngs)
-
-    self.decoder = make_decoder(rngs)
+    self.decoder = stacked(DecoderLayer, cfg, dtype, rngs)
     self.attention = (LuongAttention(cfg, dtype=dtype, rngs=rngs)
                       if cfg.decoder_attention == 'luong' else None)
     self.head = output_head(cfg, dtype, rngs)

@@ -14,7 +14,7 @@ from ml_collections import ConfigDict
 
 from jaxlm.model import attention_kernels
 from jaxlm.model.attention import Attention, Cache, prefix_mask
-from jaxlm.model.layers import Embed, LanguageModel, Norm, dropout, output_head, param
+from jaxlm.model.layers import Embed, LanguageModel, Norm, dropout, output_head, param, stacked
 from jaxlm.model.mlp import Mlp
 from jaxlm.sharding import ACTIVATION_AXES, constrain
 
@@ -69,12 +69,7 @@ class Transformer(LanguageModel):
     self.pos_embed = (param(rngs, (cfg.max_seq_len, cfg.embed_dim), ('length', 'embed'),
                             cfg.init_std) if cfg.position == 'learned' else None)
 
-    @nnx.split_rngs(splits=cfg.num_layers)
-    @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: 'layers'})
-    def make_blocks(rngs: nnx.Rngs) -> Block:
-      return Block(cfg, dtype=dtype, rngs=rngs)
-
-    self.blocks = make_blocks(rngs)
+    self.blocks = stacked(Block, cfg, dtype, rngs)
     self.final_norm = Norm(cfg.embed_dim, kind=cfg.norm, eps=cfg.norm_eps, use_bias=cfg.use_bias)
     self.head = output_head(cfg, dtype, rngs)
 
