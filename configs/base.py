@@ -135,6 +135,23 @@ def get_config() -> ConfigDict:
   c.mlm.mask_fraction = 0.8  # Of the selected tokens, replaced by the [MASK] id (the first id past
   c.mlm.random_fraction = 0.1  # the tokenizer's), by a random ordinary token, or (the rest) kept.
   c.mlm.eval_ratio = 0.15  # Ratio for validation and jaxlm.eval, with a fixed seed: runs compare.
+  c.mlm.eval_masking = 'fixed'  # 'fixed': evaluation selects tokens one by one, uniformly, so runs
+  #                               masked differently compare; 'train': as training selects them.
+  # Where along a document tokens are hidden (x: relative position 0..1 in the document's part of
+  # the row); every profile keeps the expected share of hidden tokens at the ratio:
+  c.mlm.position_profile = 'uniform'  # 'uniform'; 'linear': weight 1 + position_slope (x - 1/2);
+  #                                     'buckets': position_weights over equal parts of a document.
+  c.mlm.position_slope = 0.0  # In [-2, 2]: > 0 hides late tokens more, < 0 early ones.
+  c.mlm.position_weights = ()  # E.g. (1, 1, 2): the last third hidden twice as often as the others.
+  c.mlm.unit = 'token'  # What is hidden whole: 'token'; 'word' (whole-word masking: every piece
+  #                       of a word); 'span' (SpanBERT: runs of whole words); 'token_span' (runs
+  #                       of tokens). The ratio counts tokens in every unit.
+  c.mlm.span_p = 0.2  # Span lengths: geometric with this parameter, restricted to 1..max_span
+  c.mlm.max_span = 10  # (SpanBERT's 0.2 and 10: mean 3.8 units).
+  c.mlm.token_weighting = 'uniform'  # 'frequency': a token is hidden in proportion to its count in
+  #                                    the training data to the power -frequency_alpha (frequent
+  #                                    tokens less), counted by jaxlm.prepare.
+  c.mlm.frequency_alpha = 0.5
 
   c.span = ConfigDict()  # train.objective='span' (T5): windows lose spans of tokens to sentinels.
   c.span.noise_density = 0.15  # Fraction of each window's tokens hidden (T5's 15%).

@@ -108,7 +108,8 @@ def run(cfg: ConfigDict, what: list[str], steps: int, warmup: int,
   run_data = open_data(cfg) if 'data' in what or not cfg.model.vocab_size else None
   if what == ['data']:
     return dict(data=data_benchmark(cfg, run_data, steps, warmup))
-  vocab = Vocab.of(run_data.tokenizer) if run_data else vocab_of_model(cfg)
+  vocab = (Vocab.of(run_data.tokenizer, run_data.token_frequencies()) if run_data else
+           vocab_of_model(cfg))
   if not objectives.of(cfg).generates and 'decode' in what:
     raise UserError(f'a model trained with train.objective={cfg.train.objective!r} does not '
                     'decode; leave decode out of --what.')

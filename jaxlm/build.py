@@ -12,6 +12,7 @@ what trains. What a step needs of the tokenizer comes in as a `Vocab`: commands 
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
+import numpy as np
 import optax
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
@@ -44,8 +45,10 @@ class Built(NamedTuple):
 def vocab_of_model(cfg: ConfigDict, tokenizer_vocab: int = 0) -> Vocab:
   """The Vocab of a command that reads no data (compile, bench): `tokenizer_vocab` ids when
   known, else those of an explicit model.vocab_size less the objective's reserved ids; no
-  end-of-sequence id (the same shapes as training, so the same program)."""
-  return Vocab(tokenizer_vocab or cfg.model.vocab_size - objectives.reserved_ids(cfg))
+  end-of-sequence id, and stand-in tables of the data (every id begins a word, every id as
+  frequent): the same shapes as training, so the same program."""
+  size = tokenizer_vocab or cfg.model.vocab_size - objectives.reserved_ids(cfg)
+  return Vocab(size, word_starts=np.ones(size, bool), frequencies=np.full(size, 1 / size))
 
 
 def model_config(cfg: ConfigDict, vocab: Vocab) -> ConfigDict:

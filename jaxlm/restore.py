@@ -98,6 +98,9 @@ def reader_config(saved: dict, workdir: Path, batch_size: int = 0) -> ConfigDict
   """The config a reader (eval, generate) builds its step from, a new value: the run's saved
   config on all of this machine's devices (fsdp over them), at `batch_size` rows (default: the
   run's micro-batch, what its train step ran at once), without accumulation."""
+  defaults = base.get_config().to_dict()  # for the fields added since the run was saved
+  saved = {k: {**defaults[k], **v} if isinstance(v, dict) and isinstance(defaults.get(k), dict)
+           else v for k, v in saved.items()}
   train = saved['train']
   rows = eval_batch_size(batch_size or train['batch_size'] // train.get('grad_accum', 1))
   cfg = ConfigDict({**saved, 'workdir': str(workdir),
@@ -119,7 +122,8 @@ def _restore(ckpt: Checkpointer, workdir: Path, step: int, batch_size: int) -> T
     raise UserError(f'the tokenizer of {run_data.datasets[0].directory} ({tokenizer.fingerprint}) '
                     f'is not the one checkpoint {step} was trained with ({meta["tokenizer"]}).')
   model_cfg = resolve_model(ConfigDict(meta['model']), tokenizer.vocab_size)
-  built = build(cfg, Vocab.of(tokenizer), model_cfg=model_cfg, train=False)  # no optimizer state
+  built = build(cfg, Vocab.of(tokenizer, run_data.token_frequencies()), model_cfg=model_cfg,
+                train=False)  # no optimizer state
   params = ckpt.restore_params(built.abstract_params, step)
   return TrainedRun(cfg, model_cfg, tokenizer, run_data, built.graphdef, params, step, built.mesh,
                     built.rules, workdir, built.eval_step, built.objective)

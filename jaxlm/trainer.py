@@ -137,7 +137,8 @@ class Trainer:
     self.tokenizer.encode(t.sample_prompt)  # a prompt it cannot encode fails now, not at the end
     if self.init_from:
       self.init_from.check_tokenizer(self.tokenizer, cfg.model)
-    built = build(cfg, Vocab.of(self.tokenizer), mesh=mesh)
+    built = build(cfg, Vocab.of(self.tokenizer, self.run_data.token_frequencies()),
+                  mesh=mesh)
     self.mesh, self.rules, self.model_cfg = built.mesh, built.rules, built.model_cfg
     self.setup, self.train_step, self.eval_step = built.setup, built.train_step, built.eval_step
     self.objective = built.objective

@@ -2,6 +2,7 @@
 of whether a checkpoint in it belongs to the run at hand."""
 
 import fcntl
+import json
 import os
 import socket
 from pathlib import Path
@@ -93,7 +94,7 @@ def run_differences(saved: dict, now: dict) -> list[str]:
     for name in objective.resume_fields if objective else ():
       section = objective.section
       out[f'{section}.{name}'] = config.get(section, {}).get(name, defaults[section][name])
-    return out
+    return json.loads(json.dumps(out))  # as saved: a tuple (mlm.position_weights) as a list
   old, new = fields(saved), fields(now)
   return [f'{k}={old.get(k)!r} (now {new.get(k)!r})' for k in sorted(set(old) | set(new))
           if k not in _FREE_ON_RESUME and old.get(k) != new.get(k)]

@@ -48,6 +48,15 @@ class RunData(NamedTuple):
       out.append(dict(name=ds.name, path=str(path), fingerprint=ds.fingerprint))
     return out
 
+  def token_frequencies(self) -> np.ndarray | None:
+    """Each token id's share of the training tokens the run reads: every dataset's counts
+    (jaxlm.prepare's) as shares, weighted by the mixture; None if a dataset has no counts."""
+    counts = [ds.token_counts() for ds in self.datasets]
+    if not counts or any(c is None for c in counts):
+      return None
+    total = sum(self.weights)
+    return sum(w / total * c / max(c.sum(), 1) for w, c in zip(self.weights, counts))
+
 
 def parse_mixture(text: str) -> list[tuple[str, float]]:
   """'web:0.7,books:0.3' -> [('web', 0.7), ('books', 0.3)]: prepared dataset directories and
@@ -103,7 +112,9 @@ def open_run_data(cfg: ConfigDict, workdir: Path) -> RunData:
     return _checked([Prepared(d.corpus)], [1.0], cfg)
   path = workdir_dataset(cfg, workdir)
   try:
-    return _checked([Prepared(path)], [1.0], cfg)
+    prepared = Prepared(path)
+    if prepared.token_counts() is not None:  # (else prepared before jaxlm counted tokens)
+      return _checked([prepared], [1.0], cfg)
   except UserError as e:
     if is_prepared(path):
       print(f'The prepared data in {path} cannot be used ({e}); preparing it again.', flush=True)

@@ -6,10 +6,13 @@ and each chunk becomes one training and one validation shard, written by a pool 
   <output>/train-00007.arrayrecord       one record per document: its token ids, int32 ('<i4')
   <output>/train-00007.lengths.npy       the token count of each record, for planning batches
   <output>/validation-00007.arrayrecord  (and its .lengths.npy)
+  <output>/chunks/00007.counts.npy       how often each token id occurs in its training shard
   <output>/chunks/00007.json             that chunk's counts; written last, so it marks it complete
   <output>/tokenizer/                    the tokenizer: trained on a sample, built, or copied in
   <output>/settings.json                 the settings, written first: a different preparation is
                                          never written into this directory
+  <output>/token_counts.npy              the chunks' token counts summed (int64 [vocab]: what
+                                         masked LM's frequency weighting reads)
   <output>/manifest.json                 written last and atomically: tokenizer, counts, shards
 
 Validation documents are chosen by a hash of their text (and the seed) against `val_fraction`,
@@ -40,6 +43,7 @@ from jaxlm.errors import UserError, exiting_with, interrupts_ignored
 
 FORMAT = 2
 SPLITS = ('train', 'validation')
+TOKEN_COUNTS = 'token_counts.npy'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +107,7 @@ def _prepare_chunk(chunk: Chunk) -> dict:
   lengths = {split: [] for split in SPLITS}
   digests = {split: hashlib.sha256() for split in SPLITS}  # of the token ids, record by record
   writers, tmps, read = {}, {}, 0
+  token_counts = TokenCounter(tok.vocab_size)  # of the training split
   for split in SPLITS:
     tmps[split] = shard_path(output, split, chunk.index, '.tmp')
     writers[split] = ArrayRecordWriter(str(tmps[split]), 'group_size:1')
@@ -113,6 +118,8 @@ def _prepare_chunk(chunk: Chunk) -> dict:
         if not len(ids):
           continue  # no text: nothing to learn or to score
         writers[split].write(ids.tobytes())
+        if split == 'train':
+          token_counts.add(ids)
         digests[split].update(len(ids).to_bytes(8, 'little') + ids.tobytes())
         lengths[split].append(len(ids))
         c = counts[split]
@@ -122,10 +129,10 @@ def _prepare_chunk(chunk: Chunk) -> dict:
     for w in writers.values():
       w.close()
   sizes = {}
+  _save_npy(_counts_path(output, chunk.index), token_counts.total())
   for split in SPLITS:
-    npy = io.BytesIO()
-    np.save(npy, np.asarray(lengths[split], np.int32))
-    atomic_write(shard_path(output, split, chunk.index, '.lengths.npy'), npy.getvalue())
+    _save_npy(shard_path(output, split, chunk.index, '.lengths.npy'),
+              np.asarray(lengths[split], np.int32))
     os.replace(tmps[split], shard_path(output, split, chunk.index))
     sizes[split] = shard_path(output, split, chunk.index).stat().st_size
   record = dict(chunk=_plain(dataclasses.asdict(chunk)), counts=counts, documents_read=read,
@@ -133,6 +140,36 @@ def _prepare_chunk(chunk: Chunk) -> dict:
                 digests={split: digests[split].hexdigest() for split in SPLITS})
   _atomic_json(output / 'chunks' / f'{chunk.index:05d}.json', record)
   return record
+
+
+class TokenCounter:
+  """How often each id occurs, counted a million tokens at a time (one bincount per document
+  would cost a pass over the whole vocabulary for every short document)."""
+
+  def __init__(self, vocab_size: int):
+    self.counts, self.pending, self.size = np.zeros(vocab_size, np.int64), [], 0
+
+  def add(self, ids: np.ndarray) -> None:
+    self.pending.append(ids)
+    self.size += len(ids)
+    if self.size >= 2**20:
+      self.total()
+
+  def total(self) -> np.ndarray:
+    if self.pending:
+      self.counts += np.bincount(np.concatenate(self.pending), minlength=len(self.counts))
+      self.pending, self.size = [], 0
+    return self.counts
+
+
+def _counts_path(output: Path, index: int) -> Path:
+  return output / 'chunks' / f'{index:05d}.counts.npy'
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+  npy = io.BytesIO()
+  np.save(npy, array)
+  atomic_write(path, npy.getvalue())
 
 
 def settings_record(s: Settings) -> dict:
@@ -154,7 +191,8 @@ def _complete(output: Path, chunk: Chunk) -> dict | None:
     record = json.loads(done.read_text())
   except (OSError, ValueError):
     return None
-  if record.get('chunk') != _plain(dataclasses.asdict(chunk)):
+  if record.get('chunk') != _plain(dataclasses.asdict(chunk)) or not _counts_path(
+      output, chunk.index).exists():  # (a chunk prepared before token counts is prepared again)
     return None
   for split in SPLITS:
     shard = shard_path(output, split, chunk.index)
@@ -241,9 +279,11 @@ def prepare(s: Settings, output: Path, workers: int = 0, progress: bool = True) 
       bar.set_postfix(docs=f'{docs:,} ({docs / seconds:,.0f}/s)',
                       tokens=f'{tokens:,} ({tokens / seconds:,.0f}/s)', refresh=False)
       bar.update(1)
+  splits = _totals(output, records, s)
+  _save_npy(output / TOKEN_COUNTS, sum(np.load(_counts_path(output, c.index)) for c in chunks))
   manifest = dict(format=FORMAT, settings=dataclasses.asdict(s), dtype='<i4',
                   source_files=len({p for c in chunks if c.stamps for p in c.paths}),
-                  splits=_totals(output, records, s),
+                  splits=splits, token_counts=TOKEN_COUNTS,
                   tokenizer=dict(kind=s.tokenizer, fingerprint=tok.fingerprint,
                                  vocab_size=tok.vocab_size, eos_id=tok.eos_id))
   _atomic_json(output / 'manifest.json', manifest)

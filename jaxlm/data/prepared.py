@@ -147,6 +147,12 @@ class Prepared:
       raise UserError(f'the tokenizer in {self.directory / "tokenizer"} is not the one the data '
                       'was prepared with; restore it, or prepare the data again.')
 
+  def token_counts(self) -> np.ndarray | None:
+    """How often each token id occurs in the training split (int64 [vocab]), as jaxlm.prepare
+    counted it; None for a preparation made before it counted."""
+    name = self.manifest.get('token_counts')
+    return np.load(self.directory / name) if name else None
+
   @property
   def train(self) -> Split:
     return self.splits['train']

@@ -42,6 +42,8 @@ def dataset_files(manifest: dict) -> list[str]:
   names = [f'tokenizer/{n}' for n in names]
   for split in SPLITS:
     names += manifest['splits'][split]['shards'] + manifest['splits'][split]['lengths']
+  if 'token_counts' in manifest:  # (preparations before token counts have none)
+    names.append(manifest['token_counts'])
   return names
 
 

@@ -8,6 +8,7 @@ byte), `vocab_size`, `eos_id` (None when the vocabulary has no end-of-sequence t
 for the others) and `fingerprint` (identifies the vocabulary, so caches and checkpoints can tell
 tokenizers apart). Every document starts with `document_start(tokenizer)` in training rows and
 evaluation streams, and so does a prompt when there is a beginning-of-sequence token.
+`word_starts(tokenizer)` says which ids begin a word (for whole-word masking).
 """
 
 import hashlib
@@ -17,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence
 
+import numpy as np
 import sentencepiece as spm
 
 from jaxlm import paths
@@ -42,6 +44,48 @@ def document_start(tokenizer: Tokenizer) -> int | None:
   else end-of-sequence (GPT-2's way, and jaxlm's own tokenizers'); None without either."""
   bos = getattr(tokenizer, 'bos_id', None)
   return bos if bos is not None else tokenizer.eos_id
+
+
+# How a token that begins a word is spelt: SentencePiece's and Llama's '▁' for a space, byte-level
+# BPE's (GPT-2's) 'Ġ' for a space, 'Ċ' for a newline, 'ĉ' for a tab and 'č' for a carriage return.
+_WORD_MARKS = ('\u2581', '\u0120', '\u010a', '\u0109', '\u010d')
+_SPACE_BYTES = (0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x20)
+
+
+def word_starts(tokenizer: Tokenizer) -> np.ndarray:
+  """bool [vocab_size]: the ids that begin a word, a table computed once over the vocabulary.
+
+  A word is a token that begins one and the tokens after it up to the next such token, so a
+  word carries the whitespace before it, as the pieces of SentencePiece and byte-level BPE do:
+  SentencePiece's '▁' pieces (and its whitespace bytes), byte-level BPE's 'Ġ'-led pieces, every
+  piece of a WordPiece vocabulary that lacks the continuation prefix ('##'), and whitespace for
+  the character and byte tokenizers. Special ids (end-of-sequence, unknown) begin a word too:
+  a word never runs across them."""
+  if isinstance(tokenizer, ByteTokenizer):
+    out = np.zeros(tokenizer.vocab_size, bool)
+    out[list(_SPACE_BYTES)] = True
+    out[tokenizer.eos_id] = True
+    return out
+  if isinstance(tokenizer, CharTokenizer):
+    return np.array([c.isspace() for c in tokenizer.chars], bool)
+  if isinstance(tokenizer, SentencePieceTokenizer):
+    sp = tokenizer.sp
+    spaces = {f'<0x{b:02X}>' for b in _SPACE_BYTES}
+    return np.array([sp.is_control(i) or sp.is_unknown(i) or
+                     (piece := sp.id_to_piece(i)).startswith('\u2581') or
+                     (sp.is_byte(i) and piece in spaces) for i in range(sp.get_piece_size())],
+                    bool)
+  backend = tokenizer.backend
+  out = np.zeros(tokenizer.vocab_size, bool)
+  prefix = getattr(backend.model, 'continuing_subword_prefix', None)
+  for token, i in backend.get_vocab(with_added_tokens=True).items():
+    if i < len(out):
+      out[i] = (not token.startswith(prefix) if type(backend.model).__name__ == 'WordPiece'
+                else token.startswith(_WORD_MARKS))
+  for i in backend.get_added_tokens_decoder():
+    if i < len(out):
+      out[i] = True
+  return out
 
 
 def _digest(data: bytes) -> str:

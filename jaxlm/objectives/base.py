@@ -36,15 +36,19 @@ Batch = dict[str, Any]  # [B, L] arrays: inputs, targets, mask (and segment_ids,
 
 
 class Vocab(NamedTuple):
-  """What an objective (and the step) needs of the tokenizer."""
+  """What an objective (and the step) needs of the tokenizer and of the data."""
   size: int  # its ids are 0 .. size - 1; the objective's reserved ids come after
   eos: int | None = None  # end-of-sequence: ends span corruption's input and target
   start: int | None = None  # what each document starts with (never masked)
+  word_starts: Any = None  # bool [size]: the ids that begin a word (whole-word masking)
+  frequencies: Any = None  # float64 [size]: each id's share of the training tokens, if counted
 
   @classmethod
-  def of(cls, tokenizer) -> 'Vocab':
-    from jaxlm.data.tokenizers import document_start  # pylint: disable=import-outside-toplevel
-    return cls(tokenizer.vocab_size, tokenizer.eos_id, document_start(tokenizer))
+  def of(cls, tokenizer, frequencies=None) -> 'Vocab':
+    # pylint: disable-next=import-outside-toplevel
+    from jaxlm.data.tokenizers import document_start, word_starts
+    return cls(tokenizer.vocab_size, tokenizer.eos_id, document_start(tokenizer),
+               word_starts(tokenizer), frequencies)
 
 
 class Objective:
