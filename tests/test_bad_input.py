@@ -68,10 +68,14 @@ def _prepared_datasets(tmp):
   SentencePiece model none of them was made with."""
   from jaxlm.data.prepare import Settings, prepare
   from jaxlm.data.tokenizers import train_sentencepiece
+  import json
   for name, tokenizer in [('prep_byte', 'byte'), ('prep_char', 'char'), ('prep_missing', 'byte'),
-                          ('prep_truncated', 'byte')]:
+                          ('prep_truncated', 'byte'), ('prep_uncounted', 'byte')]:
     prepare(Settings(source=str(tmp / 'corpus.txt'), tokenizer=tokenizer, val_fraction=0.1,
                      val_tail=True), tmp / name, workers=1, progress=False)
+  manifest = json.loads((tmp / 'prep_uncounted' / 'manifest.json').read_text())
+  (tmp / 'prep_uncounted' / manifest.pop('token_counts')).unlink()  # as prepared before counts
+  (tmp / 'prep_uncounted' / 'manifest.json').write_text(json.dumps(manifest))
   (tmp / 'prep_missing' / 'train-00000.arrayrecord').unlink()
   shard = tmp / 'prep_truncated' / 'validation-00000.arrayrecord'
   shard.write_bytes(shard.read_bytes()[:-10])
@@ -190,6 +194,20 @@ CASES = [
     ('unknown decoder attention',
      ['--config=configs/lstm_seq2seq_char.py', '--config.model.decoder_attention=bahdanau'],
      "config field model.decoder_attention='bahdanau' is invalid"),
+    ('frequency-weighted masking without token counts',
+     ['--config.data.corpus={tmp}/prep_uncounted', '--config.model.causal=False',
+      '--config.train.objective=mlm', '--config.mlm.token_weighting=frequency'],
+     "config field mlm.token_weighting='frequency' needs the training data's token counts"),
+    ('masking profile past probability one',
+     ['--config.model.causal=False', '--config.train.objective=mlm',
+      '--config.mlm.position_profile=linear', '--config.mlm.position_slope=1.5',
+      '--config.mlm.ratio_start=0.6'],
+     'config field mlm.ratio_start=0.6 with mlm.position_profile=\'linear\' asks for a selection '
+     'probability of 1.05 at the end, above 1'),
+    ('masking weights negative',
+     ['--config.model.causal=False', '--config.train.objective=mlm',
+      '--config.mlm.position_profile=buckets', '--config.mlm.position_weights=(1,-1)'],
+     'config field mlm.position_weights=(1, -1) is invalid: expected a tuple of weights >= 0'),
     ('prefix LM of packed documents',
      ['--config.train.objective=prefix', '--config.data.packing=pack'],
      "train.objective='prefix' cuts windows of the token stream; set data.packing='concat'"),

@@ -143,3 +143,58 @@ def test_eval_batches_count_every_token_once(n, seq, batch, hosts):
                  for i, t, m in zip(b['inputs'].ravel(), b['targets'].ravel(), b['mask'].ravel())
                  if m)
   assert pairs == sorted(zip(tokens[:-1].tolist(), tokens[1:].tolist()))
+
+
+def test_word_starts_mark_the_first_token_of_every_word(tmp_path, spm_model):
+  """For each tokenizer kind (character, byte, SentencePiece, byte-level BPE, WordPiece): a text
+  of single-spaced words and a newline, encoded and cut before every id the table marks, gives
+  exactly its words (each with the whitespace before it; WordPiece drops whitespace), so no word
+  is split and no two are joined."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  from jaxlm.data.tokenizers import HuggingFaceTokenizer, word_starts
+  text = 'Before we proceed any further,\nhear me speak'
+  words = text.replace('\n', ' ').split(' ')
+  bpe = Tokenizer(models.BPE())
+  bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  bpe.decoder = decoders.ByteLevel()
+  bpe.train_from_iterator([TINY_TEXT], trainers.BpeTrainer(
+      vocab_size=300, special_tokens=['<|endoftext|>'],
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  bpe.save(str(tmp_path / 'bpe.json'))
+  piece = Tokenizer(models.WordPiece(unk_token='[UNK]'))
+  piece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+  piece.decoder = decoders.WordPiece()
+  piece.train_from_iterator([TINY_TEXT], trainers.WordPieceTrainer(
+      vocab_size=200, special_tokens=['[UNK]']))
+  piece.save(str(tmp_path / 'wordpiece.json'))
+  tokenizers = {'char': CharTokenizer.from_texts([TINY_TEXT + text]), 'byte': ByteTokenizer(),
+                'sentencepiece': SentencePieceTokenizer(spm_model.path),
+                'bpe': HuggingFaceTokenizer(tmp_path / 'bpe.json'),
+                'wordpiece': HuggingFaceTokenizer(tmp_path / 'wordpiece.json')}
+  for name, tok in tokenizers.items():
+    table = word_starts(tok)
+    assert table.shape == (tok.vocab_size,) and table.dtype == bool, name
+    ids = tok.encode(text)
+    cuts = [0] + [i for i in range(1, len(ids)) if table[ids[i]]] + [len(ids)]
+    got = [tok.decode(ids[a:b]) for a, b in zip(cuts, cuts[1:])]
+    if name == 'wordpiece':  # whitespace is not a token; punctuation is a word of its own
+      assert [w.replace(' ', '') for w in got] == \
+          'Before we proceed any further , hear me speak'.split(), got
+    else:
+      assert [w.strip() for w in got] == words, (name, got)
+    if tok.eos_id is not None:
+      assert table[tok.eos_id], name  # a word never runs across an end-of-sequence
+
+
+def test_token_frequencies_are_each_datasets_shares_weighted_by_the_mixture():
+  class Counted:  # a prepared dataset as RunData sees it
+    def __init__(self, counts):
+      self.counts = counts
+
+    def token_counts(self):
+      return self.counts
+
+  run = data.RunData(None, [Counted(np.array([3, 1, 0])), Counted(np.array([0, 0, 5]))], [3, 1])
+  np.testing.assert_allclose(run.token_frequencies(), [0.75 * 0.75, 0.75 * 0.25, 0.25])
+  assert data.RunData(None, [Counted(np.ones(3)), Counted(None)], [1, 1]).token_frequencies() \
+      is None

@@ -228,7 +228,9 @@ def test_a_run_killed_resumes_bit_for_bit_and_evaluates(tmp_path, kind, objectiv
   attention) killed with SIGKILL after a committed checkpoint and run again logs the losses of an
   uninterrupted run, bit for bit. jaxlm.eval scores it (the decoder's targets for the
   encoder-decoder, with BLEU and chrF against --references), and jaxlm.generate continues a
-  prompt from the models that generate."""
+  prompt from the models that generate. The bidirectional LSTM's masked LM hides whole words,
+  the end of each document more, and frequent characters less (issue #30's settings resume
+  too)."""
   import json
   import signal
   import harness
@@ -239,6 +241,9 @@ def test_a_run_killed_resumes_bit_for_bit_and_evaluates(tmp_path, kind, objectiv
       'from ml_collections import ConfigDict', 'from tiny import tiny_config', '', '',
       'def get_config():', '  c = tiny_config()', f'  c.model = ConfigDict({model!r})',
       f'  c.train.objective = {objective!r}', '  c.checkpoint.every = 2',
+      *(["  c.mlm.unit, c.mlm.position_profile = 'word', 'buckets'",
+         "  c.mlm.position_weights, c.mlm.token_weighting = (1, 2), 'frequency'"]
+        if objective == 'mlm' else []),
       '  c.train.sample_tokens = 0', '  c.cpu_devices = 2', '  return c', '']))
   cmd = lambda work: harness.command(f'--config={config}', f'--config.workdir={work}')
   ref = harness.run_forked(cmd(tmp_path / 'ref'))

@@ -311,3 +311,18 @@ def test_frequency_weighting_needs_counts_and_words_need_a_tokenizer():
   cfg.mlm.token_weighting, cfg.mlm.unit = 'uniform', 'word'
   with pytest.raises(UserError, match="mlm.unit='word' needs the tokenizer's word starts"):
     objectives.make(cfg, Vocab(60, 2, 2), 64)
+
+
+def test_a_run_saved_before_these_settings_is_read_with_their_defaults(tmp_path):
+  """jaxlm.eval on a checkpoint whose saved config predates mlm.unit and the rest: its reader
+  config has them at their defaults (BERT's masking), and its objective builds."""
+  from jaxlm.restore import reader_config
+  saved = tiny_config().to_dict()
+  saved['train']['objective'], saved['model']['causal'] = 'mlm', False
+  for field in ('unit', 'position_profile', 'position_weights', 'token_weighting',
+                'eval_masking'):
+    del saved['mlm'][field]
+  cfg = reader_config(saved, tmp_path)
+  assert (cfg.mlm.unit, cfg.mlm.position_profile, cfg.mlm.token_weighting) == (
+      'token', 'uniform', 'uniform')
+  assert objectives.make(cfg, Vocab(60, 2, 2), 64).selection.unit == 'token'

@@ -162,19 +162,22 @@ def _train_records(workdir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('packing', ['concat', 'pack'])
-def test_a_resumed_mlm_run_repeats_its_losses_and_ratios(tmp_path, packing):
-  """A 6-step run (checkpoints at 3 and 6) logs the schedule's ratio at every step; with its
-  newest checkpoint removed (as if killed after step 3), a new process resumes it and logs the
-  same losses and ratios for steps 4-6, bit for bit: the masks come from the step and the row,
-  not from the process."""
+@pytest.mark.parametrize('packing,masking', [
+    ('concat', {'mlm.unit': 'span', 'mlm.position_profile': 'linear', 'mlm.position_slope': 1.0}),
+    ('pack', {'mlm.unit': 'token_span', 'mlm.position_profile': 'buckets',
+              'mlm.position_weights': (2, 1)})])
+def test_a_resumed_mlm_run_repeats_its_losses_and_ratios(tmp_path, packing, masking):
+  """A 6-step run (checkpoints at 3 and 6; spans and a position profile) logs the schedule's
+  ratio at every step; with its newest checkpoint removed (as if killed after step 3), a new
+  process resumes it and logs the same losses and ratios for steps 4-6, bit for bit: the masks
+  come from the step and the row, not from the process."""
   import shutil
-  workdir = _train(tmp_path, 'run', **{'data.packing': packing})
+  workdir = _train(tmp_path, 'run', **{'data.packing': packing}, **masking)
   ratios = {r['step']: r['mask_ratio'] for r in _train_records(workdir)}
   assert ratios[1] == pytest.approx(0.4) and ratios[6] == pytest.approx(0.15)
   assert ratios[4] == pytest.approx(0.4 + (0.15 - 0.4) * 3 / 5)
   shutil.rmtree(workdir / 'checkpoints' / '6')
-  _train(tmp_path, 'run', resume=True, **{'data.packing': packing})
+  _train(tmp_path, 'run', resume=True, **{'data.packing': packing}, **masking)
   by_step: dict[int, list] = {}
   for r in _train_records(workdir):
     by_step.setdefault(r['step'], []).append((r['loss'], r['mask_ratio']))

@@ -65,6 +65,17 @@ def test_prepared_ids_equal_tokenizing_the_documents(source, tmp_path, tokenizer
   assert sum(m['bytes'] for m in manifest['splits'].values()) == \
       sum(len(t.encode()) for t in texts)
   assert manifest['tokenizer']['fingerprint'] == tok.fingerprint
+  # The training split's token counts, for masked LM's frequency weighting; a preparation made
+  # before jaxlm counted (no counts) gets them when prepared again.
+  counts = np.load(tmp_path / 'out' / manifest['token_counts'])
+  np.testing.assert_array_equal(counts, np.bincount(np.concatenate(_read(tmp_path / 'out',
+                                                                         'train')),
+                                                    minlength=tok.vocab_size))
+  for old in [*(tmp_path / 'out' / 'chunks').glob('*.counts.npy'),
+              tmp_path / 'out' / manifest['token_counts']]:
+    old.unlink()
+  prepare(s, tmp_path / 'out', workers=2)
+  np.testing.assert_array_equal(np.load(tmp_path / 'out' / manifest['token_counts']), counts)
 
 
 def test_workers_and_a_kill_do_not_change_the_bytes(source, tmp_path):
