@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'launch'))
-from case_study import evaluate, parameters, train  # noqa: E402  pylint: disable=wrong-import-position
+from case_study import evaluate, parameters, train  # noqa: E402  pylint: disable=C0413
 
 MODELS = [('Transformer encoder', 'configs/mlm_base.py'),
           ('bidirectional LSTM', 'configs/bilstm_char.py')]

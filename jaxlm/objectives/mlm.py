@@ -1,4 +1,4 @@
-"""Masked language modelling (BERT), its masking varying over the steps, positions, units and tokens.
+"""Masked language modelling (BERT), its masking varying over steps, positions, units and tokens.
 
 A masked-LM batch is made inside the jitted step from a plain batch of token rows: tokens are
 selected, and of those `mask_fraction` are replaced by the [MASK] id, `random_fraction` by a
@@ -130,7 +130,8 @@ class Selection:
       return selectable & (jax.random.uniform(key, (L,)) < p)
     k_unit, k_start, k_length, k_state = jax.random.split(key, 4)
     # Units: words (each begins at a word-start id or a document's start) or single tokens.
-    unit_begins = begins | (jnp.asarray(self.word_starts)[t] if self.unit != 'token_span' else True)
+    unit_begins = begins | (True if self.unit == 'token_span' else
+                            jnp.asarray(self.word_starts)[t])
     unit = jnp.cumsum(unit_begins) - 1
     # A unit's probability: the mean of its selectable pieces'.
     total = jax.ops.segment_sum(jnp.where(selectable, p, 0), unit, L)
@@ -149,8 +150,7 @@ class Selection:
     starts in the state of its first position's). State s before a position: 0 free, 1 the gap
     after a span, k >= 2 inside a span with k - 1 units of it left."""
     L, S = r.shape[0], self.max_span + 1
-    pmf = span_lengths(self.span_p, self.max_span)
-    E = float((np.arange(1, S) * pmf).sum())
+    pmf, E = span_lengths(self.span_p, self.max_span), mean_span(self.span_p, self.max_span)
     hazard = lambda r: jnp.clip(r / (E * jnp.maximum(1 - r, 1e-6)), 0, 1)
     h = hazard(r)  # the start probability of a free unit
     q = 1 - self.span_p
@@ -169,8 +169,8 @@ class Selection:
     initial = jnp.sum(jax.random.uniform(k_state, (L, 1)) > jnp.cumsum(states, 1)[:, :-1], 1)
     s = jnp.arange(S)
     step = lambda state: jnp.where(state > 0, state - 1, jnp.where(starts, length, 0)[:, None])
-    first = jnp.where(ticks, step(initial[:, None])[:, 0], initial)  # a document restarts it
-    tables = jnp.where(begins[:, None], first[:, None],
+    restart = jnp.where(ticks, step(initial[:, None])[:, 0], initial)  # at a document's start
+    tables = jnp.where(begins[:, None], restart[:, None],
                        jnp.where(ticks[:, None], step(s[None, :]), s[None, :]))
     # Composed left to right: after[i] maps the state before position 0 to the one after i.
     after = jax.lax.associative_scan(lambda a, b: jnp.take_along_axis(b, a, -1), tables)
