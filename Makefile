@@ -16,7 +16,8 @@ $(VENV)/.core: pyproject.toml
 	touch $@
 
 $(VENV)/.test: $(VENV)/.core
-	$(PY) -m pip install --quiet -e '.[dev,seqio,gcs,hf-cpu,tpu]'
+	$(PY) -m pip install --quiet -e '.[dev,seqio,gcs,hf-cpu,tpu,eval]'
+	$(PY) -m jaxlm.lm_eval_plugin install
 	touch $@
 
 setup: $(VENV)/.core

@@ -3,6 +3,7 @@
   python -m jaxlm.eval --workdir=runs/base                   # the run's validation split
   python -m jaxlm.eval --workdir=runs/base --text='essays/*.txt' --step=250
   python -m jaxlm.eval --workdir=runs/base --references=pairs.jsonl --max_new_tokens=32
+  python -m jaxlm.eval --workdir=runs/base --tasks=shakespeare_cloze,shakespeare_last_word
 
 The run's config and tokenizer come from the checkpoint; the parameters are restored onto the
 devices this machine has. `--references` is a JSONL file of {"prompt": ..., "reference": ...}
@@ -13,6 +14,12 @@ end-of-document predictions (which stand for no text) are not counted, and bits 
 the nats by the UTF-8 bytes of the scored text itself. The validation split is the prepared one
 the run trained beside (each dataset's too, for a mixture); documents see each other only if the
 run concatenated them (data.packing='concat').
+
+`--tasks` runs EleutherAI's lm-evaluation-harness on the checkpoint instead (jaxlm/harness.py,
+the `eval` extra): lm-eval's tasks, jaxlm's examples (jaxlm/tasks) and those of --include_path,
+their datasets read from disk, never downloaded. It prints lm-eval's table and writes lm-eval's
+results dict to <workdir>/eval/<step>-tasks.json (a later run at the same step adds its tasks)
+and each task's metrics to metrics.jsonl and TensorBoard (split tasks/<task>).
 """
 
 import json
@@ -33,6 +40,12 @@ _REFERENCES = flags.DEFINE_string('references', '', 'JSONL of {"prompt", "refere
 _MAX_NEW = flags.DEFINE_integer('max_new_tokens', 64, 'Tokens generated per prompt for BLEU.')
 _BATCH = flags.DEFINE_integer('batch_size', 0, 'Sequences per batch (default: the run\'s '
                               'micro-batch, train.batch_size / train.grad_accum).')
+_TASKS = flags.DEFINE_list('tasks', [], 'lm-eval tasks to run instead (comma-separated names).')
+_INCLUDE = flags.DEFINE_string('include_path', '', 'Directories of further lm-eval task YAML '
+                               'files (comma-separated), besides jaxlm/tasks.')
+_FEWSHOT = flags.DEFINE_integer('num_fewshot', None, 'Few-shot examples per task (lm-eval\'s '
+                                'default: the task\'s).')
+_LIMIT = flags.DEFINE_float('limit', None, 'Documents per task (< 1: a fraction of them).')
 
 
 def read_pairs(path: str) -> tuple[list[str], list[str]]:
@@ -128,12 +141,53 @@ def run(workdir: str, step: int | None, text: str, references: str, max_new_toke
               devices=metrics.devices_text())
 
 
+def run_tasks(workdir: str, step: int | None, tasks: list[str], include_path: str,
+              num_fewshot: int | None, limit: float | None, batch_size: int) -> dict:
+  """lm-eval's tasks on a checkpoint (see the module docstring)."""
+  import jax
+
+  from jaxlm import metrics
+  try:
+    from jaxlm import harness  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise UserError('--tasks needs EleutherAI\'s lm-evaluation-harness: pip install '
+                    '"jaxlm[eval]" (or -e ".[eval]").') from None
+  from jaxlm.restore import load_trained
+  manager = harness.tasks_to_run(tasks, include_path)  # bad names fail before the model loads
+  r = load_trained(workdir, step, batch_size)
+  results = harness.evaluate_tasks(r, tasks, manager=manager, num_fewshot=num_fewshot,
+                                   limit=limit, batch_size=batch_size or 16)
+  out = r.workdir / 'eval' / f'{r.step}-tasks.json'
+  if jax.process_index() == 0:  # one host writes the results
+    harness.write_task_results(out, results)
+    writer = metrics.MetricWriter(r.workdir)
+    for task, values in harness.task_metrics(results).items():
+      writer.write(r.step, values, f'tasks/{task}')
+    writer.close()
+  from lm_eval.utils import make_table  # pylint: disable=import-outside-toplevel
+  return dict(step=r.step, path=str(out), table=make_table(results),
+              devices=metrics.devices_text())
+
+
 def main(argv: list[str]) -> None:
   cli.require(_WORKDIR, bool(_WORKDIR.value.strip()), "a training run's workdir")
   cli.require_location(_WORKDIR, _TEXT, _REFERENCES)
   cli.require(_STEP, _STEP.value is None or _STEP.value >= 0, 'a checkpoint step >= 0')
   cli.require(_MAX_NEW, _MAX_NEW.value >= 1, 'at least 1 token')
   cli.require(_BATCH, _BATCH.value >= 0, '0 (the run\'s micro-batch) or a positive number')
+  cli.require(_LIMIT, _LIMIT.value is None or _LIMIT.value > 0,
+              'a positive number of documents per task (or a fraction below 1)')
+  cli.require(_FEWSHOT, _FEWSHOT.value is None or _FEWSHOT.value >= 0, 'a number >= 0')
+  if _TASKS.value:
+    cli.require(_TASKS, not (_TEXT.value or _REFERENCES.value),
+                'given alone: --text and --references are other evaluations')
+    out = run_tasks(_WORKDIR.value, _STEP.value, _TASKS.value, _INCLUDE.value, _FEWSHOT.value,
+                    _LIMIT.value, _BATCH.value)
+    print(f'checkpoint {out["step"]} on {out["devices"]}')
+    print(out['table'])
+    print(f'wrote {out["path"]}')
+    return
+  cli.require(_INCLUDE, not _INCLUDE.value, 'given with --tasks only')
   out = run(_WORKDIR.value, _STEP.value, _TEXT.value, _REFERENCES.value, _MAX_NEW.value,
             _BATCH.value)
   print(f'checkpoint {out["step"]} on {out["devices"]}')

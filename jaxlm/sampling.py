@@ -118,13 +118,16 @@ def _generate(params: Any, prompts: jax.Array, lengths: jax.Array, key: jax.Arra
 def generate(graphdef: nnx.GraphDef, params: Any, model_cfg: ConfigDict,
              prompts: Sequence[Sequence[int]], *, max_new_tokens: int, temperature: float = 0.8,
              top_k: int = 0, top_p: float = 1.0, seed: int = 0, eos_id: int | None = None,
-             vocab_limit: int | None = None, prefix_lm: bool = False) -> list[list[int]]:
+             vocab_limit: int | None = None, prefix_lm: bool = False,
+             prompt_length: int = 0) -> list[list[int]]:
   """Continues each prompt (a list of token ids) by up to max_new_tokens tokens; a prefix LM's
   model (objectives' prefix_lm) reads each prompt whole, as its input.
 
   Prompts longer than the context allows are cut from the left. Returns the new tokens of each
   row, ending before the first eos_id. `vocab_limit` (the tokenizer's vocabulary) keeps the
-  padded ids of the model's vocabulary from ever being sampled.
+  padded ids of the model's vocabulary from ever being sampled. `prompt_length` pads every
+  batch's prompts to that length (at most the context less max_new_tokens), so batches of
+  prompts of any length run one compiled program; 0 pads to the batch's longest.
   """
   if not 0 < max_new_tokens < model_cfg.max_seq_len:
     raise UserError(f'max_new_tokens={max_new_tokens} must be between 1 and the context length '
@@ -132,8 +135,9 @@ def generate(graphdef: nnx.GraphDef, params: Any, model_cfg: ConfigDict,
   if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
     raise UserError('sampling needs temperature >= 0, 0 < top_p <= 1 and top_k >= 0.')
   budget = model_cfg.max_seq_len - max_new_tokens
+  budget = min(budget, prompt_length) if prompt_length else budget
   prompts = [list(p)[-budget:] or [eos_id if eos_id is not None else 0] for p in prompts]
-  P = max(len(p) for p in prompts)
+  P = budget if prompt_length else max(len(p) for p in prompts)
   padded = np.zeros((len(prompts), P), np.int32)
   for r, p in enumerate(prompts):
     padded[r, P - len(p):] = p

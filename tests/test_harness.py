@@ -1,0 +1,226 @@
+"""jaxlm as an lm-evaluation-harness model: the same per-request scores and generations as
+lm-eval's own `hf` backend on the same (imported) model, packing that changes nothing, one
+compiled shape, lm-eval's command line, and bad inputs in one sentence."""
+
+import json
+import types
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import harness
+from test_hf import bpe_tokenizer, hf_config, llama_tokenizer
+
+lm_eval = pytest.importorskip('lm_eval')
+
+TASKS = ['shakespeare_cloze', 'shakespeare_last_word', 'shakespeare_rolling',
+         'shakespeare_continue']
+LIMIT = 8
+
+
+def _imported(tmp, family):
+  """A random tiny transformers model with a byte-level BPE tokenizer (Llama's with <s>), and
+  the workdir `jaxlm.convert import-hf` made of it."""
+  torch.manual_seed(0)
+  # (Llama's vocabulary holds ids past its tokenizer's 302, as Qwen's does: scored like hf's)
+  config = hf_config(family, **({'n_positions': 64, 'vocab_size': 300} if family == 'gpt2' else
+                                {'max_position_embeddings': 64, 'vocab_size': 320}))
+  model = transformers.AutoModelForCausalLM.from_config(config).eval()
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(torch.randn_like(p) * 0.1)
+  model.save_pretrained(tmp / family)
+  (llama_tokenizer if family == 'llama' else bpe_tokenizer)(tmp / family)
+  result = harness.run_forked(harness.command('import-hf', f'--hf_dir={tmp / family}',
+                                              f'--workdir={tmp / (family + "-jaxlm")}',
+                                              module='jaxlm.convert'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  return tmp / family, tmp / (family + '-jaxlm')
+
+
+@pytest.fixture(scope='module')
+def models(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp('harness')
+  return {family: _imported(tmp, family) for family in ('gpt2', 'llama')}
+
+
+def _evaluate(model, model_args, tasks=TASKS):
+  from jaxlm.harness import task_manager
+  return lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=tasks,
+                                 task_manager=task_manager('', tasks), limit=LIMIT,
+                                 log_samples=True,
+                                 bootstrap_iters=0)
+
+
+def assert_same(theirs, ours, tasks):
+  """Every request's response alike: log-likelihoods within 1e-4 (a rolling text's total, a sum
+  over its tokens in float32, within 1e-4 + 1e-6 of its size), is_greedy and generated texts
+  equal; and each task's metrics equal."""
+  for task in tasks:
+    a = sorted(theirs['samples'][task], key=lambda d: d['doc_id'])
+    b = sorted(ours['samples'][task], key=lambda d: d['doc_id'])
+    assert len(a) == len(b) == LIMIT
+    for x, y in zip(a, b):
+      for rx, ry in zip(x['resps'], y['resps'], strict=True):
+        rx, ry = rx[0], ry[0]
+        if isinstance(rx, (list, tuple)):  # loglikelihood: (log p, is_greedy)
+          assert abs(rx[0] - ry[0]) <= 1e-4, (task, rx, ry)
+          assert rx[1] == ry[1], (task, rx, ry)
+        elif isinstance(rx, float):  # loglikelihood_rolling: the text's total
+          assert abs(rx - ry) <= 1e-4 + 1e-6 * abs(rx), (task, rx, ry)
+        else:  # generate_until
+          assert rx == ry, (task, rx, ry)
+    for metric in ('acc,none', 'acc_norm,none', 'exact_match,none'):
+      if metric in theirs['results'][task]:
+        assert theirs['results'][task][metric] == ours['results'][task][metric], (task, metric)
+
+
+class _Shifted:
+  """A JaxLM that scores each continuation one token early: the negative control."""
+
+  @staticmethod
+  def make():
+    from jaxlm.harness import JaxLM
+
+    class Shifted(JaxLM):
+      def _loglikelihood_tokens(self, requests, disable_tqdm=False, **kwargs):
+        return super()._loglikelihood_tokens(
+            [(key, list(c)[:-1], list(c)[-1:] + list(t)[:-1]) for key, c, t in requests],
+            disable_tqdm, **kwargs)
+    return Shifted
+
+
+@pytest.mark.parametrize('family', ['gpt2', 'llama'])
+def test_every_request_scores_as_the_hf_backend(models, family):
+  """A random tiny GPT-2 and a Llama (whose tokenizer starts texts with <s>), imported with
+  jaxlm.convert import-hf, on the four example tasks (multiple choice, last word, rolling
+  perplexity, generation to a newline): under --model hf and --model jaxlm every per-request
+  log-likelihood within 1e-4, is_greedy, accuracies and generations equal. Scoring the
+  continuation one token early (negative control) is caught."""
+  hf_dir, workdir = models[family]
+  theirs = _evaluate('hf', dict(pretrained=str(hf_dir), dtype='float32', device='cpu',
+                                batch_size=4))
+  ours = _evaluate('jaxlm', dict(workdir=str(workdir)))
+  assert_same(theirs, ours, TASKS)
+  generated = [d['resps'][0][0] for d in ours['samples']['shakespeare_continue']]
+  assert sum(bool(g) for g in generated) >= LIMIT // 2, generated  # not all empty
+  if family == 'gpt2':
+    from jaxlm.restore import load_trained
+    shifted = _Shifted.make()(run=load_trained(str(workdir)))
+    with pytest.raises(AssertionError):
+      assert_same(theirs, _evaluate(shifted, None, TASKS[:2]), TASKS[:2])
+
+
+def _windows(n, vocab, length, seed=0):
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(n):
+    size = int(rng.integers(2, length + 2))
+    out.append((rng.integers(0, vocab, size).tolist(), int(rng.integers(1, size))))
+  return out
+
+
+def test_packing_changes_nothing_and_one_shape_compiles_once(models):
+  """200 windows of 2..L+1 tokens: packed several to a row, each scored as alone in a row
+  (within 1e-5, the same greedy flags); the packed scorer compiles once for all of them.
+  Generation over prompts of many lengths compiles once per max_gen_toks."""
+  from lm_eval.api.instance import Instance
+  from jaxlm import sampling
+  from jaxlm.harness import JaxLM, Scorer
+  from jaxlm.restore import load_trained
+  run = load_trained(str(models['gpt2'][1]))
+  windows = _windows(200, run.tokenizer.vocab_size, run.model_cfg.max_seq_len)
+  make = lambda packed: Scorer(run.graphdef, run.params, run.mesh, run.rules,
+                               run.model_cfg.max_seq_len, 8, run.model_cfg.vocab_size, packed)
+  packed, alone = make(True), make(False)
+  a, b = packed.score(windows), alone.score(windows)
+  np.testing.assert_allclose([x for x, _ in a], [x for x, _ in b], atol=1e-5, rtol=0)
+  assert [g for _, g in a] == [g for _, g in b]
+  assert packed.compilations == 1
+  model = JaxLM(run=run, batch_size=4)
+  before = sampling._generate._cache_size()  # pylint: disable=protected-access
+  words = 'First Citizen before we proceed any further hear me speak'.split()
+  requests = [Instance('generate_until', {}, (' '.join(words[:k]), {'until': ['\n'],
+                                                                   'max_gen_toks': 6}), k)
+              for k in range(1, len(words) + 1)]
+  assert len(model.generate_until(requests)) == len(words)
+  assert sampling._generate._cache_size() - before == 1  # pylint: disable=protected-access
+
+
+def test_encoders_and_unknown_arguments_are_refused_in_one_sentence(capsys):
+  """An encoder's run, an unknown --model_args key, no workdir: one sentence each; as lm-eval's
+  command line builds the model (create_from_arg_string), the sentence on stderr and exit
+  status 2 instead of a traceback."""
+  from jaxlm.errors import UserError
+  from jaxlm.harness import JaxLM
+  from tiny import tiny_config
+  cfg = tiny_config()
+  cfg.train.objective = 'mlm'
+  with pytest.raises(UserError, match=r"train.objective='mlm', whose model has no next-token "):
+    JaxLM(run=types.SimpleNamespace(cfg=cfg, workdir='runs/encoder'))
+  with pytest.raises(UserError, match='--model_args colour is not an argument of the jaxlm '):
+    JaxLM(workdir='x', colour='red')
+  with pytest.raises(UserError, match="needs --model_args workdir="):
+    JaxLM()
+  with pytest.raises(SystemExit) as e:
+    JaxLM.create_from_arg_string('workdir=x,colour=red', {'batch_size': 1, 'device': None})
+  assert e.value.code == 2
+  assert capsys.readouterr().err == ('jaxlm: --model_args colour is not an argument of the jaxlm '
+                                     'model; give workdir=<run>, and optionally step=N, '
+                                     'batch_size=N, max_gen_toks=N.\n')
+
+
+def test_lm_eval_command_line_and_jaxlm_eval_tasks(models, tmp_path):
+  """lm-eval's own command line runs `--model jaxlm` (registered by jaxlm's .pth line) with the
+  scores of simple_evaluate; jaxlm.eval --tasks writes lm-eval's results to
+  eval/<step>-tasks.json, adding a second task at the same step, and its metrics to
+  metrics.jsonl; every bad input is one sentence, exit status 2, the results file unchanged."""
+  import shutil
+  import sys
+  from pathlib import Path
+  workdir = tmp_path / 'run'
+  shutil.copytree(models['gpt2'][1], workdir)
+  lm_eval_cli = Path(sys.executable).parent / 'lm_eval'
+  out = tmp_path / 'lm_eval_out'
+  result = harness.run([str(lm_eval_cli), '--model', 'jaxlm', '--model_args',
+                        f'workdir={workdir}', '--tasks', 'shakespeare_cloze', '--include_path',
+                        str(harness.ROOT / 'jaxlm' / 'tasks'), '--limit', str(LIMIT),
+                        '--output_path', str(out)])
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'shakespeare_cloze' in result.stdout
+
+  run = lambda *args: harness.run_forked(harness.command(f'--workdir={workdir}', *args,
+                                                         module='jaxlm.eval'))
+  for task in ('shakespeare_cloze', 'shakespeare_last_word'):
+    result = run(f'--tasks={task}', f'--limit={LIMIT}')
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert task in result.stdout
+  saved = json.loads((workdir / 'eval' / '0-tasks.json').read_text())
+  assert sorted(saved['results']) == ['shakespeare_cloze', 'shakespeare_last_word']
+  logged = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  assert {r['split'] for r in logged} >= {'tasks/shakespeare_cloze', 'tasks/shakespeare_last_word'}
+  before = harness.digest(workdir / 'eval')
+  (tmp_path / 'bad_tasks').mkdir()
+  (tmp_path / 'bad_tasks' / 'broken.yaml').write_text('task: broken\noutput_type: [unclosed\n')
+  (tmp_path / 'offline').mkdir()  # a task whose dataset is not on this machine
+  (tmp_path / 'offline' / 'absent.yaml').write_text(
+      'task: absent\ndataset_path: json\ndataset_kwargs:\n  data_files:\n'
+      f'    test: {tmp_path / "no_such.jsonl"}\noutput_type: loglikelihood\ntest_split: test\n'
+      'doc_to_text: "{{text}}"\ndoc_to_target: "{{text}}"\n')
+  for args, message in [
+      (['--tasks=shakespear_cloze'], 'shakespear_cloze, which lm-eval does not know'),
+      (['--tasks=broken', f'--include_path={tmp_path / "bad_tasks"}'],
+       'broken.yaml does not parse'),
+      (['--tasks=shakespeare_cloze', f'--include_path={tmp_path / "nowhere"}'],
+       'is not a directory'),
+      (['--tasks=shakespeare_cloze', '--step=7'], 'no checkpoint for step 7'),
+      (['--tasks=shakespeare_cloze', '--limit=0'], '--limit=0.0 is invalid'),
+      (['--tasks=absent', f'--include_path={tmp_path / "offline"}'],
+       'their datasets must be on this machine'),
+  ]:
+    result = run(*args)
+    assert result.returncode == 2 and message in result.stderr, (args, result.stderr[-2000:])
+    assert 'Traceback' not in result.stderr, args
+  assert harness.digest(workdir / 'eval') == before
