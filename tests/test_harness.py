@@ -142,11 +142,18 @@ def test_packing_changes_nothing_and_one_shape_compiles_once(models):
   model = JaxLM(run=run, batch_size=4)
   before = sampling._generate._cache_size()  # pylint: disable=protected-access
   words = 'First Citizen before we proceed any further hear me speak'.split()
-  requests = [Instance('generate_until', {}, (' '.join(words[:k]), {'until': ['\n'],
-                                                                   'max_gen_toks': 6}), k)
+  requests = [Instance('generate_until', {}, (' '.join(words[:k]), {'max_gen_toks': 6}), k)
               for k in range(1, len(words) + 1)]
-  assert len(model.generate_until(requests)) == len(words)
+  free = model.generate_until(requests)
+  assert len(free) == len(words)
   assert sampling._generate._cache_size() - before == 1  # pylint: disable=protected-access
+  # A stop sequence cuts the greedy text at its first occurrence (and is not part of it).
+  text = max(free, key=len)
+  assert len(text) >= 4, free
+  stop = text[len(text) // 2:len(text) // 2 + 2]
+  request = requests[free.index(text)]
+  cut = Instance('generate_until', {}, (request.args[0], {'until': [stop], 'max_gen_toks': 6}), 0)
+  assert model.generate_until([cut]) == [text[:text.index(stop)]]
 
 
 def test_encoders_and_unknown_arguments_are_refused_in_one_sentence(capsys):
