@@ -161,7 +161,7 @@ class JaxLM(TemplateLM):
       from jaxlm.restore import load_trained  # pylint: disable=import-outside-toplevel
       run = load_trained(workdir, None if step in (None, '') else int(step))
     objective = objectives.of(run.cfg)
-    if objective.reads != 'causal':
+    if objective.reads != objectives.Objective.reads:  # (left to right: next-token prediction)
       raise UserError(f'the run in {run.workdir} was trained with train.objective='
                       f'{objective.name!r}, whose model has no next-token distribution over a '
                       'plain text to score lm-eval requests with; evaluate a causal LM.')
