@@ -122,6 +122,11 @@ def get_config() -> ConfigDict:
   t.eval_batches = 0  # Validation batches (of batch_size rows) per pass; 0: the whole split.
   t.sample_tokens = 200  # Tokens generated for each sample (at most the context); 0 disables.
   t.eval_samples = 2  # Samples generated and logged at each validation pass; one more at the end.
+  t.eval_tasks = ''  # lm-eval tasks run on the live parameters (comma-separated; needs the eval
+  #                    extra), e.g. 'shakespeare_cloze,shakespeare_last_word' (jaxlm/tasks).
+  t.eval_tasks_every = 0  # Steps between them (and at the end); 0: with each validation pass.
+  t.eval_tasks_limit = 0.0  # Documents per task (< 1: a fraction); 0: all of them.
+  t.eval_tasks_include = ''  # Directories of further task YAML files (comma-separated).
   t.sample_prompt = ''  # Prompt for that sample; '' starts from the first token of the corpus.
   t.on_nonfinite = 'abort'  # A NaN/Inf loss or gradient: 'abort' (naming the step) or 'skip' it.
   t.max_skips = 20  # Skipped updates in a row that abort the run, whatever the policy: float16's

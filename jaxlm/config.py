@@ -80,6 +80,8 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'train.log_every': _positive,
     'train.eval_every': _positive,
     'train.eval_batches': _non_negative,
+    'train.eval_tasks_every': _non_negative,
+    'train.eval_tasks_limit': _non_negative,
     'train.sample_tokens': _non_negative,
     'train.eval_samples': _non_negative,
     'train.max_skips': _positive,
@@ -177,6 +179,14 @@ def _check_cross_fields(cfg: ConfigDict) -> None:
   if o.min_lr > o.lr:
     _fail('optim.min_lr', o.min_lr, f'at most optim.lr={o.lr}')
   check_objective(cfg)
+  if t.eval_tasks and objectives.of(cfg).reads != objectives.Objective.reads:
+    raise UserError(f'config field train.eval_tasks={t.eval_tasks!r} scores next-token '
+                    f'predictions, which a model trained with train.objective='
+                    f'{t.objective!r} does not make; leave it empty.')
+  for field in ('eval_tasks_every', 'eval_tasks_limit', 'eval_tasks_include'):
+    if t[field] and not t.eval_tasks:
+      _fail(f'train.{field}', t[field], 'its default with train.eval_tasks empty (it sets how '
+            'the tasks run)')
   d = cfg.data
   if d.tokenizer == 'huggingface' and not d.tokenizer_path:
     _fail('data.tokenizer_path', '', "a tokenizer.json (or a Hugging Face model directory holding "

@@ -32,6 +32,7 @@ import json
 import math
 import os
 import sys
+import types
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -313,8 +314,9 @@ def task_manager(include_path: str = '', tasks: Sequence[str] = ()):
   return TaskManager(include_path=paths)
 
 
-def tasks_to_run(tasks: Sequence[str], include_path: str = ''):
-  """The task manager that holds all of `tasks` (one sentence naming the unknown ones)."""
+def tasks_to_run(tasks: Sequence[str], include_path: str = '', what: str = '--tasks'):
+  """The task manager that holds all of `tasks` (one sentence naming the unknown ones, which
+  `what` gave)."""
   manager = task_manager(include_path, tasks)
   known = set(manager.all_tasks)
   missing = [t for t in tasks if t not in known]
@@ -322,7 +324,7 @@ def tasks_to_run(tasks: Sequence[str], include_path: str = ''):
     _check_task_files(include_path)  # (lm-eval skips a file it cannot read without a word)
     close = sorted({c for m in missing for c in difflib.get_close_matches(m, known, n=3)})
     where = ', '.join([str(TASKS)] + [p for p in include_path.split(',') if p])
-    raise UserError(f'--tasks names {", ".join(missing)}, which lm-eval does not know (with the '
+    raise UserError(f'{what} names {", ".join(missing)}, which lm-eval does not know (with the '
                     f'task files in {where})' + (f'; did you mean {", ".join(close)}?' if close
                                                  else '; see `lm_eval ls tasks`, or give '
                                                  '--include_path.'))
@@ -398,3 +400,32 @@ def write_task_results(path: Path, results: dict) -> None:
   tmp = path.with_name(path.name + '.tmp')
   tmp.write_text(json.dumps(new, indent=1))
   os.replace(tmp, path)
+
+
+class LiveTasks:
+  """train.eval_tasks: lm-eval's tasks on the live parameters of a training run, every
+  train.eval_tasks_every steps (no checkpoint round trip); the scoring step compiles once for
+  the whole run."""
+
+  def __init__(self, cfg, model_cfg, tokenizer, graphdef, mesh, rules, workdir):
+    t = cfg.train
+    self.tasks = [name.strip() for name in t.eval_tasks.split(',') if name.strip()]
+    self.manager = tasks_to_run(self.tasks, t.eval_tasks_include,  # a bad name fails now
+                                'config field train.eval_tasks')
+    self.limit = t.eval_tasks_limit or None
+    self.run = types.SimpleNamespace(cfg=cfg, model_cfg=model_cfg, tokenizer=tokenizer,
+                                     graphdef=graphdef, params=None, mesh=mesh, rules=rules,
+                                     workdir=workdir)
+    self.model: JaxLM | None = None
+
+  def __call__(self, params: Any) -> dict[str, dict[str, float]]:
+    """{task: {metric: value}} of the tasks on `params`."""
+    import lm_eval  # pylint: disable=import-outside-toplevel
+    self.run.params = params
+    if self.model is None:
+      self.model = JaxLM(run=self.run, batch_size=self.run.cfg.train.batch_size)
+    self.model.scorer.params = params
+    results = lm_eval.simple_evaluate(model=self.model, tasks=self.tasks,
+                                      task_manager=self.manager, limit=self.limit,
+                                      bootstrap_iters=0, log_samples=False)
+    return task_metrics(results)

@@ -1,4 +1,5 @@
-"""Draw a run's curves to a PNG: loss (train and validation), perplexity, learning rate, tokens/s.
+"""Draw a run's curves to a PNG: loss (train and validation), perplexity, learning rate, tokens/s,
+and the downstream tasks of train.eval_tasks when the run has them.
 
   python -m jaxlm.plot --workdir=runs/base [--output=curves.png]
   python -m jaxlm.plot --workdir=runs/lstm_char,runs/shakespeare_char --x=time \
@@ -50,9 +51,11 @@ def plot(workdirs: list[Path], output: Path, x: str = 'step') -> Path:
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+  every = {w: read_metrics(w) for w in workdirs}
+  tasks = any(split.startswith('tasks/') for series in every.values() for split in series)
+  fig, axes = plt.subplots(3 if tasks else 2, 2, figsize=(11, 10.5 if tasks else 7))
   for i, workdir in enumerate(workdirs):
-    series = read_metrics(workdir)
+    series = every[workdir]
     train, val = series.get('train', {}), series.get('val', {})
     if not train.get('loss') and not val.get('loss'):
       raise UserError(f'{workdir / "metrics.jsonl"} holds no loss yet; train (past one log step) '
@@ -67,6 +70,13 @@ def plot(workdirs: list[Path], output: Path, x: str = 'step') -> Path:
               ('perplexity', [('validation', val.get('perplexity'))], ''),
               ('learning rate', [('train', train.get('lr'))], ''),
               ('throughput', [('train', train.get('tokens_per_s'))], 'tokens/s')]
+    if tasks:  # train.eval_tasks (lm-eval): accuracies, and perplexities on a log scale
+      found = [(split[len('tasks/'):] + ' ' + metric, points)
+               for split, values in sorted(series.items()) if split.startswith('tasks/')
+               for metric, points in values.items()]
+      panels += [('downstream tasks', [(n, p) for n, p in found if 'perplexity' not in n], ''),
+                 ('downstream perplexity', [(n, p) for n, p in found if 'perplexity' in n],
+                  'log scale')]
     for ax, (title, lines, unit) in zip(axes.ravel(), panels):
       for label, points in lines:
         points = points if x == 'step' else metrics.at_training_time(points, elapsed)
@@ -80,6 +90,8 @@ def plot(workdirs: list[Path], output: Path, x: str = 'step') -> Path:
       ax.set_title(title)
       ax.set_xlabel('step' if x == 'step' else 'seconds in training steps')
       ax.set_ylabel(unit)
+      if unit == 'log scale' and ax.lines:
+        ax.set_yscale('log')
       ax.grid(alpha=0.3)
       if ax.get_legend_handles_labels()[0]:
         ax.legend()

@@ -142,6 +142,15 @@ class Trainer:
     self.mesh, self.rules, self.model_cfg = built.mesh, built.rules, built.model_cfg
     self.setup, self.train_step, self.eval_step = built.setup, built.train_step, built.eval_step
     self.objective = built.objective
+    self.tasks = None  # train.eval_tasks (jaxlm/harness.py), set up before any step
+    if t.eval_tasks:
+      try:
+        from jaxlm import harness  # pylint: disable=import-outside-toplevel
+      except ImportError:
+        raise UserError('config field train.eval_tasks needs EleutherAI\'s lm-evaluation-harness: '
+                        'pip install "jaxlm[eval]" (or -e ".[eval]"), or leave it empty.') from None
+      self.tasks = harness.LiveTasks(cfg, self.model_cfg, self.tokenizer, self.setup.graphdef,
+                                     self.mesh, self.rules, self.workdir)
     self.is_main = jax.process_index() == 0
     self.log(f'jaxlm | {metrics.param_count(self.model_cfg) / 1e6:.2f}M parameters | mesh '
              f'{dict(self.mesh.shape)} on {metrics.devices_text()} | '
@@ -273,6 +282,9 @@ class Trainer:
         if done % t.eval_every == 0 or done == t.steps:
           self.validate(done, state.params)
           clock, window = time.perf_counter(), 0
+        if self.tasks and (done % (t.eval_tasks_every or t.eval_every) == 0 or done == t.steps):
+          self.evaluate_tasks(done, state.params)
+          clock, window = time.perf_counter(), 0
         if done % cfg.checkpoint.every == 0 or done == t.steps or stopping:
           skipped = check_skipped(cfg, state, skipped, self.log)  # never save past an abort
           self.ckpt.save(done, state, self.data.get_state(), self.meta)
@@ -345,6 +357,15 @@ class Trainer:
       samples = self.samples(params, t.eval_samples)
       self.writer.write_text(step, 'samples', samples)
       self.log('\n'.join(f'sample {i}: {s[:200]!r}' for i, s in enumerate(samples)))
+
+  def evaluate_tasks(self, step: int, params: Any) -> None:
+    """train.eval_tasks on the live parameters: each task's metrics to metrics.jsonl and
+    TensorBoard (tasks/<task>), beside validation loss, and one line per task."""
+    for task, values in self.tasks(params).items():
+      self.writer.write(step, values, f'tasks/{task}')
+      self.log(f'step {step:>6} | {task} | ' + ' | '.join(f'{k} {v:.4f}'
+                                                         for k, v in values.items()))
+      self.result.setdefault('tasks', {})[task] = values
 
   def report_end(self, stop: StopRequest, start: int, done: int, params: Any) -> None:
     t = self.cfg.train

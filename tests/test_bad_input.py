@@ -208,6 +208,16 @@ CASES = [
      ['--config.model.causal=False', '--config.train.objective=mlm',
       '--config.mlm.position_profile=buckets', '--config.mlm.position_weights=(1,-1)'],
      'config field mlm.position_weights=(1, -1) is invalid: expected a tuple of weights >= 0'),
+    ('downstream tasks on an encoder',
+     ['--config.model.causal=False', '--config.train.objective=mlm',
+      '--config.train.eval_tasks=shakespeare_cloze'],
+     "config field train.eval_tasks='shakespeare_cloze' scores next-token predictions, which a "
+     "model trained with train.objective='mlm' does not make"),
+    ('downstream task settings without tasks', ['--config.train.eval_tasks_limit=5'],
+     'config field train.eval_tasks_limit=5.0 is invalid: expected its default with '
+     'train.eval_tasks empty'),
+    ('unknown downstream task', ['--config.train.eval_tasks=shakespear_cloze'],
+     'config field train.eval_tasks names shakespear_cloze, which lm-eval does not know'),
     ('prefix LM of packed documents',
      ['--config.train.objective=prefix', '--config.data.packing=pack'],
      "train.objective='prefix' cuts windows of the token stream; set data.packing='concat'"),

@@ -231,3 +231,36 @@ def test_lm_eval_command_line_and_jaxlm_eval_tasks(models, tmp_path):
     assert result.returncode == 2 and message in result.stderr, (args, result.stderr[-2000:])
     assert 'Traceback' not in result.stderr, args
   assert harness.digest(workdir / 'eval') == before
+
+
+def test_training_evaluates_tasks_on_its_live_parameters(tmp_path):
+  """train.eval_tasks: a tiny character model on the shipped corpus logs the cloze and last-word
+  tasks at steps 3 and 6 (tasks/<task> in metrics.jsonl, a line each, and panels on the plot);
+  at step 6 they equal jaxlm.eval --tasks on checkpoint 6: the live parameters were scored."""
+  config = harness.write_config(tmp_path / 'cfg.py', **{
+      'train.eval_tasks': 'shakespeare_cloze,shakespeare_last_word', 'train.eval_tasks_limit': 8.0,
+      'train.sample_tokens': 0})
+  work = tmp_path / 'run'
+  result = harness.run_forked(harness.command(f'--config={config}', f'--config.workdir={work}'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert '|    shakespeare_cloze | acc ' not in result.stdout  # (the trainer's line, not lm-eval's)
+  logged = {}
+  for record in map(json.loads, (work / 'metrics.jsonl').read_text().splitlines()):
+    if record['split'].startswith('tasks/'):
+      logged[record['split'], record['step']] = record
+  assert sorted(logged) == [('tasks/shakespeare_cloze', 3), ('tasks/shakespeare_cloze', 6),
+                            ('tasks/shakespeare_last_word', 3),
+                            ('tasks/shakespeare_last_word', 6)]
+  result = harness.run_forked(harness.command(
+      f'--workdir={work}', '--tasks=shakespeare_cloze,shakespeare_last_word', '--limit=8',
+      module='jaxlm.eval'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  saved = json.loads((work / 'eval' / '6-tasks.json').read_text())['results']
+  for task in ('shakespeare_cloze', 'shakespeare_last_word'):
+    for metric, value in logged[f'tasks/{task}', 6].items():
+      if metric not in ('step', 'split'):
+        assert value == pytest.approx(saved[task][f'{metric},none'], rel=1e-4), (task, metric)
+  assert logged['tasks/shakespeare_last_word', 3]['perplexity'] != \
+      logged['tasks/shakespeare_last_word', 6]['perplexity']
+  result = harness.run_forked(harness.command(f'--workdir={work}', module='jaxlm.plot'))
+  assert result.returncode == 0, result.stderr[-3000:]
