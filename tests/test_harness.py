@@ -264,3 +264,30 @@ def test_training_evaluates_tasks_on_its_live_parameters(tmp_path):
       logged['tasks/shakespeare_last_word', 6]['perplexity']
   result = harness.run_forked(harness.command(f'--workdir={work}', module='jaxlm.plot'))
   assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_two_processes_score_tasks_as_one(tmp_path):
+  """train.eval_tasks under launch/local.py's two JAX processes (each host feeds half of every
+  scoring batch; both run every call): the tasks' metrics process 0 logs at the last step equal
+  those jaxlm.eval --tasks computes in one process on that step's checkpoint."""
+  import sys
+  config = harness.write_config(tmp_path / 'cfg.py', **{
+      'train.eval_tasks': 'shakespeare_cloze,shakespeare_continue', 'train.eval_tasks_limit': 6.0,
+      'train.sample_tokens': 0, 'train.steps': 3, 'train.eval_every': 3, 'mesh.data': 2,
+      'model.max_seq_len': 64})  # (room for the generation task's 24 new tokens)
+  work = tmp_path / 'two'
+  result = harness.run([sys.executable, 'launch/local.py', '--processes=2', '--',
+                        f'--config={config}', f'--config.workdir={work}'])
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  logged = {r['split']: r for r in map(json.loads, (work / 'metrics.jsonl').read_text()
+                                       .splitlines()) if r['split'].startswith('tasks/')}
+  assert sorted(logged) == ['tasks/shakespeare_cloze', 'tasks/shakespeare_continue']
+  result = harness.run_forked(harness.command(
+      f'--workdir={work}', '--tasks=shakespeare_cloze,shakespeare_continue', '--limit=6',
+      module='jaxlm.eval'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  saved = json.loads((work / 'eval' / '3-tasks.json').read_text())['results']
+  for split, record in logged.items():
+    for metric, value in record.items():
+      if metric not in ('step', 'split'):
+        assert value == pytest.approx(saved[split[len('tasks/'):]][f'{metric},none'], rel=1e-4)
