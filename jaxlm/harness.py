@@ -29,6 +29,7 @@ Shape letters: B rows, L length, V vocabulary.
 import contextlib
 import difflib
 import json
+import logging
 import math
 import os
 import sys
@@ -63,6 +64,17 @@ def _one_sentence():
   except UserError as e:
     print(f'jaxlm: {e}', file=sys.stderr)
     raise SystemExit(2) from None
+
+
+class _QuietCustomDatasets(logging.Filter):
+  """lm-eval warns, for every task with a custom_dataset function (all of jaxlm's examples),
+  that --metadata could pass it arguments: noise in a training log."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return 'Custom kwargs can be passed' not in record.getMessage()
+
+
+logging.getLogger('lm_eval.api.task').addFilter(_QuietCustomDatasets())
 
 
 def pack(lengths: Sequence[int], row: int) -> list[list[tuple[int, int]]]:
