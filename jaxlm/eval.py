@@ -146,7 +146,8 @@ def run_tasks(workdir: str, step: int | None, tasks: list[str], include_path: st
   """lm-eval's tasks on a checkpoint (see the module docstring)."""
   import jax
 
-  from jaxlm import metrics
+  from jaxlm import lm_eval_plugin, metrics
+  lm_eval_plugin.offline()
   try:
     from jaxlm import harness  # pylint: disable=import-outside-toplevel
   except ImportError:

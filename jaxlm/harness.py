@@ -37,11 +37,6 @@ import types
 from pathlib import Path
 from typing import Any, Sequence
 
-# Nothing is downloaded: lm-eval's datasets come from disk (set before datasets is imported).
-os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
-os.environ.setdefault('HF_HUB_OFFLINE', '1')
-
-# pylint: disable=wrong-import-position
 import jax
 import jax.numpy as jnp
 import numpy as np

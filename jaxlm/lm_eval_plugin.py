@@ -14,6 +14,7 @@ writes for an editable install. The line imports nothing but this module (standa
 
 import importlib.abc
 import importlib.machinery
+import os
 import sys
 import sysconfig
 from pathlib import Path
@@ -23,6 +24,13 @@ PTH = 'jaxlm-lm-eval.pth'
 # (jaxlm uninstalled, the line does nothing)
 LINE = ("import importlib.util as u; u.find_spec('jaxlm') and "
         "__import__('jaxlm.lm_eval_plugin').lm_eval_plugin.watch()\n")
+
+
+def offline() -> None:
+  """What jaxlm's commands set before they import lm-eval (and with it `datasets` and the Hub
+  client, which read these once): nothing is downloaded, a task's data comes from disk."""
+  os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
+  os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
 
 def register(registry) -> None:

@@ -144,6 +144,8 @@ class Trainer:
     self.objective = built.objective
     self.tasks = None  # train.eval_tasks (jaxlm/harness.py), set up before any step
     if t.eval_tasks:
+      from jaxlm import lm_eval_plugin  # pylint: disable=import-outside-toplevel
+      lm_eval_plugin.offline()
       try:
         from jaxlm import harness  # pylint: disable=import-outside-toplevel
       except ImportError:

@@ -32,6 +32,8 @@ def main() -> None:
   parser.add_argument('--batch_size', type=int, default=16)
   parser.add_argument('--hf_batch_sizes', default='8,32')
   args = parser.parse_args()
+  from jaxlm import lm_eval_plugin  # pylint: disable=import-outside-toplevel
+  lm_eval_plugin.offline()
   import lm_eval  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
   import transformers  # pylint: disable=import-outside-toplevel

@@ -10,8 +10,13 @@ import pytest
 import torch
 import transformers
 
-import harness
-from test_hf import bpe_tokenizer, hf_config, llama_tokenizer
+from jaxlm import lm_eval_plugin
+
+lm_eval_plugin.offline()  # as jaxlm's commands: before lm-eval (and `datasets`) are imported
+
+# pylint: disable=wrong-import-position
+import harness  # noqa: E402
+from test_hf import bpe_tokenizer, hf_config, llama_tokenizer  # noqa: E402
 
 lm_eval = pytest.importorskip('lm_eval')
 
