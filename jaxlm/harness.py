@@ -23,7 +23,7 @@ them (an imported model's ids past its tokenizer's included), and greedy generat
 all of them as hf's does (such an id decodes to nothing), so scores compare with published ones.
 Only models that read left to right are scored: a masked-LM encoder or a
 span-corruption prefix LM has no next-token distribution over a plain text (one sentence says so).
-Shape letters: B rows, L length, V vocabulary.
+Shape letters: B rows, L length.
 """
 
 import contextlib
@@ -94,9 +94,9 @@ class Scorer:
   """Per-token log-probabilities of packed rows, one jitted function of one shape."""
 
   def __init__(self, graphdef: nnx.GraphDef, params: Any, mesh, rules, length: int, rows: int,
-               vocab_limit: int, packed: bool = True):
+               packed: bool = True):
     self.graphdef, self.params, self.mesh, self.rules = graphdef, params, mesh, rules
-    self.L, self.B, self.vocab_limit, self.packed = length, rows, vocab_limit, packed
+    self.L, self.B, self.packed = length, rows, packed
     self.batch_sharding = sharding.batch_sharding(mesh, rules)
     self.compilations = 0
 
@@ -108,7 +108,6 @@ class Scorer:
         h, _ = model.features(batch['inputs'], batch['positions'],
                               segment_ids=batch['segment_ids'])
         logits = model.logits(h).astype(jnp.float32)
-        logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf)
         logp = jax.nn.log_softmax(logits)
         target = batch['targets'][..., None]
         return (jnp.take_along_axis(logp, target, -1)[..., 0],
@@ -178,8 +177,7 @@ class JaxLM(TemplateLM):
     rows = 16 if batch_size in ('auto', None) else int(str(batch_size).split(':')[0])
     from jaxlm.restore import eval_batch_size  # pylint: disable=import-outside-toplevel
     self.scorer = Scorer(run.graphdef, run.params, run.mesh, run.rules,
-                         run.model_cfg.max_seq_len, eval_batch_size(rows),
-                         run.model_cfg.vocab_size)
+                         run.model_cfg.max_seq_len, eval_batch_size(rows))
 
   @classmethod
   def create_from_arg_string(cls, arg_string, additional_config=None):

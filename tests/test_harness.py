@@ -138,7 +138,7 @@ def test_packing_changes_nothing_and_one_shape_compiles_once(models):
   run = load_trained(str(models['gpt2'][1]))
   windows = _windows(200, run.tokenizer.vocab_size, run.model_cfg.max_seq_len)
   make = lambda packed: Scorer(run.graphdef, run.params, run.mesh, run.rules,
-                               run.model_cfg.max_seq_len, 8, run.model_cfg.vocab_size, packed)
+                               run.model_cfg.max_seq_len, 8, packed)
   packed, alone = make(True), make(False)
   a, b = packed.score(windows), alone.score(windows)
   np.testing.assert_allclose([x for x, _ in a], [x for x, _ in b], atol=1e-5, rtol=0)
@@ -320,7 +320,7 @@ def test_an_lstm_scores_and_generates_packed_requests_as_alone():
   graphdef, _ = model_parts(model_cfg, mesh, rules)
   params = init_params(model_cfg, jax.random.PRNGKey(0))
   make = lambda packed: Scorer(graphdef, params, mesh, rules, model_cfg.max_seq_len, 4,
-                               model_cfg.vocab_size, packed)
+                               packed)
   windows = _windows(60, tokenizer.vocab_size, model_cfg.max_seq_len, seed=3)
   a, b = make(True).score(windows), make(False).score(windows)
   np.testing.assert_allclose([x for x, _ in a], [x for x, _ in b], atol=1e-5, rtol=0)
