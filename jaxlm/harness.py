@@ -363,9 +363,7 @@ def evaluate_tasks(run: Any, tasks: Sequence[str], *, include_path: str = '', ma
     results = lm_eval.simple_evaluate(model=model, tasks=list(tasks), task_manager=manager,
                                       num_fewshot=num_fewshot, limit=limit,
                                       bootstrap_iters=bootstrap_iters, log_samples=False)
-  except (FileNotFoundError, ConnectionError, OSError, ValueError) as e:
-    if isinstance(e, UserError):
-      raise
+  except OSError as e:  # a missing file, the Hub unreachable (offline), a dataset not found
     raise UserError(f'lm-eval could not load the tasks {", ".join(tasks)} ({_first_line(e)}); '
                     'their datasets must be on this machine: point each task at a local copy '
                     '(see README, "Downstream tasks").') from None
