@@ -238,30 +238,30 @@ def test_lm_eval_command_line_and_jaxlm_eval_tasks(models, tmp_path):
   assert harness.digest(workdir / 'eval') == before
 
 
-def test_training_evaluates_tasks_on_its_live_parameters(tmp_path):
-  """train.eval_tasks: a tiny character model on the shipped corpus logs the cloze and last-word
-  tasks at steps 3 and 6 (tasks/<task> in metrics.jsonl, a line each, and panels on the plot);
-  at step 6 they equal jaxlm.eval --tasks on checkpoint 6: the live parameters were scored."""
+def test_training_scores_tasks_on_its_live_parameters_in_two_processes_as_in_one(tmp_path):
+  """train.eval_tasks under launch/local.py's two JAX processes (each host feeds half of every
+  scoring batch; both run every call): a tiny character model on the shipped corpus logs the
+  cloze, last-word and generation tasks at steps 3 and 6 (tasks/<task> in metrics.jsonl, and panels on
+  the plot); at step 6 they equal what jaxlm.eval --tasks computes in one process on that
+  step's checkpoint: the live parameters were scored, and two hosts give one host's figures."""
+  import sys
+  tasks = 'shakespeare_cloze,shakespeare_last_word,shakespeare_continue'
   config = harness.write_config(tmp_path / 'cfg.py', **{
-      'train.eval_tasks': 'shakespeare_cloze,shakespeare_last_word', 'train.eval_tasks_limit': 8.0,
-      'train.sample_tokens': 0})
-  work = tmp_path / 'run'
-  result = harness.run_forked(harness.command(f'--config={config}', f'--config.workdir={work}'))
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert '|    shakespeare_cloze | acc ' not in result.stdout  # (the trainer's line, not lm-eval's)
-  logged = {}
-  for record in map(json.loads, (work / 'metrics.jsonl').read_text().splitlines()):
-    if record['split'].startswith('tasks/'):
-      logged[record['split'], record['step']] = record
-  assert sorted(logged) == [('tasks/shakespeare_cloze', 3), ('tasks/shakespeare_cloze', 6),
-                            ('tasks/shakespeare_last_word', 3),
-                            ('tasks/shakespeare_last_word', 6)]
-  result = harness.run_forked(harness.command(
-      f'--workdir={work}', '--tasks=shakespeare_cloze,shakespeare_last_word', '--limit=8',
-      module='jaxlm.eval'))
+      'train.eval_tasks': tasks, 'train.eval_tasks_limit': 6.0, 'train.sample_tokens': 0,
+      'mesh.data': 2, 'model.max_seq_len': 64})  # (room for the generation task's 24 tokens)
+  work = tmp_path / 'two'
+  result = harness.run([sys.executable, 'launch/local.py', '--processes=2', '--',
+                        f'--config={config}', f'--config.workdir={work}'])
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  logged = {(r['split'], r['step']): r for r in map(
+      json.loads, (work / 'metrics.jsonl').read_text().splitlines())
+            if r['split'].startswith('tasks/')}
+  assert sorted(logged) == sorted((f'tasks/{t}', s) for t in tasks.split(',') for s in (3, 6))
+  result = harness.run_forked(harness.command(f'--workdir={work}', f'--tasks={tasks}',
+                                              '--limit=6', module='jaxlm.eval'))
   assert result.returncode == 0, result.stderr[-3000:]
   saved = json.loads((work / 'eval' / '6-tasks.json').read_text())['results']
-  for task in ('shakespeare_cloze', 'shakespeare_last_word'):
+  for task in tasks.split(','):
     for metric, value in logged[f'tasks/{task}', 6].items():
       if metric not in ('step', 'split'):
         assert value == pytest.approx(saved[task][f'{metric},none'], rel=1e-4), (task, metric)
@@ -269,33 +269,6 @@ def test_training_evaluates_tasks_on_its_live_parameters(tmp_path):
       logged['tasks/shakespeare_last_word', 6]['perplexity']
   result = harness.run_forked(harness.command(f'--workdir={work}', module='jaxlm.plot'))
   assert result.returncode == 0, result.stderr[-3000:]
-
-
-def test_two_processes_score_tasks_as_one(tmp_path):
-  """train.eval_tasks under launch/local.py's two JAX processes (each host feeds half of every
-  scoring batch; both run every call): the tasks' metrics process 0 logs at the last step equal
-  those jaxlm.eval --tasks computes in one process on that step's checkpoint."""
-  import sys
-  config = harness.write_config(tmp_path / 'cfg.py', **{
-      'train.eval_tasks': 'shakespeare_cloze,shakespeare_continue', 'train.eval_tasks_limit': 6.0,
-      'train.sample_tokens': 0, 'train.steps': 3, 'train.eval_every': 3, 'mesh.data': 2,
-      'model.max_seq_len': 64})  # (room for the generation task's 24 new tokens)
-  work = tmp_path / 'two'
-  result = harness.run([sys.executable, 'launch/local.py', '--processes=2', '--',
-                        f'--config={config}', f'--config.workdir={work}'])
-  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  logged = {r['split']: r for r in map(json.loads, (work / 'metrics.jsonl').read_text()
-                                       .splitlines()) if r['split'].startswith('tasks/')}
-  assert sorted(logged) == ['tasks/shakespeare_cloze', 'tasks/shakespeare_continue']
-  result = harness.run_forked(harness.command(
-      f'--workdir={work}', '--tasks=shakespeare_cloze,shakespeare_continue', '--limit=6',
-      module='jaxlm.eval'))
-  assert result.returncode == 0, result.stderr[-3000:]
-  saved = json.loads((work / 'eval' / '3-tasks.json').read_text())['results']
-  for split, record in logged.items():
-    for metric, value in record.items():
-      if metric not in ('step', 'split'):
-        assert value == pytest.approx(saved[split[len('tasks/'):]][f'{metric},none'], rel=1e-4)
 
 
 def test_an_lstm_scores_and_generates_packed_requests_as_alone():
