@@ -42,6 +42,9 @@ class Family:
   exports_hf: ClassVar[bool] = False  # has a transformers causal-LM equivalent (export-hf)
   no_estimate: ClassVar[str] = ''  # why XLA's cost model cannot time its step, if it cannot
   has_aux_loss: ClassVar[bool] = False  # aux_loss returns a term (logged as aux_loss)
+  # features(mask=...) honours any [B, 1, L, S] attention mask (lm-eval scoring shares a
+  # multiple-choice question's context among its answers through one)
+  takes_masks: ClassVar[bool] = False
 
   @classmethod
   def check(cls, m: ConfigDict) -> None:
@@ -115,6 +118,7 @@ class TransformerFamily(Family):
   title = 'a Transformer'
   fields = TRANSFORMER_FIELDS
   exports_hf = True
+  takes_masks = True
 
   @classmethod
   def reads(cls, m: ConfigDict) -> tuple[str, ...]:

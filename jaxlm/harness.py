@@ -47,7 +47,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.utils import (handle_stop_sequences, normalize_gen_kwargs,
                                   postprocess_generated_text)
 
-from jaxlm import evaluation, objectives, sampling, sharding
+from jaxlm import evaluation, families, objectives, sampling, sharding
 from jaxlm.errors import UserError
 
 
@@ -91,12 +91,19 @@ def pack(lengths: Sequence[int], row: int) -> list[list[tuple[int, int]]]:
 
 
 class Scorer:
-  """Per-token log-probabilities of packed rows, one jitted function of one shape."""
+  """Per-token log-probabilities of packed rows, one jitted function of one shape.
+
+  With `shared` (a model that takes attention masks, families.Family.takes_masks), windows with
+  the same context (a multiple-choice question's answers) read it once: the context but its
+  last token is laid out once, then each answer as a branch (the context's last token and the
+  answer's tokens, at the positions they would have alone) that sees the shared tokens and its
+  own, not another branch. The scores are those of each window alone; the tokens computed fall
+  from n (c + a) to c + n a for n answers of a context of c tokens."""
 
   def __init__(self, graphdef: nnx.GraphDef, params: Any, mesh, rules, length: int, rows: int,
-               packed: bool = True):
+               packed: bool = True, shared: bool = False):
     self.graphdef, self.params, self.mesh, self.rules = graphdef, params, mesh, rules
-    self.L, self.B, self.packed = length, rows, packed
+    self.L, self.B, self.packed, self.shared = length, rows, packed, shared
     self.batch_sharding = sharding.batch_sharding(mesh, rules)
     self.compilations = 0
 
@@ -105,8 +112,16 @@ class Scorer:
       self.compilations += 1  # (runs when traced: once per shape)
       with sharding.use_mesh(mesh, rules):
         model = nnx.merge(graphdef, params)
+        mask = None
+        if shared:  # same segment, causal, and the shared tokens (branch 0) or one's own branch
+          seg, branch = batch['segment_ids'], batch['branch']
+          L = seg.shape[1]
+          mask = ((seg[:, :, None] == seg[:, None, :])
+                  & (jnp.arange(L)[None, :, None] >= jnp.arange(L)[None, None, :])
+                  & ((branch[:, None, :] == 0) | (branch[:, :, None] == branch[:, None, :])))
+          mask = mask[:, None]
         h, _ = model.features(batch['inputs'], batch['positions'],
-                              segment_ids=batch['segment_ids'])
+                              segment_ids=batch['segment_ids'], mask=mask)
         logits = model.logits(h).astype(jnp.float32)
         logp = jax.nn.log_softmax(logits)
         target = batch['targets'][..., None]
@@ -115,34 +130,66 @@ class Scorer:
 
     self._score = jax.jit(score, out_shardings=sharding.replicated(mesh))
 
+  def _groups(self, windows):
+    """[(shared input tokens, [(window, branch inputs, branch targets, scored), ...])]: a
+    window's tokens t (its last n scored) as inputs t[:-1] and targets t[1:], alone; or, shared,
+    windows of one context grouped, as many to a group as fit a row."""
+    if not self.shared:
+      return [([], [(i, t[:-1], t[1:], n)]) for i, (t, n) in enumerate(windows)]
+    by_context: dict[tuple[int, ...], list[int]] = {}
+    for i, (tokens, n) in enumerate(windows):
+      by_context.setdefault(tuple(tokens[:-n]), []).append(i)
+    groups = []
+    for context, members in by_context.items():
+      shared, size, branches = list(context[:-1]), len(context) - 1, []
+      for i in members:
+        tokens, n = windows[i]
+        branch = (i, [context[-1]] + list(tokens[-n:-1]), list(tokens[-n:]), n)
+        if branches and size + n > self.L:  # a new group, with the context again
+          groups.append((shared, branches))
+          size, branches = len(shared), []
+        branches.append(branch)
+        size += n
+      groups.append((shared, branches))
+    return groups
+
   def score(self, windows: Sequence[tuple[list[int], int]]) -> list[tuple[float, bool]]:
-    """windows: (tokens, n) pairs, len(tokens) <= L + 1: the last n tokens are scored given the
-    ones before them -> (summed log-probability, every scored token the argmax) each."""
+    """windows: (tokens, n) pairs, 2 <= len(tokens) <= L + 1 and 1 <= n < len(tokens): the last n
+    tokens are scored given the ones before them -> (summed log-probability, every scored token
+    the argmax) each."""
     out: list[tuple[float, bool]] = [(0.0, True)] * len(windows)
-    lengths = [len(t) - 1 for t, _ in windows]
-    rows = pack(lengths, self.L) if self.packed else [[(i, 0)] for i in range(len(windows))]
+    groups = self._groups([(list(t), n) for t, n in windows])
+    lengths = [len(shared) + sum(len(b[1]) for b in branches) for shared, branches in groups]
+    rows = pack(lengths, self.L) if self.packed else [[(g, 0)] for g in range(len(groups))]
     here = sharding.host_rows(self.batch_sharding, self.B)
     for first in range(0, len(rows), self.B):
       batch = {k: np.zeros((self.B, self.L), np.int32)
-               for k in ('inputs', 'targets', 'positions', 'segment_ids')}
-      chunk = rows[first:first + self.B]
+               for k in ('inputs', 'targets', 'positions', 'segment_ids', 'branch')}
+      chunk, scored = rows[first:first + self.B], []
       for r, row in enumerate(chunk):
-        for segment, (i, at) in enumerate(row, 1):
-          tokens = windows[i][0]
-          n = len(tokens) - 1
-          batch['inputs'][r, at:at + n] = tokens[:-1]
-          batch['targets'][r, at:at + n] = tokens[1:]
-          batch['positions'][r, at:at + n] = np.arange(n)
-          batch['segment_ids'][r, at:at + n] = segment
+        for segment, (g, at) in enumerate(row, 1):
+          shared, branches = groups[g]
+          m = len(shared)
+          batch['inputs'][r, at:at + m] = shared
+          batch['positions'][r, at:at + m] = np.arange(m)
+          batch['segment_ids'][r, at:at + m] = segment
+          at += m
+          for b, (i, inputs, targets, n) in enumerate(branches, 1):
+            k = len(inputs)
+            batch['inputs'][r, at:at + k] = inputs
+            batch['targets'][r, at:at + k] = targets
+            batch['positions'][r, at:at + k] = np.arange(m, m + k)
+            batch['segment_ids'][r, at:at + k] = segment
+            batch['branch'][r, at:at + k] = b
+            scored.append((i, r, at + k - n, at + k))
+            at += k
+      if not self.shared:
+        del batch['branch']
       logp, greedy = jax.device_get(self._score(
           self.params, evaluation.to_global({k: v[here] for k, v in batch.items()},
                                             self.batch_sharding, self.B)))
-      for r, row in enumerate(chunk):
-        for i, at in row:
-          tokens, scored = windows[i]
-          end = at + len(tokens) - 1
-          out[i] = (float(logp[r, end - scored:end].sum()),
-                    bool(greedy[r, end - scored:end].all()))
+      for i, r, start, end in scored:
+        out[i] = (float(logp[r, start:end].sum()), bool(greedy[r, start:end].all()))
     return out
 
 
@@ -177,7 +224,8 @@ class JaxLM(TemplateLM):
     rows = 16 if batch_size in ('auto', None) else int(str(batch_size).split(':')[0])
     from jaxlm.restore import eval_batch_size  # pylint: disable=import-outside-toplevel
     self.scorer = Scorer(run.graphdef, run.params, run.mesh, run.rules,
-                         run.model_cfg.max_seq_len, eval_batch_size(rows))
+                         run.model_cfg.max_seq_len, eval_batch_size(rows),
+                         shared=families.of(run.model_cfg).takes_masks)
 
   @classmethod
   def create_from_arg_string(cls, arg_string, additional_config=None):

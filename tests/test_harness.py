@@ -119,31 +119,39 @@ def test_every_request_scores_as_the_hf_backend(models, family):
 
 
 def _windows(n, vocab, length, seed=0):
+  """n windows of 2..length+1 tokens, their last 1..all-but-one scored; in fours that share a
+  context (a multiple-choice question's answers)."""
   rng = np.random.default_rng(seed)
   out = []
-  for _ in range(n):
-    size = int(rng.integers(2, length + 2))
-    out.append((rng.integers(0, vocab, size).tolist(), int(rng.integers(1, size))))
-  return out
+  while len(out) < n:
+    context = rng.integers(0, vocab, int(rng.integers(1, length))).tolist()
+    for _ in range(4):
+      answer = rng.integers(0, vocab, int(rng.integers(1, length + 2 - len(context)))).tolist()
+      out.append((context + answer, len(answer)))
+  return out[:n]
 
 
 def test_packing_changes_nothing_and_one_shape_compiles_once(models):
-  """200 windows of 2..L+1 tokens: packed several to a row, each scored as alone in a row
-  (within 1e-5, the same greedy flags); the packed scorer compiles once for all of them.
-  Generation over prompts of many lengths compiles once per max_gen_toks."""
+  """200 windows of 2..L+1 tokens, in fours sharing a context: packed several to a row, with the
+  shared contexts laid out once (each answer a branch), each scores as alone in a row (within
+  1e-5 + 1e-6 of the sum, float32 summation; the same greedy flags); the scorer compiles once for all of them, and lays out fewer
+  tokens. Generation over prompts of many lengths compiles once per max_gen_toks."""
   from lm_eval.api.instance import Instance
   from jaxlm import sampling
   from jaxlm.harness import JaxLM, Scorer
   from jaxlm.restore import load_trained
   run = load_trained(str(models['gpt2'][1]))
   windows = _windows(200, run.tokenizer.vocab_size, run.model_cfg.max_seq_len)
-  make = lambda packed: Scorer(run.graphdef, run.params, run.mesh, run.rules,
-                               run.model_cfg.max_seq_len, 8, packed)
-  packed, alone = make(True), make(False)
+  make = lambda packed, shared: Scorer(run.graphdef, run.params, run.mesh, run.rules,
+                                       run.model_cfg.max_seq_len, 8, packed, shared)
+  packed, alone = make(True, True), make(False, False)
   a, b = packed.score(windows), alone.score(windows)
-  np.testing.assert_allclose([x for x, _ in a], [x for x, _ in b], atol=1e-5, rtol=0)
+  np.testing.assert_allclose([x for x, _ in a], [x for x, _ in b], atol=1e-5, rtol=1e-6)
   assert [g for _, g in a] == [g for _, g in b]
   assert packed.compilations == 1
+  laid_out = lambda scorer: sum(len(s) + sum(len(b[1]) for b in bs)
+                                for s, bs in scorer._groups(windows))  # pylint: disable=W0212
+  assert laid_out(packed) < 0.9 * laid_out(alone)
   model = JaxLM(run=run, batch_size=4)
   before = sampling._generate._cache_size()  # pylint: disable=protected-access
   words = 'First Citizen before we proceed any further hear me speak'.split()
@@ -292,8 +300,7 @@ def test_an_lstm_scores_and_generates_packed_requests_as_alone():
   rules = sharding.rules_from_config(cfg.mesh)
   graphdef, _ = model_parts(model_cfg, mesh, rules)
   params = init_params(model_cfg, jax.random.PRNGKey(0))
-  make = lambda packed: Scorer(graphdef, params, mesh, rules, model_cfg.max_seq_len, 4,
-                               packed)
+  make = lambda packed: Scorer(graphdef, params, mesh, rules, model_cfg.max_seq_len, 4, packed)
   windows = _windows(60, tokenizer.vocab_size, model_cfg.max_seq_len, seed=3)
   a, b = make(True).score(windows), make(False).score(windows)
   np.testing.assert_allclose([x for x, _ in a], [x for x, _ in b], atol=1e-5, rtol=0)
