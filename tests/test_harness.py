@@ -134,8 +134,8 @@ def _windows(n, vocab, length, seed=0):
 def test_packing_changes_nothing_and_one_shape_compiles_once(models):
   """200 windows of 2..L+1 tokens, in fours sharing a context: packed several to a row, with the
   shared contexts laid out once (each answer a branch), each scores as alone in a row (within
-  1e-5 + 1e-6 of the sum, float32 summation; the same greedy flags); the scorer compiles once for all of them, and lays out fewer
-  tokens. Generation over prompts of many lengths compiles once per max_gen_toks."""
+  1e-5 + 1e-6 of the sum, float32 summation; the same greedy flags); the scorer compiles once
+  for all of them, and lays out fewer tokens. Generation over prompts of many lengths compiles once per max_gen_toks."""
   from lm_eval.api.instance import Instance
   from jaxlm import sampling
   from jaxlm.harness import JaxLM, Scorer
@@ -249,8 +249,8 @@ def test_lm_eval_command_line_and_jaxlm_eval_tasks(models, tmp_path):
 def test_training_scores_tasks_on_its_live_parameters_in_two_processes_as_in_one(tmp_path):
   """train.eval_tasks under launch/local.py's two JAX processes (each host feeds half of every
   scoring batch; both run every call): a tiny character model on the shipped corpus logs the
-  cloze, last-word and generation tasks at steps 3 and 6 (tasks/<task> in metrics.jsonl, and panels on
-  the plot); at step 6 they equal what jaxlm.eval --tasks computes in one process on that
+  cloze, last-word and generation tasks at steps 3 and 6 (tasks/<task> in metrics.jsonl, and
+  panels on the plot); at step 6 they equal what jaxlm.eval --tasks computes in one process on that
   step's checkpoint: the live parameters were scored, and two hosts give one host's figures."""
   import sys
   tasks = 'shakespeare_cloze,shakespeare_last_word,shakespeare_continue'
