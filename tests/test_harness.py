@@ -135,7 +135,8 @@ def test_packing_changes_nothing_and_one_shape_compiles_once(models):
   """200 windows of 2..L+1 tokens, in fours sharing a context: packed several to a row, with the
   shared contexts laid out once (each answer a branch), each scores as alone in a row (within
   1e-5 + 1e-6 of the sum, float32 summation; the same greedy flags); the scorer compiles once
-  for all of them, and lays out fewer tokens. Generation over prompts of many lengths compiles once per max_gen_toks."""
+  for all of them, and lays out fewer tokens. Generation over prompts of many lengths compiles
+  once per max_gen_toks."""
   from lm_eval.api.instance import Instance
   from jaxlm import sampling
   from jaxlm.harness import JaxLM, Scorer
