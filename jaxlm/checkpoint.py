@@ -49,9 +49,11 @@ class _NoOrbaxTracebacks(logging.Filter):
   the save or wait call, where jaxlm reports it as one sentence; its log copy is dropped. So is
   asyncio's copy ("Task exception was never retrieved") of the same error from Orbax's tasks,
   whose frames may be only those of the array reads under it (JAX's array serialization over
-  TensorStore: a torn checkpoint's other arrays, abandoned once the first failed)."""
+  TensorStore: a torn checkpoint's other arrays, abandoned once the first failed), or none but
+  asyncio's own when the abandoned future is TensorStore's, native code with no Python frame."""
   SOURCES = tuple(f'{os.sep}{part}{os.sep}' for part in ('orbax', 'array_serialization',
                                                           'tensorstore'))
+  ASYNCIO = f'{os.sep}asyncio{os.sep}'
 
   def filter(self, record: logging.LogRecord) -> bool:
     if not record.exc_info:
@@ -61,6 +63,8 @@ class _NoOrbaxTracebacks(logging.Filter):
     while tb is not None:
       files.append(tb.tb_frame.f_code.co_filename)
       tb = tb.tb_next
+    if record.name == 'asyncio' and all(self.ASYNCIO in f for f in files):
+      return False  # (in a process with a Checkpointer: only Orbax's reads leave such futures)
     return not any(source in f for f in files for source in self.SOURCES)
 
 

@@ -58,3 +58,15 @@ def test_only_records_from_orbax_are_dropped():
                  '/site-packages/tensorstore/__init__.py'):
     assert not quiet.filter(_record(reader))
   assert quiet.filter(_record('/site-packages/jax/_src/api.py'))
+  # asyncio's copy of an abandoned TensorStore future's error: native code, so only asyncio's
+  # own frames (a frame of anyone else's keeps it)
+  asyncio = '/lib/python3.11/asyncio/'
+  code = compile('def wrap():\n  try:\n    raise ValueError("torn")\n  except ValueError:\n'
+                 '    return sys.exc_info()\n', asyncio + 'tasks.py', 'exec')
+  scope = {'sys': sys}
+  exec(code, scope)  # pylint: disable=exec-used
+  never = lambda exc_info: logging.LogRecord('asyncio', logging.ERROR, asyncio + 'base_events.py',
+                                             1, 'Task exception was never retrieved', None,
+                                             exc_info)
+  assert not quiet.filter(never(scope['wrap']()))
+  assert quiet.filter(never(_record(__file__).exc_info))
