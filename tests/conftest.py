@@ -55,8 +55,8 @@ def pytest_configure(config):
 # (--dist loadfile --no-loadscope-reorder): the long files start at once and the short ones fill
 # in at the end, so neither worker idles while the other finishes a long file. A file missing
 # here runs after these, in its own order; a stale order costs balance, never a test.
-LONGEST_FIRST = ('fault_tolerance', 'plan', 'compile', 'objectives', 'lstm', 'trainer',
-                 'sharding', 'hf', 'step', 'cloud', 'launch', 'eval', 'fim', 'warmstart',
+LONGEST_FIRST = ('fault_tolerance', 'plan', 'compile', 'objectives', 'lstm', 'harness', 'trainer',
+                 'sharding', 'hf', 'step', 'cloud', 'launch', 'eval', 'masking', 'fim', 'warmstart',
                  'bad_input', 'tf_sources', 'optim', 'sampling', 'pipeline', 'attention')
 
 
