@@ -57,7 +57,8 @@ def pytest_configure(config):
 # here runs after these, in its own order; a stale order costs balance, never a test.
 LONGEST_FIRST = ('fault_tolerance', 'plan', 'compile', 'objectives', 'lstm', 'harness', 'trainer',
                  'sharding', 'hf', 'step', 'cloud', 'launch', 'eval', 'masking', 'fim', 'warmstart',
-                 'bad_input', 'tf_sources', 'optim', 'sampling', 'pipeline', 'attention')
+                 'bad_input', 'prepare', 'build', 'data', 'tf_sources', 'optim', 'sampling',
+                 'pipeline', 'attention')
 
 
 def pytest_collection_modifyitems(config, items):
