@@ -69,22 +69,47 @@ def read_pairs(path: str) -> tuple[list[str], list[str]]:
   return prompts, references
 
 
-def write_results(out: Path, results: dict) -> None:
-  """Merges `results` into the JSON file `out`, written to a temporary name and renamed: an
-  interrupted write never leaves a truncated file, and the evaluations already in it stay."""
-  previous = {}
-  if out.exists():
-    try:
-      previous = json.loads(out.read_text())
-    except ValueError:
-      raise UserError(f'{out} is not JSON; move it away (nothing was written).') from None
+def _previous(out: Path) -> dict:
+  """The results already in `out` ({} if none)."""
+  if not out.exists():
+    return {}
+  try:
+    return json.loads(out.read_text())
+  except ValueError:
+    raise UserError(f'{out} is not JSON; move it away (nothing was written).') from None
+
+
+def _write_json(out: Path, value: dict) -> None:
+  """Writes to a temporary name and renames: an interrupted write never leaves a truncated
+  file (on a bucket, one object write: whole or absent)."""
   out.parent.mkdir(parents=True, exist_ok=True)
-  if paths.is_url(out):  # one object write: whole or absent
-    out.write_text(json.dumps({**previous, **results}, indent=2))
+  if paths.is_url(out):
+    out.write_text(json.dumps(value, indent=2))
     return
   tmp = out.with_name(out.name + '.tmp')
-  tmp.write_text(json.dumps({**previous, **results}, indent=2))
+  tmp.write_text(json.dumps(value, indent=2))
   os.replace(tmp, out)
+
+
+def write_results(out: Path, results: dict) -> None:
+  """Merges `results` into the JSON file `out`: the evaluations already in it stay."""
+  _write_json(out, {**_previous(out), **results})
+
+
+# lm-eval's result sections keyed by task: a later evaluation of other tasks at the same step
+# adds to them.
+_BY_TASK = ('results', 'configs', 'versions', 'n-shot', 'higher_is_better', 'n-samples',
+            'group_subtasks')
+
+
+def write_task_results(out: Path, results: dict) -> None:
+  """lm-eval's results dict to `out`, merged task by task with an earlier evaluation of the
+  same step."""
+  from lm_eval.utils import handle_non_serializable  # pylint: disable=import-outside-toplevel
+  new = json.loads(json.dumps(results, default=handle_non_serializable))
+  old = _previous(out)
+  _write_json(out, {**new, **{key: {**old.get(key, {}), **new.get(key, {})}
+                              for key in _BY_TASK}})
 
 
 def run(workdir: str, step: int | None, text: str, references: str, max_new_tokens: int,
@@ -160,7 +185,7 @@ def run_tasks(workdir: str, step: int | None, tasks: list[str], include_path: st
                                    limit=limit, batch_size=batch_size or 16)
   out = r.workdir / 'eval' / f'{r.step}-tasks.json'
   if jax.process_index() == 0:  # one host writes the results
-    harness.write_task_results(out, results)
+    write_task_results(out, results)
     writer = metrics.MetricWriter(r.workdir)
     for task, values in harness.task_metrics(results).items():
       writer.write(r.step, values, f'tasks/{task}')

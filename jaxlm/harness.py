@@ -28,7 +28,6 @@ Shape letters: B rows, L length.
 
 import contextlib
 import difflib
-import json
 import logging
 import math
 import os
@@ -346,10 +345,6 @@ class JaxLM(TemplateLM):
 
 
 TASKS = Path(__file__).parent / 'tasks'  # the example tasks shipped with jaxlm
-# lm-eval's result sections keyed by task: a later evaluation of other tasks at the same step
-# adds to them.
-_BY_TASK = ('results', 'configs', 'versions', 'n-shot', 'higher_is_better', 'n-samples',
-            'group_subtasks')
 
 
 def task_manager(include_path: str = '', tasks: Sequence[str] = ()):
@@ -433,24 +428,6 @@ def task_metrics(results: dict) -> dict[str, dict[str, float]]:
     if numbers:
       out[task] = numbers
   return out
-
-
-def write_task_results(path: Path, results: dict) -> None:
-  """lm-eval's results dict to `path` (JSON), merged task by task with an earlier evaluation
-  of the same step, written to a temporary name and renamed."""
-  from lm_eval.utils import handle_non_serializable  # pylint: disable=import-outside-toplevel
-  new = json.loads(json.dumps(results, default=handle_non_serializable))
-  if path.exists():
-    try:
-      old = json.loads(path.read_text())
-    except ValueError:
-      raise UserError(f'{path} is not JSON; move it away (nothing was written).') from None
-    for key in _BY_TASK:
-      new[key] = {**old.get(key, {}), **new.get(key, {})}
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + '.tmp')
-  tmp.write_text(json.dumps(new, indent=1))
-  os.replace(tmp, path)
 
 
 class LiveTasks:
