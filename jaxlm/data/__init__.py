@@ -113,7 +113,7 @@ def open_run_data(cfg: ConfigDict, workdir: Path) -> RunData:
   path = workdir_dataset(cfg, workdir)
   try:
     prepared = Prepared(path)
-    if prepared.token_counts() is not None:  # (else prepared before jaxlm counted tokens)
+    if 'token_counts' in prepared.manifest:  # (else prepared before jaxlm counted tokens)
       return _checked([prepared], [1.0], cfg)
   except UserError as e:
     if is_prepared(path):
