@@ -16,8 +16,14 @@ $(VENV)/.core: pyproject.toml
 	touch $@
 
 $(VENV)/.test: $(VENV)/.core
-	$(PY) -m pip install --quiet -e '.[dev,seqio,gcs,hf-cpu,tpu,eval]'
+	$(PY) -m pip install --quiet -e '.[dev,seqio,gcs,hf-cpu,tpu,eval,rate]'
 	$(PY) -m jaxlm.lm_eval_plugin install
+	@# tests/test_rate.py drives Debian's Chromium through Playwright (a root machine installs it)
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+	  echo 'note: chromium is not installed and cannot be (not root): the browser tests will skip'
 	touch $@
 
 setup: $(VENV)/.core
