@@ -408,6 +408,7 @@ def test_import_hf_command_makes_a_workdir_to_generate_and_evaluate_with(tmp_pat
   """`jaxlm.convert import-hf`: jaxlm.generate on the workdir continues a prompt as transformers'
   greedy generate does; jaxlm.eval scores a text (and, without --text, says there is no
   validation split); training in that workdir is refused with the way to do it."""
+  import sqlite3
   import harness
   from jaxlm.data.tokenizers import HuggingFaceTokenizer
   from tiny import TINY_TEXT
@@ -433,6 +434,17 @@ def test_import_hf_command_makes_a_workdir_to_generate_and_evaluate_with(tmp_pat
   new = new.tolist()
   new = new[:new.index(tok.eos_id)] if tok.eos_id in new else new
   assert prompt + tok.decode(new) in result.stdout
+  # a human-evaluation study of the imported model against a second import of it (greedy: both
+  # continuations are transformers')
+  result = run('jaxlm.convert', 'import-hf', f'--hf_dir={tmp_path / "gpt2"}',
+               f'--workdir={tmp_path / "again"}')
+  (tmp_path / 'prompts.txt').write_text(prompt + '\n')
+  result = run('jaxlm.rate', 'generate', f'--runs={work},{tmp_path / "again"}',
+               f'--prompts={tmp_path / "prompts.txt"}', f'--out={tmp_path / "study"}',
+               '--temperature=0', '--max_new_tokens=12')
+  assert result.returncode == 0, result.stderr[-3000:]
+  with sqlite3.connect(tmp_path / 'study' / 'study.db') as db:
+    assert [t for (t,) in db.execute('SELECT text FROM outputs')] == [tok.decode(new)] * 2
   (tmp_path / 'text.txt').write_text(TINY_TEXT)
   result = run('jaxlm.eval', f'--workdir={work}', f'--text={tmp_path / "text.txt"}')
   assert result.returncode == 0 and 'perplexity' in result.stdout, result.stderr[-3000:]
