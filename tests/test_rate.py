@@ -281,7 +281,8 @@ def test_krippendorff_alpha_on_the_textbook_example_and_on_votes():
 def test_position_bias_scores_and_self_agreement():
   votes = ([_vote(0, 1, 0, left=0, fluency_left=5, item=i) for i in range(6)]
            + [_vote(0, 1, 1, left=0, fluency_right=1, item=6 + i) for i in range(2)]
-           + [_vote(0, 1, None, choice='both_bad', item=8), _vote(0, 1, 0, left=1, item=9)])
+           + [_vote(0, 1, None, choice='both_bad', item=8),
+              _vote(0, 1, 0, left=1, item=9, fluency_right=2)])
   votes.append(_vote(0, 1, 0, left=1, item=0, repeat=1))  # item 0 again, sides swapped: same
   votes.append(_vote(0, 1, 1, left=0, item=1, repeat=1))  # item 1 again: changed its mind
   r = stats.analyse([dict(run='a', step=1), dict(run='b', step=2)], votes)
@@ -294,7 +295,8 @@ def test_position_bias_scores_and_self_agreement():
   (pair,) = r.pairs
   assert (pair['wins_a'], pair['wins_b'], pair['both_bad'], pair['votes']) == (7, 2, 1, 10)
   assert pair['win_rate_a'] == pytest.approx(7.5 / 10)
-  fluency0 = [5] * 6 + [3] * 4  # system 0's fluency: left in nine votes, right in one
+  assert pair['sign_p'] == pytest.approx(2 * (36 + 9 + 1) / 2**9)  # 7 of 9, the tie left out
+  fluency0 = [5] * 6 + [3] * 3 + [2]  # system 0's fluency: left in nine votes, right in one
   mean, low, high = r.scores[0]['fluency'], r.scores[0]['fluency_low'], r.scores[0]['fluency_high']
   assert mean == pytest.approx(np.mean(fluency0))
   half = 2.2621571627409915 * np.std(fluency0, ddof=1) / math.sqrt(10)  # t(0.975, 9)
@@ -459,10 +461,11 @@ def test_in_chromium_ten_votes_survive_two_kills_and_the_rater_resumes_at_eleven
   page.on('dialog', lambda d: (dialogs.append(d.message), d.dismiss()))
   rater = rate_study.Rater(page, f'http://127.0.0.1:{port}/')
   rater.sign_in('Ann')
-  seen = []
+  seen, secrets = [], secret_strings(study)
   scores = dict(fluency_left=4, accuracy_left=2, fluency_right=3, accuracy_right=5)
   try:
     for i in range(10):
+      assert not [s for s in secrets if s in page.content()]  # blind
       shown = rater.read()
       assert shown['position'] == i + 1 and shown['total'] == 14
       assert SCRIPT in shown['left'] + shown['right']  # shown as text, not run

@@ -226,7 +226,7 @@ def serve() -> None:
   server = make_server(_HOST.value, listener.getsockname()[1], create_app(study, _TOKEN.value),
                        threaded=True, fd=listener.fileno())
   host = f'[{_HOST.value}]' if ':' in _HOST.value else _HOST.value
-  link = f'http://{host}:{server.server_port}/'
+  link = f"http://{host}:{server.port}/"
   if _TOKEN.value is not None:
     link += '?token=' + _TOKEN.value
   print(f'serving {study.directory} at {link} (each vote is saved as it is made; Ctrl-C '
