@@ -11,7 +11,6 @@ a form field, or the `X-Study-Token` header; the pages carry it in their links a
 """
 
 import hmac
-import secrets
 from urllib.parse import quote, unquote
 
 from flask import Flask, make_response, redirect, render_template, request, url_for
@@ -25,7 +24,6 @@ COOKIE = 'jaxlm_rater'
 def create_app(study: Study, token: str | None = None) -> Flask:
   app = Flask(__name__)
   app.config['MAX_CONTENT_LENGTH'] = 64 * 1024
-  app.secret_key = secrets.token_bytes(16)  # unused (no session); set so Flask never warns
 
   def carried() -> str:
     return (request.args.get('token') or request.form.get('token')
