@@ -275,8 +275,9 @@ def test_commands_print_no_tpu_initialisation_noise_without_a_tpu(tmp_path):
            "print('libtpu' in open('/proc/self/maps').read())")
   result = harness.run([sys.executable, '-c', start], env=env)
   assert result.returncode == 0 and result.stdout.strip() == 'False', result.stdout + result.stderr
+  (tmp_path / 'corpus.txt').write_text(TINY_TEXT)  # a small validation split: eval is quick
   config = harness.write_config(tmp_path / 'tiny.py', workdir=str(tmp_path / 'run'),
-                                **{'data.corpus': str(harness.SHIPPED), 'train.steps': 1,
+                                **{'data.corpus': str(tmp_path / 'corpus.txt'), 'train.steps': 1,
                                    'train.sample_tokens': 0})
   for cmd in (harness.command(f'--config={config}'),
               harness.command(f'--workdir={tmp_path / "run"}', module='jaxlm.eval')):

@@ -237,9 +237,11 @@ def test_a_run_killed_resumes_bit_for_bit_and_evaluates(tmp_path, kind, objectiv
   model = lstm_config(kind, dropout=0.1, decoder_attention='luong' if kind == 'lstm_seq2seq'
                       else '').model.to_dict()
   config = tmp_path / 'cfg.py'
+  (tmp_path / 'corpus.txt').write_text(harness.SHIPPED.read_text()[:20_000])  # eval reads it all
   config.write_text('\n'.join([
       'from ml_collections import ConfigDict', 'from tiny import tiny_config', '', '',
       'def get_config():', '  c = tiny_config()', f'  c.model = ConfigDict({model!r})',
+      f"  c.data.corpus = {str(tmp_path / 'corpus.txt')!r}",
       f'  c.train.objective = {objective!r}', '  c.checkpoint.every = 2',
       *(["  c.mlm.unit, c.mlm.position_profile = 'word', 'buckets'",
          "  c.mlm.position_weights, c.mlm.token_weighting = (1, 2), 'frequency'"]
