@@ -149,7 +149,11 @@ def _train(tmp_path, name, resume=False, **fields):
   process of its own (a draw keyed by the process would show); a first run in a fork of the
   harness's warmed-up process (harness.run_forked)."""
   import harness
-  config = harness.write_config(tmp_path / f'{name}.py', **{**MLM_FIELDS, **fields})
+  corpus = tmp_path / 'corpus.txt'  # the shipped corpus's first 20 KB: jaxlm.eval reads it all
+  if not corpus.exists():
+    corpus.write_text(harness.SHIPPED.read_text()[:20_000])
+  config = harness.write_config(tmp_path / f'{name}.py', **{
+      'data.corpus': str(corpus), **MLM_FIELDS, **fields})
   run = harness.run if resume else harness.run_forked
   result = run(harness.command(f'--config={config}', f'--config.workdir={tmp_path / name}'))
   assert result.returncode == 0, result.stderr[-3000:]
