@@ -23,6 +23,17 @@ def write_config(path: Path, **fields: Any) -> Path:
   return path
 
 
+def assert_one_sentence(result: subprocess.CompletedProcess, message: str) -> None:
+  """A refused command: exit status 2, no traceback, one `error:` line holding `message` and
+  ending a sentence."""
+  assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+  assert 'Traceback' not in result.stderr + result.stdout, result.stderr[-3000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
+  assert len(errors) == 1, result.stderr[-2000:]
+  assert message in errors[0], errors[0]
+  assert errors[0].endswith(('.', '?', ')')), errors[0]
+
+
 def env(**extra: str) -> dict[str, str]:
   """The environment of the commands the tests start: this checkout, the CPU, and the session's
   persistent compilation cache (conftest.py), so the same tiny programs compile once for all the

@@ -301,7 +301,7 @@ def test_bad_training_input(trained, tmp_path, name, args, message):
   if not any(a.startswith('--config.workdir=') for a in args):
     args.append(f'--config.workdir={work}')
   result = _run(name, harness.command(*args))
-  _assert_one_sentence(result, message.format(tmp=tmp))
+  harness.assert_one_sentence(result, message.format(tmp=tmp))
   assert harness.digest(work / 'checkpoints') == before, name
   assert not (harness.ROOT / 'gs:').exists()  # a cloud URL never becomes a local directory
 
@@ -471,7 +471,7 @@ def test_bad_input_to_every_other_command(trained, name, module, args, message):
   args = [a.format(tmp=tmp, run=tmp / 'run', cfg=cfg) for a in args]
   script = harness.ROOT / module if module.endswith('.py') else None
   result = _run(name, harness.command(*args, module=module, script=script))
-  _assert_one_sentence(result, message)
+  harness.assert_one_sentence(result, message)
   assert harness.digest(tmp) == before, name  # nothing written, nothing changed
 
 
@@ -490,15 +490,6 @@ def _run(name, cmd):
 def test_there_are_at_least_sixty_distinct_bad_inputs():
   names = [c[0] for c in CASES] + [c[0] for c in OTHER_CASES]
   assert len(set(names)) == len(names) >= 60
-
-
-def _assert_one_sentence(result, message):
-  assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
-  assert 'Traceback' not in result.stderr + result.stdout, result.stderr[-3000:]
-  errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
-  assert len(errors) == 1, result.stderr[-2000:]
-  assert message in errors[0], errors[0]
-  assert errors[0].endswith(('.', '?', ')')), errors[0]
 
 
 # The same classes of damage, in-process (each a UserError, which every command prints as one

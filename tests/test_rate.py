@@ -344,7 +344,7 @@ def test_generate_samples_every_prompt_from_every_run_with_fixed_seeds(runs, tmp
   assert systems[0]['provenance']['config']['data']['tokenizer'] == 'byte'
   assert systems[1]['provenance']['sampling']['temperature'] == 0.3
   assert len(study.items) == 2 * 2  # prompts x samples x one pair
-  with study.reading() as db:
+  with study.opened() as db:
     rows = db.execute('SELECT prompt_id, sample, system_id, seed, text FROM outputs').fetchall()
     prompts = db.execute('SELECT prompt, reference FROM prompts ORDER BY id').fetchall()
   assert prompts == [('First Citizen:', 'Speak'), ('MENENIUS:', None)]
@@ -361,13 +361,6 @@ def test_generate_samples_every_prompt_from_every_run_with_fixed_seeds(runs, tmp
   assert any(texts[p, k, 0] != texts[p, k, 1] for p, k, _ in texts)  # of the text agrees)
   assert any(texts[p, 0, s] != texts[p, 1, s] for p, _, s in texts)  # the checkpoints and
   # the samples differ somewhere, so a swap of either would show above
-
-
-def _one_sentence(result, message):
-  assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
-  assert 'Traceback' not in result.stderr + result.stdout, result.stderr[-3000:]
-  errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
-  assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
 
 
 BAD = [
@@ -410,7 +403,8 @@ def test_bad_input_is_one_sentence_and_stores_nothing(runs, name, args, message)
     taken.bind(('127.0.0.1', 0))
     taken.listen()
     args = [a.format(tmp=runs, port=taken.getsockname()[1]) for a in args]
-    _one_sentence(harness.run_forked(harness.command(*args, module='jaxlm.rate')), message)
+    harness.assert_one_sentence(harness.run_forked(harness.command(*args, module='jaxlm.rate')),
+                                message)
   assert harness.digest(runs) == before, name
 
 
