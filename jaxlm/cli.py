@@ -56,6 +56,17 @@ def require(flag: flags.FlagHolder, ok: bool, expected: str) -> None:
     raise UserError(f'--{flag.name}={value} is invalid: expected {expected}.')
 
 
+def require_sampling(max_new_tokens: flags.FlagHolder, temperature: flags.FlagHolder,
+                     top_k: flags.FlagHolder, top_p: flags.FlagHolder,
+                     seed: flags.FlagHolder) -> None:
+  """The decoding flags a command that generates takes (jaxlm.generate, jaxlm.rate generate)."""
+  require(max_new_tokens, max_new_tokens.value >= 1, 'at least 1 token')
+  require(temperature, temperature.value >= 0, 'a number >= 0 (0 is greedy)')
+  require(top_k, top_k.value >= 0, '0 (all tokens) or a positive number')
+  require(top_p, 0 < top_p.value <= 1, 'a number in (0, 1]')
+  require(seed, seed.value >= 0, 'a number >= 0')
+
+
 def require_location(*holders: flags.FlagHolder) -> None:
   """Flags that name a location: a local path, or a gs:// URL whose client is installed."""
   for flag in holders:

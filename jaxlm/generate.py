@@ -33,11 +33,7 @@ def main(argv: list[str]) -> None:
   cli.require(_WORKDIR, bool(_WORKDIR.value.strip()), "a training run's workdir")
   cli.require_location(_WORKDIR, _PROMPTS_FILE)
   cli.require(_STEP, _STEP.value is None or _STEP.value >= 0, 'a checkpoint step >= 0')
-  cli.require(_MAX_NEW, _MAX_NEW.value >= 1, 'at least 1 token')
-  cli.require(_TEMPERATURE, _TEMPERATURE.value >= 0, 'a number >= 0 (0 is greedy)')
-  cli.require(_TOP_K, _TOP_K.value >= 0, '0 (all tokens) or a positive number')
-  cli.require(_TOP_P, 0 < _TOP_P.value <= 1, 'a number in (0, 1]')
-  cli.require(_SEED, _SEED.value >= 0, 'a number >= 0')
+  cli.require_sampling(_MAX_NEW, _TEMPERATURE, _TOP_K, _TOP_P, _SEED)
   cli.require(_PROMPTS_FILE, not (_PROMPTS_FILE.value and _PROMPT.value),
               'either --prompt or --prompts_file, not both')
   prompts = [_PROMPT.value]

@@ -127,11 +127,7 @@ def generate() -> None:
   if out.exists():
     raise UserError(f'--out={_OUT.value} already exists; give a new directory (a study is never '
                     'overwritten).')
-  cli.require(_MAX_NEW, _MAX_NEW.value >= 1, 'at least 1 token')
-  cli.require(_TEMPERATURE, _TEMPERATURE.value >= 0, 'a number >= 0 (0 is greedy)')
-  cli.require(_TOP_K, _TOP_K.value >= 0, '0 (all tokens) or a positive number')
-  cli.require(_TOP_P, 0 < _TOP_P.value <= 1, 'a number in (0, 1]')
-  cli.require(_SEED, _SEED.value >= 0, 'a number >= 0')
+  cli.require_sampling(_MAX_NEW, _TEMPERATURE, _TOP_K, _TOP_P, _SEED)
   cli.require(_SAMPLES, _SAMPLES.value >= 1, 'at least 1')
   cli.require(_REPEATS, 0 <= _REPEATS.value <= 1, 'a share in [0, 1]')
   for run, _ in runs:  # every run checked before any model is loaded
