@@ -7,6 +7,7 @@ Wilson's for proportions, Student's t for mean scores, percentile bootstrap over
 Bradley-Terry strengths. The fits and tests are scipy's, choix's and krippendorff's.
 """
 
+import collections
 import csv
 import dataclasses
 import io
@@ -157,18 +158,11 @@ def _agreement(first: list[dict]) -> dict:
     for what, table in scores.items():
       for side in ('left', 'right'):
         table.setdefault(v['rater'], {})[(v['item_id'], v[f'{side}_system'])] = v[f'{what}_{side}']
-  shared = sum(n >= 2 for n in _counts(verdicts).values())
+  shared = sum(n >= 2 for n in collections.Counter(
+      unit for row in verdicts.values() for unit in row).values())
   return dict(items_shared=shared, verdict=krippendorff_alpha(verdicts, 'nominal'),
               fluency=krippendorff_alpha(scores['fluency'], 'ordinal'),
               accuracy=krippendorff_alpha(scores['accuracy'], 'ordinal'))
-
-
-def _counts(table: dict[str, dict]) -> dict:
-  counts = {}
-  for row in table.values():
-    for unit in row:
-      counts[unit] = counts.get(unit, 0) + 1
-  return counts
 
 
 def _raters(votes: list[dict]) -> list[dict]:
@@ -327,14 +321,12 @@ def write(r: Report, out: Path) -> list[Path]:
   """report.md, pairs.csv, scores.csv, raters.csv and report.png in `out`, each written under a
   temporary name and renamed."""
   out.mkdir(parents=True, exist_ok=True)
-  named = {'pairs.csv': [dict(a=_name(r.systems, p['a']), b=_name(r.systems, p['b']), **{
-      k: v for k, v in p.items() if k not in ('a', 'b')}) for p in r.pairs],
-           'scores.csv': [dict(system=_name(r.systems, s['system']), **{
-               k: v for k, v in s.items() if k != 'system'}) for s in r.scores],
+  def by_name(rows: list[dict], *keys: str) -> list[dict]:  # system indices as run@step
+    return [{k: _name(r.systems, v) if k in keys else v for k, v in row.items()} for row in rows]
+  named = {'pairs.csv': by_name(r.pairs, 'a', 'b'), 'scores.csv': by_name(r.scores, 'system'),
            'raters.csv': r.raters}
   if r.bradley_terry:
-    named['bradley_terry.csv'] = [dict(system=_name(r.systems, b['system']), **{
-        k: v for k, v in b.items() if k != 'system'}) for b in r.bradley_terry]
+    named['bradley_terry.csv'] = by_name(r.bradley_terry, 'system')
   written = []
   for name, rows in named.items():
     written.append(_replace(out / name, csv_text(rows)))

@@ -76,7 +76,7 @@ def create_app(study: Study, token: str | None = None) -> Flask:
     name = rater_name()
     if name is None:
       return redirect(link('index'), 303)
-    with study.reading() as db:
+    with study.opened() as db:
       page = study.page(db, name, study.next_position(db, name))
     if page is None:
       return render_template('done.html', name=name, total=len(study.order(name)), token=token,

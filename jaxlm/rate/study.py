@@ -135,7 +135,7 @@ class Study:
       raise UserError(f'--study={directory} {what}; give the --out directory of a finished '
                       '`jaxlm.rate generate`.')
     try:
-      with self.reading() as db:
+      with self.opened() as db:
         self.meta = {k: json.loads(v) for k, v in db.execute('SELECT key, value FROM meta')}
         self.items = db.execute('SELECT id, prompt_id, sample, system_a, system_b FROM items '
                                 'ORDER BY id').fetchall()
@@ -150,7 +150,8 @@ class Study:
     return connect(self.path)
 
   @contextlib.contextmanager
-  def reading(self):
+  def opened(self):
+    """A connection for the block; closing it rolls back a transaction left open."""
     db = self.connect()
     try:
       yield db
@@ -178,17 +179,22 @@ class Study:
     """The first position without a vote (votes are stored in order, so the count of them)."""
     return db.execute('SELECT COUNT(*) FROM votes WHERE rater = ?', (rater,)).fetchone()[0]
 
+  def _sides(self, showing: Showing) -> tuple[int, int]:
+    """The systems on the left and on the right at this showing."""
+    _, _, _, a, b = self.items[showing.item_id]
+    return (a, b) if showing.a_left else (b, a)
+
   def page(self, db: sqlite3.Connection, rater: str, position: int) -> Page | None:
     order = self.order(rater)
     if position >= len(order):
       return None
     showing = order[position]
-    _, prompt_id, sample, a, b = self.items[showing.item_id]
+    _, prompt_id, sample, _, _ = self.items[showing.item_id]
     prompt, reference = db.execute('SELECT prompt, reference FROM prompts WHERE id = ?',
                                    (prompt_id,)).fetchone()
     text = dict(db.execute('SELECT system_id, text FROM outputs WHERE prompt_id = ? AND '
                            'sample = ?', (prompt_id, sample)).fetchall())
-    left, right = (a, b) if showing.a_left else (b, a)
+    left, right = self._sides(showing)
     return Page(position, len(order), prompt, reference, text[left], text[right])
 
   def vote(self, rater: str, position: int, choice: str, scores: dict[str, int],
@@ -203,41 +209,31 @@ class Study:
     if len(comment) > MAX_COMMENT:
       raise UserError(f'a comment is at most {MAX_COMMENT} characters; shorten it.')
     order = self.order(rater)
-    db = self.connect()
-    try:
+    with self.opened() as db:  # closed without COMMIT: the transaction is rolled back
       db.execute('BEGIN IMMEDIATE')  # one writer at a time; others wait (busy timeout)
       done = self.next_position(db, rater)
       if position < done:
-        db.execute('ROLLBACK')
         return False
       if position != done or position >= len(order):
-        db.execute('ROLLBACK')
         raise UserError(f'position {position} is not the next one to rate ({done}); reload the '
                         'page.')
       showing = order[position]
-      _, _, _, a, b = self.items[showing.item_id]
-      left, right = (a, b) if showing.a_left else (b, a)
+      left, right = self._sides(showing)
       db.execute('INSERT INTO votes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
                  (rater, position, showing.item_id, int(showing.repeat), left, right, choice,
                   *(scores[k] for k in SCORES), comment, time.time()))
       db.execute('COMMIT')
       return True
-    except BaseException:
-      if db.in_transaction:
-        db.execute('ROLLBACK')
-      raise
-    finally:
-      db.close()
 
   def systems(self) -> list[dict]:
-    with self.reading() as db:
+    with self.opened() as db:
       return [dict(id=i, run=run, step=step, provenance=json.loads(p)) for i, run, step, p in
               db.execute('SELECT id, run, step, provenance FROM systems ORDER BY id')]
 
   def votes(self) -> list[dict]:
     """Every vote, unblinded: the item's prompt and systems, and which system won (None for a
     tie or both bad)."""
-    with self.reading() as db:
+    with self.opened() as db:
       db.row_factory = sqlite3.Row
       rows = [dict(r) for r in db.execute(
           'SELECT v.*, i.prompt_id, i.sample, i.system_a, i.system_b FROM votes v '
