@@ -107,19 +107,19 @@ def require_output(flag: flags.FlagHolder, *, is_file: bool = False) -> None:
                     'give a path you can write to.') from None
 
 
-def _parse(argv: list[str]) -> list[str]:
+def _parse(argv: list[str], config: 'ConfigFlag | None' = None) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, OSError, TypeError, ValueError) as e:
-    _fail(_flag_error(e))
+    _fail(config._named(_flag_error(e)) if config else _flag_error(e))  # pylint: disable=protected-access
 
 
-def _config_argument(argv: list[str], default: str) -> str:
-  """The value of --config on the command line (absl's `--config=x` or `--config x` forms)."""
+def _config_argument(argv: list[str], default: str, name: str = 'config') -> str:
+  """The value of --<name> on the command line (absl's `--config=x` or `--config x` forms)."""
   for i, arg in enumerate(argv[1:], 1):
-    if arg.startswith('--config='):
+    if arg.startswith(f'--{name}='):
       return arg.split('=', 1)[1]
-    if arg == '--config' and i + 1 < len(argv):
+    if arg == f'--{name}' and i + 1 < len(argv):
       return argv[i + 1]
   return default
 
@@ -170,21 +170,31 @@ class ConfigFlag:
   `run` checks the file first (check_config_file), then config_flags reads the overrides from
   sys.argv as the flag is defined, so an unknown field is reported at start-up, as one line."""
 
-  def __init__(self, default: str = 'configs/base.py'):
-    self.default = default
+  def __init__(self, default: str = 'configs/base.py', name: str = 'config'):
+    self.default, self.name = default, name
     self.holder: flags.FlagHolder | None = None
 
+  def _named(self, message: str) -> str:
+    """The sentences speak of --config and configs/base.py; another flag (jaxlm.clean's
+    --recipe) gets its own name and default in them."""
+    if self.name == 'config':
+      return message
+    return message.replace('--config', f'--{self.name}').replace('configs/base.py', self.default)
+
   def define(self, argv: list[str]) -> None:
-    if 'config' in flags.FLAGS:  # another jaxlm command defined it in this process (tests)
-      self.holder = flags.FlagHolder(flags.FLAGS, flags.FLAGS['config'])
+    if self.name in flags.FLAGS:  # another jaxlm command defined it in this process (tests)
+      self.holder = flags.FlagHolder(flags.FLAGS, flags.FLAGS[self.name])
       return
-    check_config_file(_config_argument(argv, self.default))
+    try:
+      check_config_file(_config_argument(argv, self.default, self.name))
+    except UserError as e:
+      raise UserError(self._named(str(e))) from None
     try:
       self.holder = config_flags.DEFINE_config_file(
-          'config', self.default, 'Config file with a get_config(); override fields with '
-          '--config.field=value.', lock_config=True)
+          self.name, self.default, 'Config file with a get_config(); override fields with '
+          f'--{self.name}.field=value.', lock_config=True)
     except (AttributeError, KeyError) as e:
-      raise UserError(_flag_error(e)) from None
+      raise UserError(self._named(_flag_error(e))) from None
 
   @property
   def value(self) -> ConfigDict:
@@ -195,7 +205,7 @@ class ConfigFlag:
         value.to_dict()
       return value
     except (AttributeError, KeyError, OSError, TypeError, ValueError) as e:
-      raise UserError(_flag_error(e)) from None
+      raise UserError(self._named(_flag_error(e))) from None
 
 
 def run(main: Callable[[list[str]], None], commands: tuple[str, ...] = (),
@@ -224,4 +234,4 @@ def run(main: Callable[[list[str]], None], commands: tuple[str, ...] = (),
       _fail(f'unexpected arguments {argv[1:]}; flags take the form --name=value.')
     with reported():
       main(argv)
-  app.run(wrapped, flags_parser=_parse)
+  app.run(wrapped, flags_parser=lambda argv: _parse(argv, config))

@@ -178,6 +178,24 @@ def settings_record(s: Settings) -> dict:
   return _plain(dict(format=FORMAT, **dataclasses.asdict(s)))
 
 
+def cleaning_record(source: str) -> dict | None:
+  """The record of the jaxlm.clean run whose kept documents `source` is (<output>/kept, or files
+  in it): its recipe, settings and counts, so the prepared data (and every run trained on it) name
+  how the corpus was cleaned. None for any other source."""
+  if not source or '://' in source:
+    return None
+  path = Path(source).expanduser()
+  kept = next((p for p in (path, *path.parents) if p.name == 'kept'), None)
+  record = kept.parent / 'clean.json' if kept else None
+  if record is None or not record.is_file():
+    return None
+  value = json.loads(record.read_text())
+  if not value.get('complete'):
+    raise UserError(f'{source} is the output of a jaxlm.clean run that has not finished (see '
+                    f'{record}); run the same jaxlm.clean command again to finish it first.')
+  return value
+
+
 def _plain(value):
   """As it reads back from JSON (tuples become lists), for comparisons with saved records."""
   return json.loads(json.dumps(value))
@@ -248,6 +266,9 @@ def prepare(s: Settings, output: Path, workers: int = 0, progress: bool = True) 
   chunks = plan_chunks(s.source, s.chunk_mb, **s.tf_options())
   settings_path = output / 'settings.json'
   wanted = settings_record(s)
+  cleaning = cleaning_record(s.source)
+  if cleaning:
+    wanted['cleaning'] = cleaning
   if settings_path.exists() and json.loads(settings_path.read_text()) != wanted:
     raise UserError(f'{output} already holds a preparation with other settings (see '
                     f'{settings_path}); give a new --output, or the same settings to resume it.')
@@ -286,6 +307,8 @@ def prepare(s: Settings, output: Path, workers: int = 0, progress: bool = True) 
                   splits=splits, token_counts=TOKEN_COUNTS,
                   tokenizer=dict(kind=s.tokenizer, fingerprint=tok.fingerprint,
                                  vocab_size=tok.vocab_size, eos_id=tok.eos_id))
+  if cleaning:
+    manifest['cleaning'] = cleaning
   _atomic_json(output / 'manifest.json', manifest)
   return manifest
 
