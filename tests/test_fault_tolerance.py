@@ -72,7 +72,7 @@ def test_sigkill_at_several_steps_and_mid_save_resumes_bit_for_bit(setup):
   p.send_signal(signal.SIGKILL)
   p.wait()
   assert not (work / 'checkpoints' / '6').exists()
-  result = harness.run(cmd)
+  result = harness.run_forked(cmd)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'Resuming from step 4' in result.stdout + result.stderr
   assert not list((work / 'checkpoints').glob('*tmp*'))  # the leftover was cleaned up
@@ -110,7 +110,7 @@ def test_packed_run_with_two_workers_resumes_after_sigkill(setup, packed):
   workers = psutil.Process(p.pid).children(recursive=True)
   p.send_signal(signal.SIGKILL)
   p.wait()
-  result = harness.run(cmd)
+  result = harness.run_forked(cmd)
   assert result.returncode == 0, result.stderr[-3000:]
   assert re.search(r'Resuming from step [2-7]\b', result.stdout + result.stderr)
   _assert_same_run(work, expected)
@@ -154,8 +154,8 @@ def test_sigterm_stops_with_a_checkpoint_and_exit_0(setup):
   # Resuming goes on from exactly there: the losses match an uninterrupted run of that length.
   ref = tmp / f'ref{stopped + 2}'
   for w in (ref, work):
-    result = harness.run(harness.command(f'--config={cfg}', f'--config.workdir={w}',
-                                         f'--config.train.steps={stopped + 2}'))
+    result = harness.run_forked(harness.command(f'--config={cfg}', f'--config.workdir={w}',
+                                                f'--config.train.steps={stopped + 2}'))
     assert result.returncode == 0, result.stderr[-3000:]
   want = {s: v[-1] for s, v in harness.logged_losses(ref).items()}
   _assert_same_run(work, want)
@@ -176,7 +176,7 @@ def test_torn_latest_checkpoint_falls_back_to_the_previous_one(setup):
   _truncate_largest_array_file(work / 'checkpoints' / '8')
   (work / 'checkpoints' / '6' / 'meta' / 'metadata').write_text('{not json')
   # The same command: the run must restart from 4, the newest readable checkpoint.
-  result = harness.run(harness.command(f'--config={cfg}', f'--config.workdir={work}'))
+  result = harness.run_forked(harness.command(f'--config={cfg}', f'--config.workdir={work}'))
   assert result.returncode == 0, result.stderr[-3000:]
   out = result.stdout + result.stderr
   assert 'checkpoint 8' in out and 'cannot be read' in out and 'Resuming from step 4' in out
@@ -194,7 +194,7 @@ def test_no_readable_checkpoint_stops_and_changes_nothing(setup):
   for step in (4, 6, 8):
     _truncate_largest_array_file(work / 'checkpoints' / str(step))
   before = harness.digest(work)
-  result = harness.run(harness.command(f'--config={cfg}', f'--config.workdir={work}'))
+  result = harness.run_forked(harness.command(f'--config={cfg}', f'--config.workdir={work}'))
   assert result.returncode == 2
   assert 'error: none of the checkpoints in' in result.stderr and 'Traceback' not in result.stderr
   after = harness.digest(work)
@@ -224,7 +224,7 @@ def test_resume_onto_another_device_count_and_mesh(setup):
   work = tmp / 'topology'
   # 4 steps fully sharded over 8 devices, then 4 more on 1 device...
   for devices, steps, mesh in ((8, 4, ('1', '-1')), (1, STEPS, ('-1', '1'))):
-    result = harness.run(harness.command(
+    result = harness.run_forked(harness.command(
         f'--config={cfg}', f'--config.workdir={work}', f'--config.cpu_devices={devices}',
         f'--config.train.steps={steps}', f'--config.mesh.data={mesh[0]}',
         f'--config.mesh.fsdp={mesh[1]}'))
@@ -302,8 +302,8 @@ def test_two_processes_equal_one_and_resume_in_one(setup, packed, axis):
   np.testing.assert_allclose([got[s][0] for s in range(1, 6)],
                              [expected[s] for s in range(1, 6)], atol=2e-5)
   assert (work / 'checkpoints' / '5').is_dir()
-  result = harness.run(harness.command(f'--config={cfg}', f'--config.workdir={work}',
-                                       '--config.train.steps=7', *mesh, *data_args))
+  result = harness.run_forked(harness.command(f'--config={cfg}', f'--config.workdir={work}',
+                                              '--config.train.steps=7', *mesh, *data_args))
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'Resuming from step 5' in result.stdout + result.stderr
   got = harness.logged_losses(work)
@@ -321,13 +321,13 @@ def test_eval_and_generate_fall_back_past_a_torn_checkpoint(setup):
   _truncate_largest_array_file(work / 'checkpoints' / '8', every=True)
   before = harness.digest(work / 'checkpoints')
   for module in ('jaxlm.eval', 'jaxlm.generate'):
-    result = harness.run(harness.command(f'--workdir={work}', '--max_new_tokens=4',
-                                         module=module))
+    result = harness.run_forked(harness.command(f'--workdir={work}', '--max_new_tokens=4',
+                                                module=module))
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'warning: checkpoint 8' in result.stderr and 'using checkpoint 6' in result.stderr
     assert 'Traceback' not in result.stderr
   assert (work / 'eval' / '6.json').exists() and not (work / 'eval' / '8.json').exists()
-  result = harness.run(harness.command(f'--workdir={work}', '--step=8', module='jaxlm.eval'))
+  result = harness.run_forked(harness.command(f'--workdir={work}', '--step=8', module='jaxlm.eval'))
   assert result.returncode == 2 and 'Traceback' not in result.stderr
   assert 'error: checkpoint 8 in' in result.stderr and 'give another --step' in result.stderr
   assert harness.digest(work / 'checkpoints') == before
@@ -347,7 +347,7 @@ def test_eval_and_generate_apply_the_runs_backend_settings(setup):
   for module, args in (('jaxlm.eval', ['--batch_size=3']),
                        ('jaxlm.generate', ['--max_new_tokens=4'])):
     shutil.rmtree(dump, ignore_errors=True)
-    result = harness.run(harness.command(f'--workdir={work}', *args, module=module))
+    result = harness.run_forked(harness.command(f'--workdir={work}', *args, module=module))
     assert result.returncode == 0, result.stderr[-3000:]
     assert '3 cpu device(s)' in result.stdout, result.stdout[-2000:]
     assert list(dump.iterdir()), module  # XLA wrote its dump: the flag was applied
@@ -376,7 +376,7 @@ def test_one_run_per_workdir_and_no_stale_lock_after_a_crash(setup):
   got = harness.logged_losses(work)
   assert all(got[s][0] == expected[s] for s in range(1, STEPS + 1))
   latest = max(int(d.name) for d in (work / 'checkpoints').iterdir() if d.name.isdigit())
-  result = harness.run(long_run[:-1] + [f'--config.train.steps={latest + 1}'])
+  result = harness.run_forked(long_run[:-1] + [f'--config.train.steps={latest + 1}'])
   assert result.returncode == 0, result.stderr[-3000:]
   assert f'Resuming from step {latest}' in result.stdout + result.stderr
 
