@@ -165,7 +165,7 @@ def test_a_fim_run_killed_resumes_bit_for_bit_and_evaluates(tmp_path, corpus_fil
   p.send_signal(signal.SIGKILL)
   p.wait()
   assert harness.last_step(work) < 6
-  result = harness.run(cmd)
+  result = harness.run_forked(cmd)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'Resuming from step' in result.stdout + result.stderr
   got = harness.logged_losses(work)

@@ -379,7 +379,7 @@ def test_continued_pretraining_from_an_imported_gpt2(tmp_path):
   harness.wait_until(lambda: harness.last_step(tmp_path / 'killed') >= 6 and saved(), p, log=log)
   p.send_signal(signal.SIGKILL)
   p.wait()
-  result = harness.run(command('killed'))
+  result = harness.run_forked(command('killed'))
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'Resuming from step' in result.stdout and 'Starting from' not in result.stdout
   killed = harness.logged_losses(tmp_path / 'killed')

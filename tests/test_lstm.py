@@ -259,7 +259,7 @@ def test_a_run_killed_resumes_bit_for_bit_and_evaluates(tmp_path, kind, objectiv
   p.send_signal(signal.SIGKILL)
   p.wait()
   assert harness.last_step(work) < 6
-  result = harness.run(cmd(work))
+  result = harness.run_forked(cmd(work))
   assert result.returncode == 0 and 'Resuming from step' in result.stdout, result.stderr[-3000:]
   got = harness.logged_losses(work)
   assert sorted(got) == sorted(expected)

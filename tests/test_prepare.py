@@ -83,11 +83,11 @@ def test_workers_and_a_kill_do_not_change_the_bytes(source, tmp_path):
   src = tmp_path / 'big.jsonl'  # ~2 MB in ~100 chunks: long enough to be killed half-way
   src.write_text(''.join(json.dumps({'text': t}) + '\n' for t in texts * 8))
   args = [f'--source={src}', '--tokenizer=byte', '--chunk_mb=0.02', '--val_fraction=0.1']
-  one = harness.run(harness.command(*args, f'--output={tmp_path / "one"}', '--workers=1',
-                                    module='jaxlm.prepare'))
+  one = harness.run_forked(harness.command(*args, f'--output={tmp_path / "one"}',
+                                           '--workers=1', module='jaxlm.prepare'))
   assert one.returncode == 0, one.stderr[-2000:]
-  two = harness.run(harness.command(*args, f'--output={tmp_path / "two"}', '--workers=2',
-                                    module='jaxlm.prepare'))
+  two = harness.run_forked(harness.command(*args, f'--output={tmp_path / "two"}',
+                                           '--workers=2', module='jaxlm.prepare'))
   assert two.returncode == 0, two.stderr[-2000:]
   expected = harness.digest(tmp_path / 'one')
   assert harness.digest(tmp_path / 'two') == expected
@@ -99,7 +99,7 @@ def test_workers_and_a_kill_do_not_change_the_bytes(source, tmp_path):
   p.send_signal(signal.SIGKILL)
   p.wait()
   assert not (killed / 'manifest.json').exists()
-  again = harness.run(cmd)
+  again = harness.run_forked(cmd)
   assert again.returncode == 0, again.stderr[-2000:]
   assert harness.digest(killed) == expected
 
