@@ -5,8 +5,10 @@ an earlier output; the chain to prepare and train; the report; bad inputs."""
 import gzip
 import io
 import json
+import os
 import random
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -148,6 +150,10 @@ def planted(tmp_path_factory):
                    'caf\u00c3\u00a9', 'café'),
       'pii': (_doc(64) + '\n\nWrite to john.doe@university.edu or to 8.8.8.8 today.',
               'john.doe@university.edu', 'email@example.com'),
+      # In another file: masked alike whichever task reads it (datatrove would cycle stand-ins
+      # over a task's stream, so one task's output would differ from four tasks').
+      'pii again': (_doc(66) + '\n\nOr to mary.roe@college.org instead.',
+                    'mary.roe@college.org', 'email@example.com'),
   }
   article = _doc(65)
   page = ('<html><head><title>Notes</title><script>var x = 1;</script></head><body><nav>'
@@ -368,3 +374,68 @@ def test_bad_inputs_are_one_sentence_and_change_nothing(planted, tmp_path):
     result = _clean(inputs, f'--output={done}', '--recipe.steps=ftfy')
     harness.assert_one_sentence(result, 'holds the results of another cleaning')
     assert {p: p.read_bytes() for p in sorted(done.rglob('*')) if p.is_file()} == before
+
+
+def test_dry_run_and_slurm_submit_the_stages_in_order(planted, tmp_path):
+  """--dry_run prints every stage with its tasks and writes nothing. --executor=slurm submits one
+  job array per stage through datatrove, each depending on the one before (afterok), with as many
+  array tasks as the stage has (sbatch is a stand-in that records what it is given)."""
+  out = tmp_path / 'out'
+  args = [f'--input={planted["inputs"]}', f'--output={out}', '--tasks=3',
+          '--recipe.minhash.num_buckets=4']
+  dry = _clean(*args, '--dry_run')
+  assert dry.returncode == 0, dry.stderr[-2000:]
+  stages = [('read', 3), ('exact_dedup-index', 3), ('exact_dedup-choose', 1),
+            ('exact_dedup-apply', 3), ('minhash-index', 3), ('minhash-buckets', 4),
+            ('minhash-clusters', 1), ('minhash-choose', 1), ('minhash-apply', 3),
+            ('assemble', 3), ('finish', 1)]
+  printed = [line.split(':')[0].strip() for line in dry.stdout.splitlines()
+             if 'task(s):' in line]
+  assert printed == [name for name, _ in stages]
+  for name, tasks in stages:
+    assert f'  {name}: {tasks} task(s):' in dry.stdout
+  assert not out.exists()
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  log = tmp_path / 'sbatch.jsonl'
+  (bin_dir / 'sbatch').write_text(f'''#!{sys.executable}
+import json, sys
+from pathlib import Path
+log = Path({str(log)!r})
+n = 100 + (len(log.read_text().splitlines()) if log.exists() else 0)
+log.open('a').write(json.dumps(dict(args=sys.argv[1:-1], script=Path(sys.argv[-1]).read_text(),
+                                    id=n)) + '\\n')
+print(f'Submitted batch job {{n}}')
+''')
+  (bin_dir / 'sbatch').chmod(0o755)
+  env = harness.env(PATH=f'{bin_dir}:{os.environ["PATH"]}')
+  result = _clean(*args, '--executor=slurm', '--slurm_partition=cpu', env=env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'submitted 11 stages' in result.stdout
+  jobs = [json.loads(line) for line in log.read_text().splitlines()]
+  pipelines = [j for j in jobs if 'launch_pickled_pipeline' in j['script']]
+  assert len(pipelines) == len(stages)
+  previous = None
+  for job, (name, tasks) in zip(pipelines, stages):
+    assert f'#SBATCH --job-name=clean-{name}\n' in job['script']
+    assert f'#SBATCH --array=0-{tasks - 1}\n' in job['script']
+    assert '#SBATCH --partition=cpu\n' in job['script']
+    if previous is not None:
+      assert f'--dependency=afterok:{previous}' in job['args'], (name, job['args'])
+    previous = job['id']
+  harness.assert_one_sentence(_clean(*args, '--executor=slurm', env=env),
+                              '--executor=slurm needs --slurm_partition')
+
+
+def test_a_sample_is_a_fixed_share_chosen_by_the_seed(tmp_path):
+  docs = tmp_path / 'docs.jsonl'
+  docs.write_text(''.join(json.dumps({'text': _doc(i)}) + '\n' for i in range(200)))
+  kept = {}
+  for name, seed in (('a', 0), ('b', 0), ('c', 1)):
+    result = _clean(f'--input={docs}', f'--output={tmp_path / name}', '--sample=0.25',
+                    f'--seed={seed}', '--recipe.steps=exact_dedup')
+    assert result.returncode == 0, result.stderr[-2000:]
+    kept[name] = [r['id'] for r in _rows(tmp_path / name / 'kept')]
+  assert kept['a'] == kept['b'] != kept['c']
+  for ids in kept.values():  # 50 expected; 3 sigma of a binomial(200, 0.25) is 18
+    assert 32 <= len(ids) <= 68, len(ids)

@@ -134,22 +134,20 @@ def test_a_run_on_the_bucket_is_the_local_run(gcs, tmp_path):
   _corpus(bucket)
   _corpus(tmp_path)
   config = harness.write_config(tmp_path / 'config.py')
-  env = harness.env(**gcs)
 
-  def run(*args, module='jaxlm.train', forked=True):
-    cmd = harness.command(*args, module=module)
-    result = harness.run_forked(cmd, extra_env=gcs) if forked else harness.run(cmd, env=env)
+  def run(*args, module='jaxlm.train'):
+    result = harness.run_forked(harness.command(*args, module=module), extra_env=gcs)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
-  def train(workdir, steps, forked=True):
+  def train(workdir, steps):
     return run(f'--config={config}', f'--config.workdir={workdir}', f'--config.train.steps={steps}',
-               f'--config.data.corpus={workdir.parent / "corpus"}', forked=forked)
+               f'--config.data.corpus={workdir.parent / "corpus"}')
 
   for workdir in (tmp_path / 'run', bucket / 'run'):
     train(workdir, 6)
-    # The resumed run is a process of its own: what it restores may not lean on the first one's.
-    assert 'Resuming from step 6' in train(workdir, 9, forked=False).stdout
+    # The resumed run is another fork: what it restores cannot lean on the first one's memory.
+    assert 'Resuming from step 6' in train(workdir, 9).stdout
   (tmp_path / 'remote').mkdir()
   (tmp_path / 'remote' / 'metrics.jsonl').write_bytes(
       (bucket / 'run' / 'metrics.jsonl').read_bytes())

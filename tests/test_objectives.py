@@ -19,6 +19,13 @@ from tiny import tiny_config
 V, EOS = 1000, 7  # an end-of-sequence id inside the vocabulary, as SentencePiece's often is
 
 
+def _span_batch(raw, spans):
+  """span_batch of rows 0..n-1 with key 0, compiled as one program as the train step does (run
+  op by op it costs a compilation per operation: seconds)."""
+  rows = jnp.arange(raw.shape[0])
+  return jax.jit(lambda r, i: span.span_batch(jax.random.PRNGKey(0), r, i, spans))(raw, rows)
+
+
 def _spans(cfg, eos, model_vocab):
   """Span corruption's settings for `cfg`, a tokenizer whose end-of-sequence id is `eos` and a
   model of `model_vocab` ids."""
@@ -275,7 +282,7 @@ def test_span_corruption_counts_and_merging_restores_the_window():
   spans = span.Spans(shape, vocab - 1, eos, 128)
   rng = np.random.default_rng(0)
   raw = jnp.asarray(rng.integers(2, 900, (16, shape.raw)), jnp.int32)
-  batch = span.span_batch(jax.random.PRNGKey(0), raw, jnp.arange(16), spans)
+  batch = _span_batch(raw, spans)
   sequence = np.concatenate([np.asarray(batch['inputs']), np.asarray(batch['targets'][:, -1:])], 1)
   sentinels = set(range(vocab - shape.spans, vocab))
   masks = []
@@ -360,7 +367,7 @@ def test_span_rows_fill_the_context_so_the_presets_loss_chunk_divides_them(lengt
     spans = _spans(cfg, 1, 1000)
     shape, used = spans.shape, spans.shape.inputs + spans.shape.targets - 1
     raw = jnp.asarray(np.random.default_rng(0).integers(2, 900, (2, shape.raw)), jnp.int32)
-    batch = span.span_batch(jax.random.PRNGKey(0), raw, jnp.arange(2), spans)
+    batch = _span_batch(raw, spans)
     assert batch['inputs'].shape == batch['targets'].shape == batch['mask'].shape == (2, length)
     mask, targets = np.asarray(batch['mask']), np.asarray(batch['targets'])
     assert (mask.sum(1) == shape.targets).all() and (mask[:, used:] == 0).all()
@@ -391,7 +398,7 @@ def test_span_settings_up_to_the_limit_keep_every_row_aligned():
     spans = _spans(cfg, eos, 1000)
     shape, used = spans.shape, spans.shape.inputs + spans.shape.targets - 1
     raw = jnp.asarray(np.random.default_rng(0).integers(2, 900, (16, shape.raw)), jnp.int32)
-    batch = span.span_batch(jax.random.PRNGKey(0), raw, jnp.arange(16), spans)
+    batch = _span_batch(raw, spans)
     inputs, targets = np.asarray(batch['inputs']), np.asarray(batch['targets'])
     assert (inputs[:, shape.inputs - 1] == eos).all(), (density, mean, shape)
     assert (targets[:, used - 1] == eos).all(), (density, mean, shape)

@@ -40,7 +40,8 @@ _OUTPUT = flags.DEFINE_string('output', '', 'The output directory (kept/, remove
 _TEXT_FIELD = flags.DEFINE_string('text_field', 'text', 'The JSONL field that holds the text.')
 _TASKS = flags.DEFINE_integer('tasks', 1, 'datatrove tasks per stage (the inputs are split by '
                               'file); the outputs are the same for any number.')
-_WORKERS = flags.DEFINE_integer('workers', 1, 'Tasks run at once (local: processes).')
+_WORKERS = flags.DEFINE_integer('workers', 0, 'Tasks run at once (local: processes); 0: one '
+                                'on this machine, no limit on slurm or ray.')
 _EXECUTOR = flags.DEFINE_enum('executor', 'local', ['local', 'slurm', 'ray'],
                               "datatrove's executor: processes on this machine, SLURM jobs "
                               '(one per stage, each depending on the one before) or Ray.')
@@ -154,7 +155,7 @@ def clean() -> None:
   cli.require_local(_OUTPUT)
   cli.require_output(_OUTPUT)
   cli.require(_TASKS, _TASKS.value >= 1, 'at least 1')
-  cli.require(_WORKERS, _WORKERS.value >= 1, 'at least 1')
+  cli.require(_WORKERS, _WORKERS.value >= 0, '0 (the default) or more')
   cli.require(_SAMPLE, 0 < _SAMPLE.value <= 1, 'a share in (0, 1]')
   name, steps = recipes.read(RECIPE.value, tuple(_DECONTAMINATE.value))
   files = input_files(_INPUT.value)
@@ -185,7 +186,8 @@ def clean() -> None:
       decontaminate=tuple(_DECONTAMINATE.value), include_path=_INCLUDE_PATH.value,
       tasks=_TASKS.value, workers=_WORKERS.value, executor=_EXECUTOR.value,
       slurm=dict(partition=_SLURM_PARTITION.value, time=_SLURM_TIME.value,
-                 venv=str(Path(sys.prefix))))
+                 venv=str(Path(sys.prefix) / 'bin' / 'activate')
+                 if (Path(sys.prefix) / 'bin' / 'activate').is_file() else ''))
   from loguru import logger  # datatrove's logger: its warnings while the stages are built
   logger.remove()
   logger.add(sys.stderr, level='ERROR')

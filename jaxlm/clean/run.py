@@ -47,7 +47,7 @@ class Request:
   decontaminate: tuple[str, ...] = ()
   include_path: str = ''
   tasks: int = 1
-  workers: int = 1
+  workers: int = 1  # tasks at once; 0: one (local) or no limit (slurm, ray)
   executor: str = 'local'
   slurm: dict = dataclasses.field(default_factory=dict)
 
@@ -231,17 +231,20 @@ def executors(request: Request, stages: list[Stage]) -> list:
                   logging_dir=str(logs / stage.name), skip_completed=True)
     if request.executor == 'local':
       from datatrove.executor import LocalPipelineExecutor
-      made.append(LocalPipelineExecutor(workers=min(request.workers, stage.tasks), **common))
+      # fork, not datatrove's forkserver: the workers start with datatrove and spaCy imported
+      # (the driver runs no thread of its own), about 1.5 s less per stage.
+      made.append(LocalPipelineExecutor(workers=min(request.workers or 1, stage.tasks),
+                                        start_method='fork', **common))
     elif request.executor == 'slurm':
       from datatrove.executor import SlurmPipelineExecutor
       made.append(SlurmPipelineExecutor(
           job_name=f'clean-{stage.name}', time=request.slurm['time'],
-          partition=request.slurm['partition'], workers=request.workers,
+          partition=request.slurm['partition'], workers=request.workers or -1,
           depends=made[-1] if made else None, venv_path=request.slurm.get('venv') or None,
-          sbatch_args=None, **common))
+          **common))
     else:
       from datatrove.executor import RayPipelineExecutor
-      made.append(RayPipelineExecutor(workers=request.workers,
+      made.append(RayPipelineExecutor(workers=request.workers or -1,
                                       depends=made[-1] if made else None, **common))
   return made
 
@@ -249,7 +252,8 @@ def executors(request: Request, stages: list[Stage]) -> list:
 def describe(request: Request, stages: list[Stage]) -> str:
   lines = [f'recipe {request.recipe_name}: ' + ', '.join(s.name for s in request.steps)]
   lines += [f'  {recipes.describe(s)}' for s in request.steps]
-  lines.append(f'stages ({request.executor} executor, {request.workers} worker(s)):')
+  workers = request.workers or ('1' if request.executor == 'local' else 'no limit')
+  lines.append(f'stages ({request.executor} executor, tasks at once: {workers}):')
   for stage in stages:
     blocks = ', '.join(getattr(b, 'name', type(b).__name__) for b in stage.pipeline)
     lines.append(f'  {stage.name}: {stage.tasks} task(s): {blocks}')
