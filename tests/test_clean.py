@@ -252,19 +252,31 @@ def _rows_of(f: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_four_tasks_killed_and_rerun_write_the_same_bytes_as_one(planted, cleaned):
-  """--tasks=4 on two workers, killed with SIGKILL once the first deduplication has started,
-  then run again: the same kept/ and removed/ files, byte for byte, as one task; and a third run
+def test_four_tasks_stopped_killed_and_rerun_write_the_same_bytes_as_one(planted, cleaned):
+  """--tasks=4 on two workers: stopped with SIGINT once the first stage is done (one line, exit
+  130, its task processes gone), run again and killed with SIGKILL in the first deduplication,
+  then run to the end: the same kept/ and removed/ files, byte for byte, as one task; and a run
   of the finished output does nothing."""
+  import psutil
   out = planted['tmp'] / 'four'
   args = [f'--input={planted["inputs"]}', f'--output={out}', f'--recipe={planted["recipe"]}',
           f'--decontaminate={planted["quiz"]}', '--tasks=4', '--workers=2']
-  log = planted['tmp'] / 'four.log'
-  p = harness.start(harness.command(*args, module='jaxlm.clean'), log)
-  marker = out / 'logs' / 'exact_dedup-index' / 'completions'
-  harness.wait_until(lambda: marker.is_dir() and any(marker.iterdir()), p, log=log, timeout=120)
-  p.send_signal(signal.SIGKILL)
-  p.wait()
+  cmd = harness.command(*args, module='jaxlm.clean')
+  for signum, stage in ((signal.SIGINT, 'read'), (signal.SIGKILL, 'exact_dedup-index')):
+    log = planted['tmp'] / f'four-{signum}.log'
+    p = harness.start(cmd, log)
+    marker = out / 'logs' / stage / 'completions'
+    harness.wait_until(lambda: marker.is_dir() and any(marker.iterdir()), p, log=log,
+                       timeout=120)
+    children = psutil.Process(p.pid).children(recursive=True)
+    p.send_signal(signum)
+    assert p.wait() == (130 if signum == signal.SIGINT else -9)
+    if signum == signal.SIGINT:
+      assert [line for line in log.read_text().splitlines() if line.startswith('error:')] == [
+          'error: stopped by SIGINT before the command finished; what was already saved is '
+          'kept: run the same command again to resume (or redo) it.']
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, alive  # no task process goes on writing after the command ends
   assert not (out / 'kept').exists()
   result = _clean(*args)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -62,23 +62,23 @@ _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print the steps and stages, run 
 
 def input_files(patterns: list[str]) -> list[str]:
   """Every file named, in the order given (a directory or glob in sorted order), once each."""
-  import glob  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from jaxlm import paths
+  from jaxlm.data.sources import corpus_files
   cli.require(_INPUT, bool(patterns), 'files, directories or globs of text, JSONL or WARC')
   files: list[str] = []
   for pattern in patterns:
-    path = Path(pattern).expanduser()
-    if path.is_file():
-      found = [path]
-    elif path.is_dir():
-      found = sorted(p for p in path.rglob('*') if p.is_file() and not p.name.startswith('.'))
-    else:
-      found = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+    if paths.is_url(pattern):
+      raise UserError(f'--input names {pattern}, on a bucket; jaxlm.clean reads local (or '
+                      'mounted) files: copy them here, or mount the bucket.')
+    try:
+      found = corpus_files(pattern) if pattern.strip() else []
+    except UserError:
+      found = []
     if not found:
       raise UserError(f'--input names {pattern!r}, which matches no file; give files, '
                       'directories or globs of text, JSONL or WARC files.')
-    for p in found:
-      if str(p) not in files:
-        files.append(str(p))
+    files += [str(p) for p in found if str(p) not in files]
   return files
 
 
@@ -195,8 +195,9 @@ def clean() -> None:
   if _DRY_RUN.value:
     print(run.describe(request, stages))
     return
-  settings = request.settings()
+  settings = json.loads(json.dumps(request.settings()))  # (as it reads back)
   record_path = output / 'clean.json'
+  fresh, existed = not record_path.exists(), output.exists()
   if record_path.exists():
     record = json.loads(record_path.read_text())
     if {k: record.get(k) for k in settings} != settings:
@@ -209,7 +210,6 @@ def clean() -> None:
   elif output.exists() and any(output.iterdir()):
     raise UserError(f'--output={output} is a directory that holds other files; give a new or '
                     'empty directory.')
-  created = not output.exists()
   plan_path = output / 'work' / 'plan.json'
   if plan_path.exists() and json.loads(plan_path.read_text())['tasks'] != request.tasks:
     tasks = json.loads(plan_path.read_text())['tasks']
@@ -232,9 +232,13 @@ def clean() -> None:
   try:
     run.execute(request, stages)
   except UserError:
-    if created:  # a bad input found while reading (a damaged file): leave no half-made output
+    if fresh:  # a bad input found while reading (a damaged file): leave no half-made output
       import shutil
-      shutil.rmtree(output, ignore_errors=True)
+      for name in ('kept', 'removed', 'work', 'logs'):
+        shutil.rmtree(output / name, ignore_errors=True)
+      record_path.unlink(missing_ok=True)
+      if not existed and not any(output.iterdir()):
+        output.rmdir()
     raise
   if request.executor != 'local':
     print(f'submitted {len(stages)} stages ({request.executor}); {record_path} is complete when '

@@ -22,13 +22,14 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
 
 from jaxlm.clean import recipe as recipes
 from jaxlm.clean import steps as S
-from jaxlm.errors import UserError
+from jaxlm.errors import STOPPED, UserError
 
 FORMAT = 1
 
@@ -207,18 +208,83 @@ def read_jsonl_gz(path: Path):
 
 @contextlib.contextmanager
 def _stderr_to(path: Path):
-  """datatrove's tasks log at INFO to stderr: their lines go to a file, jaxlm prints progress."""
+  """datatrove's tasks log at INFO to sys.stderr: while a stage runs, their lines go to a file
+  (the process's own stderr, file descriptor 2, stays the terminal: jaxlm's sentences go there)."""
+  from loguru import logger  # pylint: disable=import-outside-toplevel
   path.parent.mkdir(parents=True, exist_ok=True)
-  sys.stderr.flush()
-  saved = os.dup(2)
-  with open(path, 'ab') as f:
-    os.dup2(f.fileno(), 2)
+  saved = sys.stderr
+  with open(path, 'a', encoding='utf-8') as f:
+    sys.stderr = f
     try:
       yield
     finally:
-      sys.stderr.flush()
-      os.dup2(saved, 2)
-      os.close(saved)
+      sys.stderr = saved
+      logger.remove()  # datatrove re-adds a handler on the file after each in-process task
+      logger.add(sys.stderr, level='ERROR')
+
+
+@contextlib.contextmanager
+def _stopping_the_workers():
+  """SIGINT and SIGTERM end the command at once with one line, after killing the task processes
+  (a Ctrl-C reaches them too: they end without a word). Safe to stop anywhere: a re-run redoes
+  the unfinished tasks from the start."""
+  parent = os.getpid()
+
+  def handler(signum, frame):
+    del frame
+    if os.getpid() != parent:  # a task process (forked with this handler)
+      os._exit(128 + signum)
+    import psutil  # pylint: disable=import-outside-toplevel
+    for child in psutil.Process().children(recursive=True):
+      with contextlib.suppress(psutil.Error):
+        child.kill()
+    os.write(2, (STOPPED.format(signal.Signals(signum).name) + '\n').encode())
+    os._exit(128 + signum)
+
+  previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    yield
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
+
+
+# Started beside a local run: it follows the processes the command starts (task workers,
+# datatrove's manager, trafilatura's sandboxes) and kills them if the command dies, even by
+# SIGKILL, so that none goes on writing while the command is run again.
+_WATCHDOG = r"""
+import os, sys, time
+import psutil
+driver = psutil.Process(int(sys.argv[1]))
+seen = {}
+while True:
+  try:
+    for p in driver.children(recursive=True):
+      if p.pid != os.getpid():
+        seen[p.pid] = p
+  except psutil.NoSuchProcess:
+    break
+  if not driver.is_running() or driver.status() == psutil.STATUS_ZOMBIE:
+    break
+  time.sleep(0.1)
+for p in seen.values():
+  try:
+    p.kill()
+  except psutil.Error:
+    pass
+"""
+
+
+@contextlib.contextmanager
+def _watchdog():
+  import subprocess  # pylint: disable=import-outside-toplevel
+  dog = subprocess.Popen([sys.executable, '-c', _WATCHDOG, str(os.getpid())],
+                         stdin=subprocess.DEVNULL)
+  try:
+    yield
+  finally:
+    dog.kill()
+    dog.wait()
 
 
 def executors(request: Request, stages: list[Stage]) -> list:
@@ -269,26 +335,31 @@ def execute(request: Request, stages: list[Stage]) -> None:
     made[-1].run()  # submits (SLURM) or runs (Ray) every stage through `depends`
     return
   work = request.output / 'work'
-  for stage, executor in zip(stages, made):
-    start = time.perf_counter()
-    try:
-      with _stderr_to(logs / f'{stage.name}.log'):
-        executor.run()
-    except Exception as e:  # pylint: disable=broad-except  # a task failed in its worker
-      errors = sorted((work / 'errors').glob('*.txt')) if (work / 'errors').is_dir() else []
-      if errors:
-        raise UserError(errors[0].read_text()) from None
-      raise UserError(f'the stage {stage.name} failed ({type(e).__name__}: '
-                      f'{" ".join(str(e).split())[:200]}); its log is {logs / stage.name}/logs '
-                      '(run the same command again to resume once fixed).') from None
-    seconds = max(time.perf_counter() - start, 1e-9)
-    line = f'{stage.name}: {stage.tasks} task(s) in {seconds:.1f} s'
-    if stage.reads and (work / 'tally' / stage.reads).is_dir():
-      t = S.tally(work / 'tally' / stage.reads)
-      line += (f', {t["documents"]:,} documents ({t["documents"] / seconds:,.0f}/s), '
-               f'{t["bytes"] / 1e6:,.1f} MB ({t["bytes"] / 1e6 / seconds:,.2f} MB/s)')
-    elif stage.name == 'read' and (work / 'tally' / 'read').is_dir():
-      t = S.tally(work / 'tally' / 'read')
-      line += (f', {t["documents"]:,} documents read ({t["documents"] / seconds:,.0f}/s), '
-               f'{t["bytes"] / 1e6:,.1f} MB ({t["bytes"] / 1e6 / seconds:,.2f} MB/s)')
-    print(line, flush=True)
+  with _watchdog():
+    for stage, executor in zip(stages, made):
+      _run_stage(stage, executor, logs, work)
+
+
+def _run_stage(stage: Stage, executor, logs: Path, work: Path) -> None:
+  start = time.perf_counter()
+  try:
+    with _stopping_the_workers(), _stderr_to(logs / f'{stage.name}.log'):
+      executor.run()
+  except Exception as e:  # pylint: disable=broad-except  # a task failed in its worker
+    errors = sorted((work / 'errors').glob('*.txt')) if (work / 'errors').is_dir() else []
+    if errors:
+      raise UserError(errors[0].read_text()) from None
+    raise UserError(f'the stage {stage.name} failed ({type(e).__name__}: '
+                    f'{" ".join(str(e).split())[:200]}); its log is {logs / stage.name}/logs '
+                    '(run the same command again to resume once fixed).') from None
+  seconds = max(time.perf_counter() - start, 1e-9)
+  line = f'{stage.name}: {stage.tasks} task(s) in {seconds:.1f} s'
+  if stage.reads and (work / 'tally' / stage.reads).is_dir():
+    t = S.tally(work / 'tally' / stage.reads)
+    line += (f', {t["documents"]:,} documents ({t["documents"] / seconds:,.0f}/s), '
+             f'{t["bytes"] / 1e6:,.1f} MB ({t["bytes"] / 1e6 / seconds:,.2f} MB/s)')
+  elif stage.name == 'read' and (work / 'tally' / 'read').is_dir():
+    t = S.tally(work / 'tally' / 'read')
+    line += (f', {t["documents"]:,} documents read ({t["documents"] / seconds:,.0f}/s), '
+             f'{t["bytes"] / 1e6:,.1f} MB ({t["bytes"] / 1e6 / seconds:,.2f} MB/s)')
+  print(line, flush=True)
