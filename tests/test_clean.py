@@ -451,3 +451,29 @@ def test_a_sample_is_a_fixed_share_chosen_by_the_seed(tmp_path):
   assert kept['a'] == kept['b'] != kept['c']
   for ids in kept.values():  # 50 expected; 3 sigma of a binomial(200, 0.25) is 18
     assert 32 <= len(ids) <= 68, len(ids)
+
+
+def test_every_repeat_goes_and_names_the_first_occurrence_across_files_and_tasks(tmp_path):
+  """90 documents in three files, about 30% of them repeats of an earlier one (in the same file
+  or another), cleaned by exact deduplication in two tasks: kept are exactly the first occurrences
+  in input order, each repeat names the first occurrence's id."""
+  rng = random.Random(1)
+  texts: list[str] = []
+  for i in range(90):
+    texts.append(rng.choice(texts) if texts and rng.random() < 0.3 else _doc(100 + i))
+  ids = []
+  for f in range(3):
+    path = tmp_path / f'part{f}.jsonl'
+    path.write_text(''.join(json.dumps({'text': t}) + '\n' for t in texts[30 * f:30 * f + 30]))
+    ids += [f'{path}/{k}' for k in range(30)]
+  out = tmp_path / 'out'
+  result = _clean(f'--input={tmp_path}', f'--output={out}', '--recipe.steps=exact_dedup',
+                  '--tasks=2')
+  assert result.returncode == 0, result.stderr[-2000:]
+  first = {}
+  for doc_id, text in zip(ids, texts):
+    first.setdefault(text, doc_id)
+  assert [r['id'] for r in _rows(out / 'kept')] == list(first.values())
+  removed = _rows(out / 'removed' / 'exact_dedup')
+  assert len(removed) == len(texts) - len(first) > 10
+  assert all(r['duplicate_of'] == first[r['text']] for r in removed)

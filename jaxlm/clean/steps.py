@@ -395,11 +395,11 @@ class ChooseKept(PipelineStep):
     removals = np.zeros(int(duplicate.sum()), REMOVAL_DTYPE)
     removals['pos'], removals['keeper'], removals['size'] = pos[duplicate], first[duplicate], size[duplicate]
     removals.sort(order='pos')
-    keepers = set(removals['keeper'].tolist())
+    keepers = np.unique(removals['keeper'])
     kept = {}
     for r in range(self.tasks):
       rows, _ = _load_rank_index(index, r)
-      for j in np.flatnonzero(np.isin(rows['pos'], list(keepers))):
+      for j in np.flatnonzero(np.isin(rows['pos'], keepers)):
         kept[str(int(rows['pos'][j]))] = ids[r][j]
     output = Path(self.output)
     output.mkdir(parents=True, exist_ok=True)
@@ -426,7 +426,7 @@ class DropDuplicates(PipelineStep):
     kept = json.loads((chosen / 'kept.json').read_text())
     with self.exclusion_writer as removed:
       for doc in data:
-        pos = doc.metadata['_pos']
+        pos = np.uint64(doc.metadata['_pos'])  # (a Python int against uint64: float64, inexact)
         i = np.searchsorted(removals['pos'], pos)
         if i < len(removals) and removals['pos'][i] == pos:
           keeper = int(removals['keeper'][i])
