@@ -172,6 +172,7 @@ class ConfigFlag:
 
   def __init__(self, default: str = 'configs/base.py', name: str = 'config'):
     self.default, self.name = default, name
+    self.given = default  # the file on the command line, once defined
     self.holder: flags.FlagHolder | None = None
 
   def _named(self, message: str) -> str:
@@ -179,12 +180,13 @@ class ConfigFlag:
     --recipe) gets its own name and default in them."""
     if self.name == 'config':
       return message
-    return message.replace('--config', f'--{self.name}').replace('configs/base.py', self.default)
+    return message.replace('--config', f'--{self.name}').replace('configs/base.py', self.given)
 
   def define(self, argv: list[str]) -> None:
     if self.name in flags.FLAGS:  # another jaxlm command defined it in this process (tests)
       self.holder = flags.FlagHolder(flags.FLAGS, flags.FLAGS[self.name])
       return
+    self.given = _config_argument(argv, self.default, self.name).partition(':')[0]
     try:
       check_config_file(_config_argument(argv, self.default, self.name))
     except UserError as e:

@@ -162,7 +162,8 @@ def planted(tmp_path_factory):
           'Copyright</footer></body></html>')
   empty = '<html><head><script>var y = 2;</script></head><body><div></div></body></html>'
   _warc(tmp / 'in' / 'crawl.warc.gz', [('https://example.com/notes', page),
-                                       ('https://example.com/empty', empty)])
+                                       ('https://example.com/empty', empty),
+                                       ('https://example.com/notes?copy', page)])
   # Four inputs: JSONL (with a line that is not UTF-8 and one that is not JSON), gzip JSONL, text.
   files = {'a.jsonl': [], 'b.jsonl.gz': [], 'c.jsonl': []}
   names = list(files)
@@ -191,6 +192,8 @@ def planted(tmp_path_factory):
   expected[f'{tmp}/in/a.jsonl/{len(files["a.jsonl"]) + 1}'] = ('not json', 'read',
                                                                'read:not_json')
   expected[f'{tmp}/in/crawl.warc.gz/1'] = ('empty page', 'extract', 'extract:no_text')
+  # (found only if the extraction of a page does not depend on the pages extracted before it)
+  expected[f'{tmp}/in/crawl.warc.gz/2'] = ('copied page', 'exact_dedup', 'exact_dedup:duplicate')
   checks = {ids[v[0]][0]: (v[1], v[2]) for v in rewritten.values()}
   checks[f'{tmp}/in/crawl.warc.gz/0'] = ('<nav>', article.split('\n\n')[0][:60])
   return dict(tmp=tmp, inputs=str(tmp / 'in'), recipe=recipe, quiz=quiz / 'planted_quiz.yaml',

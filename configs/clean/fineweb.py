@@ -20,7 +20,10 @@ def get_config() -> ConfigDict:
   r.name = 'fineweb'
   r.steps = ('extract,language,gopher_repetition,gopher_quality,c4_quality,fineweb_quality,'
              'minhash,pii')
-  r.extract = ConfigDict(dict(favour_precision=True, timeout=1.0))
+  # (trafilatura's own deduplicate drops paragraphs it saw earlier in the same process, which
+  # would make the output depend on how the pages are split into tasks: jaxlm refuses it and
+  # deduplicates in its own steps.)
+  r.extract = ConfigDict(dict(favour_precision=True, timeout=1.0, deduplicate=False))
   # FineWeb kept English with a score of at least 0.65 (lid.176; GlotLID works as well).
   r.language = ConfigDict(dict(model='', languages='en', language_threshold=0.65))
   r.gopher_repetition = ConfigDict()  # Gopher's thresholds (Rae et al. 2021, table A1)

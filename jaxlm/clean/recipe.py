@@ -76,8 +76,13 @@ def parameters(name: str) -> dict[str, Any]:
   if name in OWN_PARAMS:
     return dict(OWN_PARAMS[name])
   signature = inspect.signature(_classes()[name].__init__)
-  return {p.name: p.default for p in signature.parameters.values()
-          if p.name not in _RESERVED and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+  found = {p.name: p.default for p in signature.parameters.values()
+           if p.name not in _RESERVED and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+  return {**found, **_DEFAULTS.get(name, {})}
+
+
+# Where jaxlm's default differs from datatrove's (see _check_values).
+_DEFAULTS = {'extract': dict(deduplicate=False)}
 
 
 def minhash_threshold(num_buckets: int, hashes_per_bucket: int) -> float:
@@ -149,6 +154,11 @@ def _check_values(step: Step) -> None:
   if step.name == 'decontaminate' and (not isinstance(p['n_grams'], int) or p['n_grams'] < 1):
     raise UserError(f'recipe.decontaminate.n_grams={p["n_grams"]!r} is invalid: expected a '
                     'whole number >= 1 (13 is GPT-3\'s).')
+  if step.name == 'extract' and p.get('deduplicate'):
+    raise UserError('recipe.extract.deduplicate=True makes trafilatura drop the paragraphs it has '
+                    'seen earlier in the same process, so what is kept would depend on how the '
+                    'pages are split into tasks; set it False (exact_dedup and minhash remove '
+                    'duplicates).')
   if step.name == 'language':
     threshold = p['language_threshold']
     if not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:

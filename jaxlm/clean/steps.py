@@ -65,7 +65,8 @@ def write_error(folder: str, key: str, message: str) -> None:
 
 class ReadInputs(PipelineStep):
   """Text files (one document each), JSONL (one per line, text in `text_field`) and web archives
-  (one per HTML response record, marked for `extract`). Task `rank` reads files rank, rank + N...
+  (one per response record, marked for `extract`; one that is not HTML is recorded as removed).
+  Task `rank` reads files rank, rank + N...
 
   A line or file that is not UTF-8, a line that is not JSON or has no text field goes to
   removed/read with its rule (nothing is dropped without a record); a damaged .gz or WARC file
@@ -179,9 +180,15 @@ class ReadInputs(PipelineStep):
         for n, record in enumerate(ArchiveIterator(f)):
           if record.format != 'warc' or not record.rec_headers.get_header('WARC-Record-ID'):
             raise damaged(f'record {n} has no WARC header')
+          if record.rec_type not in ('response', 'conversion'):  # requests, metadata: no page
+            self.stat_update('warc_records_not_pages')
+            continue
+          url = record.rec_headers.get_header('WARC-Target-URI')
           extracted = process_record(record)
-          if not extracted:
-            self.stat_update('warc_records_not_html')
+          if not extracted:  # a page that is not HTML (or text it cannot decode): recorded
+            doc = self._unreadable('not_html')
+            doc.metadata['url'] = url
+            yield doc
             continue
           yield Document(text=extracted['text'], id='', metadata=dict(
               html=True, url=extracted['url'], date=extracted['date'],
