@@ -198,7 +198,8 @@ def planted(tmp_path_factory):
   checks[f'{tmp}/in/crawl.warc.gz/0'] = ('<nav>', article.split('\n\n')[0][:60])
   return dict(tmp=tmp, inputs=str(tmp / 'in'), recipe=recipe, quiz=quiz / 'planted_quiz.yaml',
               clean=clean_ids, expected=expected, checks=checks,
-              first={'exact': ids[clean[0]][0], 'near': ids[clean[1]][0]})
+              first={'exact': ids[clean[0]][0], 'near': ids[clean[1]][0],
+                     'page': f'{tmp}/in/crawl.warc.gz/0'})
 
 
 def _clean(*args, **kw):
@@ -235,9 +236,10 @@ def test_each_planted_document_goes_by_its_rule_and_no_clean_one_goes(planted, c
     r = removed[doc_id]
     assert (r['step'], r['rule'][:len(rule)]) == (step, rule), (what, r['rule'])
   assert set(removed) == set(planted['expected'])  # nothing else removed
-  dups = {r['rule']: r for r in removed.values() if 'duplicate_of' in r}
-  assert dups['exact_dedup:duplicate']['duplicate_of'] == planted['first']['exact']
-  assert dups['minhash:duplicate']['duplicate_of'] == planted['first']['near']
+  planted_id = {what: doc_id for doc_id, (what, _, _) in planted['expected'].items()}
+  assert removed[planted_id['exact']]['duplicate_of'] == planted['first']['exact']
+  assert removed[planted_id['near']]['duplicate_of'] == planted['first']['near']
+  assert removed[planted_id['copied page']]['duplicate_of'] == planted['first']['page']
   quiz = next(r for r in removed.values() if r['step'] == 'decontaminate')
   assert (quiz['contaminated_task'], quiz['contaminated_doc']) == ('planted_quiz', 0)
   for doc_id, (before, after) in planted['checks'].items():
