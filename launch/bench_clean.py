@@ -110,7 +110,8 @@ def hand_pipeline(inputs: Path, out: Path, recipe: str, workers: int) -> dict:
   if recipe == 'minimal':
     first = [reader(inputs, pattern), formatters.FTFYFormatter()]
   else:
-    first = [reader(inputs, pattern), Trafilatura(favour_precision=True, timeout=1.0),
+    first = [reader(inputs, pattern), Trafilatura(favour_precision=True, timeout=1.0,
+                                                  deduplicate=False),
              filters.GopherRepetitionFilter(exclusion_writer=excl('gopher_repetition')),
              filters.GopherQualityFilter(exclusion_writer=excl('gopher_quality')),
              filters.C4QualityFilter(filter_no_terminal_punct=False,
@@ -145,13 +146,31 @@ def hand_pipeline(inputs: Path, out: Path, recipe: str, workers: int) -> dict:
   if recipe == 'minimal':
     tasks[2] = 1
   start = time.perf_counter()
-  for i, (pipeline, n) in enumerate(zip(stages, tasks)):
-    LocalPipelineExecutor(pipeline, tasks=n, workers=min(workers, n),
-                          logging_dir=str(out / 'logs' / str(i))).run()
+  saved = sys.stderr
+  with open(out.parent / f'{out.name}.log', 'w') as log:  # datatrove's task logs
+    sys.stderr = log
+    try:
+      for i, (pipeline, n) in enumerate(zip(stages, tasks)):
+        LocalPipelineExecutor(pipeline, tasks=n, workers=min(workers, n), start_method='fork',
+                              logging_dir=str(out / 'logs' / str(i))).run()
+    finally:
+      sys.stderr = saved
+  return dict(wall=time.perf_counter() - start)
+
+
+def run_hand(inputs: Path, out: Path, recipe: str, workers: int) -> dict:
+  """hand_pipeline in a process of its own, timed from its start like jaxlm.clean's."""
+  start = time.perf_counter()
+  subprocess.run([sys.executable, __file__, '--hand', str(inputs), str(out), recipe,
+                  str(workers)], check=True, cwd=ROOT)
   return dict(wall=time.perf_counter() - start)
 
 
 def main() -> None:
+  if sys.argv[1:2] == ['--hand']:  # (run_hand's process)
+    inputs, out, recipe, workers = sys.argv[2:]
+    hand_pipeline(Path(inputs), Path(out), recipe, int(workers))
+    return
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--size_mb', type=float, default=64)
   parser.add_argument('--files', type=int, default=8, help='input files (tasks split by file)')
@@ -175,7 +194,7 @@ def main() -> None:
       for workers in (int(w) for w in args.workers.split(',')):
         for who in ('datatrove', 'jaxlm'):
           out = tmp / f'{recipe}-{workers}-{who}'
-          r = (run_jaxlm if who == 'jaxlm' else hand_pipeline)(inputs, out, recipe, workers)
+          r = (run_jaxlm if who == 'jaxlm' else run_hand)(inputs, out, recipe, workers)
           rows.append((recipe, workers, who, r))
           line = f'{recipe:8s} workers={workers} {who:9s} {r["wall"]:7.1f} s'
           if who == 'jaxlm':

@@ -381,6 +381,8 @@ def test_bad_inputs_are_one_sentence_and_change_nothing(planted, tmp_path):
        'is not a whole web archive'),
       ([inputs, f'--output={out}', '--decontaminate=no_such_task'], 'lm-eval does not know'),
       ([inputs, f'--output={out}', '--sample=0'], '--sample=0.0 is invalid'),
+      ([inputs, f'--output={out}', '--recipe=configs/clean/fineweb.py',
+        '--recipe.extract.deduplicate=True'], 'recipe.extract.deduplicate=True makes'),
       ([f'--input={tmp_path}/nothing*.jsonl', f'--output={out}'], 'matches no file'),
       ([inputs, f'--output={out}', '--dedup_against=/no/such/output'], 'is not a complete'),
   ]
