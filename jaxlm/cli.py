@@ -111,7 +111,8 @@ def _parse(argv: list[str], config: 'ConfigFlag | None' = None) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, OSError, TypeError, ValueError) as e:
-    _fail(config._named(_flag_error(e)) if config else _flag_error(e))  # pylint: disable=protected-access
+    message = _flag_error(e)
+    _fail(config._named(message) if config else message)  # pylint: disable=protected-access
 
 
 def _config_argument(argv: list[str], default: str, name: str = 'config') -> str:

@@ -85,6 +85,26 @@ def exiting_with(cleanup: Callable[[], None]):
   return _handling(handler)
 
 
+def stopping_children():
+  """Inside: SIGINT and SIGTERM kill this process's child processes (the task processes of
+  jaxlm.clean's stages), print the one line of exit_on_signals and end at once with 128 + the
+  signal's number. A child forked inside inherits the handler and ends without a word (a Ctrl-C
+  reaches the whole process group): one line in all."""
+  parent = os.getpid()
+
+  def handler(signum, frame):
+    del frame
+    if os.getpid() != parent:
+      os._exit(128 + signum)
+    import psutil  # pylint: disable=import-outside-toplevel
+    for child in psutil.Process().children(recursive=True):
+      with contextlib.suppress(psutil.Error):
+        child.kill()
+    os.write(2, (STOPPED.format(signal.Signals(signum).name) + '\n').encode())
+    os._exit(128 + signum)
+  return _handling(handler)
+
+
 def recording_signals(record: Callable[[str], None]):
   """Inside: SIGTERM and SIGINT only call record(<the signal's name>) (the training loop stops
   after its step, with a checkpoint)."""

@@ -56,8 +56,8 @@ def pytest_configure(config):
 # in at the end, so neither worker idles while the other finishes a long file. A file missing
 # here runs after these, in its own order; a stale order costs balance, never a test.
 LONGEST_FIRST = ('fault_tolerance', 'plan', 'compile', 'objectives', 'lstm', 'harness', 'trainer',
-                 'sharding', 'hf', 'clean', 'step', 'cloud', 'launch', 'eval', 'rate', 'masking', 'fim',
-                 'warmstart',
+                 'sharding', 'hf', 'clean', 'step', 'cloud', 'launch', 'eval', 'rate', 'masking',
+                 'fim', 'warmstart',
                  'bad_input', 'prepare', 'build', 'data', 'tf_sources', 'optim', 'sampling',
                  'pipeline', 'attention')
 

@@ -1,12 +1,13 @@
-"""jaxlm.clean: a planted corpus (clean prose from the shipped corpus and documents built to fail one
-rule each) through every step; byte identity across task counts and a kill; deduplication against
-an earlier output; the chain to prepare and train; the report; bad inputs."""
+"""jaxlm.clean: a planted corpus (clean prose from the shipped corpus and documents built to fail
+one rule each) through every step; byte identity across task counts and a kill; deduplication
+against an earlier output; the chain to prepare and train; the report; the stages; bad inputs."""
 
 import gzip
 import io
 import json
 import os
 import random
+import re
 import signal
 import sys
 from pathlib import Path
@@ -253,7 +254,10 @@ def test_each_planted_document_goes_by_its_rule_and_no_clean_one_goes(planted, c
     rows = _rows_of(f)
     assert [r['metadata']['index'] for r in rows] == sorted(r['metadata']['index'] for r in rows)
   assert 'pairs with Jaccard similarity 0.68' in result.stdout
-  assert 'documents/s' not in result.stdout or 'MB/s' in result.stdout
+  # Each stage that reads documents says how fast when it ends.
+  for stage in ('read', 'exact_dedup-index', 'minhash-apply'):
+    assert re.search(rf'^{stage}: 1 task\(s\) in [0-9.]+ s, [0-9,]+ documents( read)? '
+                     r'\([0-9,]+/s\), [0-9.]+ MB \([0-9.]+ MB/s\)$', result.stdout, re.M), stage
 
 
 def _rows_of(f: Path) -> list[dict]:

@@ -22,14 +22,13 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
 
 from jaxlm.clean import recipe as recipes
 from jaxlm.clean import steps as S
-from jaxlm.errors import STOPPED, UserError
+from jaxlm.errors import UserError, stopping_children
 
 FORMAT = 1
 
@@ -54,14 +53,14 @@ class Request:
 
   def settings(self) -> dict:
     """Everything the outputs depend on (not the number of tasks or workers)."""
-    stamps = [[p, *S_stamp(p)] for p in self.inputs]
+    stamps = [[p, *_stamp(p)] for p in self.inputs]
     return dict(format=FORMAT, recipe=dict(name=self.recipe_name, steps=[
         dict(name=s.name, params=s.params) for s in self.steps]), inputs=stamps,
                 text_field=self.text_field, sample=self.sample, seed=self.seed,
                 dedup_against=self.dedup_against, decontaminate=list(self.decontaminate))
 
 
-def S_stamp(path: str) -> tuple[int, int]:  # pylint: disable=invalid-name
+def _stamp(path: str) -> tuple[int, int]:
   st = os.stat(path)
   return st.st_size, st.st_mtime_ns
 
@@ -74,7 +73,7 @@ class Stage:
   reads: str = ''  # the tally folder of the documents the stage reads (for its speed)
 
 
-def _segment_steps(request: Request, steps: list[recipes.Step], work: Path, decont: Path):
+def _segment_steps(steps: list[recipes.Step], work: Path, decont: Path):
   """The document-by-document steps as datatrove pipeline steps, each followed by its tally."""
   out = []
   for step in steps:
@@ -117,7 +116,7 @@ def plan(request: Request, reference_files: list[str]) -> list[Stage]:
   read = S.ReadInputs(request.inputs, request.text_field, request.sample, request.seed,
                       removed=str(work / 'removed' / 'read'), errors=str(work / 'errors'))
   stages = [Stage('read', [read, S.Tally(str(work / 'tally' / 'read'))] +
-                  _segment_steps(request, segments[0], work, decont) +
+                  _segment_steps(segments[0], work, decont) +
                   [S.writer(str(work / 'docs' / '0'))], n)]
   last_tally = (segments[0][-1].name if segments[0] else 'read')
   for j, step in enumerate(dedups):
@@ -148,7 +147,7 @@ def plan(request: Request, reference_files: list[str]) -> list[Stage]:
     apply = [reader(), S.DropDuplicates(step.name, str(d / 'chosen'),
                                         S.writer(str(work / 'removed' / step.name))),
              S.Tally(str(work / 'tally' / step.name))]
-    apply += _segment_steps(request, segments[j + 1], work, decont)
+    apply += _segment_steps(segments[j + 1], work, decont)
     apply.append(S.writer(str(work / 'docs' / str(j + 1))))
     stages.append(Stage(f'{step.name}-apply', apply, n, reads=last_tally))
     last_tally = segments[j + 1][-1].name if segments[j + 1] else step.name
@@ -221,32 +220,6 @@ def _stderr_to(path: Path):
       sys.stderr = saved
       logger.remove()  # datatrove re-adds a handler on the file after each in-process task
       logger.add(sys.stderr, level='ERROR')
-
-
-@contextlib.contextmanager
-def _stopping_the_workers():
-  """SIGINT and SIGTERM end the command at once with one line, after killing the task processes
-  (a Ctrl-C reaches them too: they end without a word). Safe to stop anywhere: a re-run redoes
-  the unfinished tasks from the start."""
-  parent = os.getpid()
-
-  def handler(signum, frame):
-    del frame
-    if os.getpid() != parent:  # a task process (forked with this handler)
-      os._exit(128 + signum)
-    import psutil  # pylint: disable=import-outside-toplevel
-    for child in psutil.Process().children(recursive=True):
-      with contextlib.suppress(psutil.Error):
-        child.kill()
-    os.write(2, (STOPPED.format(signal.Signals(signum).name) + '\n').encode())
-    os._exit(128 + signum)
-
-  previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-  try:
-    yield
-  finally:
-    for s, h in previous.items():
-      signal.signal(s, h)
 
 
 # Started beside a local run: it follows the processes the command starts (task workers,
@@ -343,7 +316,7 @@ def execute(request: Request, stages: list[Stage]) -> None:
 def _run_stage(stage: Stage, executor, logs: Path, work: Path) -> None:
   start = time.perf_counter()
   try:
-    with _stopping_the_workers(), _stderr_to(logs / f'{stage.name}.log'):
+    with stopping_children(), _stderr_to(logs / f'{stage.name}.log'):
       executor.run()
   except Exception as e:  # pylint: disable=broad-except  # a task failed in its worker
     errors = sorted((work / 'errors').glob('*.txt')) if (work / 'errors').is_dir() else []

@@ -345,7 +345,8 @@ class IndexDocuments(PipelineStep):
     self.folder, self.exact = folder, exact
 
   def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1):
-    from datatrove.utils.hashing import HashConfig, create_hash_func  # pylint: disable=import-outside-toplevel
+    # pylint: disable-next=import-outside-toplevel
+    from datatrove.utils.hashing import HashConfig, create_hash_func
     hash_text = create_hash_func(HashConfig(precision=64, hash_fc='xxhash'), str)
     rows, ids = [], io.StringIO()
     for doc in data:
@@ -394,13 +395,15 @@ class ChooseKept(PipelineStep):
     group = np.concatenate(groups) if groups else np.zeros(0, '<u8')
     order = np.lexsort((pos, group))  # by group, then input order
     pos, group = pos[order], group[order]
-    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]]) if len(group) else np.zeros(0, int)
+    starts = (np.flatnonzero(np.r_[True, group[1:] != group[:-1]]) if len(group)
+              else np.zeros(0, int))
     sizes = np.diff(np.r_[starts, len(group)])
     first = np.repeat(pos[starts], sizes)
     size = np.repeat(sizes, sizes)
     duplicate = pos != first
     removals = np.zeros(int(duplicate.sum()), REMOVAL_DTYPE)
-    removals['pos'], removals['keeper'], removals['size'] = pos[duplicate], first[duplicate], size[duplicate]
+    removals['pos'], removals['keeper'] = pos[duplicate], first[duplicate]
+    removals['size'] = size[duplicate]
     removals.sort(order='pos')
     keepers = np.unique(removals['keeper'])
     kept = {}
@@ -449,7 +452,8 @@ class Decontaminate(NGramsDecontFilter):
   task and the number of the task document it came from (datatrove's keeps the task only)."""
 
   def __init__(self, index: str, n_grams: int, find_query_ngrams: bool, exclusion_writer=None):
-    from datatrove.pipeline.decont import NGramsDecontConfig  # pylint: disable=import-outside-toplevel
+    # pylint: disable-next=import-outside-toplevel
+    from datatrove.pipeline.decont import NGramsDecontConfig
     super().__init__(index_folder=index, exclusion_writer=exclusion_writer,
                      config=NGramsDecontConfig(n_grams=n_grams,
                                                find_query_ngrams=find_query_ngrams))
@@ -463,7 +467,8 @@ class Decontaminate(NGramsDecontFilter):
   def filter(self, doc: Document):
     if self._index_hashes is None:
       self.load_index_hashes()
-    from datatrove.utils.text import ngrams, simplify_text  # pylint: disable=import-outside-toplevel
+    # pylint: disable-next=import-outside-toplevel
+    from datatrove.utils.text import ngrams, simplify_text
     tokens = self.tokenizer.word_tokenize(simplify_text(doc.text, self.config.norm_config))
     for gram in map(' '.join, ngrams(tokens, self.config.n_grams)):
       hit = self._index_hashes.get(self.hash_func(gram))
