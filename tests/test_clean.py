@@ -206,8 +206,9 @@ def planted(tmp_path_factory):
                      'page': f'{tmp}/in/crawl.warc.gz/0'})
 
 
-def _clean(*args, **kw):
-  return harness.run(harness.command(*args, module='jaxlm.clean'), **kw)
+def _clean(*args, extra_env=None):
+  """jaxlm.clean in a fork of the harness's warmed-up process (a process of its own)."""
+  return harness.run_forked(harness.command(*args, module='jaxlm.clean'), extra_env=extra_env)
 
 
 def _rows(path: Path) -> list[dict]:
@@ -435,8 +436,8 @@ log.open('a').write(json.dumps(dict(args=sys.argv[1:-1], script=Path(sys.argv[-1
 print(f'Submitted batch job {{n}}')
 ''')
   (bin_dir / 'sbatch').chmod(0o755)
-  env = harness.env(PATH=f'{bin_dir}:{os.environ["PATH"]}')
-  result = _clean(*args, '--executor=slurm', '--slurm_partition=cpu', env=env)
+  env = dict(PATH=f'{bin_dir}:{os.environ["PATH"]}')
+  result = _clean(*args, '--executor=slurm', '--slurm_partition=cpu', extra_env=env)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'submitted 11 stages' in result.stdout
   jobs = [json.loads(line) for line in log.read_text().splitlines()]
@@ -450,7 +451,7 @@ print(f'Submitted batch job {{n}}')
     if previous is not None:
       assert f'--dependency=afterok:{previous}' in job['args'], (name, job['args'])
     previous = job['id']
-  harness.assert_one_sentence(_clean(*args, '--executor=slurm', env=env),
+  harness.assert_one_sentence(_clean(*args, '--executor=slurm', extra_env=env),
                               '--executor=slurm needs --slurm_partition')
 
 
