@@ -223,7 +223,7 @@ def clean() -> None:
                                            p['n_grams'], p['find_query_ngrams'])
     print('decontaminating against ' + ', '.join(f'{t} ({n:,} {p["n_grams"]}-grams)'
                                                  for t, n in per_task.items()))
-  from jaxlm.clean.steps import atomic_write
+  from jaxlm.data.tokenizers import atomic_write
   atomic_write(record_path, (json.dumps(settings, indent=1) + '\n').encode())
   atomic_write(plan_path, json.dumps(dict(tasks=request.tasks)).encode())
   for step in steps:

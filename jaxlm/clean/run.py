@@ -26,8 +26,10 @@ import sys
 import time
 from pathlib import Path
 
+from jaxlm.clean import dedup
 from jaxlm.clean import recipe as recipes
 from jaxlm.clean import steps as S
+from jaxlm.data.tokenizers import atomic_write
 from jaxlm.errors import UserError, stopping_children
 
 FORMAT = 1
@@ -127,7 +129,7 @@ def plan(request: Request, reference_files: list[str]) -> list[Stage]:
       return JsonlReader(docs, glob_pattern='*.jsonl', compression=None)
 
     index = [reader()] + ([S.ReadReference(reference_files)] if reference_files else [])
-    index.append(S.IndexDocuments(str(d / 'index'), exact=step.name == 'exact_dedup'))
+    index.append(dedup.IndexDocuments(str(d / 'index'), exact=step.name == 'exact_dedup'))
     clusters = ''
     if step.name == 'minhash':
       p = step.params
@@ -142,9 +144,9 @@ def plan(request: Request, reference_files: list[str]) -> list[Stage]:
       stages.append(Stage(f'{step.name}-clusters', [MinhashDedupCluster(
           str(d / 'buckets'), str(d / 'clusters'), config=config, save_cluster_id=True)], 1))
       clusters = str(d / 'clusters')
-    stages.append(Stage(f'{step.name}-choose', [S.ChooseKept(
+    stages.append(Stage(f'{step.name}-choose', [dedup.ChooseKept(
         str(d / 'index'), str(d / 'chosen'), n, clusters)], 1))
-    apply = [reader(), S.DropDuplicates(step.name, str(d / 'chosen'),
+    apply = [reader(), dedup.DropDuplicates(step.name, str(d / 'chosen'),
                                         S.writer(str(work / 'removed' / step.name))),
              S.Tally(str(work / 'tally' / step.name))]
     apply += _segment_steps(segments[j + 1], work, decont)
@@ -172,7 +174,7 @@ class Finish(S.PipelineStep):
     record = json.loads((output / 'clean.json').read_text())
     record['counts'] = count(output, self.names)
     record['complete'] = True
-    S.atomic_write(output / 'clean.json', (json.dumps(record, indent=1) + '\n').encode())
+    atomic_write(output / 'clean.json', (json.dumps(record, indent=1) + '\n').encode())
     shutil.rmtree(output / 'work', ignore_errors=True)
     return data
 

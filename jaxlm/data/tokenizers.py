@@ -324,8 +324,10 @@ def build_tokenizer(directory: Path, kind: str, texts: Sequence[str], vocab_size
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-  """Writes via a temporary file and a rename, so a crash never leaves half a file."""
+  """Writes via a temporary file and a rename, so a crash never leaves half a file; the temporary
+  name is the process's own, so two processes writing the same file never share one."""
+  path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + '.tmp')
+  tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
   tmp.write_bytes(data)
   os.replace(tmp, path)
