@@ -65,10 +65,9 @@ class ChooseKept(PipelineStep):
 
   def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1):
     index = Path(self.index)
-    positions, groups, ids = [], [], {}
-    for r in range(self.tasks):
-      rows, rank_ids = _load_rank_index(index, r)
-      ids[r] = rank_ids
+    positions, groups = [], []
+    loaded = [_load_rank_index(index, r) for r in range(self.tasks)]  # (rows, ids) per task
+    for r, (rows, _) in enumerate(loaded):
       if self.clusters:  # datatrove's (document number in the task, cluster) pairs
         path = Path(self.clusters) / f'{r:06d}.clusters'
         if not path.exists():
@@ -95,10 +94,9 @@ class ChooseKept(PipelineStep):
     removals.sort(order='pos')
     keepers = np.unique(removals['keeper'])
     kept = {}
-    for r in range(self.tasks):
-      rows, _ = _load_rank_index(index, r)
+    for rows, ids in loaded:
       for j in np.flatnonzero(np.isin(rows['pos'], keepers)):
-        kept[str(int(rows['pos'][j]))] = ids[r][j]
+        kept[str(int(rows['pos'][j]))] = ids[j]
     output = Path(self.output)
     output.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()

@@ -28,17 +28,16 @@ def load(output: Path) -> dict:
   return record
 
 
-def removed_rows(output: Path) -> dict[str, list[dict]]:
+def removed_rows(output: Path, record: dict) -> dict[str, list[dict]]:
   """Every removed document per step (in input order), from removed/<step>/."""
-  steps = ['read'] + [s['name'] for s in json.loads((output / 'clean.json').read_text())
-                      ['recipe']['steps']]
+  steps = ['read'] + [s['name'] for s in record['recipe']['steps']]
   return {step: [row for path in sorted((output / 'removed' / step).glob('*.jsonl.gz'))
                  for row in read_jsonl_gz(path)] for step in steps}
 
 
 def analyse(output: Path) -> dict:
   record = load(output)
-  removed = removed_rows(output)
+  removed = removed_rows(output, record)
   rules = collections.Counter(row['rule'] for rows in removed.values() for row in rows)
   clusters = collections.Counter()
   for row in removed.get('minhash', []) + removed.get('exact_dedup', []):
