@@ -222,4 +222,11 @@ def get_config() -> ConfigDict:
   c.distributed.coordinator_address = ''  # host:port of process 0; '' lets JAX auto-detect it.
   c.distributed.num_processes = 0  # 0 lets JAX auto-detect it.
   c.distributed.process_id = -1  # -1 lets JAX auto-detect it.
+  # Under SLURM (srun) jaxlm sets all four from SLURM's variables (jaxlm/cluster.py); elsewhere
+  # (TPU VMs, GKE, Open MPI) JAX detects them. Fields set here win.
+  c.distributed.coordinator_port = 0  # With a SLURM job's first node; 0: derived from the job id.
+  c.distributed.local_device_ids = ''  # e.g. '0,1': the GPUs this process drives; '': detected.
+  # Seconds every process waits for the others to join: a cold start of many nodes (image pulls,
+  # imports on a shared file system) takes longer than JAX's default of 300.
+  c.distributed.timeout = 900
   return c

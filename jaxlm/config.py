@@ -103,6 +103,11 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'checkpoint.every': _positive,
     'checkpoint.keep': _positive,
     'checkpoint.keep_period': _non_negative,
+    'distributed.timeout': _positive,
+    'distributed.coordinator_port': (lambda v: 0 <= v < 65536, 'a port in [1, 65535], or 0'),
+    'distributed.local_device_ids': (
+        lambda v: not v or all(i.strip().isdigit() for i in v.split(',')),
+        "comma-separated device numbers such as '0,1', or ''"),
 }
 for _objective in objectives.REGISTRY.values():  # each objective's own settings
   _CHOICES.update(_objective.choices)

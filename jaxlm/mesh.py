@@ -15,6 +15,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
+from jaxlm import cluster
 from jaxlm.config import MESH_AXES
 from jaxlm.errors import UserError
 
@@ -78,22 +79,19 @@ def skip_absent_tpu() -> None:
 
 
 def initialize_distributed(cfg: ConfigDict) -> None:
-  """Starts `jax.distributed` when the config asks for it (one call per process, before any JAX use).
+  """Starts `jax.distributed` when the config asks for it (one call per process, before any JAX
+  use).
 
-  On TPU VMs, SLURM and Open MPI clusters JAX detects the coordinator, process count and process id
-  itself; the config fields override what it detects.
+  Under SLURM jaxlm.cluster sets the coordinator, process count, process id and local devices;
+  on TPU VMs, GKE and Open MPI clusters JAX detects them; the config fields win over both.
   """
-  d = cfg.distributed
-  if not d.initialize:
+  if not cfg.distributed.initialize:
     return
+  args = cluster.distributed_arguments(cfg)  # checked (a loopback coordinator...) before joining
   # Processes that compute on CPUs (tests, launch/local.py) exchange data through Gloo; on
   # accelerator hosts this setting only concerns host-side computations.
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  jax.distributed.initialize(
-      coordinator_address=d.coordinator_address or None,
-      num_processes=d.num_processes or None,
-      process_id=None if d.process_id < 0 else d.process_id,
-  )
+  jax.distributed.initialize(**args)
 
 
 def mesh_shape(mesh_cfg: ConfigDict, num_devices: int) -> tuple[int, int, int]:

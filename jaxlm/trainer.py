@@ -25,7 +25,7 @@ from jaxlm.checkpoint import Checkpointer
 from jaxlm.build import build
 from jaxlm.config import validate
 from jaxlm.errors import UserError, recording_signals
-from jaxlm.evaluation import continuations, loss_over, sync_each_step, to_global
+from jaxlm.evaluation import bits_per_byte, continuations, loss_over, sync_each_step, to_global
 from jaxlm.mesh import configure_backend, initialize_distributed, make_mesh
 from jaxlm.objectives import Vocab
 from jaxlm.optim import LossScale
@@ -341,6 +341,11 @@ class Trainer:
     loss = mean('loss')
     val = dict(loss=loss, perplexity=float(np.exp(min(loss, 80.0))),
                tokens=sum(s['tokens'] for s in scores.values()))
+    # Bits per byte where the whole validation split was scored, every token (its bytes known).
+    if self.objective.every_token and all(stream.bytes for _, stream, _ in self.val_streams):
+      for s, (_, stream, _) in zip(scores.values(), self.val_streams):
+        s['bits_per_byte'] = bits_per_byte(s['nats'], stream.bytes)
+      val['bits_per_byte'] = mean('bits_per_byte')
     views = [k for k in next(iter(scores.values())) if k.endswith('_loss')]  # the objective's
     for k in views:
       tokens = k[:-len('loss')] + 'tokens'

@@ -11,23 +11,16 @@ with the first non-zero status.
 """
 
 import signal
-import socket
 import subprocess
 import sys
 
 from absl import flags
 
-from jaxlm import cli, paths
+from jaxlm import cli, cluster, paths
 from jaxlm.errors import exit_on_signals
 
 _PROCESSES = flags.DEFINE_integer('processes', 2, 'How many processes (hosts) to start.')
 _DEVICES = flags.DEFINE_integer('devices_per_process', 1, 'CPU devices in each process.')
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
 
 
 def main(argv: list[str]) -> None:
@@ -39,7 +32,7 @@ def main(argv: list[str]) -> None:
   paths.check('--config.workdir', workdir)
   logs = paths.local_dir(workdir)
   logs.mkdir(parents=True, exist_ok=True)
-  address = f'127.0.0.1:{free_port()}'
+  address = f'127.0.0.1:{cluster.free_port()}'
   processes = []
   for i in range(_PROCESSES.value):
     cmd = [sys.executable, '-m', 'jaxlm.train', *train_args,

@@ -24,12 +24,13 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from jaxlm import cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / 'jaxlm' / 'data' / 'tinyshakespeare.txt'
@@ -42,12 +43,6 @@ def chromium() -> str | None:
   import shutil  # pylint: disable=import-outside-toplevel
   return os.environ.get('JAXLM_CHROMIUM') or shutil.which('chromium') or shutil.which(
       'chromium-browser')
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
 
 
 def serve(study: Path, port: int, log: Path, token: str | None = None,
@@ -213,7 +208,7 @@ def main() -> None:
          f'--prompts={prompts}', f'--out={study}', '--max_new_tokens=96',
          f'--repeat_share={args.repeat_share}', '--seed=0')
   from playwright.sync_api import sync_playwright  # pylint: disable=import-outside-toplevel
-  port = free_port()
+  port = cluster.free_port()
   server = serve(study, port, workdir.parent / f'{workdir.name}-serve.log')
   corpus = CORPUS.read_text()
   raters = [('rater-mouse', lexicon_judge(corpus, 0.0, 1), False),

@@ -45,6 +45,11 @@ def env(**extra: str) -> dict[str, str]:
               **{**compiled, **extra})
 
 
+def free_port() -> int:
+  from jaxlm import cluster  # pylint: disable=import-outside-toplevel
+  return cluster.free_port()
+
+
 def command(*args: str, module: str = 'jaxlm.train', script: Path | None = None) -> list[str]:
   return [sys.executable, *([str(script)] if script else ['-m', module]), *args]
 

@@ -1,6 +1,7 @@
 """Every bad input a user can give stops the command with one sentence that says what to change:
 exit status 2, no Python traceback, and the checkpoints already written untouched."""
 
+import json
 import shutil
 
 import pytest
@@ -30,6 +31,7 @@ def trained(tmp_path_factory):
   (tmp / 'prompts.txt').write_text('First\n')
   (tmp / 'out.model').write_bytes(b'an existing file')
   (tmp / 'no_metrics').mkdir()
+  (tmp / 'a_sweep').mkdir()  # a sweep of one point, never run
   (tmp / 'untrained' / 'checkpoints').mkdir(parents=True)
   (tmp / 'no_loss').mkdir()
   (tmp / 'no_loss' / 'metrics.jsonl').write_text('{"step": 1, "split": "samples", "texts": []}\n')
@@ -37,6 +39,8 @@ def trained(tmp_path_factory):
   _damaged_files(tmp)
   cfg = harness.write_config(tmp / 'cfg.py', **{
       'data.corpus': str(tmp / 'corpus.txt'), 'cpu_devices': 2, 'train.sample_tokens': 0})
+  (tmp / 'a_sweep' / 'sweep.json').write_text(json.dumps(dict(config=str(cfg), kind='grid', points=[
+      dict(name='lr=1e-3', overrides=[['optim.lr', '1e-3']])])))
   result = harness.run(harness.command(f'--config={cfg}', f'--config.workdir={tmp / "run"}'))
   assert result.returncode == 0, result.stderr[-3000:]
   return tmp, cfg
@@ -397,6 +401,71 @@ OTHER_CASES = [
      ['--config={cfg}', '--grid=optim.lr=1,2 optim.lr=3', '--dry_run'], 'names optim.lr twice'),
     ('sweep config file', 'launch/sweep.py', ['--config={tmp}/syntax.py', '--dry_run'],
      'has a syntax error at line 1'),
+    ('sweep unknown field', 'launch/sweep.py', ['--config={cfg}', '--grid=optim.lrr=1,2',
+                                                '--dry_run'], 'optim.lrr, which is not a field'),
+    ('sweep value type', 'launch/sweep.py', ['--config={cfg}', '--grid=train.steps=ten',
+                                             '--dry_run'],
+     "'ten' of train.steps is not an integer"),
+    ('sweep value range', 'launch/sweep.py', ['--config={cfg}', '--grid=optim.lr=-1,1e-3',
+                                              '--dry_run'], 'point lr=-1: config field optim.lr'),
+    ('sweep parallel', 'launch/sweep.py', ['--config={cfg}', '--grid=optim.lr=1e-3',
+                                           '--parallel=0', '--root={tmp}/sw'],
+     '--parallel=0 is invalid'),
+    ('sweep root is a file', 'launch/sweep.py', ['--config={cfg}', '--grid=optim.lr=1e-3',
+                                                 '--root={tmp}/a_file'], 'is a file; give a'),
+    ('sweep report of an empty root', 'launch/sweep.py', ['report', '--root={tmp}/no_metrics'],
+     'holds no sweep (no sweep.json)'),
+    ('sweep points file', 'launch/sweep.py', ['--config={cfg}', '--points={tmp}/none.txt'],
+     'is not a file; give a file with one point a line'),
+    ('sweep points line', 'launch/sweep.py', ['--config={cfg}', '--points={tmp}/corpus.txt'],
+     "line 1 of"),
+    ('sweep set twice', 'launch/sweep.py', ['--config={cfg}', '--grid=optim.lr=1,2',
+                                            '--set=optim.lr=3', '--dry_run'],
+     '--set and point lr=1 both set optim.lr'),
+    ('sweep grid and points', 'launch/sweep.py', ['--config={cfg}', '--grid=optim.lr=1',
+                                                  '--points={tmp}/corpus.txt'], 'not both'),
+    ('sweep point index', 'launch/sweep.py', ['point', '--root={tmp}/a_sweep', '--index=5'],
+     '--index=5 is not a point of the sweep'),
+    ('sweep baseline', 'launch/sweep.py', ['report', '--root={tmp}/a_sweep', '--baseline=x'],
+     '--baseline=x is not a point of the sweep'),
+    ('sweep k8s image', 'launch/sweep.py', ['--config={cfg}', '--grid=optim.lr=1e-3',
+                                            '--emit=k8s', '--root={tmp}/sw'], 'needs --image'),
+    ('sweep command', 'launch/sweep.py', ['status'], 'give one of run, report, point, search'),
+    ('search space bounds', 'launch/sweep.py', ['search', '--config={cfg}', '--root={tmp}/s',
+                                                '--space=optim.lr=log:0:1'],
+     'needs low < high and low > 0'),
+    ('search space syntax', 'launch/sweep.py', ['search', '--config={cfg}', '--root={tmp}/s',
+                                                '--space=optim.lr=1e-3'], 'is not field=kind:args'),
+    ('search unknown field', 'launch/sweep.py', ['search', '--config={cfg}', '--root={tmp}/s',
+                                                 '--space=optim.lrr=log:1e-4:1e-2'],
+     'optim.lrr, which is not a field'),
+    ('tpu_vm training flags', 'launch/tpu_vm.py', ['--name=x', '--zone=z'],
+     'give the training flags after `--`'),
+    ('tpu_vm slices', 'launch/tpu_vm.py', ['--name=x', '--zone=z', '--num_slices=0', '--',
+                                           '--config={cfg}'], '--num_slices=0 is invalid'),
+    ('tpu_vm dry run without a type', 'launch/tpu_vm.py',
+     ['--name=x', '--zone=z', '--dry_run', '--', '--config={cfg}'], '--dry_run needs --tpu_type'),
+    ('tpu_vm type', 'launch/tpu_vm.py', ['--name=x', '--zone=z', '--tpu_type=v9-8', '--dry_run',
+                                         '--', '--config={cfg}'],
+     "--tpu_type='v9-8' is not a TPU slice jaxlm knows"),
+    ('tpu_vm create without a type', 'launch/tpu_vm.py',
+     ['--name=x', '--zone=z', '--create', '--', '--config={cfg}'], '--create needs --tpu_type'),
+    ('k8s workdir', 'launch/k8s.py', ['--image=i', '--workdir={tmp}/run', '--', '--config={cfg}'],
+     'is not a bucket'),
+    ('k8s name', 'launch/k8s.py', ['--image=i', '--name=My_Run', '--workdir=gs://b/r', '--',
+                                   '--config={cfg}'], 'is not a Kubernetes JobSet name'),
+    ('k8s image', 'launch/k8s.py', ['--workdir=gs://b/r', '--', '--config={cfg}'],
+     '--image is empty'),
+    ('k8s config file', 'launch/k8s.py', ['--image=i', '--workdir=gs://b/r', '--',
+                                          '--config={tmp}/none.py'], 'cannot load the config file'),
+    ('k8s workdir after --', 'launch/k8s.py', ['--image=i', '--workdir=gs://b/r', '--',
+                                               '--config={cfg}', '--config.workdir=gs://b/x'],
+     'give the workdir as --workdir'),
+    ('k8s gpu nodes', 'launch/k8s.py', ['--image=i', '--workdir=gs://b/r', '--accelerator=gpu',
+                                        '--nodes=0', '--', '--config={cfg}'],
+     '--nodes and --gpus_per_node must be 1 or more'),
+    ('k8s output', 'launch/k8s.py', ['--image=i', '--workdir=gs://b/r', '--output={tmp}',
+                                     '--', '--config={cfg}'], 'is an existing directory'),
     ('prepare empty output', 'jaxlm.prepare', ['--output='], "--output='' is invalid"),
     ('prepare s3 source', 'jaxlm.prepare', ['--output={tmp}/p', '--source=s3://b/*.jsonl'],
      "--source='s3://b/*.jsonl' uses the s3:// scheme"),

@@ -30,6 +30,7 @@ def run_dir(tmp_path_factory):
   cfg.data.tokenizer = 'byte'
   cfg.train.steps = 4
   cfg.train.eval_samples = 0
+  cfg.train.eval_batches = 0  # validation scores the whole split: bits per byte in metrics.jsonl
   trainer.run(cfg)
   return tmp / 'run'
 
@@ -200,6 +201,13 @@ def test_eval_command_writes_results(run_dir, tmp_path):
   assert again.returncode == 0, again.stderr[-3000:]
   saved2 = json.loads((run_dir / 'eval' / '4.json').read_text())
   assert 'validation' in saved2 and saved2[f'text:{tmp_path}/*.txt'] == text
+  # Training's last validation (step 4, the parameters of checkpoint 4) logged the bits per byte
+  # jaxlm.eval finds over the same split.
+  logged = [json.loads(line) for line in (run_dir / 'metrics.jsonl').read_text().splitlines()]
+  last = [r for r in logged if r['split'] == 'val'][-1]
+  assert last['step'] == 4
+  assert last['bits_per_byte'] == pytest.approx(saved2['validation']['bits_per_byte'], rel=1e-6)
+  assert last['loss'] == pytest.approx(saved2['validation']['loss'], rel=1e-6)
 
 
 def test_eval_errors(run_dir, tmp_path):

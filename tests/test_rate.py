@@ -16,6 +16,7 @@ import pytest
 import harness
 from tiny import TINY_TEXT, tiny_config
 
+from jaxlm import cluster
 from jaxlm.rate import report as stats
 from jaxlm.rate import study as studies
 
@@ -447,7 +448,7 @@ def browser():
 def test_in_chromium_ten_votes_survive_two_kills_and_the_rater_resumes_at_eleven(browser,
                                                                                 tmp_path):
   study = make_study(tmp_path / 's', prompts=14)
-  port = rate_study.free_port()
+  port = cluster.free_port()
   log = tmp_path / 'serve.log'
   server = rate_study.serve(study.directory, port, log, env=harness.env())
   dialogs = []
@@ -491,7 +492,7 @@ def test_in_chromium_ten_votes_survive_two_kills_and_the_rater_resumes_at_eleven
 
 def test_in_chromium_two_raters_voting_at_once_lose_no_vote(browser, tmp_path):
   study = make_study(tmp_path / 's', prompts=5)
-  port = rate_study.free_port()
+  port = cluster.free_port()
   server = rate_study.serve(study.directory, port, tmp_path / 'serve.log', env=harness.env())
   scores = dict(fluency_left=1, accuracy_left=1, fluency_right=5, accuracy_right=5)
   try:
