@@ -109,14 +109,13 @@ def slurm_local_devices(env: Mapping[str, str],
   gpus = len(visible) if visible is not None else count_gpus()
   if gpus == 0:
     return None
-  bound = 'SLURM_GPUS_PER_TASK' in env or visible is not None and gpus < tasks_here
-  if tasks_here == 1 or bound:  # the whole node's GPUs, or those SLURM bound to this task
-    return list(range(gpus))
+  if 'SLURM_GPUS_PER_TASK' in env or visible is not None and gpus < tasks_here:
+    return list(range(gpus))  # SLURM bound these GPUs to this task
   if gpus % tasks_here:
     raise UserError(f'{tasks_here} SLURM tasks on this node cannot share its {gpus} GPUs evenly; '
                     f'start one task per GPU (--ntasks-per-node={gpus}) or one per node '
                     '(--ntasks-per-node=1), or bind them with --gpus-per-task.')
-  per = gpus // tasks_here
+  per = gpus // tasks_here  # one task a node: all of them
   return list(range(local * per, (local + 1) * per))
 
 

@@ -58,7 +58,7 @@ def test_a_crashed_point_is_reported_and_only_it_reruns_resuming(tmp_path):
   not trained twice up to its last checkpoint)."""
   root = tmp_path / 'sweep'
   cfg = sweep_config(tmp_path)
-  victim = 'lr=3e-3_num_layers=2'
+  victim = 'lr=1e-3_num_layers=1'  # the first: two points are still queued when it crashes
   first = sweep(f'--config={cfg}', '--grid=optim.lr=1e-3,3e-3 model.num_layers=1,2',
                 '--set=train.eval_every=25', f'--root={root}', '--parallel=2')
   kill_when(root, victim, 30, first)
@@ -121,6 +121,9 @@ def test_points_from_a_list_file_and_their_checks(tmp_path):
   cfg = harness.write_config(tmp_path / 'cfg.py')
   resolved = points.resolve(str(cfg), got[1])
   assert (resolved.optim.lr, resolved.model.num_layers) == (3e-3, 1)
+  assert type(resolved.model.num_layers) is int
+  with pytest.raises(UserError, match="'2.5' of model.num_layers is not an integer"):
+    points.resolve(str(cfg), Point('x', (('model.num_layers', '2.5'),)))
   assert points.resolve(str(cfg), Point('x', (('model.tie_embeddings', 'TRUE'),))
                         ).model.tie_embeddings is True
   with pytest.raises(UserError, match='both named'):
