@@ -245,35 +245,82 @@ def test_search_space_parses():
       search.parse_space(bad)
 
 
-def test_search_retries_a_killed_trial_and_names_the_best(tmp_path):
-  """6 trials over optim.lr with Optuna on the tiny corpus, 2 at a time; trial_2's run is killed at
-  step 30: the trial fails, a copy with the same learning rate is queued and resumes from its
-  checkpoint; the study ends with 6 complete trials, and the report and the last line name the
-  best."""
+def _running_trial_past(root, step, skip):
+  for path in sorted((root / 'state').glob('trial_*.json')):
+    st = state.get(root, path.stem)
+    if (path.stem not in skip and st['state'] == 'running'
+        and state.last_step(root / path.stem) >= step):
+      return path.stem, st
+  return None
+
+
+def test_search_retries_killed_trials_and_names_the_best(tmp_path):
+  """6 trials over optim.lr with Optuna on the tiny corpus, 2 at a time. trial_2's run is killed
+  at step 30: the trial fails and a copy with the same learning rate is queued, which resumes from
+  its checkpoint. Later the search process itself is killed (SIGKILL): its runs checkpoint and
+  stop (SIGTERM from their parent's death), their trials stay RUNNING; the search started again
+  finds them stale by Optuna's heartbeat, queues them again, and they resume. The study ends with
+  6 complete trials, and the report and the last line name the best."""
   import optuna
   root = tmp_path / 'search'
   (tmp_path / 'corpus.txt').write_text(TINY_TEXT)
   cfg = sweep_config(tmp_path, **{'data.corpus': str(tmp_path / 'corpus.txt'),
                                   'data.val_fraction': 0.1})
-  run = sweep('search', f'--config={cfg}', '--space=optim.lr=log:1e-3:1e-2', '--trials=6',
-              f'--root={root}', '--parallel=2')
+  args = ('search', f'--config={cfg}', '--space=optim.lr=log:1e-3:1e-2', '--trials=6',
+          f'--root={root}', '--parallel=2', '--heartbeat=1')
+  run = sweep(*args, '--grace_period=60')  # no live trial is taken as dead, whatever the load
   kill_when(root, 'trial_2', 30, run)
-  out, err = run.communicate(timeout=900)
-  assert run.returncode == 0, err[-3000:]
-  study = optuna.load_study(study_name='jaxlm', storage=f'sqlite:///{root}/optuna.db')
+  deadline = time.time() + 300
+  storage = f'sqlite:///{root}/optuna.db'
+  while not any(t.user_attrs.get('retries') == 1  # the search queued trial_2's retry itself
+                for t in optuna.load_study(study_name='jaxlm', storage=storage).get_trials()):
+    assert run.poll() is None and time.time() < deadline, run.stderr.read()[-3000:]
+    time.sleep(0.1)
+  while not (found := _running_trial_past(root, 30, skip={'trial_0', 'trial_1', 'trial_2'})):
+    assert run.poll() is None and time.time() < deadline, run.stderr.read()[-3000:]
+    time.sleep(0.02)
+  orphaned, _ = found
+  run.kill()  # the search process, not its runs
+  run.communicate()
+  for path in (root / 'state').glob('trial_*.json'):  # its runs stop with a checkpoint
+    pid = state.get(root, path.stem).get('pid')
+    while pid and _alive(pid):
+      assert time.time() < deadline
+      time.sleep(0.05)
+  time.sleep(5.5)  # their trials' last heartbeats are over 5 s old: stale for the next search
+  again = sweep(*args, '--grace_period=5')
+  out, err = again.communicate(timeout=900)
+  assert again.returncode == 0, err[-3000:]
+
+  study = optuna.load_study(study_name='jaxlm', storage=storage)
   trials = study.get_trials()
   complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
   failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
-  assert len(complete) == 6 and len(failed) == 1, [(t.number, t.state) for t in trials]
-  retry = next(t for t in complete if t.user_attrs['workdir'] == 'trial_2')
-  assert retry.number != 2 and retry.params == failed[0].params
-  assert state.get(root, 'trial_2')['attempts'] == 2
-  logged = harness.logged_losses(root / 'trial_2')
-  assert sorted(logged) == list(range(1, 101)) and len(logged[1]) == 1  # resumed, not restarted
+  assert len(complete) == 6, [(t.number, t.state) for t in trials]
+  assert {'trial_2', orphaned} <= {t.user_attrs['workdir'] for t in failed}
+  assert len({t.user_attrs['workdir'] for t in complete}) == 6, [
+      (t.number, t.state.name, t.user_attrs, t.system_attrs) for t in trials]
+  for name in ('trial_2', orphaned):
+    retry = next(t for t in complete if t.user_attrs['workdir'] == name)
+    original = next(t for t in failed if t.user_attrs['workdir'] == name)
+    assert retry.number > original.number and retry.params == original.params
+    assert state.get(root, name)['attempts'] >= 2  # 3 if its retry was running at the kill
+    logged = harness.logged_losses(root / name)
+    assert sorted(logged) == list(range(1, 101)) and len(logged[1]) == 1  # resumed
+  # Stopped by SIGTERM, the orphaned run checkpointed its last step: no step trained twice.
+  assert all(len(v) == 1 for v in harness.logged_losses(root / orphaned).values())
   best = min(complete, key=lambda t: t.value)
   vals = [json.loads(line) for line in
           (root / best.user_attrs['workdir'] / 'metrics.jsonl').read_text().splitlines()]
   assert best.value == [v for v in vals if v['split'] == 'val'][-1]['loss']
   assert out.strip().splitlines()[-1].startswith(
       f'best: trial {best.number} ({best.user_attrs["workdir"]}) val_loss {best.value:.4f}')
-  assert f'| {best.user_attrs["workdir"]} * |' in (root / 'report.md').read_text()
+  assert f'| {best.user_attrs["workdir"]} *' in (root / 'report.md').read_text()
+
+
+def _alive(pid):
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  return True

@@ -185,7 +185,8 @@ def write(root: Path, points: list[Point], metric: str = 'val_loss',
     raise UserError(f'--metric={metric} is not one of {", ".join(METRICS)}; give one.')
   rows = table(root, points, metric, baseline)
   fields = sorted({f for p in points for f, _ in p.overrides})
+  swept = [f for f in fields if len({p.as_dict().get(f) for p in points}) > 1]
   state.atomic_write(root / 'report.md', markdown(rows, metric).encode())
   state.atomic_write(root / 'report.csv', write_csv(rows, fields).encode())
-  plot(rows, fields, metric, root / 'report.png')
+  plot(rows, swept, metric, root / 'report.png')  # a panel for each field that varies
   return rows

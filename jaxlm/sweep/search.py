@@ -117,7 +117,10 @@ def record(root: Path, settings: dict[str, Any]) -> dict[str, Any]:
       if old[key] != settings[key]:
         raise UserError(f'--root={root} holds a search with {key} {old[key]!r}, not '
                         f'{settings[key]!r}; give another --root, or the same {key}.')
-    settings = {**old, 'trials': settings['trials']}
+    # The study is the same; how this search process runs it (trials to reach, retries,
+    # heartbeat) is its own.
+    settings = {**old, **{k: settings[k] for k in ('trials', 'max_retry', 'heartbeat',
+                                                    'grace_period')}}
   state.write_json(path, settings)
   return settings
 
@@ -126,6 +129,26 @@ def _val_losses(workdir: Path, seen: int) -> list[tuple[int, float]]:
   records = report.read_records(workdir)
   vals = [(r['step'], r['loss']) for r in records if r.get('split') == 'val']
   return vals[seen:]
+
+
+def _state_of(trial) -> str:
+  return next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number
+              ).state.name
+
+
+def _workdir_taken(root: Path, trial, name: str) -> str:
+  """Why the workdir `name` is not this trial's to run ('' if it is): another trial of the study
+  finished there, or a run is going on there (here, or on another host). Two copies of one retry
+  can be queued: the heartbeat check runs in every search thread and process, and two of them
+  may fail the same stale trial."""
+  for other in trial.study.get_trials(deepcopy=False):
+    if (other.number != trial.number and other.user_attrs.get('workdir') == name
+        and other.state.name == 'COMPLETE'):
+      return f'finished (trial {other.number})'
+  st = state.get(root, name)
+  if st['state'] == 'running' and state.alive(st) is not False:
+    return f'running (pid {st.get("pid")} on {st.get("host")})'
+  return ''
 
 
 def objective(root: Path, settings: dict[str, Any], slots: list[dict[str, Any]],
@@ -143,9 +166,12 @@ def objective(root: Path, settings: dict[str, Any], slots: list[dict[str, Any]],
     point = Point(name, overrides)
     steps = points.resolve(settings['config'], point).train.steps
     with lock:
+      taken = _workdir_taken(root, trial, name)
+      if taken:  # a second copy of one retry: fails without running, queues nothing, counts not
+        raise RuntimeError(f'{name} is {taken}; this copy of its retry does nothing')
       slot = slots.pop(0)
+      process = local.start(settings['config'], root, point, slot)  # 'running' before the lock goes
     try:
-      process = local.start(settings['config'], root, point, slot)
       started, reported = state.now(), 0
       while process.poll() is None:
         time.sleep(0.3)
@@ -165,7 +191,8 @@ def objective(root: Path, settings: dict[str, Any], slots: list[dict[str, Any]],
         slots.append(slot)
     if st['state'] != 'finished':
       retries = trial.user_attrs.get('retries', 0)
-      if retries < settings['max_retry']:  # the same parameters again, resuming this workdir
+      still_ours = _state_of(trial) == 'RUNNING'  # else the heartbeat check failed it and retries
+      if still_ours and retries < settings['max_retry']:  # the same parameters, this workdir
         trial.study.enqueue_trial(trial.params, user_attrs={'workdir': name,
                                                             'retries': retries + 1})
       raise RuntimeError(f'{name} crashed at step {st["step"]}: {st["error"]}')
@@ -217,9 +244,17 @@ def main(root: Path, config: str, metric: str, parallel: int, space: str, trials
   # other threads' trials run on past the count); a round's failures were queued again as retries.
   while done() < trials and len(study.get_trials(deepcopy=False)) - started < budget:
     missing = trials - done()
-    study.optimize(objective(root, settings, slots, lock, prune), n_trials=missing,
-                   n_jobs=min(parallel, missing), callbacks=[say], catch=(RuntimeError,),
-                   gc_after_trial=False)
+    try:
+      study.optimize(objective(root, settings, slots, lock, prune), n_trials=missing,
+                     n_jobs=min(parallel, missing), callbacks=[say], catch=(RuntimeError,),
+                     gc_after_trial=False)
+    except ValueError as e:  # Optuna's "Cannot tell a FAIL trial."
+      if 'Cannot tell' not in str(e):
+        raise
+      # A heartbeat came later than --grace_period, so a live trial was taken as dead and queued
+      # again; its retry finds the workdir finished and reports the same figures.
+      print(f'a trial ran on after it was taken as dead ({e}); its retry picks up its workdir; '
+            'raise --grace_period if this recurs', flush=True)
   rows = report.write(root, trials_as_points(root), metric)
   print(report.text(rows))
   if done() < trials:
