@@ -11,6 +11,7 @@ lower triangle. nanoGPT's estimate differs: it counts attention in full (12 * la
 
 import json
 import math
+import sys
 import time
 from typing import Mapping
 
@@ -73,6 +74,22 @@ def format_value(value: float | None) -> str:
   return f'{value:.4g}' if isinstance(value, float) else str(value)
 
 
+def _summary_writer():
+  """tensorboardX's SummaryWriter, imported here (only the writing process needs it) without
+  torch: tensorboardX imports torch whenever it is installed, only to accept its tensors, which
+  jaxlm never hands it; that import costs every training process 1-2 s where torch is installed
+  (the `hf` extras). A process that already imported torch keeps it."""
+  if 'torch' in sys.modules:
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    return SummaryWriter
+  sys.modules['torch'] = None  # `import torch` raises ImportError, which tensorboardX expects
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+  finally:
+    del sys.modules['torch']
+  return SummaryWriter
+
+
 class MetricWriter:
   """Appends metrics to <workdir>/metrics.jsonl and TensorBoard event files in <workdir>/tb.
 
@@ -87,7 +104,7 @@ class MetricWriter:
     self.enabled = enabled
     if not enabled:
       return
-    from tensorboardX import SummaryWriter  # Imported here: only the writing process needs it.
+    SummaryWriter = _summary_writer()  # pylint: disable=invalid-name
     self.remote = paths.path(workdir) if paths.is_url(workdir) else None
     self.local = paths.local_dir(workdir)
     if self.remote:

@@ -50,16 +50,16 @@ def pytest_configure(config):
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 
 
-# The test files by their share of the suite's time (`make test --durations`, 2026-12-04), the
+# The test files by their share of the suite's time (`make test --durations`, 2026-12-05), the
 # longest first. `make test` hands whole files to its two workers in this order
 # (--dist loadfile --no-loadscope-reorder): the long files start at once and the short ones fill
 # in at the end, so neither worker idles while the other finishes a long file. A file missing
 # here runs after these, in its own order; a stale order costs balance, never a test.
-LONGEST_FIRST = ('fault_tolerance', 'plan', 'compile', 'objectives', 'lstm', 'harness', 'trainer',
-                 'sharding', 'hf', 'clean', 'step', 'cloud', 'launch', 'eval', 'rate', 'masking',
-                 'fim', 'warmstart',
-                 'bad_input', 'prepare', 'build', 'data', 'tf_sources', 'optim', 'sampling',
-                 'pipeline', 'attention')
+LONGEST_FIRST = ('fault_tolerance', 'plan', 'compile', 'lstm', 'objectives', 'harness', 'trainer',
+                 'sweep', 'launch', 'clean', 'hf', 'step', 'bad_input', 'eval', 'masking', 'cloud',
+                 'sharding', 'fim', 'rate', 'attention', 'sampling', 'model', 'tf_sources', 'loss',
+                 'warmstart', 'pipeline', 'optim', 'build', 'prepare', 'config', 'data',
+                 'cluster', 'metrics', 'checkpoint')
 
 
 def pytest_collection_modifyitems(config, items):

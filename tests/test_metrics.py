@@ -55,3 +55,37 @@ def test_writer_skips_missing_and_non_finite(tmp_path):
   line = json.loads((tmp_path / 'metrics.jsonl').read_text())
   assert line == {'step': 3, 'split': 'train', 'loss': 1.5}
   assert list((tmp_path / 'tb').glob('events.out.tfevents.*'))
+
+
+def _scalars(tb_dir, tag):
+  """(step, value) of `tag` in the TensorBoard event files of tb_dir (TFRecord framing: length,
+  its CRC, the Event proto, its CRC)."""
+  import struct
+  from tensorboardX.proto import event_pb2
+  out = []
+  for path in sorted(tb_dir.iterdir()):
+    data, pos = path.read_bytes(), 0
+    while pos < len(data):
+      (n,) = struct.unpack('<Q', data[pos:pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
+      pos += 12 + n + 4
+      out += [(event.step, v.simple_value) for v in event.summary.value if v.tag == tag]
+  return out
+
+
+def test_the_writer_does_not_import_torch(tmp_path):
+  """tensorboardX imports torch whenever it is installed (1-2 s in every training process); the
+  writer keeps it out, and its event file still holds the scalars."""
+  import importlib.util
+  import os
+  import subprocess
+  import sys
+  if importlib.util.find_spec('torch') is None:
+    pytest.skip('torch is not installed here: nothing to keep out')
+  code = ('import sys; from jaxlm import metrics; w = metrics.MetricWriter(sys.argv[1]); '
+          "w.write(3, {'loss': 1.5}, 'train'); w.close(); print('torch' in sys.modules)")
+  result = subprocess.run([sys.executable, '-c', code, str(tmp_path)], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip() == 'False'
+  assert _scalars(tmp_path / 'tb', 'train/loss') == [(3, 1.5)]
