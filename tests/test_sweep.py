@@ -281,13 +281,14 @@ def test_search_retries_killed_trials_and_names_the_best(tmp_path):
     time.sleep(0.02)
   orphaned, _ = found
   run.kill()  # the search process, not its runs
+  killed = time.time()
   run.communicate()
   for path in (root / 'state').glob('trial_*.json'):  # its runs stop with a checkpoint
     pid = state.get(root, path.stem).get('pid')
     while pid and _alive(pid):
       assert time.time() < deadline
       time.sleep(0.05)
-  time.sleep(5.5)  # their trials' last heartbeats are over 5 s old: stale for the next search
+  time.sleep(max(0.0, killed + 5.5 - time.time()))  # their heartbeats are stale (over 5 s old)
   again = sweep(*args, '--grace_period=5')
   out, err = again.communicate(timeout=900)
   assert again.returncode == 0, err[-3000:]
