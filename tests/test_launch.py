@@ -135,7 +135,7 @@ def test_slurm_script_checkpoints_and_requeues_before_the_time_limit(tmp_path):
   checkpoint to the end. The run goes through jax.distributed with SLURM's variables."""
   workdir = tmp_path / 'run'
   config = harness.write_config(tmp_path / 'cfg.py', workdir=str(workdir), **{
-      'train.steps': 40, 'checkpoint.every': 20, 'train.eval_every': 40,
+      'train.steps': 40, 'checkpoint.every': 20, 'train.eval_every': 40, 'cpu_devices': 1,
       'distributed.coordinator_port': harness.free_port()})
   env = fake_slurm(tmp_path)
   log = tmp_path / 'attempt1.log'

@@ -61,11 +61,9 @@ _PRUNE = flags.DEFINE_bool('prune', False, 'search: stop trials whose validation
 _MAX_RETRY = flags.DEFINE_integer('max_retry', 2, 'search: times a crashed, killed or stale trial '
                                   'is queued again (it resumes from its checkpoint).')
 _SEED = flags.DEFINE_integer('seed', 0, 'search: the sampler\'s seed.')
-_HEARTBEAT = flags.DEFINE_integer('heartbeat', 30, 'search: seconds between a running trial\'s '
-                                  'heartbeats.')
 _GRACE = flags.DEFINE_integer('grace_period', 120, 'search: seconds without a heartbeat after '
-                              'which a trial is taken as dead (its search process was killed) '
-                              'and queued again.')
+                              'which a trial running on another host is taken as dead (its '
+                              'search process was killed) and queued again.')
 _BASELINE = flags.DEFINE_string('baseline', '', 'report: the point the others are compared with '
                                 '(default: the first).')
 
@@ -184,7 +182,7 @@ def main(argv: list[str]) -> None:
     search.main(root, config=_CONFIG.value or 'configs/base.py', metric=_METRIC.value,
                 parallel=_PARALLEL.value, space=_SPACE.value, trials=_TRIALS.value,
                 storage=_STORAGE.value, prune=_PRUNE.value, max_retry=_MAX_RETRY.value,
-                seed=_SEED.value, heartbeat=_HEARTBEAT.value, grace_period=_GRACE.value)
+                seed=_SEED.value, grace_period=_GRACE.value)
   else:
     run(root)
 

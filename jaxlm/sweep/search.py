@@ -5,9 +5,13 @@ one jaxlm.train run in <root>/trial_<n>, its state and log kept as a sweep point
 - A trial whose run crashes or is killed is queued again with the same parameters and resumes
   from its own checkpoint (the retry keeps the original trial's workdir); at most --max_retry
   times.
-- A search process that dies leaves its trial RUNNING; Optuna's heartbeat marks it stale after
-  --grace_period seconds and RetryHeartbeatStaleTrialCallback queues it again, so the next search
-  process (or another one sharing the study) picks it up and resumes it.
+- A search process that dies leaves its trials RUNNING (their runs checkpoint and stop: they get
+  SIGTERM when their parent dies). Before each round a search process, holding
+  <root>/search.lock, fails every RUNNING trial whose run is gone (its process ended, on this
+  host; on another host, no heartbeat in its state file for --grace_period seconds) and queues it
+  again, so the next search process (or another one sharing the root) resumes it. (Optuna's own
+  heartbeat did this in every optimize thread at once: with two threads on SQLite, one stale
+  trial was queued twice, and a live one was failed under load; one checker at a time does not.)
 - --prune stops a trial whose validation loss at an eval_every step is worse than the median of
   the earlier trials' at that step (Optuna's MedianPruner).
 - The search ends once the study holds --trials complete (or pruned) trials; running it again
@@ -31,6 +35,7 @@ from jaxlm.sweep import local, points, report, state
 from jaxlm.sweep.points import Point
 
 KINDS = ('log', 'float', 'int', 'choice')
+HEARTBEAT_SECONDS = 10  # a running trial's state file gets the time this often
 FINAL = ('COMPLETE', 'PRUNED')
 
 
@@ -83,7 +88,7 @@ def is_search(root: Path) -> bool:
 def trials_as_points(root: Path) -> list[Point]:
   """Every trial workdir of a search as a point (its parameters its overrides), in trial order."""
   settings = state.read_json(root / 'search.json')
-  study = _study(root, settings, heartbeat=False)
+  study = _study(root, settings)
   seen: dict[str, Point] = {}
   for t in study.get_trials(deepcopy=False):
     name = t.user_attrs.get('workdir')
@@ -92,13 +97,11 @@ def trials_as_points(root: Path) -> list[Point]:
   return list(seen.values())
 
 
-def _study(root: Path, settings: dict[str, Any], heartbeat: bool = True, prune: bool = False):
+def _study(root: Path, settings: dict[str, Any], prune: bool = False):
   import optuna  # pylint: disable=import-outside-toplevel
+  del root
   optuna.logging.set_verbosity(optuna.logging.WARNING)
-  beat = dict(heartbeat_interval=settings['heartbeat'], grace_period=settings['grace_period'],
-              heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                  max_retry=settings['max_retry'])) if heartbeat else {}
-  storage = optuna.storages.RDBStorage(settings['storage'], **beat)
+  storage = optuna.storages.RDBStorage(settings['storage'])
   pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if prune else optuna.pruners.NopPruner()
   return optuna.create_study(storage=storage, study_name='jaxlm', direction='minimize',
                              load_if_exists=True, pruner=pruner,
@@ -117,10 +120,9 @@ def record(root: Path, settings: dict[str, Any]) -> dict[str, Any]:
       if old[key] != settings[key]:
         raise UserError(f'--root={root} holds a search with {key} {old[key]!r}, not '
                         f'{settings[key]!r}; give another --root, or the same {key}.')
-    # The study is the same; how this search process runs it (trials to reach, retries,
-    # heartbeat) is its own.
-    settings = {**old, **{k: settings[k] for k in ('trials', 'max_retry', 'heartbeat',
-                                                    'grace_period')}}
+    # The study is the same; how this search process runs it (trials to reach, retries, grace
+    # period) is its own.
+    settings = {**old, **{k: settings[k] for k in ('trials', 'max_retry', 'grace_period')}}
   state.write_json(path, settings)
   return settings
 
@@ -131,16 +133,9 @@ def _val_losses(workdir: Path, seen: int) -> list[tuple[int, float]]:
   return vals[seen:]
 
 
-def _state_of(trial) -> str:
-  return next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number
-              ).state.name
-
-
 def _workdir_taken(root: Path, trial, name: str) -> str:
   """Why the workdir `name` is not this trial's to run ('' if it is): another trial of the study
-  finished there, or a run is going on there (here, or on another host). Two copies of one retry
-  can be queued: the heartbeat check runs in every search thread and process, and two of them
-  may fail the same stale trial."""
+  finished there, or a run is going on there (here, or on another host)."""
   for other in trial.study.get_trials(deepcopy=False):
     if (other.number != trial.number and other.user_attrs.get('workdir') == name
         and other.state.name == 'COMPLETE'):
@@ -158,8 +153,8 @@ def objective(root: Path, settings: dict[str, Any], slots: list[dict[str, Any]],
 
   def run_trial(trial) -> float:
     overrides = suggest(trial, space)
-    # A retry (queued below, or by the heartbeat callback, which copies the user attributes)
-    # carries its original's workdir and resumes from its checkpoint.
+    # A retry (queued below or by requeue_dead) carries its original's workdir and resumes from
+    # its checkpoint.
     name = trial.user_attrs.get('workdir') or f'trial_{trial.number}'
     trial.set_user_attr('workdir', name)
     trial.set_user_attr('overrides', [list(o) for o in overrides])
@@ -167,14 +162,17 @@ def objective(root: Path, settings: dict[str, Any], slots: list[dict[str, Any]],
     steps = points.resolve(settings['config'], point).train.steps
     with lock:
       taken = _workdir_taken(root, trial, name)
-      if taken:  # a second copy of one retry: fails without running, queues nothing, counts not
+      if taken:  # fails without running, queues nothing, counts not
         raise RuntimeError(f'{name} is {taken}; this copy of its retry does nothing')
       slot = slots.pop(0)
       process = local.start(settings['config'], root, point, slot)  # 'running' before the lock goes
     try:
-      started, reported = state.now(), 0
+      started, reported, beat = state.now(), 0, state.now()
       while process.poll() is None:
         time.sleep(0.3)
+        if state.now() - beat > HEARTBEAT_SECONDS:  # for searches on other hosts
+          beat = state.now()
+          state.put(root, name, heartbeat=beat)
         if prune:
           for step, loss in _val_losses(root / name, reported):
             reported += 1
@@ -191,8 +189,7 @@ def objective(root: Path, settings: dict[str, Any], slots: list[dict[str, Any]],
         slots.append(slot)
     if st['state'] != 'finished':
       retries = trial.user_attrs.get('retries', 0)
-      still_ours = _state_of(trial) == 'RUNNING'  # else the heartbeat check failed it and retries
-      if still_ours and retries < settings['max_retry']:  # the same parameters, this workdir
+      if retries < settings['max_retry']:  # the same parameters, resuming this workdir
         trial.study.enqueue_trial(trial.params, user_attrs={'workdir': name,
                                                             'retries': retries + 1})
       raise RuntimeError(f'{name} crashed at step {st["step"]}: {st["error"]}')
@@ -203,9 +200,36 @@ def objective(root: Path, settings: dict[str, Any], slots: list[dict[str, Any]],
   return run_trial
 
 
+def requeue_dead(study, root: Path, settings: dict[str, Any], say=print) -> None:
+  """Fails each RUNNING trial whose run is gone and queues it again (one search process at a
+  time, under <root>/search.lock): its process ended (this host), or its state file has had no
+  heartbeat for --grace_period seconds (another host); a trial that never got a workdir, after
+  --grace_period since it started."""
+  import fcntl  # pylint: disable=import-outside-toplevel
+  import optuna  # pylint: disable=import-outside-toplevel
+  with open(root / 'search.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    now = state.now()
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+      name = t.user_attrs.get('workdir')
+      st = state.get(root, name) if name else {}
+      if st.get('state') == 'running':
+        live = state.alive(st)
+        if live is None:
+          live = now - st.get('heartbeat', st.get('started', now)) < settings['grace_period']
+      else:  # no run yet, or its outcome recorded but not told
+        live = now - t.datetime_start.timestamp() < settings['grace_period']
+      if live:
+        continue
+      study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+      retries = t.user_attrs.get('retries', 0)
+      if name and retries < settings['max_retry']:
+        study.enqueue_trial(t.params, user_attrs={'workdir': name, 'retries': retries + 1})
+      say(f'trial {t.number} ({name}) was left running by a search that ended; queued again')
+
+
 def main(root: Path, config: str, metric: str, parallel: int, space: str, trials: int,
-         storage: str, prune: bool, max_retry: int, seed: int, heartbeat: int,
-         grace_period: int) -> None:
+         storage: str, prune: bool, max_retry: int, seed: int, grace_period: int) -> None:
   try:
     import optuna  # pylint: disable=import-outside-toplevel
   except ImportError:
@@ -221,8 +245,7 @@ def main(root: Path, config: str, metric: str, parallel: int, space: str, trials
   root.mkdir(parents=True, exist_ok=True)
   settings = record(root, dict(config=config, space=space, metric=metric, trials=trials, seed=seed,
                                storage=storage or f'sqlite:///{root.resolve()}/optuna.db',
-                               max_retry=max_retry, heartbeat=heartbeat,
-                               grace_period=grace_period))
+                               max_retry=max_retry, grace_period=grace_period))
   settings['space_parsed'] = parsed
   study = _study(root, settings, prune=prune)
   states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -243,18 +266,11 @@ def main(root: Path, config: str, metric: str, parallel: int, space: str, trials
   # Rounds of exactly the trials still missing (never more: MaxTrialsCallback would let the
   # other threads' trials run on past the count); a round's failures were queued again as retries.
   while done() < trials and len(study.get_trials(deepcopy=False)) - started < budget:
+    requeue_dead(study, root, settings, say=lambda line: print(line, flush=True))
     missing = trials - done()
-    try:
-      study.optimize(objective(root, settings, slots, lock, prune), n_trials=missing,
-                     n_jobs=min(parallel, missing), callbacks=[say], catch=(RuntimeError,),
-                     gc_after_trial=False)
-    except ValueError as e:  # Optuna's "Cannot tell a FAIL trial."
-      if 'Cannot tell' not in str(e):
-        raise
-      # A heartbeat came later than --grace_period, so a live trial was taken as dead and queued
-      # again; its retry finds the workdir finished and reports the same figures.
-      print(f'a trial ran on after it was taken as dead ({e}); its retry picks up its workdir; '
-            'raise --grace_period if this recurs', flush=True)
+    study.optimize(objective(root, settings, slots, lock, prune), n_trials=missing,
+                   n_jobs=min(parallel, missing), callbacks=[say], catch=(RuntimeError,),
+                   gc_after_trial=False)
   rows = report.write(root, trials_as_points(root), metric)
   print(report.text(rows))
   if done() < trials:
