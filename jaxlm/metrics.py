@@ -74,19 +74,24 @@ def format_value(value: float | None) -> str:
   return f'{value:.4g}' if isinstance(value, float) else str(value)
 
 
+# Modules tensorboardX imports whenever they are installed, for what jaxlm never asks of it:
+# torch (to accept its tensors; 1-2 s where the `hf` extras are installed), and the S3 and GCS
+# clients (to write event files to buckets itself; jaxlm uploads its own copy). Kept out unless
+# the process has already imported them.
+_NOT_FOR_TENSORBOARD = ('torch', 'boto3', 'google.cloud.storage')
+
+
 def _summary_writer():
-  """tensorboardX's SummaryWriter, imported here (only the writing process needs it) without
-  torch: tensorboardX imports torch whenever it is installed, only to accept its tensors, which
-  jaxlm never hands it; that import costs every training process 1-2 s where torch is installed
-  (the `hf` extras). A process that already imported torch keeps it."""
-  if 'torch' in sys.modules:
-    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-    return SummaryWriter
-  sys.modules['torch'] = None  # `import torch` raises ImportError, which tensorboardX expects
+  """tensorboardX's SummaryWriter, imported here (only the writing process needs it) without the
+  modules above: a name set to None in sys.modules makes its import raise ImportError, which
+  tensorboardX expects for each of them."""
+  blocked = [m for m in _NOT_FOR_TENSORBOARD if m not in sys.modules]
+  sys.modules.update(dict.fromkeys(blocked))
   try:
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
   finally:
-    del sys.modules['torch']
+    for name in blocked:
+      del sys.modules[name]
   return SummaryWriter
 
 

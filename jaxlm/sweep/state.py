@@ -1,8 +1,9 @@
 """A sweep root on disk, readable while the sweep runs:
 
   <root>/sweep.json          the config file and every point's overrides (the first run writes it)
-  <root>/state/<point>.json  pending | running | finished | crashed, with the step reached, the
-                             exit status, the last lines of the log, attempts and wall time
+  <root>/state/<point>.json  pending | running | finished | crashed (| pruned, in a search),
+                             with the step reached, the exit status, the last lines of the log,
+                             attempts and wall time
   <root>/logs/<point>.log    the run's output, every attempt appended
   <root>/<point>/            the point's workdir (checkpoints, metrics.jsonl)
 
@@ -21,8 +22,6 @@ from typing import Any
 from jaxlm.data.tokenizers import atomic_write
 from jaxlm.errors import UserError
 from jaxlm.sweep.points import Point
-
-STATES = ('pending', 'running', 'finished', 'crashed')
 
 
 def write_json(path: Path, value: Any) -> None:
