@@ -42,7 +42,8 @@ _PARALLEL = flags.DEFINE_integer('parallel', 1, 'Points run at once (here: each 
                                  'or CPU cores; --emit: the most the scheduler runs at once).')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print the points\' commands; run nothing.')
 _EMIT = flags.DEFINE_enum('emit', '', ['', 'slurm', 'k8s'], 'Write the sweep for a scheduler '
-                          'instead of running it: a SLURM job array or an indexed Kubernetes Job.')
+                          'instead of running it: a SLURM job array or an indexed Kubernetes Job '
+                          '(--root must then be storage every task or pod shares).')
 _IMAGE = flags.DEFINE_string('image', '', '--emit=k8s: the container image (jaxlm installed, '
                              'its checkout at /jaxlm).')
 _GPUS = flags.DEFINE_integer('gpus_per_point', 1, '--emit=k8s: GPUs each pod asks for (0: none).')
