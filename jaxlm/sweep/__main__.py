@@ -114,6 +114,7 @@ def run(root: Path) -> None:
   everything = state.record(root, config, chosen)
   if _EMIT.value == 'slurm':
     path = root / 'sweep.sbatch'
+    (root / 'logs').mkdir(parents=True, exist_ok=True)  # SLURM opens --output there, not makes it
     scheduler.write(path, scheduler.slurm_array(str(root), everything, _PARALLEL.value,
                                                 str(Path.cwd())), executable=True)
     print(f'wrote {path}; submit it with: sbatch {path}')
