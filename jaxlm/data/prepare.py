@@ -273,6 +273,8 @@ def prepare(s: Settings, output: Path, workers: int = 0, progress: bool = True) 
     raise UserError(f'{output} already holds a preparation with other settings (see '
                     f'{settings_path}); give a new --output, or the same settings to resume it.')
   _atomic_json(settings_path, wanted)
+  for stale in output.rglob('*.tmp'):  # a killed attempt's half-written files (any process's)
+    stale.unlink(missing_ok=True)
   if s.val_docs:
     chunks = _number_documents(chunks, s)
   tok = prepared_tokenizer(output, s, chunks)
