@@ -44,7 +44,7 @@ def row(root: Path, point: Point) -> dict[str, Any]:
   median = lambda key: (statistics.median(r[key] for r in train if key in r)
                         if any(key in r for r in train) else None)
   return dict(point=point.name, overrides=point.as_dict(), state=st['state'],
-              step=state.last_step(root / point.name), val_loss=last.get('loss'),
+              step=train[-1]['step'] if train else 0, val_loss=last.get('loss'),
               best_val_loss=min((r['loss'] for r in val.values()), default=None),
               bits_per_byte=last.get('bits_per_byte'), tokens_per_s=median('tokens_per_s'),
               mfu=median('mfu'), wall_s=st.get('wall_s'), error=st.get('error'),
