@@ -16,7 +16,7 @@ $(VENV)/.core: pyproject.toml
 	touch $@
 
 $(VENV)/.test: $(VENV)/.core
-	$(PY) -m pip install --quiet -e '.[dev,seqio,gcs,hf-cpu,tpu,eval,rate,clean,sweep]'
+	$(PY) -m pip install --quiet -e '.[dev,seqio,gcs,hf-cpu,tpu,eval,rate,clean,sweep,beam]'
 	$(PY) -m jaxlm.lm_eval_plugin install
 	@# tests/test_rate.py drives Debian's Chromium through Playwright (a root machine installs it)
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && \

@@ -10,11 +10,24 @@ Sources and outputs may be gs:// URLs (see paths.py): a bucket output is prepare
 cache and uploaded, the manifest last.
 
 Killed and run again with the same flags, it continues from the chunks already complete.
+
+Across many machines, with the same flags everywhere (every way gives the same bytes):
+
+  python -m jaxlm.prepare ... --plan             # once: the tokenizer and the chunk plan
+  python -m jaxlm.prepare ... --task=$i/$N       # N tasks, anywhere, in any order, re-runnable
+  python -m jaxlm.prepare ... --finalize         # once all are done: checks, writes the manifest
+
+(launch/prepare_array.sbatch is the SLURM job array, `launch/k8s.py prepare` the Kubernetes
+indexed Job), or as one Apache Beam pipeline: --runner=DirectRunner|DataflowRunner|... followed
+by the runner's pipeline options (see data/beam.py).
 """
+
+from pathlib import Path
 
 from absl import flags
 
 from jaxlm import cli
+from jaxlm.errors import UserError
 
 _SOURCE = flags.DEFINE_string('source', '', 'UTF-8 text or JSONL (.jsonl, .jsonl.gz) files: a '
                               'file, a directory or a glob ("" is the shipped corpus); or '
@@ -41,10 +54,34 @@ _TFDS_DIR = flags.DEFINE_string('tfds_data_dir', '', 'Where a TFDS dataset was b
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the validation choice.')
 _CHUNK_MB = flags.DEFINE_float('chunk_mb', 64.0, 'Input MiB per shard pair (a unit of work).')
 _WORKERS = flags.DEFINE_integer('workers', 0, 'Worker processes (0: one per core).')
+_PLAN = flags.DEFINE_bool('plan', False, 'Only make the plan: settings, tokenizer and the chunks '
+                          '(the first step of a job array).')
+_TASK = flags.DEFINE_string('task', '', 'i/N: prepare the chunks whose index is i modulo N, from '
+                            'the plan (a job array task).')
+_RUNNER = flags.DEFINE_enum('runner', '', ['', 'DirectRunner', 'DataflowRunner', 'FlinkRunner',
+                                           'SparkRunner', 'PrismRunner'],
+                            'Prepare as an Apache Beam pipeline on this runner (the extra `beam`); '
+                            "the runner's pipeline options follow a `--`.")
+_FINALIZE = flags.DEFINE_bool('finalize', False, 'Check that every chunk of the plan is complete '
+                              'and write the manifest (the last step of a job array).')
+
+
+def _task() -> tuple[int, int] | None:
+  """--task=i/N as (i, N), None when not given."""
+  if not _TASK.value:
+    return None
+  try:
+    i, n = (int(x) for x in _TASK.value.split('/'))
+  except ValueError:
+    i = n = -1
+  cli.require(_TASK, 0 <= i < n, 'i/N with 0 <= i < N, e.g. --task=0/8 (task 0 of 8)')
+  return i, n
 
 
 def main(argv: list[str]) -> None:
-  del argv
+  if len(argv) > 1 and not _RUNNER.value:
+    raise UserError(f'unexpected arguments {argv[1:]}: only a Beam --runner takes pipeline options '
+                    'after `--`; flags take the form --name=value.')
   cli.require(_OUTPUT, bool(_OUTPUT.value.strip()), 'a directory to write')
   cli.require_location(_SOURCE, _OUTPUT, _TOKENIZER_PATH)
   cli.require_local(_TFDS_DIR)
@@ -64,7 +101,15 @@ def main(argv: list[str]) -> None:
               'empty unless --tokenizer=sentencepiece or huggingface')
   cli.require(_TOKENIZER_PATH, bool(_TOKENIZER_PATH.value) or _TOKENIZER.value != 'huggingface',
               'a tokenizer.json (or a model directory holding one) with --tokenizer=huggingface')
+  task = _task()
+  modes = [f for f in ('plan', 'task', 'finalize', 'runner') if flags.FLAGS[f].present and
+           flags.FLAGS[f].value]
+  if len(modes) > 1:
+    raise UserError(f'--{modes[0]} and --{modes[1]} cannot be given together; give one of them '
+                    '(a job array runs --plan once, every --task=i/N, then --finalize; a Beam '
+                    '--runner does all three).')
   from jaxlm import paths  # pylint: disable=import-outside-toplevel
+  from jaxlm.data import prepare  # pylint: disable=import-outside-toplevel
   from jaxlm.data.prepare import Settings  # pylint: disable=import-outside-toplevel
   from jaxlm.data.staging import prepare_to  # pylint: disable=import-outside-toplevel
   settings = Settings(
@@ -73,7 +118,31 @@ def main(argv: list[str]) -> None:
       val_fraction=_VAL_FRACTION.value, val_docs=_VAL_DOCS.value, val_tail=_VAL_TAIL.value,
       seed=_SEED.value, chunk_mb=_CHUNK_MB.value, seqio_module=_SEQIO_MODULE.value,
       data_dir=_TFDS_DIR.value)
-  manifest = prepare_to(settings, _OUTPUT.value, _WORKERS.value)
+  if modes and paths.is_url(_OUTPUT.value):
+    raise UserError(f'--{modes[0]} needs an --output that every worker can write, a shared '
+                    'directory; a gs:// output is prepared by one host (without --{modes[0]}).')
+  output = Path(_OUTPUT.value)
+  if _PLAN.value:
+    chunks = prepare.make_plan(settings, output)
+    print(f'planned {len(chunks)} chunk(s) in {output / prepare.PLAN}; now run --task=i/N for '
+          'i = 0..N-1, then --finalize')
+    return
+  if task:
+    chunks = prepare.task_chunks(prepare.read_plan(settings, output), *task)
+    prepare.run_chunks(settings, output, chunks, _WORKERS.value)
+    print(f'task {task[0]}/{task[1]}: {len(chunks)} chunk(s) complete in {output}')
+    return
+  if _FINALIZE.value:
+    manifest = prepare.finalize(settings, output, prepare.read_plan(settings, output))
+  elif _RUNNER.value:
+    try:
+      from jaxlm.data import beam  # pylint: disable=import-outside-toplevel
+    except ImportError:
+      raise UserError("--runner needs Apache Beam, an optional extra: pip install "
+                      "'jaxlm[beam]'.") from None
+    manifest = beam.prepare_beam(settings, output, _RUNNER.value, argv[1:])
+  else:
+    manifest = prepare_to(settings, _OUTPUT.value, _WORKERS.value)
   for split, c in manifest['splits'].items():
     print(f'{split}: {c["documents"]:,} documents, {c["tokens"]:,} tokens, {c["bytes"]:,} bytes '
           f'in {len(c["shards"])} shard(s)')
@@ -81,4 +150,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  cli.run(main, positional=True)

@@ -16,7 +16,8 @@ lm_eval_plugin.offline()  # as jaxlm's commands: before lm-eval (and `datasets`)
 
 # pylint: disable=wrong-import-position
 import harness  # noqa: E402
-from test_hf import bpe_tokenizer, hf_config, llama_tokenizer  # noqa: E402
+from test_hf import hf_config, llama_tokenizer  # noqa: E402
+from tiny import bpe_tokenizer  # noqa: E402
 
 lm_eval = pytest.importorskip('lm_eval')
 

@@ -15,6 +15,7 @@ from jaxlm import hf, hf_files
 from jaxlm.errors import UserError
 from jaxlm.model.attention import rope_frequencies
 from jaxlm.model.transformer import Transformer
+from tiny import bpe_tokenizer
 
 LENGTH = 150
 
@@ -236,21 +237,6 @@ def test_export_hf_command_on_a_trained_run(tmp_path, variant):
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / 'hf').eval()
   np.testing.assert_allclose(hf_logits(reloaded, ids), jaxlm_logits(r.model_cfg, params, ids),
                              atol=1e-5, rtol=1e-5)
-
-
-def bpe_tokenizer(directory, vocab: int = 300):
-  """A byte-level BPE tokenizer.json trained here on the tiny corpus, GPT-2 style."""
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-  from tiny import TINY_TEXT
-  tok = Tokenizer(models.BPE())
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tok.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=['<|endoftext|>'],
-                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-  tok.train_from_iterator([TINY_TEXT], trainer)
-  directory.mkdir(parents=True, exist_ok=True)
-  tok.save(str(directory / 'tokenizer.json'))
-  return directory / 'tokenizer.json'
 
 
 def test_huggingface_tokenizer_encodes_as_transformers(tmp_path):

@@ -4,6 +4,7 @@ the bytes; bad inputs are one sentence naming the file and line."""
 import gzip
 import json
 import os
+import re
 import signal
 import time
 
@@ -189,3 +190,157 @@ def test_damaged_shards_are_errors_and_prepare_repairs_them(source, tmp_path):
   prepare(s, tmp_path / 'out', workers=1)  # the same settings: redoes just those chunks
   assert harness.digest(tmp_path / 'out') == expected
   assert Prepared(tmp_path / 'out').train.doc(0).tolist() == _read(tmp_path / 'out', 'train')[0]
+
+
+# Preparing across machines: a job array (--plan, --task=i/N, --finalize) and Apache Beam give
+# the bytes of one host, whatever fails or runs twice on the way.
+
+KINDS = ['byte', 'char', 'sentencepiece', 'huggingface']
+
+
+@pytest.fixture(scope='module')
+def corpus(source, tmp_path_factory):
+  """About 3,000 documents in two JSONL files (each cut into several chunks), and a tokenizer.json;
+  with byte ids, one host's preparation of it (the bytes every other way must give)."""
+  from tiny import bpe_tokenizer
+  _, texts = source
+  tmp = tmp_path_factory.mktemp('corpus')
+  for name, part in [('a.jsonl', texts * 2), ('b.jsonl', texts[::-1])]:
+    (tmp / 'src').mkdir(exist_ok=True)
+    (tmp / 'src' / name).write_text(''.join(json.dumps({'text': t}) + '\n' for t in part))
+  hf = bpe_tokenizer(tmp / 'hf')
+  reference = tmp / 'one_host'
+  prepare(_settings(tmp, 'byte', hf), reference, workers=1, progress=False)
+  return tmp, hf, harness.digest(reference)
+
+
+def _settings(tmp, kind, hf):
+  return Settings(source=str(tmp / 'src'), tokenizer=kind, vocab_size=400, chunk_mb=0.04,
+                  tokenizer_path=str(hf) if kind == 'huggingface' else '', val_fraction=0.1)
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_a_job_array_gives_the_bytes_of_one_host(corpus, tmp_path, kind):
+  """--plan, then the tasks of 3 in a shuffled order, then --finalize: every file's sha256 (the
+  manifest's included) equals one host's; a finalize before the last task names its chunks and
+  writes no manifest."""
+  from jaxlm.data.prepare import finalize, make_plan, read_plan, run_chunks, task_chunks
+  tmp, hf, expected = corpus
+  s = _settings(tmp, kind, hf)
+  if kind != 'byte':
+    prepare(s, tmp_path / 'one', workers=2, progress=False)
+    expected = harness.digest(tmp_path / 'one')
+  out = tmp_path / 'array'
+  chunks = make_plan(s, out)
+  assert len(chunks) >= 6
+  for task in (2, 0):
+    run_chunks(s, out, task_chunks(read_plan(s, out), task, 3), workers=1, progress=False)
+  late = ', '.join(f'{c.index} ({os.path.basename(c.paths[0])})' for c in chunks
+                   if c.index % 3 == 1)
+  with pytest.raises(UserError, match=f'{len(chunks) // 3} of {len(chunks)} chunks are not '
+                     f'complete in .*: {re.escape(late)}; run the tasks'):
+    finalize(s, out, read_plan(s, out))
+  assert not (out / 'manifest.json').exists()
+  run_chunks(s, out, task_chunks(read_plan(s, out), 1, 3), workers=1, progress=False)
+  finalize(s, out, read_plan(s, out))
+  assert harness.digest(out) == expected
+
+
+def _chunk_files(out, index):
+  """The files one chunk wrote: its shards, their lengths, its counts and its record."""
+  return sorted([*out.glob(f'*-{index:05d}.*'), *(out / 'chunks').glob(f'{index:05d}.*')])
+
+
+def test_a_source_failing_part_way_is_finished_by_a_rerun(corpus, tmp_path, monkeypatch):
+  """A source that raises at document k (a dropped connection): the chunks complete before it
+  stay as they were (not rewritten), the re-run gives one host's bytes."""
+  from jaxlm.data import prepare as module
+  tmp, hf, expected = corpus
+  s, out, real, read = _settings(tmp, 'byte', hf), tmp_path / 'out', module.documents, [0]
+
+  def failing(chunk, *args, **kwargs):
+    for text in real(chunk, *args, **kwargs):
+      read[0] += 1
+      if read[0] == 1500:
+        raise ConnectionResetError('the bucket dropped the connection')
+      yield text
+
+  monkeypatch.setattr(module, 'documents', failing)
+  with pytest.raises(ConnectionResetError):
+    prepare(s, out, workers=1, progress=False)
+  monkeypatch.undo()
+  done = sorted(int(p.name[:5]) for p in (out / 'chunks').glob('*.json'))
+  assert 0 < len(done) < len(json.loads((out / 'plan.json').read_text())['chunks'])
+  before = {p: p.stat().st_mtime_ns for i in done for p in _chunk_files(out, i)}
+  assert len(before) == 6 * len(done)
+  prepare(s, out, workers=1, progress=False)
+  assert harness.digest(out) == expected
+  assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+def test_two_attempts_of_one_chunk_at_once(corpus, tmp_path, monkeypatch):
+  """Two attempts of one chunk writing at the same time both finish with the same record; an
+  attempt that fails half-way (an engine's cancelled duplicate) does not disturb the other's
+  files: each writes to names of its own."""
+  import threading
+  from concurrent.futures import ThreadPoolExecutor
+  from jaxlm.data import prepare as module
+  from jaxlm.data.prepare import finalize, make_plan, prepare_chunk, run_chunks
+  tmp, hf, expected = corpus
+  s, out, real = _settings(tmp, 'byte', hf), tmp_path / 'out', module.documents
+  chunks = make_plan(s, out)
+  both_writing, other_failed = threading.Barrier(2, timeout=30), threading.Event()
+
+  def paced(chunk, *args, **kwargs):
+    for i, text in enumerate(real(chunk, *args, **kwargs)):
+      if i == 1:
+        both_writing.wait()  # both attempts have their shards open and one document written
+        if threading.current_thread().name.endswith('_0') and chunk.index == 1:
+          raise RuntimeError('cancelled')
+        if chunk.index == 1:
+          assert other_failed.wait(30)
+      yield text
+
+  monkeypatch.setattr(module, 'documents', paced)
+  with ThreadPoolExecutor(2) as pool:
+    records = list(pool.map(lambda _: prepare_chunk(s, out, chunks[0]), range(2)))
+  assert records[0] == records[1]
+  with ThreadPoolExecutor(2) as pool:
+    cancelled, survivor = (pool.submit(prepare_chunk, s, out, chunks[1]) for _ in range(2))
+    with pytest.raises(RuntimeError, match='cancelled'):
+      cancelled.result()
+    other_failed.set()
+    survivor.result()
+  monkeypatch.undo()
+  run_chunks(s, out, chunks, workers=1, progress=False)
+  finalize(s, out, chunks)
+  assert harness.digest(out) == expected
+
+
+def test_plan_tasks_finalize_and_beam_on_the_command_line(corpus, tmp_path):
+  """The commands: --plan, --task=1/2 and --task=0/2 at once, --finalize; and a Beam pipeline on
+  the DirectRunner with 2 worker processes: one host's bytes each time."""
+  tmp, hf, expected = corpus
+  args = [f'--source={tmp / "src"}', '--tokenizer=byte', '--chunk_mb=0.04', '--val_fraction=0.1',
+          '--vocab_size=400']
+  out = tmp_path / 'array'
+
+  def prep(*more, wait=True):
+    cmd = harness.command(*args, f'--output={out}', *more, module='jaxlm.prepare')
+    if not wait:
+      return harness.start(cmd, tmp_path / f'{more[0][2:].replace("/", "_")}.log')
+    result = harness.run(cmd)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+  assert 'planned 18 chunk(s)' in prep('--plan').stdout
+  tasks = [prep('--task=1/2', wait=False), prep('--task=0/2', wait=False)]
+  assert [p.wait(timeout=120) for p in tasks] == [0, 0]
+  assert re.search(r'validation: [\d,]+ documents, [\d,]+ tokens, [\d,]+ bytes in 18 shard',
+                   prep('--finalize').stdout)
+  assert harness.digest(out) == expected
+  out = tmp_path / 'beam'
+  beam = prep('--runner=DirectRunner', '--', '--direct_num_workers=2',
+              '--direct_running_mode=multi_processing')
+  assert 'with Beam (DirectRunner)' in beam.stdout
+  assert harness.digest(out) == expected

@@ -32,3 +32,18 @@ def tiny_config(variant: str = 'llama', workdir: str = '/tmp/jaxlm-test') -> Con
   c.optim.warmup_steps = 2
   c.checkpoint.every = 3
   return c
+
+
+def bpe_tokenizer(directory, vocab: int = 300):
+  """A byte-level BPE tokenizer.json trained here on the tiny corpus, GPT-2 style."""
+  # pylint: disable-next=import-outside-toplevel
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=['<|endoftext|>'],
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  tok.train_from_iterator([TINY_TEXT], trainer)
+  directory.mkdir(parents=True, exist_ok=True)
+  tok.save(str(directory / 'tokenizer.json'))
+  return directory / 'tokenizer.json'

@@ -11,6 +11,8 @@ and each chunk becomes one training and one validation shard, written by a pool 
   <output>/tokenizer/                    the tokenizer: trained on a sample, built, or copied in
   <output>/settings.json                 the settings, written first: a different preparation is
                                          never written into this directory
+  <output>/plan.json                     the settings and every chunk (files, byte ranges, sizes
+                                         and times, the documents before it): the unit list
   <output>/token_counts.npy              the chunks' token counts summed (int64 [vocab]: what
                                          masked LM's frequency weighting reads)
   <output>/manifest.json                 written last and atomically: tokenizer, counts, shards
@@ -21,6 +23,18 @@ of its tokens to validation and the rest to training (for one long text this is 
 a source with its own validation split keeps it. Everything is a function of the source and the
 settings, not of the number of workers or of interruptions: a killed run, re-run, keeps the
 complete chunks and ends with the same bytes. Memory stays flat: a worker holds one document.
+
+The work has three parts, which run in one process (`prepare`) or apart:
+
+  make_plan        settings.json, the tokenizer and plan.json (once, by one process)
+  prepare_chunk    one chunk -> its shards and its record (any process, any host, any order, as
+                   often as needed: a complete chunk is left alone, and each attempt writes to
+                   names of its own, renamed into place, so two attempts of one chunk at once, or
+                   a retried one, leave the same bytes)
+  finalize         checks every chunk is complete, then writes token_counts.npy and the manifest
+
+A job array runs them as `jaxlm.prepare --plan`, N x `--task=i/N`, `--finalize`; Apache Beam as
+one pipeline (data/beam.py). Every way ends with the same bytes.
 """
 
 import contextlib
@@ -30,13 +44,15 @@ import io
 import json
 import multiprocessing
 import os
+import secrets
+import socket
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from jaxlm.data.sources import Chunk, documents, plan_chunks
+from jaxlm.data.sources import Chunk, documents, file_stamp, plan_chunks
 from jaxlm.data.tf_sources import is_tf_source
 from jaxlm.data.tokenizers import Tokenizer, atomic_write, build_tokenizer, open_tokenizer
 from jaxlm.errors import UserError, exiting_with, interrupts_ignored
@@ -44,6 +60,7 @@ from jaxlm.errors import UserError, exiting_with, interrupts_ignored
 FORMAT = 2
 SPLITS = ('train', 'validation')
 TOKEN_COUNTS = 'token_counts.npy'
+PLAN = 'plan.json'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,18 +115,54 @@ def _init_worker(settings: Settings, output: str) -> None:
   _WORKER['tokenizer'] = open_tokenizer(Path(output) / 'tokenizer', settings.tokenizer)
 
 
-def _prepare_chunk(chunk: Chunk) -> dict:
-  """Writes one chunk's shards and lengths (to temporary names, then renamed) and its record."""
+def _worker_chunk(chunk: Chunk) -> dict:
+  return prepare_chunk(_WORKER['settings'], _WORKER['output'], chunk, _WORKER['tokenizer'])
+
+
+def attempt_name() -> str:
+  """A name no other attempt shares (host, process and a random part), for temporary files."""
+  return f'{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}'
+
+
+def prepare_chunk(s: Settings, output: Path, chunk: Chunk, tok: Tokenizer | None = None) -> dict:
+  """Writes one chunk's shards and lengths (to names of this attempt, then renamed) and its
+  record; returns the record. A chunk already complete is left as it is."""
+  output = Path(output)
+  record = _complete(output, chunk)
+  if record is not None:
+    return record
+  _check_stamps(chunk)
+  tok = tok or open_tokenizer(output / 'tokenizer', s.tokenizer)
+  try:
+    return _write_chunk(s, output, chunk, tok)
+  except FileNotFoundError:
+    # Another attempt finished the chunk and the finalize step removed this one's temporary
+    # files: the chunk is complete, with the same bytes.
+    record = _complete(output, chunk)
+    if record is None:
+      raise
+    return record
+
+
+def _check_stamps(chunk: Chunk) -> None:
+  for path, stamp in zip(chunk.paths, chunk.stamps):
+    if tuple(file_stamp(path)) != tuple(stamp):
+      raise UserError(f'{path} changed since the chunk plan was made (its size or modification '
+                      'time differ); make the plan again (jaxlm.prepare --plan, or the same '
+                      'command without --task) so the changed file is prepared afresh.')
+
+
+def _write_chunk(s: Settings, output: Path, chunk: Chunk, tok: Tokenizer) -> dict:
   # pylint: disable-next=import-outside-toplevel  # (only the workers write)
   from array_record.python.array_record_module import ArrayRecordWriter
-  s, output, tok = _WORKER['settings'], _WORKER['output'], _WORKER['tokenizer']
   counts = {split: dict(documents=0, tokens=0, bytes=0) for split in SPLITS}
   lengths = {split: [] for split in SPLITS}
   digests = {split: hashlib.sha256() for split in SPLITS}  # of the token ids, record by record
   writers, tmps, read = {}, {}, 0
   token_counts = TokenCounter(tok.vocab_size)  # of the training split
+  attempt = attempt_name()
   for split in SPLITS:
-    tmps[split] = shard_path(output, split, chunk.index, '.tmp')
+    tmps[split] = shard_path(output, split, chunk.index, f'.{attempt}.tmp')
     writers[split] = ArrayRecordWriter(str(tmps[split]), 'group_size:1')
   try:
     for i, text in enumerate(documents(chunk, s.text_field, **s.tf_options())):
@@ -125,9 +178,13 @@ def _prepare_chunk(chunk: Chunk) -> dict:
         c = counts[split]
         c['documents'], c['tokens'], c['bytes'] = (c['documents'] + 1, c['tokens'] + len(ids),
                                                    c['bytes'] + n_bytes)
-  finally:
-    for w in writers.values():
-      w.close()
+  except BaseException:
+    for split in SPLITS:
+      writers[split].close()
+      tmps[split].unlink(missing_ok=True)
+    raise
+  for w in writers.values():
+    w.close()
   sizes = {}
   _save_npy(_counts_path(output, chunk.index), token_counts.total())
   for split in SPLITS:
@@ -260,24 +317,61 @@ def _pool(workers: int, s: Settings, output: Path):
     return multiprocessing.get_context('spawn').Pool(workers, _init_worker, (s, str(output)))
 
 
-def prepare(s: Settings, output: Path, workers: int = 0, progress: bool = True) -> dict:
-  """Prepares `s.source` into `output` (resuming a killed run there); returns the manifest."""
+def make_plan(s: Settings, output: Path) -> list[Chunk]:
+  """The first part (one process): settings.json (refusing a directory that holds another
+  preparation), the chunks (numbered, for val_docs), the tokenizer, and plan.json."""
   output = Path(output)
   chunks = plan_chunks(s.source, s.chunk_mb, **s.tf_options())
+  wanted = _wanted(s)
   settings_path = output / 'settings.json'
-  wanted = settings_record(s)
-  cleaning = cleaning_record(s.source)
-  if cleaning:
-    wanted['cleaning'] = cleaning
   if settings_path.exists() and json.loads(settings_path.read_text()) != wanted:
     raise UserError(f'{output} already holds a preparation with other settings (see '
                     f'{settings_path}); give a new --output, or the same settings to resume it.')
   _atomic_json(settings_path, wanted)
-  for stale in output.rglob('*.tmp'):  # a killed attempt's half-written files (any process's)
-    stale.unlink(missing_ok=True)
   if s.val_docs:
     chunks = _number_documents(chunks, s)
-  tok = prepared_tokenizer(output, s, chunks)
+  prepared_tokenizer(output, s, chunks)
+  _atomic_json(output / PLAN, dict(settings=wanted,
+                                   chunks=[_plain(dataclasses.asdict(c)) for c in chunks]))
+  return chunks
+
+
+def _wanted(s: Settings) -> dict:
+  wanted = settings_record(s)
+  cleaning = cleaning_record(s.source)
+  if cleaning:
+    wanted['cleaning'] = cleaning
+  return wanted
+
+
+def read_plan(s: Settings, output: Path) -> list[Chunk]:
+  """The chunks of the plan in `output`, made with the same settings as `s`."""
+  path = Path(output) / PLAN
+  try:
+    plan = json.loads(path.read_text())
+  except FileNotFoundError:
+    raise UserError(f'{output} has no chunk plan ({PLAN}); run the same command with --plan '
+                    'first (once, before the tasks).') from None
+  except ValueError:
+    raise UserError(f'{path} is damaged (not JSON); run the same command with --plan '
+                    'again.') from None
+  wanted = _wanted(s)
+  if plan.get('settings') != wanted:
+    theirs = plan.get('settings') or {}
+    differ = sorted(k for k in set(wanted) | set(theirs) if wanted.get(k) != theirs.get(k))
+    shown = ', '.join(f'{k}: {wanted.get(k)!r} here, {theirs.get(k)!r} in the plan'
+                      for k in differ[:3])
+    raise UserError(f'these flags differ from the plan in {path} ({shown}); give every task and '
+                    'the finalize step the same flags as --plan.')
+  return [Chunk(**{**c, 'paths': tuple(c['paths']),
+                   'stamps': tuple(tuple(x) for x in c['stamps'])}) for c in plan['chunks']]
+
+
+def run_chunks(s: Settings, output: Path, chunks: Sequence[Chunk], workers: int = 0,
+               progress: bool = True) -> dict:
+  """Prepares the chunks not yet complete with a pool of `workers` processes (0: one per core),
+  showing chunks done and tokens/s; returns {index: record} of all of them."""
+  output = Path(output)
   records = {c.index: r for c in chunks if (r := _complete(output, c)) is not None}
   todo = [c for c in chunks if c.index not in records]
   workers = workers or os.cpu_count() or 1
@@ -290,10 +384,10 @@ def prepare(s: Settings, output: Path, workers: int = 0, progress: bool = True) 
     if workers > 1 and len(todo) > 1 and not is_tf_source(s.source):
       pool = stack.enter_context(_pool(min(workers, len(todo)), s, output))
       stack.enter_context(exiting_with(pool.terminate))
-      results = pool.imap_unordered(_prepare_chunk, todo)
+      results = pool.imap_unordered(_worker_chunk, todo)
     else:
       _init_worker(s, str(output))
-      results = map(_prepare_chunk, todo)
+      results = map(_worker_chunk, todo)
     for record in results:
       records[record['chunk']['index']] = record
       docs += record['documents_read']
@@ -302,6 +396,29 @@ def prepare(s: Settings, output: Path, workers: int = 0, progress: bool = True) 
       bar.set_postfix(docs=f'{docs:,} ({docs / seconds:,.0f}/s)',
                       tokens=f'{tokens:,} ({tokens / seconds:,.0f}/s)', refresh=False)
       bar.update(1)
+  return records
+
+
+def task_chunks(chunks: Sequence[Chunk], task: int, tasks: int) -> list[Chunk]:
+  """Task i of N prepares the chunks whose index is i modulo N."""
+  return [c for c in chunks if c.index % tasks == task]
+
+
+def finalize(s: Settings, output: Path, chunks: Sequence[Chunk]) -> dict:
+  """The last part: every chunk complete (else an error naming the missing ones, and no
+  manifest), temporary files of killed attempts removed, token_counts.npy and the manifest."""
+  output = Path(output)
+  records = {c.index: r for c in chunks if (r := _complete(output, c)) is not None}
+  missing = [c for c in chunks if c.index not in records]
+  if missing:
+    named = ', '.join(f'{c.index} ({Path(c.paths[0]).name})' for c in missing[:8])
+    more = f' and {len(missing) - 8} more' if len(missing) > 8 else ''
+    raise UserError(f'{len(missing)} of {len(chunks)} chunks are not complete in {output}: '
+                    f'{named}{more}; run the tasks that prepare them (--task=i/N with i = '
+                    'chunk modulo N) again, then --finalize.')
+  for stale in output.rglob('*.tmp'):  # killed attempts' half-written files (every chunk is done)
+    stale.unlink(missing_ok=True)
+  tok = open_tokenizer(output / 'tokenizer', s.tokenizer)
   splits = _totals(output, records, s)
   _save_npy(output / TOKEN_COUNTS, sum(np.load(_counts_path(output, c.index)) for c in chunks))
   manifest = dict(format=FORMAT, settings=dataclasses.asdict(s), dtype='<i4',
@@ -309,10 +426,18 @@ def prepare(s: Settings, output: Path, workers: int = 0, progress: bool = True) 
                   splits=splits, token_counts=TOKEN_COUNTS,
                   tokenizer=dict(kind=s.tokenizer, fingerprint=tok.fingerprint,
                                  vocab_size=tok.vocab_size, eos_id=tok.eos_id))
+  cleaning = cleaning_record(s.source)
   if cleaning:
     manifest['cleaning'] = cleaning
   _atomic_json(output / 'manifest.json', manifest)
   return manifest
+
+
+def prepare(s: Settings, output: Path, workers: int = 0, progress: bool = True) -> dict:
+  """Prepares `s.source` into `output` (resuming a killed run there); returns the manifest."""
+  chunks = make_plan(s, output)
+  run_chunks(s, output, chunks, workers, progress)
+  return finalize(s, output, chunks)
 
 
 def _totals(output: Path, records: dict, s: Settings) -> dict:

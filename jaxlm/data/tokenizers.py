@@ -14,6 +14,7 @@ evaluation streams, and so does a prompt when there is a beginning-of-sequence t
 import hashlib
 import json
 import os
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence
@@ -270,8 +271,23 @@ def train_sentencepiece(files: Sequence[Path], output: Path, vocab_size: int,
       raise UserError(f'SentencePiece could not train a {vocab_size}-token vocabulary on '
                       f'{len(files)} file(s) ({reason}); change the vocabulary size '
                       '(data.tokenizer_vocab_size, or --vocab_size of jaxlm.tokenizer).') from None
-    os.replace(os.path.join(tmp, 'spm.model'), output)
+    atomic_write(output, _without_paths(Path(tmp, 'spm.model').read_bytes()))
   return SentencePieceTokenizer(output)
+
+
+def _without_paths(model: bytes) -> bytes:
+  """A trained model's bytes without what differs between two trainings on the same text: the
+  training files' directories, the temporary model prefix and the thread count (SentencePiece
+  records them), so that preparing the same corpus twice, or on other machines, gives the same
+  file."""
+  from sentencepiece import sentencepiece_model_pb2  # pylint: disable=import-outside-toplevel
+  proto = sentencepiece_model_pb2.ModelProto.FromString(model)
+  names = [os.path.basename(f) for f in proto.trainer_spec.input]
+  del proto.trainer_spec.input[:]
+  proto.trainer_spec.input.extend(names)
+  proto.trainer_spec.model_prefix = 'spm'
+  proto.trainer_spec.ClearField('num_threads')
+  return proto.SerializeToString(deterministic=True)
 
 
 TOKENIZER_FILES = {'char': 'chars.json', 'sentencepiece': 'spm.model',
@@ -325,9 +341,10 @@ def build_tokenizer(directory: Path, kind: str, texts: Sequence[str], vocab_size
 
 def atomic_write(path: Path, data: bytes) -> None:
   """Writes via a temporary file and a rename, so a crash never leaves half a file; the temporary
-  name is the process's own, so two processes writing the same file never share one."""
+  name is the attempt's own (process and a random part: processes on two hosts may share a pid),
+  so two processes writing the same file never share one."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
+  tmp = path.with_name(f'{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp')
   tmp.write_bytes(data)
   os.replace(tmp, path)
