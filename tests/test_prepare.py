@@ -281,7 +281,8 @@ def test_a_source_failing_part_way_is_finished_by_a_rerun(corpus, tmp_path, monk
 def test_two_attempts_of_one_chunk_at_once(corpus, tmp_path, monkeypatch):
   """Two attempts of one chunk writing at the same time both finish with the same record; an
   attempt that fails half-way (an engine's cancelled duplicate) does not disturb the other's
-  files: each writes to names of its own."""
+  files: each writes to names of its own; a slow duplicate whose files the finalize step removed
+  (another attempt had finished the chunk) ends with that chunk's record."""
   import threading
   from concurrent.futures import ThreadPoolExecutor
   from jaxlm.data import prepare as module
@@ -290,15 +291,19 @@ def test_two_attempts_of_one_chunk_at_once(corpus, tmp_path, monkeypatch):
   s, out, real = _settings(tmp, 'byte', hf), tmp_path / 'out', module.documents
   chunks = make_plan(s, out)
   both_writing, other_failed = threading.Barrier(2, timeout=30), threading.Event()
+  slow_writing, finalized = threading.Event(), threading.Event()
 
   def paced(chunk, *args, **kwargs):
     for i, text in enumerate(real(chunk, *args, **kwargs)):
-      if i == 1:
+      if i == 1 and chunk.index < 2:
         both_writing.wait()  # both attempts have their shards open and one document written
         if threading.current_thread().name.endswith('_0') and chunk.index == 1:
           raise RuntimeError('cancelled')
         if chunk.index == 1:
           assert other_failed.wait(30)
+      if i == 1 and chunk.index == 2 and threading.current_thread().name.endswith('_0'):
+        slow_writing.set()
+        assert finalized.wait(30)
       yield text
 
   monkeypatch.setattr(module, 'documents', paced)
@@ -311,9 +316,14 @@ def test_two_attempts_of_one_chunk_at_once(corpus, tmp_path, monkeypatch):
       cancelled.result()
     other_failed.set()
     survivor.result()
+  with ThreadPoolExecutor(1) as pool:
+    slow = pool.submit(prepare_chunk, s, out, chunks[2])
+    assert slow_writing.wait(30)
+    run_chunks(s, out, chunks, workers=1, progress=False)  # (chunk 2 too, by this thread)
+    finalize(s, out, chunks)  # (which removes the slow attempt's temporary files)
+    finalized.set()
+    assert slow.result() == json.loads((out / 'chunks' / '00002.json').read_text())
   monkeypatch.undo()
-  run_chunks(s, out, chunks, workers=1, progress=False)
-  finalize(s, out, chunks)
   assert harness.digest(out) == expected
 
 
