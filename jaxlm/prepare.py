@@ -53,7 +53,8 @@ _TFDS_DIR = flags.DEFINE_string('tfds_data_dir', '', 'Where a TFDS dataset was b
                                 'download); "" is TFDS\'s default.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the validation choice.')
 _CHUNK_MB = flags.DEFINE_float('chunk_mb', 64.0, 'Input MiB per shard pair (a unit of work).')
-_WORKERS = flags.DEFINE_integer('workers', 0, 'Worker processes (0: one per core).')
+_WORKERS = flags.DEFINE_integer('workers', 0, 'Worker processes (0: one per CPU this '
+                                'process may use).')
 _PLAN = flags.DEFINE_bool('plan', False, 'Only make the plan: settings, tokenizer and the chunks '
                           '(the first step of a job array).')
 _TASK = flags.DEFINE_string('task', '', 'i/N: prepare the chunks whose index is i modulo N, from '

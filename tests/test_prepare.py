@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import sys
 import time
 
 import numpy as np
@@ -353,4 +354,43 @@ def test_plan_tasks_finalize_and_beam_on_the_command_line(corpus, tmp_path):
   beam = prep('--runner=DirectRunner', '--', '--direct_num_workers=2',
               '--direct_running_mode=multi_processing')
   assert 'with Beam (DirectRunner)' in beam.stdout
+  assert harness.digest(out) == expected
+
+
+def test_the_slurm_job_array_recipe(corpus, tmp_path):
+  """launch/prepare_slurm.sh with a stand-in `sbatch` that runs each job as it is submitted (the
+  array's tasks in a shuffled order): the plan, the array after it (afterok), the finalize job after
+  every task (afterany); one host's bytes."""
+  tmp, _, expected = corpus
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  (bin_dir / 'sbatch').write_text(f'''#!/usr/bin/env bash
+echo "$@" >> {tmp_path}/sbatch.log
+id=$(( $(wc -l < {tmp_path}/sbatch.log) + 100 ))
+for a in "$@"; do
+  case $a in --array=*) array=${{a#--array=0-}};; --wrap=*) wrap=${{a#--wrap=}};; esac
+done
+if [[ -n ${{array:-}} ]]; then
+  for i in $(seq 0 "${{array%%%*}}" | shuf); do
+    SLURM_ARRAY_TASK_ID=$i sh -c "$wrap" >> {tmp_path}/jobs.log 2>&1 || exit 1
+  done
+else
+  sh -c "$wrap" >> {tmp_path}/jobs.log 2>&1 || exit 1
+fi
+echo "$id;cluster"
+''')
+  (bin_dir / 'sbatch').chmod(0o755)
+  out = tmp_path / 'prepared'
+  env = harness.env(PATH=f'{bin_dir}{os.pathsep}{os.environ["PATH"]}', JAXLM_PYTHON=sys.executable,
+                    JAXLM_LOGS=str(tmp_path / 'logs'), JAXLM_PARALLEL='2')
+  result = harness.run(['bash', 'launch/prepare_slurm.sh', '3', f'--source={tmp / "src"}',
+                        '--tokenizer=byte', '--chunk_mb=0.04', '--val_fraction=0.1',
+                        '--vocab_size=400', f'--output={out}'], env=env)
+  assert result.returncode == 0, (result.stderr + (tmp_path / 'jobs.log').read_text())[-3000:]
+  assert 'submitted: plan 101, tasks 102 (0-2), finalize 103' in result.stdout
+  submitted = (tmp_path / 'sbatch.log').read_text().splitlines()
+  assert submitted[0].endswith('--plan')
+  assert '--dependency=afterok:101' in submitted[1] and '--array=0-2%2' in submitted[1]
+  assert submitted[1].endswith('--task=$SLURM_ARRAY_TASK_ID/3')
+  assert '--dependency=afterany:102' in submitted[2] and submitted[2].endswith('--finalize')
   assert harness.digest(out) == expected

@@ -369,12 +369,13 @@ def read_plan(s: Settings, output: Path) -> list[Chunk]:
 
 def run_chunks(s: Settings, output: Path, chunks: Sequence[Chunk], workers: int = 0,
                progress: bool = True) -> dict:
-  """Prepares the chunks not yet complete with a pool of `workers` processes (0: one per core),
+  """Prepares the chunks not yet complete with a pool of `workers` processes (0: one per CPU that
+  this process may run on: a SLURM task's, a container's),
   showing chunks done and tokens/s; returns {index: record} of all of them."""
   output = Path(output)
   records = {c.index: r for c in chunks if (r := _complete(output, c)) is not None}
   todo = [c for c in chunks if c.index not in records]
-  workers = workers or os.cpu_count() or 1
+  workers = workers or len(os.sched_getaffinity(0))  # (the CPUs this process may use)
   bar = tqdm(total=len(chunks), initial=len(records), unit='chunk', dynamic_ncols=True,
              disable=not progress)
   docs = tokens = 0
