@@ -144,3 +144,69 @@ def xpk_command(*, name: str, image: str, config: str, workdir: str, overrides: 
           f'--tpu-type={tpu_type}', f'--num-slices={num_slices}', f'--docker-image={image}',
           '--max-restarts=10', '--command=' + shlex.join(train_command(config, workdir,
                                                                          overrides))]
+
+
+def prepare_jobset(*, name: str, image: str, prepare_args: list[str], tasks: int,
+                   parallelism: int, cpus: int, mount: str, claim: str = '', bucket: str = '',
+                   spot: bool = False, service_account: str = '') -> dict[str, Any]:
+  """jaxlm.prepare across pods, as a JobSet of three Jobs run one after the other (dependsOn):
+  `plan` (one pod), `tasks` (an indexed Job: pod i runs --task=i/N; a pod evicted or preempted is
+  retried without counting, a refused command (status 2) is not retried), and `finalize` (one
+  pod). The output directory must be on the volume every pod mounts at `mount`: a
+  ReadWriteMany claim (Filestore, NFS) or a bucket through the Cloud Storage FUSE CSI driver.
+  Re-applied after a failure, it resumes: the plan is the same and complete chunks are kept."""
+  _name(name)
+  if tasks < 1 or parallelism < 1 or cpus < 1:
+    raise UserError('--tasks, --parallelism and --cpus must be 1 or more; fix them.')
+  if bool(claim) == bool(bucket):
+    raise UserError('give the shared volume the output is on: --claim=<a ReadWriteMany '
+                    'PersistentVolumeClaim> or --bucket=<a Cloud Storage bucket> (one of them).')
+  output = next((a.split('=', 1)[1] for a in prepare_args if a.startswith('--output=')), '')
+  if not output or not (output.rstrip('/') + '/').startswith(mount.rstrip('/') + '/'):
+    raise UserError(f'give jaxlm.prepare an --output below the mount point {mount} after `--` '
+                    f'(it was {output or "not given"}): every pod writes there.')
+  if any(a.startswith(('--plan', '--task', '--finalize', '--runner', '--workers'))
+         for a in prepare_args):
+    raise UserError('leave --plan, --task, --finalize, --runner and --workers out of the flags '
+                    'after `--`: the Jobs add them.')
+  prepare = shlex.join(['python', '-m', 'jaxlm.prepare', *prepare_args, f'--workers={cpus}'])
+  volume: dict[str, Any] = dict(name='data')
+  if claim:
+    volume['persistentVolumeClaim'] = dict(claimName=claim)
+  else:
+    volume['csi'] = dict(driver='gcsfuse.csi.storage.gke.io',
+                         volumeAttributes=dict(bucketName=bucket))
+  pod_meta = dict(annotations={'gke-gcsfuse/volumes': 'true'}) if bucket else {}
+
+  def job(step: str, command: str, **spec) -> dict[str, Any]:
+    pod: dict[str, Any] = dict(
+        restartPolicy='Never', volumes=[volume],
+        containers=[dict(name='prepare', image=image, command=['bash', '-c', command],
+                         resources=dict(requests=dict(cpu=str(cpus)),
+                                        limits=dict(cpu=str(cpus))),
+                         volumeMounts=[dict(name='data', mountPath=mount)])])
+    if spot:
+      pod['nodeSelector'] = {'cloud.google.com/gke-spot': 'true'}
+      pod['tolerations'] = [dict(key='cloud.google.com/gke-spot', operator='Equal',
+                                 value='true', effect='NoSchedule')]
+    if service_account:
+      pod['serviceAccountName'] = service_account
+    template = dict(spec=pod, **({'metadata': pod_meta} if pod_meta else {}))
+    return dict(name=step, replicas=1, template=dict(spec=dict(**spec, template=template)))
+
+  retries = dict(podFailurePolicy=dict(rules=[
+      dict(action='Ignore', onPodConditions=[dict(type='DisruptionTarget')]),
+      dict(action='FailJob', onExitCodes=dict(containerName='prepare', operator='In',
+                                              values=[2]))]), backoffLimit=3)
+  plan = job('plan', f'exec {prepare} --plan', **retries)
+  array = job('tasks', f'exec {prepare} --task="$JOB_COMPLETION_INDEX/{tasks}"',
+              completionMode='Indexed', completions=tasks, parallelism=min(parallelism, tasks),
+              backoffLimitPerIndex=3, maxFailedIndexes=tasks, podFailurePolicy=dict(rules=[
+                  dict(action='Ignore', onPodConditions=[dict(type='DisruptionTarget')]),
+                  dict(action='FailIndex', onExitCodes=dict(containerName='prepare',
+                                                            operator='In', values=[2]))]))
+  array['dependsOn'] = [dict(name='plan', status='Complete')]
+  final = job('finalize', f'exec {prepare} --finalize', **retries)
+  final['dependsOn'] = [dict(name='tasks', status='Complete')]
+  return dict(apiVersion=API_VERSION, kind='JobSet', metadata=dict(name=name),
+              spec=dict(failurePolicy=dict(maxRestarts=0), replicatedJobs=[plan, array, final]))

@@ -394,3 +394,41 @@ echo "$id;cluster"
   assert submitted[1].endswith('--task=$SLURM_ARRAY_TASK_ID/3')
   assert '--dependency=afterany:102' in submitted[2] and submitted[2].endswith('--finalize')
   assert harness.digest(out) == expected
+
+
+def test_the_kubernetes_jobset_recipe(corpus, tmp_path):
+  """launch/prepare_k8s.py's JobSet follows JobSet's schema (no field Kubernetes would drop), runs
+  plan, tasks, finalize in that order (dependsOn), and its pods' commands, run here in order
+  (task pods with their completion index), give one host's bytes."""
+  import shlex
+  import yaml
+  from test_launch import check_against_jobset_schema
+  tmp, _, expected = corpus
+  out, manifest_file = tmp_path / 'data' / 'prepared', tmp_path / 'prep.yaml'
+  result = harness.run([sys.executable, 'launch/prepare_k8s.py', '--name=prep', '--image=img:1',
+                        '--tasks=2', '--parallelism=4', '--cpus=1', '--bucket=corpora',
+                        f'--mount={tmp_path / "data"}', f'--output={manifest_file}', '--',
+                        f'--source={tmp / "src"}', '--tokenizer=byte', '--chunk_mb=0.04',
+                        '--val_fraction=0.1', '--vocab_size=400', f'--output={out}'])
+  assert result.returncode == 0, result.stderr[-3000:]
+  manifest = yaml.safe_load(manifest_file.read_text())
+  check_against_jobset_schema(manifest)
+  jobs = manifest['spec']['replicatedJobs']
+  assert [j['name'] for j in jobs] == ['plan', 'tasks', 'finalize']
+  assert [j.get('dependsOn') for j in jobs] == [
+      None, [dict(name='plan', status='Complete')], [dict(name='tasks', status='Complete')]]
+  tasks = jobs[1]['template']['spec']
+  assert (tasks['completionMode'], tasks['completions'], tasks['parallelism']) == (
+      'Indexed', 2, 2)
+  bin_dir = tmp_path / 'bin'  # `python` in the image is this interpreter here
+  bin_dir.mkdir()
+  (bin_dir / 'python').write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+  (bin_dir / 'python').chmod(0o755)
+  env = harness.env(PATH=f'{bin_dir}{os.pathsep}{os.environ["PATH"]}')
+  for job in jobs:
+    spec = job['template']['spec']
+    command = spec['template']['spec']['containers'][0]['command']
+    for index in range(spec.get('completions', 1))[::-1]:
+      ran = harness.run(command, env={**env, 'JOB_COMPLETION_INDEX': str(index)})
+      assert ran.returncode == 0, (shlex.join(command), ran.stderr[-3000:])
+  assert harness.digest(out) == expected
