@@ -22,8 +22,6 @@ indexed Job), or as one Apache Beam pipeline: --runner=DirectRunner|DataflowRunn
 by the runner's pipeline options (see data/beam.py).
 """
 
-from pathlib import Path
-
 from absl import flags
 
 from jaxlm import cli
@@ -95,7 +93,7 @@ def main(argv: list[str]) -> None:
   cli.require(_SEED, _SEED.value >= 0, 'a number >= 0')
   cli.require(_CHUNK_MB, _CHUNK_MB.value > 0, 'a positive number of MiB')
   cli.require(_FIELD, bool(_FIELD.value.strip()), 'a field name (not empty)')
-  cli.require(_WORKERS, _WORKERS.value >= 0, '0 (one per core) or a positive number')
+  cli.require(_WORKERS, _WORKERS.value >= 0, '0 (one per CPU) or a positive number')
   cli.require(_VAL_TAIL, not (_VAL_TAIL.value and _VAL_DOCS.value), 'false when --val_docs is set')
   cli.require(_TOKENIZER_PATH, not _TOKENIZER_PATH.value or
               _TOKENIZER.value in ('sentencepiece', 'huggingface'),
@@ -112,29 +110,25 @@ def main(argv: list[str]) -> None:
   from jaxlm import paths  # pylint: disable=import-outside-toplevel
   from jaxlm.data import prepare  # pylint: disable=import-outside-toplevel
   from jaxlm.data.prepare import Settings  # pylint: disable=import-outside-toplevel
-  from jaxlm.data.staging import prepare_to  # pylint: disable=import-outside-toplevel
+  from jaxlm.data import staging  # pylint: disable=import-outside-toplevel
   settings = Settings(
       source=_SOURCE.value, tokenizer=_TOKENIZER.value, tokenizer_path=_TOKENIZER_PATH.value,
       vocab_size=_VOCAB.value, sample_mb=_SAMPLE_MB.value, text_field=_FIELD.value,
       val_fraction=_VAL_FRACTION.value, val_docs=_VAL_DOCS.value, val_tail=_VAL_TAIL.value,
       seed=_SEED.value, chunk_mb=_CHUNK_MB.value, seqio_module=_SEQIO_MODULE.value,
       data_dir=_TFDS_DIR.value)
-  if modes and paths.is_url(_OUTPUT.value):
-    raise UserError(f'--{modes[0]} needs an --output that every worker can write, a shared '
-                    'directory; a gs:// output is prepared by one host (without --{modes[0]}).')
-  output = Path(_OUTPUT.value)
+  output = _OUTPUT.value
   if _PLAN.value:
-    chunks = prepare.make_plan(settings, output)
-    print(f'planned {len(chunks)} chunk(s) in {output / prepare.PLAN}; now run --task=i/N for '
+    chunks = staging.plan(settings, output)
+    print(f'planned {len(chunks)} chunk(s) in {output}/{prepare.PLAN}; now run --task=i/N for '
           'i = 0..N-1, then --finalize')
     return
   if task:
-    chunks = prepare.task_chunks(prepare.read_plan(settings, output), *task)
-    prepare.run_chunks(settings, output, chunks, _WORKERS.value)
+    chunks = staging.task(settings, output, *task, workers=_WORKERS.value)
     print(f'task {task[0]}/{task[1]}: {len(chunks)} chunk(s) complete in {output}')
     return
   if _FINALIZE.value:
-    manifest = prepare.finalize(settings, output, prepare.read_plan(settings, output))
+    manifest = staging.finalize(settings, output)
   elif _RUNNER.value:
     try:
       from jaxlm.data import beam  # pylint: disable=import-outside-toplevel
@@ -143,7 +137,7 @@ def main(argv: list[str]) -> None:
                       "'jaxlm[beam]'.") from None
     manifest = beam.prepare_beam(settings, output, _RUNNER.value, argv[1:])
   else:
-    manifest = prepare_to(settings, _OUTPUT.value, _WORKERS.value)
+    manifest = staging.prepare_to(settings, output, _WORKERS.value)
   for split, c in manifest['splits'].items():
     print(f'{split}: {c["documents"]:,} documents, {c["tokens"]:,} tokens, {c["bytes"]:,} bytes '
           f'in {len(c["shards"])} shard(s)')

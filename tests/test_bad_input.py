@@ -521,8 +521,6 @@ OTHER_CASES = [
      'leave --plan, --task, --finalize, --runner and --workers out'),
     ('prepare_k8s no flags', 'launch/prepare_k8s.py', ['--image=i', '--claim=c'],
      "give jaxlm.prepare's flags after `--`"),
-    ('prepare task into a bucket', 'jaxlm.prepare', ['--output=gs://b/p', '--task=0/2'],
-     '--task needs an --output that every worker can write'),
     ('bench data of a missing shard', 'jaxlm.bench',
      ['--config={cfg}', '--what=data', '--config.data.corpus={tmp}/prep_missing'],
      'is missing from the prepared dataset'),

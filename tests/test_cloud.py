@@ -162,3 +162,43 @@ def test_a_run_on_the_bucket_is_the_local_run(gcs, tmp_path):
              for w in (tmp_path / 'run', bucket / 'run')]
   assert results[0] == results[1] and results[0]['validation']['loss'] > 0
   assert not (harness.ROOT / 'gs:').exists() and not (tmp_path / 'gs:').exists()
+
+
+def _objects(root) -> dict[str, str]:
+  """{name: sha256} of every object under a bucket location."""
+  import hashlib
+  scheme = str(root).split('://', 1)[0]
+  return {str(p)[len(str(root)) + 1:]: hashlib.sha256(p.read_bytes()).hexdigest()
+          for top, _, names in root.walk() for name in names
+          for p in [paths.path(f'{scheme}://{top}') / name]}
+
+
+def test_a_job_array_and_beam_into_a_bucket_give_one_hosts_bytes(gcs, tmp_path):
+  """Into a bucket: one host's preparation, a job array (the plan made on one host, the tasks and
+  the finalize step on another with nothing local) and a Beam pipeline on the DirectRunner with 2
+  worker processes leave the same objects, byte for byte."""
+  from jaxlm.data import staging
+  bucket = paths.path(f'{BUCKET}/array-test')
+  _corpus(bucket)
+  args = dict(source=f'{bucket}/corpus', tokenizer='char', val_docs=3, chunk_mb=0.0005)
+  s = Settings(**args)
+  prepare_to(s, f'{bucket}/one', workers=1, progress=False)
+  expected = _objects(bucket / 'one')
+  assert 'plan.json' in expected and 'chunks/00003.json' in expected
+  url = f'{bucket}/array'
+  chunks = staging.plan(s, url)
+  assert len(chunks) >= 4
+  shutil.rmtree(paths.local_mirror('prepared', url))  # the tasks run on another host
+  for i in (1, 0):
+    staging.task(s, url, i, 2, workers=1, progress=False)
+  assert not list(paths.local_mirror('prepared', url).glob('*.arrayrecord'))  # uploaded, deleted
+  staging.finalize(s, url)
+  assert _objects(bucket / 'array') == expected
+  flags = [f'--{k}={v}' for k, v in args.items()]
+  beam = subprocess.run(
+      [sys.executable, '-m', 'jaxlm.prepare', *flags, f'--output={bucket}/beam',
+       '--runner=DirectRunner', '--', '--direct_num_workers=2',
+       '--direct_running_mode=multi_processing'],
+      cwd=harness.ROOT, env=harness.env(**gcs), capture_output=True, text=True, timeout=300)
+  assert beam.returncode == 0, beam.stderr[-3000:]
+  assert _objects(bucket / 'beam') == expected

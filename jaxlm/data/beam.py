@@ -10,9 +10,10 @@ then finalizes: it reads the chunk records the workers wrote and writes the mani
 are those of `prepare` on one host: a chunk is a pure function of the plan, and an attempt that
 an engine retries or runs twice writes to names of its own (see prepare.prepare_chunk).
 
-Workers write into --output directly, so it must be a directory every worker reaches (a shared
-file system; for Dataflow, jaxlm installed on the workers through --setup_file or a container
-image). A gs:// --output is prepared through the local cache on one host and not by Beam.
+The output is a directory every worker reaches (a shared file system) or a gs:// location: then
+each worker copies the plan and the tokenizer to its local cache, prepares each chunk there and
+uploads it, its record last (data/staging.py). Dataflow's workers need jaxlm installed (a
+container image, or --setup_file).
 """
 
 import contextlib
@@ -25,27 +26,32 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
 from apache_beam.runners import create_runner
 
-from jaxlm.data.prepare import Settings, finalize, make_plan, prepare_chunk
+from jaxlm import paths
+from jaxlm.data import staging
+from jaxlm.data.prepare import Settings, complete, prepare_chunk
 from jaxlm.data.sources import Chunk
-from jaxlm.data.tokenizers import open_tokenizer
 from jaxlm.errors import UserError
 
 
 class PrepareChunk(beam.DoFn):
-  """Prepares the chunks it is given; the tokenizer is opened once per worker, in setup."""
+  """Prepares the chunks it is given; the plan's tokenizer is opened once per worker, in setup."""
 
   def __init__(self, settings: Settings, output: str):
     super().__init__()
-    self.settings, self.output, self.tokenizer = settings, output, None
+    self.settings, self.output, self.local, self.tokenizer = settings, output, None, None
 
   def setup(self):
-    self.tokenizer = open_tokenizer(Path(self.output) / 'tokenizer', self.settings.tokenizer)
+    self.local, _, self.tokenizer = staging.planned(self.settings, self.output)
 
   def process(self, chunk: dict):
     chunk = Chunk(**{**chunk, 'paths': tuple(chunk['paths']),
                      'stamps': tuple(tuple(x) for x in chunk['stamps'])})
-    record = prepare_chunk(self.settings, Path(self.output), chunk, self.tokenizer)
-    yield record['chunk']['index']
+    if not paths.is_url(self.output):
+      prepare_chunk(self.settings, self.local, chunk, self.tokenizer)
+    elif complete(self.output, chunk) is None:
+      prepare_chunk(self.settings, self.local, chunk, self.tokenizer)
+      staging.upload_chunk(self.local, self.output, chunk.index)
+    yield chunk.index
 
 
 def pipeline_options(runner: str, args: list[str]) -> PipelineOptions:
@@ -74,15 +80,17 @@ def pipeline_options(runner: str, args: list[str]) -> PipelineOptions:
   return options
 
 
-def prepare_beam(s: Settings, output: Path, runner: str, pipeline_args: list[str]) -> dict:
-  """Prepares `s.source` into `output` with a Beam pipeline on `runner`; returns the manifest."""
+def prepare_beam(s: Settings, output: str, runner: str, pipeline_args: list[str]) -> dict:
+  """Prepares `s.source` into `output` (a shared directory or a gs:// location) with a Beam
+  pipeline on `runner`; returns the manifest."""
   options = pipeline_options(runner, pipeline_args)
-  output = Path(output)
-  chunks = make_plan(s, output)
+  if not paths.is_url(output):
+    output = str(Path(output).resolve())  # (the workers' working directory may be another)
+  chunks = staging.plan(s, output)
   print(f'Preparing {len(chunks)} chunk(s) with Beam ({runner})', flush=True)
   with beam.Pipeline(options=options) as pipeline:
     _ = (pipeline
          | 'Chunks' >> beam.Create([dataclasses.asdict(c) for c in chunks])
          | 'Spread' >> beam.Reshuffle()
-         | 'Prepare' >> beam.ParDo(PrepareChunk(s, str(output.resolve()))))
-  return finalize(s, output, chunks)
+         | 'Prepare' >> beam.ParDo(PrepareChunk(s, output)))
+  return staging.finalize(s, output)

@@ -47,11 +47,12 @@ import os
 import secrets
 import socket
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
+from jaxlm import paths
 from jaxlm.data.sources import Chunk, documents, file_stamp, plan_chunks
 from jaxlm.data.tf_sources import is_tf_source
 from jaxlm.data.tokenizers import Tokenizer, atomic_write, build_tokenizer, open_tokenizer
@@ -92,7 +93,22 @@ def in_validation(text: str, index: int, s: Settings) -> bool:
 
 
 def shard_path(output: Path, split: str, index: int, suffix: str = '.arrayrecord') -> Path:
-  return Path(output) / f'{split}-{index:05d}{suffix}'
+  return as_dir(output) / f'{split}-{index:05d}{suffix}'
+
+
+def as_dir(output):
+  """A prepared dataset's directory: a pathlib.Path, or an epath.Path for a gs:// location (which
+  the finalize step and the completeness checks read directly; chunks are written locally)."""
+  return paths.path(str(output)) if paths.is_url(str(output)) else Path(output)
+
+
+def _size(path) -> int | None:
+  """A file's size in bytes, None when it does not exist (local or on a bucket)."""
+  try:
+    st = path.stat()
+  except OSError:
+    return None
+  return st.st_size if hasattr(st, 'st_size') else st.length
 
 
 def _parts(text: str, index: int, split: str, s: Settings, tok: Tokenizer):
@@ -128,7 +144,7 @@ def prepare_chunk(s: Settings, output: Path, chunk: Chunk, tok: Tokenizer | None
   """Writes one chunk's shards and lengths (to names of this attempt, then renamed) and its
   record; returns the record. A chunk already complete is left as it is."""
   output = Path(output)
-  record = _complete(output, chunk)
+  record = complete(output, chunk)
   if record is not None:
     return record
   _check_stamps(chunk)
@@ -138,7 +154,7 @@ def prepare_chunk(s: Settings, output: Path, chunk: Chunk, tok: Tokenizer | None
   except FileNotFoundError:
     # Another attempt finished the chunk and the finalize step removed this one's temporary
     # files: the chunk is complete, with the same bytes.
-    record = _complete(output, chunk)
+    record = complete(output, chunk)
     if record is None:
       raise
     return record
@@ -258,21 +274,21 @@ def _plain(value):
   return json.loads(json.dumps(value))
 
 
-def _complete(output: Path, chunk: Chunk) -> dict | None:
+def complete(output: Path, chunk: Chunk) -> dict | None:
   """The record of a chunk an earlier run finished (the same files, shards of the recorded
-  sizes), or None."""
+  sizes), or None. `output` may be a bucket location."""
+  output = as_dir(output)
   done = output / 'chunks' / f'{chunk.index:05d}.json'
   try:
     record = json.loads(done.read_text())
   except (OSError, ValueError):
     return None
-  if record.get('chunk') != _plain(dataclasses.asdict(chunk)) or not _counts_path(
-      output, chunk.index).exists():  # (a chunk prepared before token counts is prepared again)
+  if record.get('chunk') != _plain(dataclasses.asdict(chunk)) or _size(_counts_path(
+      output, chunk.index)) is None:  # (a chunk prepared before token counts is prepared again)
     return None
   for split in SPLITS:
-    shard = shard_path(output, split, chunk.index)
-    if not shard_path(output, split, chunk.index, '.lengths.npy').exists() or (
-        not shard.exists() or shard.stat().st_size != record['shard_bytes'][split]):
+    if _size(shard_path(output, split, chunk.index, '.lengths.npy')) is None or (
+        _size(shard_path(output, split, chunk.index)) != record['shard_bytes'][split]):
       return None
   return record
 
@@ -368,13 +384,17 @@ def read_plan(s: Settings, output: Path) -> list[Chunk]:
 
 
 def run_chunks(s: Settings, output: Path, chunks: Sequence[Chunk], workers: int = 0,
-               progress: bool = True) -> dict:
+               progress: bool = True, done: Callable[[dict], None] | None = None) -> dict:
   """Prepares the chunks not yet complete with a pool of `workers` processes (0: one per CPU that
   this process may run on: a SLURM task's, a container's),
-  showing chunks done and tokens/s; returns {index: record} of all of them."""
+  showing chunks done and tokens/s; returns {index: record} of all of them. `done` is called
+  with each chunk's record, those complete before included, as it is complete."""
   output = Path(output)
-  records = {c.index: r for c in chunks if (r := _complete(output, c)) is not None}
+  records = {c.index: r for c in chunks if (r := complete(output, c)) is not None}
   todo = [c for c in chunks if c.index not in records]
+  for record in records.values():
+    if done:
+      done(record)
   workers = workers or len(os.sched_getaffinity(0))  # (the CPUs this process may use)
   bar = tqdm(total=len(chunks), initial=len(records), unit='chunk', dynamic_ncols=True,
              disable=not progress)
@@ -391,6 +411,8 @@ def run_chunks(s: Settings, output: Path, chunks: Sequence[Chunk], workers: int 
       results = map(_worker_chunk, todo)
     for record in results:
       records[record['chunk']['index']] = record
+      if done:
+        done(record)
       docs += record['documents_read']
       tokens += sum(counts['tokens'] for counts in record['counts'].values())
       seconds = max(bar.format_dict['elapsed'], 1e-9)
@@ -405,11 +427,13 @@ def task_chunks(chunks: Sequence[Chunk], task: int, tasks: int) -> list[Chunk]:
   return [c for c in chunks if c.index % tasks == task]
 
 
-def finalize(s: Settings, output: Path, chunks: Sequence[Chunk]) -> dict:
+def finalize(s: Settings, output: Path, chunks: Sequence[Chunk],
+             tok: Tokenizer | None = None) -> dict:
   """The last part: every chunk complete (else an error naming the missing ones, and no
-  manifest), temporary files of killed attempts removed, token_counts.npy and the manifest."""
-  output = Path(output)
-  records = {c.index: r for c in chunks if (r := _complete(output, c)) is not None}
+  manifest), temporary files of killed attempts removed, token_counts.npy and the manifest.
+  `output` may be a bucket location (then `tok` is the plan's tokenizer, kept locally)."""
+  output = as_dir(output)
+  records = {c.index: r for c in chunks if (r := complete(output, c)) is not None}
   missing = [c for c in chunks if c.index not in records]
   if missing:
     named = ', '.join(f'{c.index} ({Path(c.paths[0]).name})' for c in missing[:8])
@@ -417,11 +441,15 @@ def finalize(s: Settings, output: Path, chunks: Sequence[Chunk]) -> dict:
     raise UserError(f'{len(missing)} of {len(chunks)} chunks are not complete in {output}: '
                     f'{named}{more}; run the tasks that prepare them (--task=i/N with i = '
                     'chunk modulo N) again, then --finalize.')
-  for stale in output.rglob('*.tmp'):  # killed attempts' half-written files (every chunk is done)
-    stale.unlink(missing_ok=True)
-  tok = open_tokenizer(output / 'tokenizer', s.tokenizer)
+  if isinstance(output, Path):  # (nothing is written to a bucket under a temporary name)
+    for stale in output.rglob('*.tmp'):  # killed attempts' files (every chunk is done)
+      stale.unlink(missing_ok=True)
+  tok = tok or open_tokenizer(output / 'tokenizer', s.tokenizer)
   splits = _totals(output, records, s)
-  _save_npy(output / TOKEN_COUNTS, sum(np.load(_counts_path(output, c.index)) for c in chunks))
+  counts = np.zeros(tok.vocab_size, np.int64)
+  for c in chunks:
+    counts += np.load(io.BytesIO(_counts_path(output, c.index).read_bytes()))
+  _save_npy(output / TOKEN_COUNTS, counts)
   manifest = dict(format=FORMAT, settings=dataclasses.asdict(s), dtype='<i4',
                   source_files=len({p for c in chunks if c.stamps for p in c.paths}),
                   splits=splits, token_counts=TOKEN_COUNTS,

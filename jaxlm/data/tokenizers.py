@@ -340,9 +340,12 @@ def build_tokenizer(directory: Path, kind: str, texts: Sequence[str], vocab_size
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-  """Writes via a temporary file and a rename, so a crash never leaves half a file; the temporary
-  name is the attempt's own (process and a random part: processes on two hosts may share a pid),
-  so two processes writing the same file never share one."""
+  """Writes via a temporary file and a rename (locally; a gs:// location directly), so a crash
+  never leaves half a file; the temporary name is the attempt's own (process and a random part:
+  processes on two hosts may share a pid), so two processes writing one file never share one."""
+  if paths.is_url(str(path)):  # a bucket's object appears whole or not at all
+    paths.path(str(path)).write_bytes(data)
+    return
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(f'{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp')
