@@ -20,6 +20,7 @@ importing it for every path costs seconds.
 import hashlib
 import importlib
 import os
+import secrets
 import shutil
 from pathlib import Path
 
@@ -98,7 +99,7 @@ def copy(source, target) -> None:
   final = target
   if not is_url(target):
     target.parent.mkdir(parents=True, exist_ok=True)
-    target = target.with_name(target.name + '.tmp')
+    target = target.with_name(f'{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp')
   with source.open('rb') as src, target.open('wb') as dst:
     shutil.copyfileobj(src, dst, 16 * 2**20)
   if target is not final:

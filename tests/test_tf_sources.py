@@ -107,9 +107,49 @@ def tfds_dir(tmp_path_factory):
         yield i, {'text': text, 'id': i}
 
   directory = tmp_path_factory.mktemp('tfds')
-  JaxlmTinyText(data_dir=str(directory)).download_and_prepare(
-      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  JaxlmTinyText(data_dir=str(directory)).download_and_prepare(  # 3 shards a split
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False, num_shards=3))
   return directory
+
+
+def test_a_tfds_split_is_a_chunk_a_shard_and_a_job_array_gives_one_hosts_bytes(tmp_path,
+                                                                               tfds_dir):
+  """Each shard of a split is a chunk (so that workers, tasks and Beam share a split); prepared in
+  one process, or by 2 tasks, the same bytes; the documents in the dataset's order."""
+  from jaxlm.data.prepare import Settings, finalize, make_plan, prepare, run_chunks, task_chunks
+  from jaxlm.data.sources import plan_chunks
+  s = Settings(source='tfds:jaxlm_tiny_text', data_dir=str(tfds_dir), tokenizer='byte')
+  chunks = plan_chunks(s.source, s.chunk_mb, **s.tf_options())
+  assert [(c.split, c.shard, c.shards) for c in chunks] == [
+      (split, k, 3) for split in ('train', 'validation') for k in range(3)]
+  prepare(s, tmp_path / 'one', workers=1, progress=False)
+  one = data.Prepared(tmp_path / 'one')
+  import tensorflow_datasets as tfds
+  builder = tfds.builder('jaxlm_tiny_text', data_dir=str(tfds_dir))
+  for split in ('train', 'validation'):
+    texts = [x['text'].decode() for x in builder.as_dataset(split=split).as_numpy_iterator()]
+    assert _documents(getattr(one, split), one.tokenizer) == texts
+  make_plan(s, tmp_path / 'array')
+  for i in (1, 0):
+    run_chunks(s, tmp_path / 'array', task_chunks(chunks, i, 2), workers=1, progress=False)
+  finalize(s, tmp_path / 'array', chunks)
+  assert harness.digest(tmp_path / 'array') == harness.digest(tmp_path / 'one')
+  # A SeqIO task over the same files: read in the same shards, the same token ids.
+  import seqio
+  name = 'jaxlm_test_tfds_shards'
+  if name not in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.add(name, source=seqio.TfdsDataSource(
+        'jaxlm_tiny_text:1.0.0', tfds_data_dir=str(tfds_dir)), preprocessors=[],
+        output_features={})
+  s = Settings(source=f'seqio:{name}', tokenizer='byte')
+  assert [(c.split, c.shard, c.shards) for c in plan_chunks(s.source, s.chunk_mb)] == [
+      (split, k, 3) for split in ('train', 'validation') for k in range(3)]
+  prepare(s, tmp_path / 'seqio', workers=2, progress=False)
+
+  def shards(out):
+    return {k: v for k, v in harness.digest(out).items() if k.endswith(('.arrayrecord', '.npy'))}
+  assert len(shards(tmp_path / 'seqio')) == 6 * 5 + 1 and (
+      shards(tmp_path / 'seqio') == shards(tmp_path / 'one'))
 
 
 def test_a_tfds_dataset_is_prepared_offline_and_trained(tmp_path, tfds_dir):

@@ -44,8 +44,7 @@ class PrepareChunk(beam.DoFn):
     self.local, _, self.tokenizer = staging.planned(self.settings, self.output)
 
   def process(self, chunk: dict):
-    chunk = Chunk(**{**chunk, 'paths': tuple(chunk['paths']),
-                     'stamps': tuple(tuple(x) for x in chunk['stamps'])})
+    chunk = Chunk.from_record(chunk)
     if not paths.is_url(self.output):
       prepare_chunk(self.settings, self.local, chunk, self.tokenizer)
     elif complete(self.output, chunk) is None:

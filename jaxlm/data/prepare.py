@@ -379,8 +379,7 @@ def read_plan(s: Settings, output: Path) -> list[Chunk]:
                       for k in differ[:3])
     raise UserError(f'these flags differ from the plan in {path} ({shown}); give every task and '
                     'the finalize step the same flags as --plan.')
-  return [Chunk(**{**c, 'paths': tuple(c['paths']),
-                   'stamps': tuple(tuple(x) for x in c['stamps'])}) for c in plan['chunks']]
+  return [Chunk.from_record(c) for c in plan['chunks']]
 
 
 def run_chunks(s: Settings, output: Path, chunks: Sequence[Chunk], workers: int = 0,
@@ -400,9 +399,10 @@ def run_chunks(s: Settings, output: Path, chunks: Sequence[Chunk], workers: int 
              disable=not progress)
   docs = tokens = 0
   with bar, contextlib.ExitStack() as stack:
-    # SeqIO and TFDS splits stream through TensorFlow in this process (a task may be registered
-    # here only); files go to a pool of worker processes.
-    if workers > 1 and len(todo) > 1 and not is_tf_source(s.source):
+    # Files, TFDS shards and the shards of a SeqIO task that a module registers go to a pool of
+    # worker processes; a SeqIO task registered here only is prepared in this process.
+    in_pool = not is_tf_source(s.source) or s.source.startswith('tfds:') or s.seqio_module
+    if workers > 1 and len(todo) > 1 and in_pool:
       pool = stack.enter_context(_pool(min(workers, len(todo)), s, output))
       stack.enter_context(exiting_with(pool.terminate))
       results = pool.imap_unordered(_worker_chunk, todo)

@@ -11,7 +11,7 @@ A source is one of:
 
 A chunk is a run of documents that one worker prepares into one shard per split: small text
 files grouped up to about chunk_mb, a plain JSONL file cut every ~chunk_mb at a line start, a
-gzip file whole (it cannot be cut), a SeqIO or TFDS split whole. A chunk records the size and
+gzip file whole (it cannot be cut), a shard of a SeqIO or TFDS split. A chunk records the size and
 modification time of its files, so a file changed since is prepared again.
 """
 
@@ -40,7 +40,15 @@ class Chunk:
   stop: int = 0
   first_doc: int = 0  # the number of documents before this chunk (set only for val_docs)
   split: str = ''  # '' chooses by the holdout rule; else the source's own split, kept
+  shard: int = 0  # SeqIO and TFDS: shard `shard` of `shards` of the split
+  shards: int = 1
   stamps: tuple[tuple[int, int], ...] = ()  # (size, mtime_ns) of each file
+
+  @classmethod
+  def from_record(cls, record: dict) -> 'Chunk':
+    """The chunk a plan or a chunk record holds (as JSON reads it back: lists for tuples)."""
+    return cls(**{**record, 'paths': tuple(record['paths']),
+                  'stamps': tuple(tuple(s) for s in record['stamps'])})
 
 
 def corpus_files(pattern: str) -> list:
@@ -104,8 +112,10 @@ def file_stamp(path: Path) -> tuple[int, int]:
 def plan_chunks(source: str, chunk_mb: float, **tf_options) -> list[Chunk]:
   """Cuts a source into chunks (see the module docstring). tf_options: seqio_module, data_dir."""
   if tf_sources.is_tf_source(source):
-    return [Chunk(i, (source,), split=split)
-            for i, split in enumerate(tf_sources.splits(source, **tf_options))]
+    parts = [(split, k, n) for split in tf_sources.splits(source, **tf_options)
+             for n in [tf_sources.shards(source, split, **tf_options)] for k in range(n)]
+    return [Chunk(i, (source,), split=split, shard=k, shards=n)
+            for i, (split, k, n) in enumerate(parts)]
   size = max(int(chunk_mb * 2**20), 1)
   chunks: list[Chunk] = []
   texts: list[tuple[Path, tuple[int, int]]] = []  # text files waiting to be grouped
@@ -143,7 +153,8 @@ def documents(chunk: Chunk, text_field: str = 'text', **tf_options) -> Iterator[
   """The documents of a chunk, in order; a bad JSONL line is an error naming file and line."""
   first = chunk.paths[0]
   if tf_sources.is_tf_source(first):
-    yield from tf_sources.documents(first, chunk.split, text_field, **tf_options)
+    yield from tf_sources.documents(first, chunk.split, text_field, shard=chunk.shard,
+                                    shards=chunk.shards, **tf_options)
     return
   path = paths.path(first)
   if not is_jsonl(path):

@@ -3,7 +3,9 @@
 The TensorFlow stack is an optional extra (`pip install 'jaxlm[seqio]'`), imported here and only
 here, lazily. Each example is one document, its text in the feature named by the text field. The
 source's `train` split trains; its `validation` split, when it has one, validates (otherwise
-jaxlm.prepare holds documents out of the training split by its usual rule). SeqIO tasks are
+jaxlm.prepare holds documents out of the training split by its usual rule). A split is read in
+its own shards (a TFDS split's files, a SeqIO task's source shards), each a chunk that a worker,
+a job array's task or a Beam worker prepares; a SeqIO mixture is one chunk a split. SeqIO tasks are
 registered by importing the module named by seqio_module. TFDS datasets are read from data_dir
 (TFDS's default when empty) and never downloaded: a dataset that is not there is an error.
 """
@@ -75,15 +77,31 @@ def splits(source: str, seqio_module: str = '', data_dir: str = '') -> list[str]
   return [s for s in SPLITS if s in have]
 
 
+def shards(source: str, split: str, seqio_module: str = '', data_dir: str = '') -> int:
+  """How many shards a split is read in: a TFDS split's files, a SeqIO task's source shards
+  (1 for a mixture, or a source that cannot say)."""
+  kind, name = source.split(':', 1)
+  if kind == 'tfds':
+    return max(_tfds_builder(name, data_dir).info.splits[split].num_shards, 1)
+  task_source = getattr(_seqio_task(name, seqio_module), 'source', None)  # (a mixture has none)
+  try:
+    return max(len(task_source.list_shards(split)), 1)
+  except Exception:  # pylint: disable=broad-except  # (a source without a shard listing)
+    return 1
+
+
 def documents(source: str, split: str, feature: str, seqio_module: str = '',
-              data_dir: str = '') -> Iterator[str]:
-  """The text of each example of one split, in order."""
+              data_dir: str = '', shard: int = 0, shards: int = 1) -> Iterator[str]:
+  """The text of each example of one split (of shard `shard` of `shards` of it), in order."""
   kind, name = source.split(':', 1)
   if kind == 'seqio':
+    import seqio  # pylint: disable=import-outside-toplevel
     dataset = _seqio_task(name, seqio_module).get_dataset(
-        split=split, shuffle=False, sequence_length=None)
+        split=split, shuffle=False, sequence_length=None,
+        shard_info=seqio.ShardInfo(index=shard, num_shards=shards) if shards > 1 else None)
   else:
-    dataset = _tfds_builder(name, data_dir).as_dataset(split=split, shuffle_files=False)
+    part = f'{split}[{shard}shard:{shard + 1}shard]' if shards > 1 else split
+    dataset = _tfds_builder(name, data_dir).as_dataset(split=part, shuffle_files=False)
   for example in dataset.as_numpy_iterator():
     if feature not in example:
       raise UserError(f'the {kind} source {name!r} has no feature {feature!r} (it has '
