@@ -14,7 +14,7 @@ from conftest import resolved_model
 from jaxlm.data.pipeline import TrainBatches, train_rows
 from jaxlm.data.prepare import Settings, prepare
 from jaxlm.data.prepared import Prepared
-from jaxlm.data.rows import ConcatRows, PackedRows, first_fit, padded_slice
+from jaxlm.data.rows import ConcatRows, PackedRows, first_fit, first_fit_blocks, padded_slice
 from jaxlm.data.sources import SHIPPED_CORPUS as SHIPPED
 
 L = 16
@@ -122,6 +122,23 @@ def test_first_fit():
   assert first_fit([3, 3, 2, 4, 1], 5, bins=2) == [[0, 2], [1, 4], [3]]  # full rows close
   assert first_fit([1, 1, 1], 5, bins=2, max_items=2) == [[0, 1], [2]]
   assert first_fit([5, 5], 5, bins=1) == [[0], [1]]
+
+
+def test_first_fit_blocks_is_first_fit_on_each_block():
+  """The vectorised packer: below two blocks exactly first_fit; above, first_fit on each block,
+  block after block (random sizes, capacities, open rows and item limits)."""
+  rng = np.random.default_rng(0)
+  for _ in range(150):
+    n, cap, bins, most = (int(rng.integers(0, 200)), int(rng.integers(1, 40)),
+                          int(rng.integers(1, 6)), int(rng.integers(0, 4)))
+    sizes, block = rng.integers(1, cap + 1, n), int(rng.integers(8, 64))
+    items, starts = first_fit_blocks(sizes, cap, bins, most, block=block)
+    got = [items[a:b].tolist() for a, b in zip(starts[:-1], starts[1:])]
+    cuts = np.linspace(0, n, max(1, n // block) + 1).astype(int)
+    assert got == [[int(a) + i for i in r] for a, b in zip(cuts[:-1], cuts[1:])
+                   for r in first_fit(sizes[a:b].tolist(), cap, bins, most)]
+    if n < 2 * block:
+      assert got == first_fit(sizes.tolist(), cap, bins, most)
 
 
 def _batches(path_or_paths, packing, rows, workers=0, seed=0, weights=None):
