@@ -132,13 +132,14 @@ def test_first_fit_blocks_is_first_fit_on_each_block():
     n, cap, bins, most = (int(rng.integers(0, 200)), int(rng.integers(1, 40)),
                           int(rng.integers(1, 6)), int(rng.integers(0, 4)))
     sizes, block = rng.integers(1, cap + 1, n), int(rng.integers(8, 64))
-    items, starts = first_fit_blocks(sizes, cap, bins, most, block=block)
-    got = [items[a:b].tolist() for a, b in zip(starts[:-1], starts[1:])]
     cuts = np.linspace(0, n, max(1, n // block) + 1).astype(int)
-    assert got == [[int(a) + i for i in r] for a, b in zip(cuts[:-1], cuts[1:])
-                   for r in first_fit(sizes[a:b].tolist(), cap, bins, most)]
+    expected = [[int(a) + i for i in r] for a, b in zip(cuts[:-1], cuts[1:])
+                for r in first_fit(sizes[a:b].tolist(), cap, bins, most)]
+    for vectorise_from in (1, 128):  # numpy across the blocks; first_fit block by block
+      items, starts = first_fit_blocks(sizes, cap, bins, most, block, vectorise_from)
+      assert [items[a:b].tolist() for a, b in zip(starts[:-1], starts[1:])] == expected
     if n < 2 * block:
-      assert got == first_fit(sizes.tolist(), cap, bins, most)
+      assert expected == first_fit(sizes.tolist(), cap, bins, most)
 
 
 def _batches(path_or_paths, packing, rows, workers=0, seed=0, weights=None):

@@ -130,15 +130,22 @@ def first_fit(sizes: list[int], capacity: int, bins: int, max_items: int = 0) ->
 
 
 def first_fit_blocks(sizes: np.ndarray, capacity: int, bins: int, max_items: int = 0,
-                     block: int = PACK_BLOCK) -> tuple[np.ndarray, np.ndarray]:
-  """first_fit on consecutive blocks of about `block` items (one block below 2 x block items),
-  all blocks a step at a time in numpy: (items in row order, row starts into them). Block 0's
-  rows come first, each block's rows as first_fit gives them. Planning 10M pieces takes seconds
-  instead of a Python loop's tens, in arrays rather than lists (docs/BENCHMARKS.md)."""
+                     block: int = PACK_BLOCK,
+                     vectorise_from: int = 128) -> tuple[np.ndarray, np.ndarray]:
+  """first_fit on consecutive blocks of about `block` items (one block below 2 x block items):
+  (items in row order, row starts into them), block 0's rows first, each block's rows as
+  first_fit gives them. From `vectorise_from` blocks on, all blocks go a step at a time in numpy
+  (a step costs about the same for 1 block as for 100, so fewer go through first_fit itself):
+  10M pieces plan in seconds, in arrays rather than lists (docs/BENCHMARKS.md)."""
   sizes = np.asarray(sizes, np.int64)
   n = len(sizes)
   S = max(1, n // block)  # blocks
   start = np.linspace(0, n, S + 1).astype(np.int64)
+  if S < vectorise_from:
+    rows = [np.asarray(r, np.int64) + a for a, b in zip(start[:-1], start[1:])
+            for r in first_fit(sizes[a:b].tolist(), capacity, bins, max_items)]
+    items = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    return items, np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
   length = start[1:] - start[:-1]
   room = np.zeros((S, bins), np.int64)
   count = np.zeros((S, bins), np.int64)
