@@ -144,7 +144,7 @@ def run(workdir: str, step: int | None, text: str, references: str, max_new_toke
                                                                   dataset=i)
   results = {}
   for name, stream in streams.items():
-    if len(stream.tokens) < 2 or not stream.weights[1:].any():
+    if not data.has_targets(stream):
       raise UserError(f'the {name} text has no token to predict; evaluate a longer text.')
     result = evaluation.loss_over(eval_step, r.params, stream, r.cfg, batch_sh)
     results[name] = objective.report(result, stream.bytes)

@@ -51,11 +51,8 @@ def loss_over(eval_step, params: Any, stream: data.EvalStream, cfg: ConfigDict, 
   segments = None
   if objectives.of(cfg).eval_rows:  # rows drawn on in the step: their index and extent
     # (a masked LM's token sees its window; packed: its document)
-    documents = (stream.documents if stream.documents is not None
-                 else np.ones(len(stream.tokens), np.int32))
-    segments = documents if cfg.data.packing == 'pack' else (documents > 0).astype(np.int32)
-  for batch in data.eval_batches(stream.tokens, objectives.window_length(cfg), B,
-                                 weights=stream.weights,
+    segments = 'documents' if cfg.data.packing == 'pack' else 'present'
+  for batch in data.eval_batches(data.stream_source(stream), objectives.window_length(cfg), B,
                                  max_batches=max_batches, segments=segments,
                                  rows=sharding.host_rows(batch_sharding, B)):
     sums = eval_step(params, to_global(batch, batch_sharding, B))

@@ -128,11 +128,12 @@ def test_validation_split_scores_text_not_document_ends(spm_tokenizer, tmp_path)
   cfg.data.tokenizer, cfg.data.tokenizer_path = 'sentencepiece', str(spm_tokenizer.path)
   run = data.open_run_data(cfg, tmp_path / 'run')
   stream = data.validation_stream(run, cfg, 16)
+  tokens, weights, _ = data.stream_arrays(stream)
   eos = spm_tokenizer.eos_id
-  assert (stream.tokens == eos).sum() >= 2 and (stream.weights[stream.tokens == eos] == 0).all()
-  assert (stream.weights[stream.tokens != eos] == 1).all()
+  assert (tokens == eos).sum() >= 2 and (weights[tokens == eos] == 0).all()
+  assert (weights[tokens != eos] == 1).all()
   # Independently: decode each document (identity normalisation makes decoding exact here).
-  docs = np.split(stream.tokens, np.flatnonzero(stream.tokens == eos))
+  docs = np.split(tokens, np.flatnonzero(tokens == eos))
   decoded = [spm_tokenizer.decode([t for t in d if t != eos]) for d in docs if len(d)]
   assert all(d in TEXTS for d in decoded)
   assert stream.bytes == sum(len(d.encode()) for d in decoded)

@@ -261,3 +261,36 @@ def test_train_batches_follow_the_config(datasets, tmp_path):
   run = data.open_run_data(cfg, tmp_path / 'run')
   batch = next(data.train_batches(run, cfg, L, range(8)))
   assert batch['segment_ids'].shape == (8, L) and batch['segment_ids'].max() <= 2
+
+
+@pytest.mark.parametrize('align', [0, L])
+def test_a_host_reads_only_the_documents_of_its_evaluation_windows(datasets, align, monkeypatch):
+  """Evaluation windows read on demand (DocumentStream) equal those of the whole stream in memory
+  (document_stream), for every field; 4 simulated hosts each read (counted at the source, the
+  document cache off) at most a quarter of what one host reads plus one shard of documents, and
+  their rows side by side are the one-host batches bit for bit."""
+  from jaxlm.data.pipeline import DocumentStream, document_stream, eval_batches
+  monkeypatch.setattr('jaxlm.data.prepared.CACHE_BYTES', 0)
+  path = datasets['words']
+  split = Prepared(path).train
+  docs = [split.doc(i) for i in range(len(split.lengths))]
+  tokens, weights, documents = document_stream(docs, EOS, align)
+  expected = list(eval_batches(tokens, L, 8, weights=weights, segments=documents))
+  one = Prepared(path).train
+  stream = DocumentStream(one.lengths, one.docs, EOS, align)
+  assert len(stream) == len(tokens) and stream.targets == weights.sum()
+  for want, got in zip(expected, eval_batches(stream, L, 8, segments='documents'), strict=True):
+    for key in want:
+      np.testing.assert_array_equal(got[key], want[key])
+  hosts = [Prepared(path).train for _ in range(4)]
+  batches = [eval_batches(DocumentStream(h.lengths, h.docs, EOS, align), L, 8,
+                          rows=range(2 * i, 2 * i + 2), segments='documents')
+             for i, h in enumerate(hosts)]
+  for want, *got in zip(expected, *batches, strict=True):
+    for key in want:
+      np.testing.assert_array_equal(np.concatenate([g[key] for g in got]), want[key])
+  manifest = json.loads((path / 'manifest.json').read_text())
+  shard = max(len(np.load(path / n)) for n in manifest['splits']['train']['lengths'])
+  assert len(manifest['splits']['train']['lengths']) > 4 and one.reads >= len(docs)
+  for h in hosts:
+    assert 0 < h.reads <= one.reads / 4 + shard, (h.reads, one.reads, shard)

@@ -157,11 +157,20 @@ def train_batches(run: RunData, cfg: ConfigDict, length: int, host_rows: Sequenc
 
 
 class EvalStream(NamedTuple):
-  """Text to score as one stream (see pipeline.document_stream) and its UTF-8 bytes."""
+  """Text to score as one stream (see pipeline.document_stream) and its UTF-8 bytes: arrays
+  (`tokens`, `weights`, `documents`), or for a validation split a pipeline.DocumentStream in
+  `tokens` (weights and documents None), which reads only the windows a host scores."""
   tokens: np.ndarray
-  weights: np.ndarray
+  weights: np.ndarray | None
   bytes: int
   documents: np.ndarray | None = None  # each token's document (1, 2, ...; 0: padding)
+
+
+def has_targets(stream: EvalStream) -> bool:
+  """Whether a stream has a token to predict."""
+  if stream.weights is None:  # a DocumentStream
+    return stream.tokens.targets > 0
+  return len(stream.tokens) > 1 and bool(stream.weights[1:].any())
 
 
 def eval_stream(docs: Sequence[np.ndarray], n_bytes: int, tokenizer: Tokenizer, packing: str,
@@ -177,17 +186,53 @@ def eval_stream(docs: Sequence[np.ndarray], n_bytes: int, tokenizer: Tokenizer, 
   return EvalStream(tokens, weights, n_bytes, documents)
 
 
+class _Splits:
+  """The first documents of several splits as one sequence of documents: fetch(ids) reads
+  {id: token ids} from the splits that hold them."""
+
+  def __init__(self, parts: Sequence[tuple[Split, int]]):
+    self.parts = list(parts)
+    self.bases = np.concatenate([[0], np.cumsum([n for _, n in parts])]).astype(np.int64)
+
+  def lengths(self) -> np.ndarray:
+    return np.concatenate([split.lengths[:n] for split, n in self.parts] or [np.zeros(0)])
+
+  def __call__(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
+    out = {}
+    for (split, n), base in zip(self.parts, self.bases):
+      local = [int(i) - int(base) for i in ids if base <= i < base + n]
+      if local:
+        out.update({i + int(base): doc for i, doc in split.docs(local).items()})
+    return out
+
+
 def validation_stream(run: RunData, cfg: ConfigDict, length: int, limit: int = 0,
                       dataset: int | None = None) -> EvalStream:
   """The validation documents of every dataset (or of one), in order; with limit > 0 only about
-  that many tokens (training's periodic validation over train.eval_batches)."""
-  from jaxlm.data.pipeline import split_documents  # pylint: disable=import-outside-toplevel
+  that many tokens (training's periodic validation over train.eval_batches). Documents are read
+  when the windows that hold them are scored, and by the hosts that score those windows."""
+  from jaxlm.data.pipeline import DocumentStream  # pylint: disable=import-outside-toplevel
   chosen = run.datasets if dataset is None else [run.datasets[dataset]]
-  docs: list[np.ndarray] = []
+  parts, tokens = [], 0
   for ds in chosen:
-    docs += split_documents(ds.validation, max(limit - sum(map(len, docs)), 1) if limit else 0)
+    lengths = ds.validation.lengths.astype(np.int64)
+    n = len(lengths)
+    if limit:  # as many documents as hold the tokens still wanted
+      left = max(limit - tokens, 1)
+      n = min(n, int(np.searchsorted(np.cumsum(lengths + 1), left)) + 1)
+    parts.append((ds.validation, n))
+    tokens += int(lengths[:n].sum())
+  fetch = _Splits(parts)
+  start = document_start(run.tokenizer)
+  stream = DocumentStream(fetch.lengths(), fetch, start,
+                          length if cfg.data.packing == 'pack' else 0)
   n_bytes = sum(ds.validation.bytes for ds in chosen) if not limit else 0
-  return eval_stream(docs, n_bytes, run.tokenizer, cfg.data.packing, length)
+  if start is None and n_bytes:  # (characters: each document's first token is context only)
+    for a in range(0, int(fetch.bases[-1]), 4096):
+      got = fetch(range(a, min(a + 4096, int(fetch.bases[-1]))))
+      n_bytes -= sum(len(run.tokenizer.decode([int(d[0])]).encode()) for d in got.values()
+                     if len(d))
+  return EvalStream(stream, None, n_bytes)
 
 
 def text_stream(texts: Sequence[str], tokenizer: Tokenizer, packing: str,
@@ -205,6 +250,22 @@ def eval_batches(*args, **kwargs):
   return batches(*args, **kwargs)
 
 
+def stream_arrays(stream: EvalStream) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+  """(tokens, weights, documents) of a whole stream, in memory (a DocumentStream reads every
+  document)."""
+  if stream.weights is not None:
+    return stream.tokens, stream.weights, stream.documents
+  return stream.tokens.read([(0, len(stream.tokens))])[0]
+
+
+def stream_source(stream: EvalStream):
+  """What eval_batches reads of a stream: its DocumentStream, or its arrays as one."""
+  if stream.weights is None:
+    return stream.tokens
+  from jaxlm.data.pipeline import ArrayStream  # pylint: disable=import-outside-toplevel
+  return ArrayStream(stream.tokens, stream.weights, stream.documents)
+
+
 __all__ = ['EvalStream', 'Prepared', 'RunData', 'Split', 'Tokenizer', 'corpus_files',
-           'eval_batches', 'is_prepared', 'open_run_data', 'read_text', 'text_stream',
-           'train_batches', 'validation_stream']
+           'eval_batches', 'has_targets', 'is_prepared', 'open_run_data', 'read_text',
+           'stream_arrays', 'stream_source', 'text_stream', 'train_batches', 'validation_stream']

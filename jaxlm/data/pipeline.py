@@ -196,23 +196,90 @@ def split_documents(split: Split, limit: int = 0) -> list[np.ndarray]:
   return docs
 
 
-def eval_batches(tokens: np.ndarray, seq_len: int, batch_size: int, *,
+class DocumentStream:
+  """Documents laid out as document_stream lays them, from their lengths alone: `read(spans)`
+  gives positions [a, b) of (tokens, weights, documents) for each span, reading only the
+  documents the spans overlap, in one batched call. So a host scores its rows of a validation
+  split without holding (or reading) the rest of it. `fetch(ids)` -> {id: token ids} reads
+  documents by their index in `lengths`."""
+
+  def __init__(self, lengths: np.ndarray, fetch, eos: int | None, align: int = 0):
+    sizes = np.asarray(lengths, np.int64) + (eos is not None)
+    self.doc = np.nonzero(sizes > 0)[0]  # (an empty document without eos is left out)
+    self.sizes = sizes[self.doc]
+    padded = -(-self.sizes // align) * align if align else self.sizes
+    self.offsets = np.concatenate([[0], np.cumsum(padded)])
+    self.fetch, self.eos = fetch, eos
+    self.targets = int((self.sizes - 1).sum())  # positions with weight 1
+
+  def __len__(self) -> int:
+    return int(self.offsets[-1])
+
+  def read(self, spans: Sequence[tuple[int, int]]) -> list[tuple[np.ndarray, ...]]:
+    n = len(self.doc)  # (spans may run past the end: padding)
+    first = [min(int(np.searchsorted(self.offsets, a, 'right')) - 1, n) for a, _ in spans]
+    last = [min(int(np.searchsorted(self.offsets, b, 'left')), n) if b > a else f
+            for (a, b), f in zip(spans, first)]
+    wanted = sorted({int(self.doc[j]) for f, l in zip(first, last) for j in range(f, l)})
+    docs = self.fetch(wanted) if wanted else {}
+    out = []
+    for (a, b), f, l in zip(spans, first, last):
+      tokens, weights = np.zeros(b - a, np.int32), np.zeros(b - a, np.float32)
+      documents = np.zeros(b - a, np.int32)
+      for j in range(f, l):
+        base, size = int(self.offsets[j]), int(self.sizes[j])
+        lo, hi = max(a, base), min(b, base + size)  # (positions past `size` are padding)
+        if lo >= hi:
+          continue
+        ids = docs[int(self.doc[j])]
+        if self.eos is not None:
+          ids = np.concatenate([[self.eos], ids]).astype(np.int32)
+        tokens[lo - a:hi - a] = ids[lo - base:hi - base]
+        weights[lo - a:hi - a] = np.arange(lo - base, hi - base) > 0
+        documents[lo - a:hi - a] = j + 1
+      out.append((tokens, weights, documents))
+    return out
+
+
+class ArrayStream:
+  """A stream already in memory (document_stream's arrays), read as DocumentStream is."""
+
+  def __init__(self, tokens: np.ndarray, weights: np.ndarray | None = None,
+               documents: np.ndarray | None = None):
+    self.tokens = np.asarray(tokens, np.int32)
+    self.weights = np.ones(len(tokens), np.float32) if weights is None else weights
+    self.documents = np.ones(len(tokens), np.int32) if documents is None else documents
+
+  def __len__(self) -> int:
+    return len(self.tokens)
+
+  def read(self, spans: Sequence[tuple[int, int]]) -> list[tuple[np.ndarray, ...]]:
+    return [(self.tokens[a:b], self.weights[a:b], self.documents[a:b]) for a, b in spans]
+
+
+def eval_batches(tokens, seq_len: int, batch_size: int, *,
                  weights: np.ndarray | None = None, max_batches: int = 0,
                  rows: Sequence[int] | None = None,
-                 segments: np.ndarray | None = None) -> Iterator[Batch]:
+                 segments: np.ndarray | str | None = None) -> Iterator[Batch]:
   """This host's `rows` (default: all) of [batch_size, seq_len] batches that predict every token
-  of `tokens` but the first exactly once. The last window and the last batch are padded with
-  mask 0.
+  of a stream but the first exactly once. The last window and the last batch are padded with
+  mask 0. The stream is `tokens` (an array) with `weights` (default all 1), the mask of each
+  token as a target, or a DocumentStream (or ArrayStream), of which only the windows of `rows`
+  are read. With max_batches > 0 only the first max_batches batches are produced.
 
-  `weights` [len(tokens)] (default all 1) is the mask of each token as a target. With
-  max_batches > 0 only the first max_batches batches are produced.
-
-  For a bidirectional model (masked LM), `segments` [len(tokens)] gives what each input token may
-  attend to (equal ids; 0 for padding), and the batches carry it as `segment_ids`, each input
-  token's own weight as `input_mask`, and each row's global index as `index` [rows, 1].
+  For a bidirectional model (masked LM), `segments` gives what each input token may attend to
+  (equal ids; 0 for padding): an array [len(tokens)], or for a stream 'documents' (its document
+  numbers) or 'present' (1 for every token, 0 for padding); the batches carry it as
+  `segment_ids`, each input token's own weight as `input_mask`, and each row's global index as
+  `index` [rows, 1].
   """
+  if isinstance(tokens, (DocumentStream, ArrayStream)):
+    stream = tokens
+  else:
+    stream = ArrayStream(tokens, weights, None if isinstance(segments, str) else segments)
+    segments = None if segments is None else 'documents'
   rows = np.arange(batch_size) if rows is None else np.asarray(rows)
-  n_targets = len(tokens) - 1
+  n_targets = len(stream) - 1
   n_windows = -(-n_targets // seq_len)
   n_batches = -(-n_windows // batch_size)
   if max_batches:
@@ -222,15 +289,16 @@ def eval_batches(tokens: np.ndarray, seq_len: int, batch_size: int, *,
   for b in range(n_batches):
     batch = {k: np.zeros((len(rows), seq_len), np.float32 if 'mask' in k else np.int32)
              for k in fields}
-    for i, r in enumerate(rows):
-      start = (b * batch_size + int(r)) * seq_len
-      n = max(0, min(seq_len, n_targets - start))
-      batch['inputs'][i, :n] = tokens[start:start + n]
-      batch['targets'][i, :n] = tokens[start + 1:start + 1 + n]
-      batch['mask'][i, :n] = 1 if weights is None else weights[start + 1:start + 1 + n]
+    starts = [(b * batch_size + int(r)) * seq_len for r in rows]
+    counts = [max(0, min(seq_len, n_targets - start)) for start in starts]
+    parts = stream.read([(s, s + n + 1) if n else (s, s) for s, n in zip(starts, counts)])
+    for i, (n, (tok, w, docs)) in enumerate(zip(counts, parts)):
+      batch['inputs'][i, :n] = tok[:n]
+      batch['targets'][i, :n] = tok[1:n + 1]
+      batch['mask'][i, :n] = w[1:n + 1]
       if segments is not None:
-        batch['segment_ids'][i, :n] = segments[start:start + n]
-        batch['input_mask'][i, :n] = 1 if weights is None else weights[start:start + n]
+        batch['segment_ids'][i, :n] = docs[:n] if segments == 'documents' else docs[:n] > 0
+        batch['input_mask'][i, :n] = w[:n]
     if segments is not None:
       batch['index'] = (b * batch_size + rows[:, None]).astype(np.int32)
     yield batch

@@ -384,10 +384,10 @@ def read_plan(s: Settings, output: Path) -> list[Chunk]:
 
 def run_chunks(s: Settings, output: Path, chunks: Sequence[Chunk], workers: int = 0,
                progress: bool = True, done: Callable[[dict], None] | None = None) -> dict:
-  """Prepares the chunks not yet complete with a pool of `workers` processes (0: one per CPU that
-  this process may run on: a SLURM task's, a container's),
-  showing chunks done and tokens/s; returns {index: record} of all of them. `done` is called
-  with each chunk's record, those complete before included, as it is complete."""
+  """Prepares the chunks not yet complete with a pool of `workers` processes (0: one per CPU this
+  process may run on: a SLURM task's, a container's), showing chunks done and tokens/s; returns
+  {index: record} of all of them. `done` is called with each chunk's record, those complete
+  before included, as it is complete."""
   output = Path(output)
   records = {c.index: r for c in chunks if (r := complete(output, c)) is not None}
   todo = [c for c in chunks if c.index not in records]
