@@ -137,7 +137,7 @@ def first_fit_blocks(sizes: np.ndarray, capacity: int, bins: int, max_items: int
   first_fit gives them. From `vectorise_from` blocks on, all blocks go a step at a time in numpy
   (a step costs about the same for 1 block as for 100, so fewer go through first_fit itself):
   10M pieces plan in seconds, in arrays rather than lists (docs/BENCHMARKS.md)."""
-  sizes = np.asarray(sizes, np.int64)
+  sizes = np.asarray(sizes)
   n = len(sizes)
   S = max(1, n // block)  # blocks
   start = np.linspace(0, n, S + 1).astype(np.int64)
@@ -152,7 +152,7 @@ def first_fit_blocks(sizes: np.ndarray, capacity: int, bins: int, max_items: int
   row = np.full((S, bins), -1, np.int64)  # each slot's open row (its number in the block), or -1
   age = np.zeros((S, bins), np.int64)  # the step its row opened at: first_fit's list order
   opened = np.zeros(S, np.int64)  # rows each block has opened
-  row_of = np.empty(n, np.int64)  # each item's row: number in its block * S + block
+  row_of = np.empty(n, np.int32 if n < 2**31 else np.int64)  # its row: number in block * S + block
   closes = []  # [row, block, step, phase, age] of rows as they close (the order rows come out)
   never = np.int64(1) << 62
   for t in range(int(length.max()) if n else 0):
@@ -186,10 +186,11 @@ def first_fit_blocks(sizes: np.ndarray, capacity: int, bins: int, max_items: int
                           age[b, slot]]))
   closes = np.concatenate(closes, axis=1)
   order = np.lexsort((closes[4], closes[3], closes[2], closes[1]))
-  rank = np.zeros(int(closes[0].max()) + 1 if closes.shape[1] else 0, np.int64)
+  rank = np.zeros(int(closes[0].max()) + 1 if closes.shape[1] else 0, row_of.dtype)
   rank[closes[0, order]] = np.arange(len(order))
   item_rank = rank[row_of]
-  items = np.lexsort((np.arange(n), item_rank))
+  del row_of
+  items = np.argsort(item_rank, kind='stable')  # (within a row: in item order, as appended)
   return items, np.concatenate([[0], np.cumsum(np.bincount(item_rank, minlength=len(order)))])
 
 
@@ -204,10 +205,12 @@ class PackedRows(_Rows):
     pairs = split.lengths.astype(np.int64) + (1 if eos is not None else -1)
     pairs = np.maximum(pairs, 0)  # (a one-token document without eos has nothing to predict)
     per_doc = -(-pairs // length)
-    self.piece_doc = np.repeat(np.arange(len(pairs)), per_doc)
+    # int32 (documents, positions and pieces of one split stay below 2**31): half the memory
+    self.piece_doc = np.repeat(np.arange(len(pairs), dtype=np.int32), per_doc)
     first = np.concatenate([[0], np.cumsum(per_doc)[:-1]])
-    self.piece_start = (np.arange(len(self.piece_doc)) - np.repeat(first, per_doc)) * length
-    self.piece_len = np.minimum(length, pairs[self.piece_doc] - self.piece_start).astype(np.int64)
+    self.piece_start = ((np.arange(len(self.piece_doc)) - np.repeat(first, per_doc)) *
+                        length).astype(np.int32)
+    self.piece_len = np.minimum(length, pairs[self.piece_doc] - self.piece_start).astype(np.int32)
     if not len(self.piece_doc):
       raise UserError(f'the training split of {split.directory} has no token to predict; give a '
                       'larger corpus.')
@@ -224,7 +227,7 @@ class PackedRows(_Rows):
       items, starts = first_fit_blocks(self.piece_len[order], self.length, self.bins,
                                        self.max_docs)
       self._plans = {e: p for e, p in self._plans.items() if e >= epoch - 1}  # keep a few
-      self._plans[epoch] = order[items], starts
+      self._plans[epoch] = order[items].astype(np.int32), starts
     return self._plans[epoch]
 
   def _locate(self, k: int) -> tuple[int, int]:
