@@ -210,3 +210,20 @@ def prepare_jobset(*, name: str, image: str, prepare_args: list[str], tasks: int
   final['dependsOn'] = [dict(name='tasks', status='Complete')]
   return dict(apiVersion=API_VERSION, kind='JobSet', metadata=dict(name=name),
               spec=dict(failurePolicy=dict(maxRestarts=0), replicatedJobs=[plan, array, final]))
+
+
+def write_manifest(manifest: dict[str, Any], output) -> None:
+  """Prints a manifest as YAML, or writes it to the file the flag `output` names (a path that
+  cannot be written is one sentence) and says how to start it."""
+  import sys  # pylint: disable=import-outside-toplevel
+  from pathlib import Path  # pylint: disable=import-outside-toplevel
+  import yaml  # pylint: disable=import-outside-toplevel
+  from jaxlm import cli  # pylint: disable=import-outside-toplevel
+  from jaxlm.data.tokenizers import atomic_write  # pylint: disable=import-outside-toplevel
+  text = yaml.safe_dump(manifest, sort_keys=False)
+  if not output.value:
+    sys.stdout.write(text)
+    return
+  cli.require_output(output, is_file=True)
+  atomic_write(Path(output.value), text.encode())
+  print(f'wrote {output.value}; start it with: kubectl apply -f {output.value}')

@@ -12,10 +12,6 @@ Everything after `--` is the training command's flags (--config first). Without 
 manifest is printed. --xpk prints the equivalent `xpk workload create` command instead.
 """
 
-import sys
-from pathlib import Path
-
-import yaml
 from absl import flags
 
 from jaxlm import cli, k8s
@@ -64,14 +60,7 @@ def main(argv: list[str]) -> None:
       num_slices=_SLICES.value, nodes=_NODES.value, gpus_per_node=_GPUS.value,
       gpu_type=_GPU_TYPE.value, max_restarts=_RESTARTS.value, spot=_SPOT.value,
       service_account=_SA.value)
-  text = yaml.safe_dump(manifest, sort_keys=False)
-  if not _OUTPUT.value:
-    sys.stdout.write(text)
-    return
-  cli.require_output(_OUTPUT, is_file=True)
-  from jaxlm.data.tokenizers import atomic_write  # pylint: disable=import-outside-toplevel
-  atomic_write(Path(_OUTPUT.value), text.encode())
-  print(f'wrote {_OUTPUT.value}; start it with: kubectl apply -f {_OUTPUT.value}')
+  k8s.write_manifest(manifest, _OUTPUT)
 
 
 if __name__ == '__main__':

@@ -13,10 +13,6 @@ fails for good, `kubectl delete jobset <name>` and apply the file again: the pla
 and the complete chunks are kept. Without --output the manifest is printed.
 """
 
-import sys
-from pathlib import Path
-
-import yaml
 from absl import flags
 
 from jaxlm import cli, k8s
@@ -47,14 +43,7 @@ def main(argv: list[str]) -> None:
       name=_NAME.value, image=_IMAGE.value, prepare_args=prepare_args, tasks=_TASKS.value,
       parallelism=_PARALLEL.value, cpus=_CPUS.value, mount=_MOUNT.value, claim=_CLAIM.value,
       bucket=_BUCKET.value, spot=_SPOT.value, service_account=_SA.value)
-  text = yaml.safe_dump(manifest, sort_keys=False)
-  if not _OUTPUT.value:
-    sys.stdout.write(text)
-    return
-  cli.require_output(_OUTPUT, is_file=True)
-  from jaxlm.data.tokenizers import atomic_write  # pylint: disable=import-outside-toplevel
-  atomic_write(Path(_OUTPUT.value), text.encode())
-  print(f'wrote {_OUTPUT.value}; start it with: kubectl apply -f {_OUTPUT.value}')
+  k8s.write_manifest(manifest, _OUTPUT)
 
 
 if __name__ == '__main__':
