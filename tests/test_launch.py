@@ -64,16 +64,18 @@ def test_bench_writes_each_figure_as_it_is_measured(tmp_path):
 
 
 def test_prepare_benchmark_prints_its_figures(tmp_path):
-  """A smoke test of launch/bench_prepare.py on a 1 MiB corpus: it runs and prints a line of
-  figures per worker count (the figures themselves are in docs/BENCHMARKS.md)."""
+  """A smoke test of launch/bench_prepare.py on a 1 MiB corpus: it runs every mode and prints a
+  line of figures for each, a share of the ceiling beside each way of preparing (the figures
+  themselves are in docs/BENCHMARKS.md)."""
   result = subprocess.run(
       [sys.executable, 'launch/bench_prepare.py', '--size_mb=1', '--chunk_mb=0.25',
-       f'--workdir={tmp_path / "scratch"}'], cwd=harness.ROOT, env=harness.env(),
-      capture_output=True, text=True, timeout=300)
+       '--modes=ceiling,workers:2,array:2,beam:2', f'--workdir={tmp_path / "scratch"}'],
+      cwd=harness.ROOT, env=harness.env(), capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  lines = [l for l in result.stdout.splitlines() if l.startswith('workers ')]
-  assert [l.split(':')[0] for l in lines] == ['workers 1', 'workers 2']
-  assert all('MiB/s' in l and 'peak RSS' in l for l in lines)
+  lines = [l for l in result.stdout.splitlines() if l.startswith(('ceiling', 'workers:',
+                                                                   'array:', 'beam:'))]
+  assert [l.split(' ')[0] for l in lines] == ['ceiling', 'workers:2:', 'array:2:', 'beam:2:']
+  assert all('MiB/s' in l and 'peak RSS' in l and 'of ceiling x 2' in l for l in lines[1:])
   assert not (tmp_path / 'scratch').exists()  # it cleans up after itself
 
 
