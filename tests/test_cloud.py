@@ -202,3 +202,22 @@ def test_a_job_array_and_beam_into_a_bucket_give_one_hosts_bytes(gcs, tmp_path):
       cwd=harness.ROOT, env=harness.env(**gcs), capture_output=True, text=True, timeout=300)
   assert beam.returncode == 0, beam.stderr[-3000:]
   assert _objects(bucket / 'beam') == expected
+
+
+def test_a_hugging_face_tokenizer_keeps_its_config_through_the_bucket(gcs, tmp_path):
+  """A tokenizer.json whose tokenizer_config.json names the end-of-sequence token: prepared into
+  a bucket and read back through the local copy, the tokenizer is the one prepared with (the
+  config used to stay behind, and the copy fell back to another end-of-sequence id)."""
+  from tiny import bpe_tokenizer
+  hf = bpe_tokenizer(tmp_path / 'hf')
+  (hf.parent / 'tokenizer_config.json').write_text(json.dumps({'eos_token': 'A'}))
+  bucket = paths.path(f'{BUCKET}/hf-test')
+  _corpus(bucket)
+  url = f'{bucket}/prepared'
+  manifest = prepare_to(Settings(source=f'{bucket}/corpus', tokenizer='huggingface',
+                                 tokenizer_path=str(hf), val_docs=3), url, progress=False)
+  shutil.rmtree(paths.local_mirror('prepared', url))  # read on another host
+  ds = Prepared(url)
+  assert (ds.directory / 'tokenizer' / 'tokenizer_config.json').is_file()
+  assert ds.tokenizer.eos_id == manifest['tokenizer']['eos_id'] != 0
+  assert ds.tokenizer.decode([ds.tokenizer.eos_id]) == 'A'

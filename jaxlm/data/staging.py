@@ -80,6 +80,8 @@ def local_copy(url: str) -> Path:
         raise UserError(f'{url}/{name} is missing from the prepared dataset {url}; run '
                         'jaxlm.prepare again with the same flags to complete it.')
       paths.copy(remote / name, local / name)
+    for name in sorted(set(_tokenizer_files(remote)) - set(names)):  # (a Hugging Face
+      paths.copy(remote / name, local / name)  # tokenizer's config: its end-of-sequence choice)
     atomic_write(local / 'manifest.json', raw)
   return local
 
