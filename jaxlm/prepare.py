@@ -17,9 +17,9 @@ Across many machines, with the same flags everywhere (every way gives the same b
   python -m jaxlm.prepare ... --task=$i/$N       # N tasks, anywhere, in any order, re-runnable
   python -m jaxlm.prepare ... --finalize         # once all are done: checks, writes the manifest
 
-(launch/prepare_array.sbatch is the SLURM job array, `launch/k8s.py prepare` the Kubernetes
-indexed Job), or as one Apache Beam pipeline: --runner=DirectRunner|DataflowRunner|... followed
-by the runner's pipeline options (see data/beam.py).
+(launch/prepare_slurm.sh submits them as SLURM jobs, launch/prepare_k8s.py writes them as one
+Kubernetes JobSet), or as one Apache Beam pipeline: --runner=DirectRunner|DataflowRunner|...
+followed by `--` and the runner's pipeline options (see data/beam.py).
 """
 
 from absl import flags
