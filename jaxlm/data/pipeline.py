@@ -184,18 +184,6 @@ def document_stream(docs: Sequence[np.ndarray], eos: int | None,
   return np.concatenate(tokens), np.concatenate(weights), np.concatenate(documents)
 
 
-def split_documents(split: Split, limit: int = 0) -> list[np.ndarray]:
-  """The documents of a split in order; with limit > 0, only as many as hold `limit` tokens."""
-  n = len(split.lengths)
-  if limit:
-    n = min(n, int(np.searchsorted(np.cumsum(split.lengths.astype(np.int64) + 1), limit)) + 1)
-  docs = []
-  for start in range(0, n, 4096):  # batched reads
-    got = split.docs(range(start, min(n, start + 4096)))
-    docs += [got[i] for i in range(start, min(n, start + 4096))]
-  return docs
-
-
 class DocumentStream:
   """Documents laid out as document_stream lays them, from their lengths alone: `read(spans)`
   gives positions [a, b) of (tokens, weights, documents) for each span, reading only the
