@@ -160,7 +160,7 @@ def test_batches_resume_exactly_and_do_not_depend_on_workers(datasets, packing):
   for j in range(5, 12):
     for k, v in next(resumed).items():
       np.testing.assert_array_equal(v, expected[j][k])
-  assert resumed.get_state() == dict(next_batch=12)
+  assert resumed.get_state()['next_batch'] == 12
   with_workers, _ = _batches(path, packing, range(8), workers=2)
   try:
     with_workers.set_state(dict(next_batch=3))
@@ -294,3 +294,35 @@ def test_a_host_reads_only_the_documents_of_its_evaluation_windows(datasets, ali
   assert len(manifest['splits']['train']['lengths']) > 4 and one.reads >= len(docs)
   for h in hosts:
     assert 0 < h.reads <= one.reads / 4 + shard, (h.reads, one.reads, shard)
+
+
+def test_a_resume_plans_only_the_epoch_it_resumes_in(datasets, monkeypatch):
+  """A packed run's state holds the rows of each epoch so far: resumed in its third epoch, it
+  plans that epoch alone (not the two before it), and its batches are the same; a state without
+  them (a checkpoint from before) still resumes the same, planning every epoch."""
+  path = datasets['speeches'][0]
+  run, _ = _batches(path, 'pack', range(8))
+  per_epoch = len(run.sources[0].plan(0)[1]) - 1
+  start = (2 * per_epoch + per_epoch // 2) // 8  # a batch in the middle of epoch 2
+  run.set_state(dict(next_batch=start))
+  next(run)
+  state = run.get_state()
+  assert state['next_batch'] == start + 1 and len(state['epoch_rows']['0']) == 4  # 0, 3 ends
+  expected = [next(run) for _ in range(3)]
+  planned = []
+  real = PackedRows.plan
+
+  def counted(self, epoch):
+    if epoch not in self._plans:
+      planned.append(epoch)
+    return real(self, epoch)
+
+  monkeypatch.setattr(PackedRows, 'plan', counted)
+  for saved, epochs in ((state, [2]), (dict(next_batch=start + 1), [0, 1, 2])):
+    planned.clear()
+    resumed, _ = _batches(path, 'pack', range(8))
+    resumed.set_state(saved)
+    for want in expected:
+      for key, value in next(resumed).items():
+        np.testing.assert_array_equal(value, want[key])
+    assert planned == epochs

@@ -38,7 +38,8 @@ def dataset_seed(seed: int, index: int) -> int:
 
 
 class _Tagged:
-  """A row source whose plans also say which dataset of the mixture they come from."""
+  """A row source whose plans also say which dataset of the mixture they come from, and which of
+  its rows they are."""
 
   def __init__(self, rows, index: int):
     self.rows, self.index = rows, index
@@ -46,8 +47,8 @@ class _Tagged:
   def __len__(self) -> int:
     return len(self.rows)
 
-  def __getitem__(self, k: int) -> tuple[int, list]:
-    return self.index, self.rows[k]
+  def __getitem__(self, k: int) -> tuple[int, int, list]:
+    return self.index, k, self.rows[k]
 
 
 class HostBatch:
@@ -67,12 +68,12 @@ class HostBatch:
     plans = [self.plans[j * self.global_batch + r] for r in self.host_rows]
     docs = {}
     for i, rows in enumerate(self.sources):
-      wanted = {d for source, plan in plans if source == i for d, _, _ in plan}
+      wanted = {d for source, _, plan in plans if source == i for d, _, _ in plan}
       if wanted:
         docs[i] = rows.split.docs(sorted(wanted))
-    items = [self.sources[i].assemble(plan, docs[i]) for i, plan in plans]
+    items = [self.sources[i].assemble(plan, docs[i]) for i, _, plan in plans]
     batch = {k: np.stack([item[k] for item in items]) for k in items[0]}
-    batch['source'] = np.array([i for i, _ in plans], np.int32)
+    batch['source'] = np.array([i for i, _, _ in plans], np.int32)
     return batch
 
 
@@ -85,7 +86,8 @@ def train_rows(splits: Sequence[Split], *, packing: str, length: int, eos: int |
 
 
 def mixed_plans(sources: Sequence, weights: Sequence[float]) -> grain.MapDataset:
-  """The endless stream of row plans, (dataset index, plan), mixed in the given proportions."""
+  """The endless stream of row plans, (dataset index, row index, plan), mixed in the given
+  proportions."""
   streams = [grain.MapDataset.source(_Tagged(rows, i)) for i, rows in enumerate(sources)]
   return streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, list(weights))
 
@@ -95,7 +97,9 @@ class TrainBatches:
 
   def __init__(self, sources: Sequence, weights: Sequence[float], global_batch: int,
                host_rows: Sequence[int], *, workers: int = 0, prefetch: int = 2):
-    host_batch = HostBatch(mixed_plans(sources, weights), sources, global_batch, host_rows)
+    self.sources, self.plans = list(sources), mixed_plans(sources, weights)
+    self.global_batch = global_batch
+    host_batch = HostBatch(self.plans, sources, global_batch, host_rows)
     self.batches = grain.MapDataset.range(sys.maxsize).map(host_batch)
     self.workers, self.prefetch = workers, prefetch
     self.position = 0  # the next global batch
@@ -128,11 +132,25 @@ class TrainBatches:
     return batch
 
   def get_state(self) -> dict:
-    return dict(next_batch=self.position)
+    """The next batch, and for packed datasets the rows of each epoch so far (`epoch_rows`), so
+    that a resume plans only the epoch it resumes in, not every epoch before it."""
+    state: dict = dict(next_batch=self.position)
+    last: dict[int, int] = {}  # each packed dataset's last row read so far
+    g = self.position * self.global_batch - 1
+    packed = {i for i, s in enumerate(self.sources) if hasattr(s, 'epoch_rows')}
+    while g >= 0 and packed - set(last) and g >= (self.position - 4) * self.global_batch:
+      i, k, _ = self.plans[g]
+      last.setdefault(i, k)
+      g -= 1
+    state['epoch_rows'] = {str(i): self.sources[i].epoch_rows(k) for i, k in last.items()
+                           if i in packed}
+    return state
 
   def set_state(self, state: dict) -> None:
     self.close()
     self.position = int(state['next_batch'])
+    for i, counts in state.get('epoch_rows', {}).items():
+      self.sources[int(i)].set_epoch_rows(counts)
 
   def close(self) -> None:
     if self._iterator is not None and hasattr(self._iterator, 'close'):

@@ -217,8 +217,22 @@ class PackedRows(_Rows):
     self._row_counts: list[int] = [0]  # rows before each planned epoch
     self._plans: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-  def __getstate__(self):  # pickled into Grain's workers: plans are recomputed there
-    return dict(self.__dict__, _row_counts=[0], _plans={})
+  def __getstate__(self):  # pickled into Grain's workers: the epochs' row counts go along (a
+    return dict(self.__dict__, _plans={})  # worker plans only the epochs it reads), not plans
+
+  def epoch_rows(self, k: int) -> list[int]:
+    """The rows before each epoch up to the end of the one that holds row k (planning those not
+    counted yet): what a checkpoint keeps, so that a resume plans only its own epoch."""
+    self._locate(k)
+    return list(self._row_counts)
+
+  def set_epoch_rows(self, counts: list[int]) -> None:
+    """Row counts that epoch_rows gave (in a checkpoint's data state)."""
+    counts = [int(c) for c in counts]
+    if counts[:1] != [0] or any(b <= a for a, b in zip(counts, counts[1:])):
+      raise ValueError(f'epoch row counts {counts[:4]}... are not 0 then increasing')
+    if len(counts) > len(self._row_counts):
+      self._row_counts = counts
 
   def plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
     """(pieces in row order, row starts into them) of one epoch."""
