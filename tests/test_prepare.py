@@ -1,5 +1,6 @@
 """jaxlm.prepare: prepared token ids equal direct tokenization; workers and kills do not change
-the bytes; bad inputs are one sentence naming the file and line."""
+the bytes; bad inputs are one sentence naming the file and line; a job array (its SLURM and
+Kubernetes recipes too) and Beam give one host's bytes, whatever fails or runs twice."""
 
 import gzip
 import json
