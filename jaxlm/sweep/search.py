@@ -23,6 +23,7 @@ float:<low>:<high>, int:<low>:<high>, choice:<a>,<b>,...
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import signal
 import threading
@@ -228,6 +229,38 @@ def requeue_dead(study, root: Path, settings: dict[str, Any], say=print) -> None
       say(f'trial {t.number} ({name}) was left running by a search that ended; queued again')
 
 
+def run_round(study, run_trial, trials: int, threads: int, say) -> None:
+  """`trials` trials, `threads` at a time: what study.optimize(n_jobs=threads) does, with each
+  trial taken from the queue and told its outcome under one lock. Optuna's own threads may pop
+  the same queued trial twice from SQLite (read, then write, in two connections); two threads then
+  ran one trial, and the second tell of it failed ('Cannot tell a FAIL trial')."""
+  import optuna  # pylint: disable=import-outside-toplevel
+  lock = threading.Lock()
+
+  def one(_) -> None:
+    with lock:
+      trial = study.ask()
+    value, outcome = None, optuna.trial.TrialState.COMPLETE
+    try:
+      value = run_trial(trial)
+    except optuna.TrialPruned:
+      outcome = optuna.trial.TrialState.PRUNED
+    except RuntimeError as e:  # a crashed run, or a copy with nothing to do: the trial fails
+      outcome = optuna.trial.TrialState.FAIL
+      print(f'trial {trial.number}: {e}', flush=True)
+    except BaseException:  # (anything else ends the search, as it ended Optuna's optimize)
+      with lock:
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+      raise
+    with lock:
+      told = study.tell(trial, value if outcome == optuna.trial.TrialState.COMPLETE else None,
+                        state=None if outcome == optuna.trial.TrialState.COMPLETE else outcome)
+    say(study, told)
+
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    list(pool.map(one, range(trials)))
+
+
 def main(root: Path, config: str, metric: str, parallel: int, space: str, trials: int,
          storage: str, prune: bool, max_retry: int, seed: int, grace_period: int) -> None:
   try:
@@ -268,9 +301,8 @@ def main(root: Path, config: str, metric: str, parallel: int, space: str, trials
   while done() < trials and len(study.get_trials(deepcopy=False)) - started < budget:
     requeue_dead(study, root, settings, say=lambda line: print(line, flush=True))
     missing = trials - done()
-    study.optimize(objective(root, settings, slots, lock, prune), n_trials=missing,
-                   n_jobs=min(parallel, missing), callbacks=[say], catch=(RuntimeError,),
-                   gc_after_trial=False)
+    run_round(study, objective(root, settings, slots, lock, prune), missing,
+              min(parallel, missing), say)
   rows = report.write(root, trials_as_points(root), metric)
   print(report.text(rows))
   if done() < trials:
