@@ -26,7 +26,7 @@ import grain
 import numpy as np
 
 from jaxlm.data.prepared import Split
-from jaxlm.data.rows import ConcatRows, PackedRows
+from jaxlm.data.rows import ConcatRows, PackedRows, padded_slice
 from jaxlm.errors import worker_signals
 
 Batch = dict[str, np.ndarray]
@@ -237,10 +237,9 @@ class DocumentStream:
         lo, hi = max(a, base), min(b, base + size)  # (positions past `size` are padding)
         if lo >= hi:
           continue
-        ids = docs[int(self.doc[j])]
-        if self.eos is not None:
-          ids = np.concatenate([[self.eos], ids]).astype(np.int32)
-        tokens[lo - a:hi - a] = ids[lo - base:hi - base]
+        # ([eos] + the document)[lo - base:hi - base], without building it for every window
+        tokens[lo - a:hi - a] = padded_slice(docs[int(self.doc[j])], lo - base, hi - base,
+                                             self.eos, None)
         weights[lo - a:hi - a] = np.arange(lo - base, hi - base) > 0
         documents[lo - a:hi - a] = j + 1
       out.append((tokens, weights, documents))
