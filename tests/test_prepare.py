@@ -221,6 +221,12 @@ def _settings(tmp, kind, hf):
                   tokenizer_path=str(hf) if kind == 'huggingface' else '', val_fraction=0.1)
 
 
+def _flags(tmp):
+  """jaxlm.prepare's flags for _settings(tmp, 'byte', ...): the commands' reference."""
+  return [f'--source={tmp / "src"}', '--tokenizer=byte', '--chunk_mb=0.04', '--val_fraction=0.1',
+          '--vocab_size=400']
+
+
 @pytest.mark.parametrize('kind', KINDS)
 def test_a_job_array_gives_the_bytes_of_one_host(corpus, tmp_path, kind):
   """--plan, then the tasks of 3 in a shuffled order, then --finalize: every file's sha256 (the
@@ -333,8 +339,7 @@ def test_plan_tasks_finalize_and_beam_on_the_command_line(corpus, tmp_path):
   """The commands: --plan, --task=1/2 and --task=0/2 at once, --finalize; and a Beam pipeline on
   the DirectRunner with 2 worker processes: one host's bytes each time."""
   tmp, hf, expected = corpus
-  args = [f'--source={tmp / "src"}', '--tokenizer=byte', '--chunk_mb=0.04', '--val_fraction=0.1',
-          '--vocab_size=400']
+  args = _flags(tmp)
   out = tmp_path / 'array'
 
   def prep(*more, wait=True):
@@ -384,9 +389,8 @@ echo "$id;cluster"
   out = tmp_path / 'prepared'
   env = harness.env(PATH=f'{bin_dir}{os.pathsep}{os.environ["PATH"]}', JAXLM_PYTHON=sys.executable,
                     JAXLM_LOGS=str(tmp_path / 'logs'), JAXLM_PARALLEL='2')
-  result = harness.run(['bash', 'launch/prepare_slurm.sh', '3', f'--source={tmp / "src"}',
-                        '--tokenizer=byte', '--chunk_mb=0.04', '--val_fraction=0.1',
-                        '--vocab_size=400', f'--output={out}'], env=env)
+  result = harness.run(['bash', 'launch/prepare_slurm.sh', '3', *_flags(tmp), f'--output={out}'],
+                       env=env)
   assert result.returncode == 0, (result.stderr + (tmp_path / 'jobs.log').read_text())[-3000:]
   assert 'submitted: plan 101, tasks 102 (0-2), finalize 103' in result.stdout
   submitted = (tmp_path / 'sbatch.log').read_text().splitlines()
@@ -409,8 +413,7 @@ def test_the_kubernetes_jobset_recipe(corpus, tmp_path):
   result = harness.run([sys.executable, 'launch/prepare_k8s.py', '--name=prep', '--image=img:1',
                         '--tasks=2', '--parallelism=4', '--cpus=1', '--bucket=corpora',
                         f'--mount={tmp_path / "data"}', f'--output={manifest_file}', '--',
-                        f'--source={tmp / "src"}', '--tokenizer=byte', '--chunk_mb=0.04',
-                        '--val_fraction=0.1', '--vocab_size=400', f'--output={out}'])
+                        *_flags(tmp), f'--output={out}'])
   assert result.returncode == 0, result.stderr[-3000:]
   manifest = yaml.safe_load(manifest_file.read_text())
   check_against_jobset_schema(manifest)
