@@ -6,9 +6,10 @@ TensorBoard events, eval results), text and JSONL sources, prepared datasets, an
 model. Two things need local files, so jaxlm keeps a local copy of them in its cache directory
 (JAXLM_CACHE, default ~/.cache/jaxlm):
 
-- ArrayRecord reads local files only: a prepared dataset on a bucket is copied once into the cache
-  (data/staging.py) and read from there; `jaxlm.prepare --output=gs://...` prepares into the cache
-  and uploads. A corpus larger than a host's disk is read from a gcsfuse mount instead.
+- ArrayRecord reads local files only. A prepared dataset on a bucket is read through a gcsfuse
+  mount of its bucket when this host has one (`mounted`: each host then reads only the records of
+  its own rows, by ranged reads); without one it is copied whole into the cache (data/staging.py)
+  and read from there. `jaxlm.prepare --output=gs://...` prepares into the cache and uploads.
 - Object storage cannot append: metrics.jsonl and TensorBoard's event files are written to a
   local mirror of the workdir and uploaded every 30 seconds (metrics.MetricWriter) and at close.
 
@@ -20,6 +21,7 @@ importing it for every path costs seconds.
 import hashlib
 import importlib
 import os
+import re
 import secrets
 import shutil
 from pathlib import Path
@@ -77,6 +79,29 @@ def cache_dir(*parts: str) -> Path:
   directory = root.joinpath(*parts)
   directory.mkdir(parents=True, exist_ok=True)
   return directory
+
+
+MOUNTS = '/proc/mounts'  # the mount table `mounted` reads
+
+
+def mounted(url: str) -> Path | None:
+  """Where gs://bucket/rest is on this host through a gcsfuse mount of the bucket (its mount
+  table names the bucket as the source of a fuse.gcsfuse file system: `gcsfuse bucket dir`, and
+  GKE's Cloud Storage FUSE CSI driver), or None."""
+  if not str(url).startswith('gs://'):
+    return None
+  bucket, _, rest = str(url)[len('gs://'):].partition('/')
+  try:
+    with open(MOUNTS, encoding='utf-8', errors='replace') as table:
+      lines = table.read().splitlines()
+  except OSError:
+    return None
+  for line in lines:
+    fields = line.split()
+    if len(fields) >= 3 and fields[2] == 'fuse.gcsfuse' and fields[0] == bucket:
+      point = re.sub(r'\\([0-7]{3})', lambda m: chr(int(m[1], 8)), fields[1])  # (\040: a space)
+      return Path(point) / rest.strip('/')
+  return None
 
 
 def local_mirror(kind: str, url: str) -> Path:

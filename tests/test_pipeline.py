@@ -4,6 +4,7 @@ proportions, and a packed row's documents never see each other."""
 
 import collections
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import resolved_model
+from jaxlm import paths as jaxlm_paths
 from jaxlm.data.pipeline import TrainBatches, train_rows
 from jaxlm.data.prepare import Settings, prepare
 from jaxlm.data.prepared import Prepared
@@ -186,14 +188,46 @@ def test_hosts_read_disjoint_rows_whose_union_is_the_global_batch(datasets, pack
                                  if packing == 'mixture' else None)
   parts = [_batches(paths, kind, range(h * 8 // hosts, (h + 1) * 8 // hosts),
                     weights=[2.0, 1.0] if packing == 'mixture' else None) for h in range(hosts)]
+  _check_hosts(whole, whole_splits, parts)
+
+
+def _check_hosts(whole, whole_splits, parts):
+  """The hosts' rows side by side are the one-host batches, and each host read (counted at the
+  source) at most its share of what one host reads plus one shard of documents per split."""
   for _ in range(10):
     want = next(whole)
     got = [next(b) for b, _ in parts]
     for key in want:
       np.testing.assert_array_equal(np.concatenate([g[key] for g in got]), want[key])
   total = sum(s.reads for s in whole_splits)
+  shard = sum(max(s.shard_documents) for s in whole_splits)  # documents
   for _, splits in parts:
-    assert 0 < sum(s.reads for s in splits) < total * (1.6 / hosts)  # (not all of them)
+    got = sum(s.reads for s in splits)
+    assert 0 < got <= total / len(parts) + shard, (got, total, shard)
+
+
+def test_hosts_read_a_bucket_in_place_through_a_gcsfuse_mount(datasets, tmp_path, monkeypatch):
+  """gs://bucket/... with a gcsfuse mount of that bucket in the mount table is read in place
+  (never copied), each of 4 simulated hosts reading only its share, as from a local directory."""
+  monkeypatch.setattr('jaxlm.data.prepared.CACHE_BYTES', 0)
+  mount = tmp_path / 'mount point'
+  shutil.copytree(datasets['speeches'][0], mount / 'sets' / 'speeches')
+  escaped = str(mount).replace(' ', '\\040')
+  (tmp_path / 'mounts').write_text(f'proc /proc proc rw 0 0\nother {tmp_path} fuse.gcsfuse rw 0 0\n'
+                                   f'data-bucket {escaped} fuse.gcsfuse rw 0 0\n')
+  monkeypatch.setattr('jaxlm.paths.MOUNTS', str(tmp_path / 'mounts'))
+
+  def copied(url):
+    raise AssertionError(f'{url} was copied')
+  monkeypatch.setattr('jaxlm.data.staging.local_copy', copied)
+  url = 'gs://data-bucket/sets/speeches'
+  assert jaxlm_paths.mounted(url) == mount / 'sets' / 'speeches'
+  assert jaxlm_paths.mounted('gs://data-bucket') == mount
+  assert jaxlm_paths.mounted('gs://data') is None and jaxlm_paths.mounted(str(mount)) is None
+  whole, whole_splits = _batches(datasets['speeches'][0], 'pack', range(8))
+  parts = [_batches(url, 'pack', range(2 * h, 2 * h + 2)) for h in range(4)]
+  assert all(s.directory == mount / 'sets' / 'speeches' for _, splits in parts for s in splits)
+  _check_hosts(whole, whole_splits, parts)
 
 
 def test_mixture_proportions_within_three_sigma(datasets):

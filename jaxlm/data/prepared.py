@@ -49,6 +49,7 @@ class Split:
         raise UserError(f'{directory / lengths_file} cannot be read; delete it and run '
                         'jaxlm.prepare again with the same flags.') from None
     self.lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int32)
+    self.shard_documents = [len(x) for x in lengths]
     if len(self.lengths) != info['documents'] or int(self.lengths.sum()) != info['tokens']:
       raise UserError(f'the {name} split of {directory} does not hold what its manifest says '
                       f'({len(self.lengths)} documents, {int(self.lengths.sum())} tokens); run '
@@ -107,14 +108,22 @@ class Split:
     return out
 
 
+def _mounted_or_copied(url: str) -> Path:
+  mount = paths.mounted(url)
+  if mount is not None and (mount / 'manifest.json').is_file():
+    print(f'Reading the prepared dataset {url} through the gcsfuse mount {mount}', flush=True)
+    return mount
+  from jaxlm.data.staging import local_copy  # pylint: disable=import-outside-toplevel
+  return local_copy(url)
+
+
 class Prepared:
   """A prepared dataset: manifest, tokenizer, and its train and validation splits."""
 
   def __init__(self, path: str):
-    self.location = str(path)  # as given: a directory, or a gs:// URL read through a local copy
-    if paths.is_url(path):
-      from jaxlm.data.staging import local_copy  # pylint: disable=import-outside-toplevel
-      self.directory = local_copy(str(path))
+    self.location = str(path)  # as given: a directory, or a gs:// URL (read through a gcsfuse
+    if paths.is_url(path):  # mount of its bucket, or else a local copy: paths.py says why)
+      self.directory = _mounted_or_copied(str(path))
     else:
       self.directory = Path(path).expanduser()
     manifest_path = self.directory / 'manifest.json'

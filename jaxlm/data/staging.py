@@ -1,6 +1,7 @@
-"""Prepared datasets on a bucket. ArrayRecord reads local files only, so a gs:// dataset is read
-through a local copy in jaxlm's cache (paths.local_mirror), and `prepare_to` a gs:// output
-prepares in that same local directory and then uploads.
+"""Prepared datasets on a bucket. ArrayRecord reads local files only, so a gs:// dataset that no
+gcsfuse mount serves (paths.mounted) is read through a local copy in jaxlm's cache
+(paths.local_mirror), and `prepare_to` a gs:// output prepares in that same local directory and
+then uploads.
 
 The steps of a preparation across machines (`plan`, `task`, `finalize`, used by jaxlm.prepare's
 --plan/--task/--finalize and by the Beam pipeline) take a local directory or a gs:// location.
@@ -73,8 +74,8 @@ def local_copy(url: str) -> Path:
       raise UserError(f'{url}/manifest.json is not a jaxlm manifest; prepare the data '
                       'again.') from None
     (local / 'manifest.json').unlink(missing_ok=True)
-    print(f'Copying the prepared dataset {url} to {local} (ArrayRecord reads local files)',
-          flush=True)
+    print(f'Copying the prepared dataset {url} to {local} (ArrayRecord reads local files; '
+          'with a gcsfuse mount of the bucket, each host would read only its share)', flush=True)
     for name in names:
       if not (remote / name).exists():
         raise UserError(f'{url}/{name} is missing from the prepared dataset {url}; run '
