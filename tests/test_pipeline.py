@@ -214,6 +214,7 @@ def test_hosts_read_a_bucket_in_place_through_a_gcsfuse_mount(datasets, tmp_path
   shutil.copytree(datasets['speeches'][0], mount / 'sets' / 'speeches')
   escaped = str(mount).replace(' ', '\\040')
   (tmp_path / 'mounts').write_text(f'proc /proc proc rw 0 0\nother {tmp_path} fuse.gcsfuse rw 0 0\n'
+                                   f'data-bucket {tmp_path} fuse.sshfs rw 0 0\n'
                                    f'data-bucket {escaped} fuse.gcsfuse rw 0 0\n')
   monkeypatch.setattr('jaxlm.paths.MOUNTS', str(tmp_path / 'mounts'))
 
