@@ -13,7 +13,10 @@ through `gcloud compute tpus tpu-vm ssh`, one ssh per worker:
   MEGASCALE_SLICE_ID and MEGASCALE_COORDINATOR_ADDRESS (slice 0's first worker), which libtpu and
   JAX's cluster detection read;
 - --create makes the slices first as a queued resource (spot if asked) and waits until they are
-  ACTIVE.
+  ACTIVE;
+- --gcsfuse=<bucket>,... mounts each bucket read-only with gcsfuse on every worker first
+  (/tmp/gcsfuse/<bucket>), so that a prepared dataset gs://<bucket>/... is read in place, each
+  host reading only the records of its rows, instead of copied whole to every host.
 
 Every gcloud command is built by a function here (tested against expected text); --dry_run prints
 them instead of running them.
@@ -27,10 +30,12 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from jaxlm.errors import UserError
 
 MEGASCALE_PORT = 8080
+GCSFUSE_ROOT = '/tmp/gcsfuse'
 PROCESS_PATTERN = r'[p]ython.* -m jaxlm\.'  # [p]: pkill's own shell does not match itself
 CLEANUP = (
     f"pkill -TERM -f '{PROCESS_PATTERN}'; "
@@ -81,13 +86,24 @@ def queued_state(target: Target) -> list[str]:
           *target.where(), '--format=value(state.state)']
 
 
-def worker_command(repo: str, python: str, train_args: list[str], env: dict[str, str]) -> str:
-  """The shell command one worker runs: the training, with this slice's variables."""
+def mount_command(bucket: str) -> str:
+  """Mounts `bucket` read-only with gcsfuse at /tmp/gcsfuse/<bucket> unless it is mounted there:
+  jaxlm then reads a prepared dataset gs://<bucket>/... in place (paths.mounted)."""
+  point = shlex.quote(f'{GCSFUSE_ROOT}/{bucket}')
+  return (f'mkdir -p {point} && {{ mountpoint -q {point} || gcsfuse -o ro --implicit-dirs '
+          f'{shlex.quote(bucket)} {point}; }}')
+
+
+def worker_command(repo: str, python: str, train_args: list[str], env: dict[str, str],
+                   buckets: Sequence[str] = ()) -> str:
+  """The shell command one worker runs: the buckets mounted, then the training, with this
+  slice's variables."""
   exports = ' '.join(f'{k}={shlex.quote(v)}' for k, v in env.items())
   train = shlex.join([python, '-m', 'jaxlm.train', *train_args,
                       '--config.distributed.initialize=true'])
   home, rest = ('~/', repo[2:]) if repo.startswith('~/') else ('', repo)  # ~ left to the shell
-  return f'cd {home}{shlex.quote(rest)} && {exports + " " if exports else ""}exec {train}'
+  mounts = ''.join(f'{mount_command(b)} && ' for b in buckets)
+  return f'{mounts}cd {home}{shlex.quote(rest)} && {exports + " " if exports else ""}exec {train}'
 
 
 def slice_env(target: Target, index: int, coordinator_ip: str) -> dict[str, str]:
@@ -112,7 +128,7 @@ def endpoints(described: str, tpu: str) -> list[str]:
 
 
 def plan(target: Target, workers_per_slice: list[list[str]], repo: str, python: str,
-         train_args: list[str]) -> list[tuple[str, int, list[str]]]:
+         train_args: list[str], buckets: Sequence[str] = ()) -> list[tuple[str, int, list[str]]]:
   """(slice, worker, ssh command) of every worker; workers_per_slice holds each slice's IPs."""
   coordinator = workers_per_slice[0][0]
   out = []
@@ -120,7 +136,7 @@ def plan(target: Target, workers_per_slice: list[list[str]], repo: str, python: 
     env = slice_env(target, index, coordinator)
     for worker in range(len(ips)):
       out.append((tpu, worker, ssh(target, tpu, str(worker),
-                                   worker_command(repo, python, train_args, env))))
+                                   worker_command(repo, python, train_args, env, buckets))))
   return out
 
 

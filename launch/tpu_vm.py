@@ -10,7 +10,9 @@ the rest, multi-slice variables).
 
 Everything after `--` goes to `python -m jaxlm.train` on every worker. The checkout and its
 virtual environment must be at --repo on every worker (the same path), and the workdir must be
-shared by all hosts (a gs:// path, with the `gcs` extra installed on every worker).
+shared by all hosts (a gs:// path, with the `gcs` extra installed on every worker). With
+--gcsfuse=<bucket> (gcsfuse installed on the workers), a prepared dataset on that bucket is read
+in place rather than copied whole to every worker.
 """
 
 import shlex
@@ -40,6 +42,9 @@ _REPO = flags.DEFINE_string('repo', '~/jaxlm', 'The jaxlm checkout on every work
 _PYTHON = flags.DEFINE_string('python', '.venv/bin/python', 'Python on the workers (relative to '
                               '--repo).')
 _LOGS = flags.DEFINE_string('logs', 'logs/tpu_vm', 'Local directory of the per-worker logs.')
+_GCSFUSE = flags.DEFINE_list('gcsfuse', [], 'Buckets to mount read-only with gcsfuse on every '
+                              'worker first (installed there), so that a prepared dataset on one '
+                              'is read in place, each host reading only its share.')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print the gcloud commands instead of running them.')
 
 
@@ -76,6 +81,11 @@ def main(argv: list[str]) -> None:
   cli.require(_SLICES, _SLICES.value >= 1, 'at least 1 slice')
   if _CREATE.value and not _TPU_TYPE.value:
     raise UserError('--create needs --tpu_type (e.g. v5p-16); give one.')
+  buckets = [b.removeprefix('gs://').rstrip('/') for b in _GCSFUSE.value]
+  for bucket in buckets:
+    if not bucket or '/' in bucket:
+      raise UserError(f'--gcsfuse takes bucket names (e.g. --gcsfuse=my-data), not {bucket!r}; '
+                      'give the bucket alone: a dataset below it is found through the mount.')
   target = tpu_vm.Target(_NAME.value, _ZONE.value, _PROJECT.value, _SLICES.value)
   hosts = None
   if _TPU_TYPE.value:
@@ -90,7 +100,7 @@ def main(argv: list[str]) -> None:
     for tpu in target.slices():
       print(shlex.join(tpu_vm.cleanup(target, tpu)))
     ips = [[f'<{tpu} worker {w} IP>' for w in range(hosts)] for tpu in target.slices()]
-    for _, _, cmd in tpu_vm.plan(target, ips, _REPO.value, _PYTHON.value, train):
+    for _, _, cmd in tpu_vm.plan(target, ips, _REPO.value, _PYTHON.value, train, buckets):
       print(shlex.join(cmd))
     return
   if _CREATE.value:
@@ -108,7 +118,7 @@ def main(argv: list[str]) -> None:
         flush=True)
   stop_remote()
   with exiting_with(stop_remote):
-    code = tpu_vm.run_all(tpu_vm.plan(target, ips, _REPO.value, _PYTHON.value, train),
+    code = tpu_vm.run_all(tpu_vm.plan(target, ips, _REPO.value, _PYTHON.value, train, buckets),
                           Path(_LOGS.value), stop_remote,
                           say=lambda line: print(line, flush=True))
   if code:

@@ -159,11 +159,13 @@ def test_slurm_script_checkpoints_and_requeues_before_the_time_limit(tmp_path):
 
 def test_tpu_vm_dry_run_prints_the_exact_gcloud_commands():
   """Two v5p-16 slices (2 workers each) created as spot queued resources: the create command, the
-  clean-up of each slice, then one ssh per worker with its slice's multi-slice variables."""
+  clean-up of each slice, then one ssh per worker that mounts the buckets and trains with its
+  slice's multi-slice variables."""
   result = subprocess.run(
       [sys.executable, 'launch/tpu_vm.py', '--name=qr', '--zone=us-east5-a', '--project=p',
        '--num_slices=2', '--tpu_type=v5p-16', '--create', '--spot', '--runtime_version=v2-alpha',
-       '--dry_run', '--', '--config=configs/llama_1b.py', '--config.workdir=gs://b/run'],
+       '--gcsfuse=gs://data-b/,c', '--dry_run', '--', '--config=configs/llama_1b.py',
+       '--config.workdir=gs://b/run'],
       cwd=harness.ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr[-3000:]
   from jaxlm import tpu_vm
@@ -173,7 +175,9 @@ def test_tpu_vm_dry_run_prints_the_exact_gcloud_commands():
   def worker(tpu, w, slice_id):
     env = ('MEGASCALE_COORDINATOR_ADDRESS=\'<qr-0 worker 0 IP>:8080\' MEGASCALE_NUM_SLICES=2 '
            f'MEGASCALE_SLICE_ID={slice_id} MEGASCALE_PORT=8080')
-    command = (f'cd ~/jaxlm && {env} exec .venv/bin/python -m jaxlm.train '
+    mounts = ''.join(f'mkdir -p /tmp/gcsfuse/{b} && {{ mountpoint -q /tmp/gcsfuse/{b} || gcsfuse '
+                     f'-o ro --implicit-dirs {b} /tmp/gcsfuse/{b}; }} && ' for b in ('data-b', 'c'))
+    command = (f'{mounts}cd ~/jaxlm && {env} exec .venv/bin/python -m jaxlm.train '
                '--config=configs/llama_1b.py --config.workdir=gs://b/run '
                '--config.distributed.initialize=true')
     return (f'gcloud compute tpus tpu-vm ssh {tpu} {where} --worker={w} '
