@@ -43,7 +43,8 @@ def pytest_configure(config):
   import tempfile
   if 'JAXLM_TEST_XLA_CACHE' not in os.environ:
     os.environ['JAXLM_TEST_XLA_CACHE'] = tempfile.mkdtemp(prefix='jaxlm-test-xla-cache-')
-    config.jaxlm_cache_owner = True
+    os.environ['JAXLM_CACHE'] = os.path.join(os.environ['JAXLM_TEST_XLA_CACHE'], 'jaxlm')
+    config.jaxlm_cache_owner = True  # (and jaxlm's own cache: bucket copies, packing plans)
   # The tests' own steps share it too: many compile the same tiny programs (a hit loads XLA's
   # executable for the same program, options and devices; what runs is the same).
   jax.config.update('jax_compilation_cache_dir', os.environ['JAXLM_TEST_XLA_CACHE'])

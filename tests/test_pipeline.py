@@ -4,6 +4,7 @@ proportions, and a packed row's documents never see each other."""
 
 import collections
 import json
+import pickle
 import shutil
 
 import jax
@@ -15,6 +16,7 @@ from conftest import resolved_model
 from jaxlm import paths as jaxlm_paths
 from jaxlm.data.pipeline import TrainBatches, train_rows
 from jaxlm.data.prepare import Settings, prepare
+from jaxlm.data import rows as rows_module
 from jaxlm.data.prepared import Prepared
 from jaxlm.data.rows import ConcatRows, PackedRows, first_fit, first_fit_blocks, padded_slice
 from jaxlm.data.sources import SHIPPED_CORPUS as SHIPPED
@@ -329,6 +331,31 @@ def test_a_host_reads_only_the_documents_of_its_evaluation_windows(datasets, ali
   assert len(manifest['splits']['train']['lengths']) > 4 and one.reads >= len(docs)
   for h in hosts:
     assert 0 < h.reads <= one.reads / 4 + shard, (h.reads, one.reads, shard)
+
+
+def test_a_packed_epoch_is_planned_once_per_host(datasets, monkeypatch, tmp_path):
+  """The first PackedRows of a host to plan an epoch leaves the plan in jaxlm's cache; another
+  (a Grain worker's pickled copy, which carries no plans) maps it rather than planning again,
+  and gives the same rows; another seed is planned anew; the cache keeps the last two epochs."""
+  monkeypatch.setenv('JAXLM_CACHE', str(tmp_path))
+  calls = []
+  real = rows_module.first_fit_blocks
+  monkeypatch.setattr(rows_module, 'first_fit_blocks',
+                      lambda *a, **k: calls.append(1) or real(*a, **k))
+  split = Prepared(datasets['speeches'][0]).train
+  first = PackedRows(split, EOS, L, seed=0)
+  want = [first[k] for k in range(20)]
+  assert len(calls) == 1
+  worker = pickle.loads(pickle.dumps(first))
+  assert [worker[k] for k in range(20)] == want and len(calls) == 1
+  assert isinstance(worker.plan(0)[0], np.memmap)
+  other = PackedRows(split, EOS, L, seed=1)
+  assert [other[k] for k in range(20)] != want and len(calls) == 2
+  for epoch in range(1, 4):
+    first.plan(epoch)
+  kept = sorted(p.name.split('-')[1] for p in (tmp_path / 'plans').glob('*.done'))
+  assert kept == ['0.done', '2.done', '3.done'], kept  # (seed 1's epoch 0, seed 0's 2 and 3)
+  assert len(list((tmp_path / 'plans').glob('*.npy'))) == 2 * 3
 
 
 def test_a_resume_plans_only_the_epoch_it_resumes_in(datasets, monkeypatch):

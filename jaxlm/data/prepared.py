@@ -55,6 +55,7 @@ class Split:
                       f'({len(self.lengths)} documents, {int(self.lengths.sum())} tokens); run '
                       'jaxlm.prepare again into a new directory.')
     self.tokens, self.bytes = info['tokens'], info['bytes']
+    self.digest = hashlib.sha256(json.dumps(info['digests']).encode()).hexdigest()  # its ids
     self._source = None
     self._cache: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
     self._cached_bytes = 0

@@ -20,16 +20,23 @@ number of hosts and of data workers, and a resumed run exact: row k is a pure fu
 Shape letters: L length.
 """
 
+import fcntl
+import hashlib
+import json
+import os
 import sys
 
 import numpy as np
 from grain.experimental import index_shuffle
 
+from jaxlm import paths
 from jaxlm.data.prepared import Split
+from jaxlm.data.tokenizers import atomic_write
 from jaxlm.errors import UserError
 
 PACK_BINS = 16  # rows open at once while packing: more pack tighter, fewer plan faster
 PACK_BLOCK = 4096  # pieces packed as one first-fit sequence; the blocks are packed side by side
+PLAN_FORMAT = 1  # of cached plans: a change to how PackedRows plans an epoch must increase it
 
 
 def padded_slice(doc: np.ndarray, a: int, b: int, lead: int | None,
@@ -194,6 +201,42 @@ def first_fit_blocks(sizes: np.ndarray, capacity: int, bins: int, max_items: int
   return items, np.concatenate([[0], np.cumsum(np.bincount(item_rank, minlength=len(order)))])
 
 
+def cached_plan(key: str, epoch: int, compute) -> tuple[np.ndarray, ...]:
+  """The arrays `compute()` gives for (key, epoch), through this host's cache
+  (JAXLM_CACHE/plans/<key>-<epoch>.<i>.npy, memory-mapped): the first process to ask computes and
+  writes them (renamed into place, the last one last) while the others wait on a lock, then map
+  them. Epochs before epoch - 1 of the same key are removed as a new one is written. A cache that
+  cannot be written leaves each process computing its own."""
+  try:
+    directory = paths.cache_dir('plans')
+    lock = (directory / f'{key}.lock').open('a', encoding='utf-8')
+  except OSError:
+    return compute()
+  with lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    done = directory / f'{key}-{epoch}.done'
+    if done.is_file():
+      count = int(done.read_text())
+      return tuple(np.load(directory / f'{key}-{epoch}.{i}.npy', mmap_mode='r')
+                   for i in range(count))
+    arrays = compute()
+    try:
+      for i, array in enumerate(arrays):
+        tmp = directory / f'{key}-{epoch}.{i}.{os.getpid()}.tmp'
+        with open(tmp, 'wb') as f:
+          np.save(f, array)
+        os.replace(tmp, directory / f'{key}-{epoch}.{i}.npy')
+      atomic_write(done, str(len(arrays)).encode())
+      for old in directory.glob(f'{key}-*.done'):
+        if int(old.name[len(key) + 1:-len('.done')]) < epoch - 1:
+          old.unlink()
+          for f in directory.glob(f'{old.name[:-len("done")]}*.npy'):
+            f.unlink(missing_ok=True)
+    except OSError:  # a full or read-only disk: the plan still serves this process
+      pass
+    return arrays
+
+
 class PackedRows(_Rows):
   """Whole documents packed into rows of L (see the module docstring)."""
 
@@ -235,13 +278,19 @@ class PackedRows(_Rows):
       self._row_counts = counts
 
   def plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-    """(pieces in row order, row starts into them) of one epoch."""
+    """(pieces in row order, row starts into them) of one epoch: computed by the first process
+    of this host that asks, and memory-mapped by the others (Grain's workers) from the copy it
+    left in jaxlm's cache (see cached_plan)."""
     if epoch not in self._plans:
-      order = np.random.default_rng([self.seed, epoch]).permutation(len(self.piece_doc))
-      items, starts = first_fit_blocks(self.piece_len[order], self.length, self.bins,
-                                       self.max_docs)
+      def compute():
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.piece_doc))
+        items, starts = first_fit_blocks(self.piece_len[order], self.length, self.bins,
+                                         self.max_docs)
+        return order[items].astype(np.int32), starts
+      key = hashlib.sha256(json.dumps([PLAN_FORMAT, self.split.digest, self.length, self.seed,
+                                       self.max_docs, self.bins, self.lead]).encode())
       self._plans = {e: p for e, p in self._plans.items() if e >= epoch - 1}  # keep a few
-      self._plans[epoch] = order[items].astype(np.int32), starts
+      self._plans[epoch] = cached_plan(key.hexdigest()[:24], epoch, compute)
     return self._plans[epoch]
 
   def _locate(self, k: int) -> tuple[int, int]:
