@@ -336,7 +336,8 @@ def test_a_host_reads_only_the_documents_of_its_evaluation_windows(datasets, ali
 def test_a_packed_epoch_is_planned_once_per_host(datasets, monkeypatch, tmp_path):
   """The first PackedRows of a host to plan an epoch leaves the plan in jaxlm's cache; another
   (a Grain worker's pickled copy, which carries no plans) maps it rather than planning again,
-  and gives the same rows; another seed is planned anew; the cache keeps the last two epochs."""
+  and gives the same rows; other data or settings are planned anew; the cache keeps the last two
+  epochs."""
   monkeypatch.setenv('JAXLM_CACHE', str(tmp_path))
   calls = []
   real = rows_module.first_fit_blocks
@@ -356,6 +357,11 @@ def test_a_packed_epoch_is_planned_once_per_host(datasets, monkeypatch, tmp_path
   kept = sorted(p.name.split('-')[1] for p in (tmp_path / 'plans').glob('*.done'))
   assert kept == ['0.done', '2.done', '3.done'], kept  # (seed 1's epoch 0, seed 0's 2 and 3)
   assert len(list((tmp_path / 'plans').glob('*.npy'))) == 2 * 3
+  upper = Prepared(datasets['upper']).train
+  for s, length, max_docs, eos in ((split, L, 1, EOS), (split, L // 2, 0, EOS),
+                                   (upper, L, 0, EOS), (split, L, 0, None)):
+    PackedRows(s, eos, length, seed=0, max_docs=max_docs).plan(0)
+  assert len(calls) == 2 + 3 + 4  # (every field of the key counts)
 
 
 def test_a_resume_plans_only_the_epoch_it_resumes_in(datasets, monkeypatch):
