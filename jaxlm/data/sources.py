@@ -24,6 +24,8 @@ import zlib
 from pathlib import Path
 from typing import Iterator
 
+import orjson
+
 from jaxlm import paths
 from jaxlm.data import tf_sources
 from jaxlm.errors import UserError
@@ -191,6 +193,18 @@ def _read_line(f, path, line_no: int) -> bytes:
 
 
 def _field(line: bytes, field: str, where: str) -> str:
+  """The text of one JSONL line: parsed by orjson, several times faster than json; a line orjson
+  refuses (not UTF-8 or not JSON, a lone surrogate, NaN) goes through json, which says why or
+  accepts it as json always has."""
+  try:
+    record = orjson.loads(line)
+  except orjson.JSONDecodeError:
+    return _slow_field(line, field, where)
+  text = record.get(field) if isinstance(record, dict) else None
+  return text if isinstance(text, str) else _slow_field(line, field, where)
+
+
+def _slow_field(line: bytes, field: str, where: str) -> str:
   try:
     record = json.loads(line)
   except UnicodeDecodeError as e:
