@@ -1,5 +1,7 @@
 """Data: tokenizer round trips, corpus reading errors, the run's prepared data, eval coverage."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -198,3 +200,17 @@ def test_token_frequencies_are_each_datasets_shares_weighted_by_the_mixture():
   np.testing.assert_allclose(run.token_frequencies(), [0.75 * 0.75, 0.75 * 0.25, 0.25])
   assert data.RunData(None, [Counted(np.ones(3)), Counted(None)], [1, 1]).token_frequencies() \
       is None
+
+
+def test_a_jsonl_line_reads_as_json_reads_it():
+  """orjson parses a line; what it refuses goes through json, so every line reads as json reads
+  it: NaN elsewhere in the record, a byte-order mark, a repeated key (the last wins), and the
+  errors json's path explains."""
+  for line, text in [(b'{"text": "a", "score": NaN}\n', 'a'), (b'\xef\xbb\xbf{"text": "b"}', 'b'),
+                     (b'{"text": "c", "text": "d"}', 'd'), (b'{"n": 1e999, "text": "e\\u00e9"}',
+                                                           'e\u00e9')]:
+    assert sources._field(line, 'text', 'line 1') == text == json.loads(line)['text']
+  for line, error in [(b'{"text": "\\ud800"}', 'lone surrogate'), (b'{"text": 3}', 'no text field'),
+                      (b'{"text": "x"', 'is not JSON'), (b'{"text": "\xff"}', 'is not UTF-8')]:
+    with pytest.raises(UserError, match=error):
+      sources._field(line, 'text', 'line 1')
