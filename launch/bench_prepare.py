@@ -6,7 +6,7 @@ tokenizer's own ceiling.
   python launch/bench_prepare.py --size_mb=256 --workers=2 --keep=/tmp/prepared  # then:
   python -m jaxlm.bench --config=configs/gpt2_124m.py --what=data --config.data.corpus=/tmp/prepared
   python launch/bench_prepare.py --size_mb=256 --tokenizer=huggingface \
-      --modes=ceiling,workers:1,workers:2,array:2,beam:2
+      --modes=ceiling,workers:1,workers:2,array:2,beam:2 [--doc_kb=3]
 
 Modes: `workers:W` is one host with W worker processes; `array:N` is a job array, --plan, then N
 tasks at once (one worker each), then --finalize, timed from the plan's start to the manifest;
@@ -18,7 +18,8 @@ once before the modes (an 8,192-token SentencePiece model, or a byte-level BPE t
 trained on a 20 MiB sample) and given to each by --tokenizer_path, so no mode pays for training.
 
 The corpus is the shipped corpus's speeches, shuffled with a fixed seed and repeated, one JSONL
-line each, until it holds --size_mb MiB. Each worker count prepares it from scratch in its own
+line each (or, with --doc_kb, consecutive speeches joined into documents of a few KiB, the size
+of a web page), until it holds --size_mb MiB. Each worker count prepares it from scratch in its own
 output directory; the script prints MiB/s, documents/s, tokens/s and the peak resident memory of
 the whole process tree (sampled every 0.1 s with psutil, the sum over the main process and its
 workers) and of its largest process. Everything it writes is deleted at the end, except the
@@ -47,12 +48,15 @@ _WORKERS = flags.DEFINE_list('workers', ['1', '2'], 'Worker counts to compare (m
 _MODES = flags.DEFINE_list('modes', [], 'ceiling, workers:W, array:N, beam:W (replaces '
                            '--workers when given).')
 _WORKDIR = flags.DEFINE_string('workdir', '/tmp/jaxlm_bench_prepare', 'Scratch directory.')
+_DOC_KB = flags.DEFINE_float('doc_kb', 0, 'Join consecutive speeches into documents of at least '
+                             'this many KiB (web pages are a few KiB); 0: one speech each '
+                             '(~180 bytes).')
 _CHUNK_MB = flags.DEFINE_float('chunk_mb', 64.0, 'As jaxlm.prepare.')
 _KEEP = flags.DEFINE_string('keep', '', 'Move the last prepared dataset here instead of deleting '
                             'it (a new directory).')
 
 
-def make_corpus(path: Path, size_mb: int) -> int:
+def make_corpus(path: Path, size_mb: int, doc_kb: float = 0) -> int:
   """Writes the synthetic JSONL corpus; returns its number of documents."""
   text = (Path(__file__).resolve().parents[1] / 'jaxlm' / 'data' / 'tinyshakespeare.txt')
   speeches = [s for s in text.read_text(encoding='utf-8').split('\n\n') if s.strip()]
@@ -60,13 +64,27 @@ def make_corpus(path: Path, size_mb: int) -> int:
   with open(path, 'w', encoding='utf-8') as f:
     while written < size_mb * 2**20:
       rng.shuffle(speeches)
-      for s in speeches:
+      for s in _joined(speeches, doc_kb):
         line = json.dumps({'text': s, 'id': docs}) + '\n'
         f.write(line)
         written, docs = written + len(line.encode()), docs + 1
         if written >= size_mb * 2**20:
           break
   return docs
+
+
+def _joined(speeches: list[str], doc_kb: float) -> list[str]:
+  """The speeches in order, consecutive ones joined (by a blank line) into documents of at least
+  doc_kb KiB each; doc_kb=0: one speech a document."""
+  if not doc_kb:
+    return speeches
+  out, current = [], []
+  for s in speeches:
+    current.append(s)
+    if sum(map(len, current)) >= doc_kb * 1024:
+      out.append('\n\n'.join(current))
+      current = []
+  return out + (['\n\n'.join(current)] if current else [])
 
 
 def measure(cmd: list[str]) -> dict:
@@ -155,6 +173,7 @@ def run_mode(mode: str, corpus: Path, out: Path, common: list[str]) -> dict:
 def main(argv: list[str]) -> None:
   del argv
   cli.require(_SIZE, _SIZE.value >= 1, 'at least 1 MiB')
+  cli.require(_DOC_KB, _DOC_KB.value >= 0, '0 or more')
   cli.require(_WORKERS, all(w.isdigit() and int(w) >= 1 for w in _WORKERS.value),
               'a comma-separated list of positive worker counts')
   modes = _MODES.value or [f'workers:{w}' for w in _WORKERS.value]
@@ -169,9 +188,10 @@ def main(argv: list[str]) -> None:
   root.mkdir(parents=True)
   try:
     corpus = root / 'corpus.jsonl'
-    docs = make_corpus(corpus, _SIZE.value)
+    docs = make_corpus(corpus, _SIZE.value, _DOC_KB.value)
     mib = corpus.stat().st_size / 2**20
-    print(f'corpus: {mib:,.0f} MiB, {docs:,} documents ({_TOKENIZER.value} tokenizer, chunks of '
+    print(f'corpus: {mib:,.0f} MiB, {docs:,} documents of {mib * 2**20 / docs:,.0f} bytes on '
+          f'average ({_TOKENIZER.value} tokenizer, chunks of '
           f'{_CHUNK_MB.value:g} MiB, {psutil.cpu_count()} cores)', flush=True)
     tokenizer_args = make_tokenizer(root, corpus, _TOKENIZER.value)
     common = [f'--tokenizer={_TOKENIZER.value}', *tokenizer_args, f'--chunk_mb={_CHUNK_MB.value}',
