@@ -171,7 +171,12 @@ def get_config() -> ConfigDict:
   c.optim = ConfigDict()
   o = c.optim
   o.lr = 3e-3  # Peak learning rate; small models tolerate a high one.
-  o.schedule = 'cosine'  # 'cosine' (decays to min_lr) or 'constant' (after warm-up).
+  o.schedule = 'cosine'  # 'cosine' (decays to min_lr), 'constant' (after warm-up), or 'wsd':
+  #                        warm-up, stable at lr, then decay_shape to min_lr over the last
+  #                        decay_fraction of the steps (a run stopped while stable can go on
+  #                        with more train.steps, as if they had been set from the start).
+  o.decay_fraction = 0.2  # wsd: the share of the steps that decay (20%: Hägele et al. 2024).
+  o.decay_shape = '1-sqrt'  # wsd: 'linear', 'cosine' or '1-sqrt' (the best of these there).
   o.warmup_steps = 50  # Linear warm-up from 0, which keeps Adam's first steps stable.
   o.min_lr = 3e-4  # Floor of the cosine, 10% of the peak (Chinchilla).
   o.decay_steps = 0  # Length of warm-up plus decay; 0 means train.steps.

@@ -30,7 +30,8 @@ _CHOICES = {
     'data.packing': ('concat', 'pack'),
     'data.val_split': ('tail', 'documents'),
     'train.on_nonfinite': ('abort', 'skip'),
-    'optim.schedule': ('cosine', 'constant'),
+    'optim.schedule': ('cosine', 'constant', 'wsd'),
+    'optim.decay_shape': ('linear', 'cosine', '1-sqrt'),
     'train.objective': tuple(objectives.REGISTRY),
     'train.loss_grad': ('blockwise', 'autodiff'),
 }
@@ -38,6 +39,7 @@ _CHOICES = {
 _positive = (lambda v: v > 0, 'a positive number')
 _non_negative = (lambda v: v >= 0, 'a number >= 0')
 _fraction = (lambda v: 0 <= v < 1, 'a number in [0, 1)')
+_share = (lambda v: 0 < v <= 1, 'a number in (0, 1]')
 _ratio = (lambda v: 0 < v < 1, 'a number in (0, 1)')
 _unit = (lambda v: 0 <= v <= 1, 'a number in [0, 1]')
 _mesh_size = (lambda v: v == -1 or v >= 1, '-1 (the remaining devices) or a positive integer')
@@ -89,6 +91,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'optim.warmup_steps': _non_negative,
     'optim.min_lr': _non_negative,
     'optim.decay_steps': _non_negative,
+    'optim.decay_fraction': _share,
     'optim.b1': _fraction,
     'optim.b2': _fraction,
     'optim.eps': _positive,

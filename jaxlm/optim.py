@@ -15,17 +15,46 @@ from flax import struct
 from ml_collections import ConfigDict
 
 
+DECAY_SHAPES = {  # progress p in [0, 1] through the decay -> the share of (lr - min_lr) left
+    'linear': lambda p: 1 - p,
+    'cosine': lambda p: 0.5 * (1 + jnp.cos(jnp.pi * p)),
+    '1-sqrt': lambda p: 1 - jnp.sqrt(p),  # Hägele et al. 2024: better than linear for WSD
+}
+
+
+def decay_start(cfg: ConfigDict) -> int:
+  """optim.schedule='wsd': the first step of the decay (the stable phase ends before it)."""
+  o = cfg.optim
+  total = max(o.decay_steps or cfg.train.steps, o.warmup_steps + 1)
+  return max(total - round(o.decay_fraction * total), o.warmup_steps)
+
+
 def make_schedule(cfg: ConfigDict) -> optax.Schedule:
-  """Linear warm-up to optim.lr, then cosine decay to optim.min_lr (or constant).
+  """Linear warm-up to optim.lr, then one of:
+  - 'cosine': cosine decay to optim.min_lr at the last step (of optim.decay_steps, or training);
+  - 'constant': optim.lr to the end;
+  - 'wsd' (warm-up, stable, decay): optim.lr until the last optim.decay_fraction of the steps,
+    then optim.decay_shape down to optim.min_lr at the last step. Every rate depends only on the
+    step and these fields, so a run stopped in its stable phase can be continued with more
+    train.steps (a later decay), the same as if it had been set from the start.
 
   Step t uses the curve's value at t + 1, so the first step already moves (lr / warmup, as in
   nanoGPT) and the last step of the decay uses min_lr.
   """
   o = cfg.optim
+  warmup = optax.linear_schedule(0.0, o.lr, max(o.warmup_steps, 1))
   if o.schedule == 'constant':
-    curve = optax.join_schedules(
-        [optax.linear_schedule(0.0, o.lr, max(o.warmup_steps, 1)), optax.constant_schedule(o.lr)],
-        [o.warmup_steps])
+    curve = optax.join_schedules([warmup, optax.constant_schedule(o.lr)], [o.warmup_steps])
+  elif o.schedule == 'wsd':
+    total = max(o.decay_steps or cfg.train.steps, o.warmup_steps + 1)
+    start = decay_start(cfg)
+    shape, span = DECAY_SHAPES[o.decay_shape], max(total - start, 1)
+
+    def decay(count):  # count = t - start - 1: t = start is still exactly lr; t = total, min_lr
+      progress = jnp.clip((count + 1) / span, 0.0, 1.0)
+      return o.min_lr + (o.lr - o.min_lr) * shape(progress)
+    curve = optax.join_schedules([warmup, optax.constant_schedule(o.lr), decay],
+                                 [o.warmup_steps, start + 1])
   else:
     decay_steps = max(o.decay_steps or cfg.train.steps, o.warmup_steps + 1)
     curve = optax.warmup_cosine_decay_schedule(0.0, o.lr, o.warmup_steps, decay_steps, o.min_lr)

@@ -48,6 +48,36 @@ def test_constant_schedule_and_explicit_decay_length():
   assert float(short(49)) == pytest.approx(1e-4) and float(short(80)) == pytest.approx(1e-4)
 
 
+@pytest.mark.parametrize('shape', ['linear', 'cosine', '1-sqrt'])
+def test_wsd_schedule_equals_its_closed_form_at_every_step(shape):
+  """Warm-up over 10 steps, stable at lr, then the shape down to min_lr over the last 20% of 100
+  steps (the last step at min_lr, and after it too); continued with 150 steps instead, a run's
+  first 80 steps (its stable phase) get the same rates, and its decay starts at step 120."""
+  lr, floor, warm = 1e-3, 1e-4, 10
+  left = {'linear': lambda p: 1 - p, 'cosine': lambda p: 0.5 * (1 + math.cos(math.pi * p)),
+          '1-sqrt': lambda p: 1 - math.sqrt(p)}[shape]
+
+  def closed_form(step, total):
+    t, start = step + 1, total - round(0.2 * total)
+    if t < warm:
+      return lr * t / warm
+    if t <= start:
+      return lr
+    return floor + (lr - floor) * left(min((t - start) / (total - start), 1.0))
+
+  for total in (100, 150):
+    cfg = _schedule_config(schedule='wsd', decay_shape=shape, decay_fraction=0.2)
+    cfg.train.steps = total
+    got = np.asarray(jax.jit(make_schedule(cfg))(jnp.arange(total + 20)), np.float64)
+    want = [closed_form(step, total) for step in range(total + 20)]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-12)
+    assert got[total - 1] == pytest.approx(floor) and got[-1] == pytest.approx(floor)
+    if total == 100:
+      stable = got[:80]
+  np.testing.assert_array_equal(got[:80], stable)
+  assert got[119] == pytest.approx(lr) and got[120] < lr
+
+
 def _one_step(cfg, batch):
   _, setup, step, batch_sh = build_training(cfg, 1)
   state = setup.init()
