@@ -5,7 +5,8 @@ names a prepared dataset directory (one with a manifest.json), or a source (text
 'seqio:<task>', 'tfds:<name>'; '' is the shipped corpus) that is prepared into
 <workdir>/data/<name>-<key>/ on first use by the same code as `python -m jaxlm.prepare`, the key
 a digest of the preparation settings and of the files' sizes and times (a changed corpus is
-prepared anew beside the old one, never over it). `data.mixture` mixes prepared datasets by weight.
+prepared anew beside the old one, never over it). `data.mixture` mixes prepared datasets by weight,
+in stages whose weights change at given steps if asked.
 """
 
 import dataclasses
@@ -31,7 +32,9 @@ from jaxlm.errors import UserError
 class RunData(NamedTuple):
   tokenizer: Tokenizer
   datasets: list[Prepared]
-  weights: list[float]
+  weights: list[float]  # of the mixture (its last stage's, for a staged one): what validation
+  #                       and the token frequencies weigh the datasets by
+  stages: tuple = ()  # a staged mixture's (first step, weights) of each stage; () for one stage
 
   def record(self, workdir: Path) -> list[dict]:
     """What a checkpoint records of its data: each dataset's name, path and fingerprint."""
@@ -58,9 +61,10 @@ class RunData(NamedTuple):
     return sum(w / total * c / max(c.sum(), 1) for w, c in zip(self.weights, counts))
 
 
-def parse_mixture(text: str) -> list[tuple[str, float]]:
+def parse_mixture(text: str, zero: bool = False) -> list[tuple[str, float]]:
   """'web:0.7,books:0.3' -> [('web', 0.7), ('books', 0.3)]: prepared dataset directories and
-  positive weights (normalised by Grain's mix)."""
+  positive weights (normalised by Grain's mix); zero=True (a stage of a staged mixture) allows
+  weights of 0, the stage's weights still adding up to more than 0."""
   out = []
   for item in filter(None, (i.strip() for i in text.split(','))):
     path, _, weight = item.rpartition(':')
@@ -68,9 +72,11 @@ def parse_mixture(text: str) -> list[tuple[str, float]]:
       value = float(weight)
     except ValueError:
       value = None
-    if not path or value is None or not value > 0 or not np.isfinite(value):
+    if (not path or value is None or not (value >= 0 if zero else value > 0)
+        or not np.isfinite(value)):
       raise UserError(f'config field data.mixture={text!r} is invalid at {item!r}: expected '
-                      'comma-separated <prepared dataset directory>:<positive weight> items.')
+                      'comma-separated <prepared dataset directory>:<'
+                      f'{"weight >= 0" if zero else "positive weight"}> items.')
     if not is_prepared(path):
       raise UserError(f'config field data.mixture names {path!r}, which is not a prepared dataset '
                       '(no manifest.json there); prepare it with python -m jaxlm.prepare or fix '
@@ -78,7 +84,37 @@ def parse_mixture(text: str) -> list[tuple[str, float]]:
     out.append((path, value))
   if len({p for p, _ in out}) != len(out):
     raise UserError(f'config field data.mixture={text!r} names a dataset twice; give each once.')
+  if not sum(w for _, w in out) > 0:
+    raise UserError(f'config field data.mixture={text!r} has weights that add up to 0; give at '
+                    'least one a positive weight.')
   return out
+
+
+def parse_stages(text: str) -> tuple[list[str], list[tuple[int, list[float]]]]:
+  """'web:0.9,code:0.1@0; web:0.6,code:0.4@8000' -> the datasets (in order of first mention)
+  and each stage's (first step, weights of those datasets, 0 where the stage leaves one out):
+  Levanter's weight stages. A mixture without ';' or '@' is one stage from step 0."""
+  if ';' not in text and '@' not in text:
+    pairs = parse_mixture(text)
+    return [p for p, _ in pairs], [(0, [w for _, w in pairs])]
+  stages = []
+  for part in filter(None, (p.strip() for p in text.split(';'))):
+    mixture, at, step = part.rpartition('@')
+    if not at or not step.strip().isdigit():
+      raise UserError(f'config field data.mixture={text!r} is invalid at {part!r}: each stage is '
+                      '<dataset>:<weight>,...@<first step>, stages separated by ";".')
+    stages.append((int(step), parse_mixture(mixture, zero=True)))
+  steps = [s for s, _ in stages]
+  if steps[0] != 0 or any(b <= a for a, b in zip(steps, steps[1:])):
+    raise UserError(f'config field data.mixture={text!r} has stages starting at steps {steps}; '
+                    'the first must start at 0 and each later one after the one before.')
+  names = list(dict.fromkeys(p for _, pairs in stages for p, _ in pairs))
+  weights = [[dict(pairs).get(p, 0.0) for p in names] for _, pairs in stages]
+  unused = [p for i, p in enumerate(names) if not any(w[i] for w in weights)]
+  if unused:
+    raise UserError(f'config field data.mixture={text!r} gives {unused[0]!r} a weight of 0 in '
+                    'every stage; leave it out or give it a weight.')
+  return names, [(s, w) for s, w in zip(steps, weights)]
 
 
 def workdir_settings(cfg: ConfigDict) -> Settings:
@@ -106,8 +142,9 @@ def open_run_data(cfg: ConfigDict, workdir: Path) -> RunData:
   cannot be read: preparation resumes, and rewrites what is missing or damaged)."""
   d = cfg.data
   if d.mixture:
-    pairs = parse_mixture(d.mixture)
-    return _checked([Prepared(p) for p, _ in pairs], [w for _, w in pairs], cfg)
+    names, stages = parse_stages(d.mixture)
+    run = _checked([Prepared(p) for p in names], stages[-1][1], cfg)
+    return run._replace(stages=tuple(stages) if len(stages) > 1 else ())
   if is_prepared(d.corpus):
     return _checked([Prepared(d.corpus)], [1.0], cfg)
   path = workdir_dataset(cfg, workdir)
@@ -153,7 +190,8 @@ def train_batches(run: RunData, cfg: ConfigDict, length: int, host_rows: Sequenc
   sources = train_rows([ds.train for ds in run.datasets], packing=d.packing, length=length,
                        eos=document_start(run.tokenizer), seed=cfg.seed, stride=d.stride,
                        max_docs=d.max_docs_per_row)
-  return TrainBatches(sources, run.weights, cfg.train.batch_size, host_rows, workers=d.workers)
+  return TrainBatches(sources, run.weights, cfg.train.batch_size, host_rows, workers=d.workers,
+                      stages=run.stages)
 
 
 class EvalStream(NamedTuple):

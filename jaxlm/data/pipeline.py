@@ -15,6 +15,7 @@ exactly once: each document is preceded by the end-of-sequence id, which is cont
 packs documents evaluates each one alone, cut where its training pieces are cut.
 """
 
+import bisect
 import functools
 import os
 import sys
@@ -85,10 +86,72 @@ def train_rows(splits: Sequence[Split], *, packing: str, length: int, eos: int |
           for i, split in enumerate(splits)]
 
 
-def mixed_plans(sources: Sequence, weights: Sequence[float]) -> grain.MapDataset:
+def _proportions(weights: Sequence[float]) -> tuple[int, ...]:
+  """Grain's integer proportions of positive weights (the smallest scaled to 100)."""
+  return tuple(int(w * 100 / min(weights)) for w in weights)
+
+
+def _interleaved(k: int, proportions: tuple[int, ...]) -> tuple[int, int]:
+  """(dataset, its row) at position k of Grain's deterministic interleave of datasets in these
+  integer proportions (grain.MapDataset.mix): dataset 0 takes its share of every prefix, then
+  dataset 1 of what remains, and so on."""
+  remaining, k0, k1 = sum(proportions), k, k + 1
+  for i, p in enumerate(proportions):
+    n0, n1 = k0 * (remaining - p) // remaining, k1 * (remaining - p) // remaining
+    if k0 - n0 != k1 - n1:
+      return i, k1 - n1 - 1
+    remaining, k0, k1 = remaining - p, n0, n1
+  raise AssertionError('unreachable: the last dataset takes what remains')
+
+
+def _counts(k: int, proportions: tuple[int, ...]) -> list[int]:
+  """How many of positions 0..k-1 of the interleave each dataset takes."""
+  out, remaining = [], sum(proportions)
+  for p in proportions:
+    rest = k * (remaining - p) // remaining
+    out.append(k - rest)
+    remaining, k = remaining - p, rest
+  return out
+
+
+class StagedSelection(grain.transforms.DatasetSelectionMap):
+  """Global row g -> (dataset, its row) for mixture weights that change at given rows
+  (data.mixture stages): in the stage that holds g, Grain's interleave of the datasets with a
+  positive weight there, each dataset's rows continuing from where the earlier stages left them.
+  A pure function of g, in constant time: resuming inside or across a stage reads the same rows."""
+
+  def __init__(self, starts: Sequence[int], weights: Sequence[Sequence[float]]):
+    self.starts = [int(a) for a in starts]
+    self.active = [[i for i, w in enumerate(ws) if w > 0] for ws in weights]
+    self.proportions = [_proportions([ws[i] for i in active])
+                        for ws, active in zip(weights, self.active)]
+    n = len(weights[0])
+    self.offsets = [[0] * n]  # each dataset's rows used before each stage
+    for k in range(1, len(self.starts)):
+      done = _counts(self.starts[k] - self.starts[k - 1], self.proportions[k - 1])
+      offsets = list(self.offsets[-1])
+      for i, c in zip(self.active[k - 1], done):
+        offsets[i] += c
+      self.offsets.append(offsets)
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def __getitem__(self, g: int) -> tuple[int, int]:
+    k = bisect.bisect_right(self.starts, g) - 1
+    j, row = _interleaved(g - self.starts[k], self.proportions[k])
+    i = self.active[k][j]
+    return i, self.offsets[k][i] + row
+
+
+def mixed_plans(sources: Sequence, weights: Sequence[float],
+                stages: Sequence[tuple[int, Sequence[float]]] = ()) -> grain.MapDataset:
   """The endless stream of row plans, (dataset index, row index, plan), mixed in the given
-  proportions."""
+  proportions, or by `stages`: (first global row, weights) each, the first at row 0."""
   streams = [grain.MapDataset.source(_Tagged(rows, i)) for i, rows in enumerate(sources)]
+  if len(stages) > 1:
+    return grain.MapDataset.select_from_datasets(streams, StagedSelection(
+        [a for a, _ in stages], [w for _, w in stages]))
   return streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, list(weights))
 
 
@@ -96,8 +159,11 @@ class TrainBatches:
   """An endless, checkpointable iterator of this host's part of each global batch."""
 
   def __init__(self, sources: Sequence, weights: Sequence[float], global_batch: int,
-               host_rows: Sequence[int], *, workers: int = 0, prefetch: int = 2):
-    self.sources, self.plans = list(sources), mixed_plans(sources, weights)
+               host_rows: Sequence[int], *, workers: int = 0, prefetch: int = 2,
+               stages: Sequence[tuple[int, Sequence[float]]] = ()):
+    """`stages`: (first step, weights) of each stage of a staged mixture (one batch a step)."""
+    self.sources = list(sources)
+    self.plans = mixed_plans(sources, weights, [(step * global_batch, w) for step, w in stages])
     self.global_batch = global_batch
     host_batch = HostBatch(self.plans, sources, global_batch, host_rows)
     self.batches = grain.MapDataset.range(sys.maxsize).map(host_batch)
