@@ -59,6 +59,12 @@ def get_config() -> ConfigDict:
   m.qkv_bias = False  # Biases on the query/key/value projection alone (Qwen2), whatever use_bias is.
   m.dropout = 0.0  # Pretraining on plenty of data needs none; small corpora may want 0.1-0.2.
   m.init_std = 0.02  # Normal init of weights; output projections are scaled by 1/sqrt(2 * layers).
+  m.parametrization = 'standard'  # or 'mup' (Tensor Programs V): hidden matrices start at
+  #                                 init_std / sqrt(m) and learn at lr / m (Muon: / sqrt(m)),
+  #                                 attention scores / E, the head reads h / m, for
+  #                                 m = embed_dim / base_width: a rate tuned at the base width
+  #                                 carries over to wider models (the head count held fixed).
+  m.base_width = 0  # mup: the embed_dim its hyperparameters were tuned at.
   m.dtype = 'float32'  # Compute dtype: 'float32', 'bfloat16' or 'float16'; parameters stay float32.
   m.remat = 'none'  # Activation recomputation per layer: 'none', 'dots' (save matmuls),
   #                   'dots_attention' (and the fused attention kernel's residuals) or 'full'.
@@ -79,7 +85,9 @@ def get_config() -> ConfigDict:
   #                text files (a file, directory or glob; each file a document), JSONL (.jsonl,
   #                .jsonl.gz), 'seqio:<task>' or 'tfds:<name>' (the seqio extra).
   d.mixture = ''  # Prepared datasets mixed by weight, 'web:0.7,books:0.3' (directories); replaces
-  #                 data.corpus. Rows are interleaved in these proportions, deterministically.
+  #                 data.corpus. Rows are interleaved in these proportions, deterministically. In
+  #                 stages: 'web:0.9,code:0.1@0; web:0.6,code:0.4@8000' (weights from each step
+  #                 on; 0 leaves a dataset out of a stage; validation weighs by the last stage).
   d.packing = 'concat'  # 'concat': windows over the documents joined by end-of-sequence (as in
   #                       nanoGPT); 'pack': whole documents packed into rows, attention within each.
   d.max_docs_per_row = 0  # With 'pack': at most this many documents (pieces) a row; 0: no limit.
@@ -170,6 +178,11 @@ def get_config() -> ConfigDict:
 
   c.optim = ConfigDict()
   o = c.optim
+  o.name = 'adamw'  # 'adamw'; 'muon': Muon (optax.contrib) on the hidden matmul weights, each
+  #                  layer's query, key, value, output and MLP matrices orthogonalised on their
+  #                  own, and AdamW on embeddings, head, norms and biases (modded-nanogpt); or
+  #                  'schedule_free_adamw' (optax.contrib, with schedule='constant'): validation,
+  #                  jaxlm.eval, generation and export use its averaged parameters.
   o.lr = 3e-3  # Peak learning rate; small models tolerate a high one.
   o.schedule = 'cosine'  # 'cosine' (decays to min_lr), 'constant' (after warm-up), or 'wsd':
   #                        warm-up, stable at lr, then decay_shape to min_lr over the last
@@ -184,6 +197,11 @@ def get_config() -> ConfigDict:
   o.b2 = 0.95  # Adam beta2; 0.95 rather than 0.999 is the LLM norm for stability.
   o.eps = 1e-8  # Adam epsilon.
   o.weight_decay = 0.1  # Decoupled (AdamW) decay on matmul weights.
+  o.muon_momentum = 0.95  # muon: Nesterov momentum of the gradients before orthogonalising.
+  o.muon_ns_steps = 5  # muon: Newton-Schulz iterations (optax's quintic coefficients).
+  o.muon_rms = 0.2  # muon: the RMS each update is scaled to, AdamW's typical one, so that lr,
+  #                  the schedule and weight decay carry over from AdamW (Liu et al. 2025).
+  o.schedule_free_power = 2.0  # schedule_free_adamw: the average weighs step t by lr_t^power.
   o.decay_embeddings = False  # Norms and biases are never decayed; embeddings only if this is set.
   o.clip_norm = 1.0  # Global gradient-norm clipping; 0 disables.
   o.loss_scale_init = 2.0**15  # Initial dynamic loss scale, used only with float16 compute.

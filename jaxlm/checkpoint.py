@@ -180,16 +180,22 @@ class Checkpointer:
         data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
     return state, rest.data, rest.meta
 
-  def restore_params(self, abstract_params: Any, step: int) -> Any:
+  def restore_params(self, abstract_params: Any, step: int, abstract_opt_state: Any = None) -> Any:
     """Only the parameters of `step` (the state's `params`), onto the shardings in
     `abstract_params`: what evaluation, generation, export and init_from need. The optimizer
-    state is not read, so memory holds one copy of the model, not three."""
+    state is not read, so memory holds one copy of the model, not three; unless
+    `abstract_opt_state` asks for it too (schedule-free's average needs it): then (params,
+    optimizer state)."""
     target = {'params': abstract_params}
+    if abstract_opt_state is not None:
+      target['opt_state'] = abstract_opt_state
     self._check_shapes(step, target)
     with ocp.PyTreeCheckpointer() as reader:
       restored = reader.restore(self.directory / str(step) / 'state', args=ocp.args.PyTreeRestore(
           item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
           partial_restore=True))
+    if abstract_opt_state is not None:
+      return restored['params'], restored['opt_state']
     return restored['params']
 
   def restore_meta(self, step: int) -> dict:

@@ -26,10 +26,12 @@ _CHOICES = {
     'model.remat': ('none', 'dots', 'dots_attention', 'full'),
     'model.attention': ('auto', 'xla', 'cudnn', 'splash'),
     'model.decoder_attention': ('', 'luong'),
+    'model.parametrization': ('standard', 'mup'),
     'data.tokenizer': ('sentencepiece', 'char', 'byte', 'huggingface'),
     'data.packing': ('concat', 'pack'),
     'data.val_split': ('tail', 'documents'),
     'train.on_nonfinite': ('abort', 'skip'),
+    'optim.name': ('adamw', 'muon', 'schedule_free_adamw'),
     'optim.schedule': ('cosine', 'constant', 'wsd'),
     'optim.decay_shape': ('linear', 'cosine', '1-sqrt'),
     'train.objective': tuple(objectives.REGISTRY),
@@ -66,6 +68,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'model.rope_original_max_len': _positive,
     'model.dropout': _fraction,
     'model.init_std': _positive,
+    'model.base_width': _non_negative,
     'data.tokenizer_vocab_size': (lambda v: v >= 16, 'an integer >= 16'),
     'data.val_fraction': (lambda v: 0 < v < 1, 'a number strictly between 0 and 1'),
     'data.stride': _non_negative,
@@ -92,6 +95,10 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'optim.min_lr': _non_negative,
     'optim.decay_steps': _non_negative,
     'optim.decay_fraction': _share,
+    'optim.muon_momentum': _fraction,
+    'optim.muon_ns_steps': _positive,
+    'optim.muon_rms': _positive,
+    'optim.schedule_free_power': _non_negative,
     'optim.b1': _fraction,
     'optim.b2': _fraction,
     'optim.eps': _positive,
@@ -162,8 +169,9 @@ def validate(cfg: ConfigDict) -> None:
       _fail(field, values[field], expected)
   for field in _LOCATIONS:
     paths.check(f'config field {field}', values[field])
-  for item in values['data.mixture'].split(','):
-    paths.check('config field data.mixture', item.strip().rpartition(':')[0])
+  for stage in values['data.mixture'].split(';'):
+    for item in stage.rpartition('@')[0 if '@' in stage else 2].split(','):
+      paths.check('config field data.mixture', item.strip().rpartition(':')[0])
   paths.check_local('config field data.tfds_data_dir', values['data.tfds_data_dir'])
   paths.check_local('config field init_from', values['init_from'])
   check_model(cfg.model)
@@ -186,6 +194,14 @@ def _check_cross_fields(cfg: ConfigDict) -> None:
                     f'model.max_seq_len={cfg.model.max_seq_len}.')
   if o.min_lr > o.lr:
     _fail('optim.min_lr', o.min_lr, f'at most optim.lr={o.lr}')
+  if o.name == 'schedule_free_adamw' and cfg.model.get('parametrization') == 'mup':
+    raise UserError("config field model.parametrization='mup' sets per-layer rates, which "
+                    "optim.name='schedule_free_adamw' does not take (its averaging weighs each "
+                    "step by one rate); use optim.name='adamw' or 'muon' with muP.")
+  if o.name == 'schedule_free_adamw' and o.schedule != 'constant':
+    raise UserError(f"config field optim.schedule={o.schedule!r} decays the rate, which "
+                    "optim.name='schedule_free_adamw' replaces (it averages the iterates "
+                    "instead); set optim.schedule='constant' (its warm-up is optim.warmup_steps).")
   check_objective(cfg)
   if t.eval_tasks and objectives.of(cfg).reads != objectives.Objective.reads:
     raise UserError(f'config field train.eval_tasks={t.eval_tasks!r} scores next-token '

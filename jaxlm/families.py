@@ -26,7 +26,7 @@ TRANSFORMER_FIELDS = ('num_heads', 'num_kv_heads', 'head_dim', 'mlp_dim', 'norm'
                       'position', 'mlp', 'use_bias', 'rope_theta', 'rope_scaling',
                       'rope_scaling_factor', 'rope_low_freq_factor', 'rope_high_freq_factor',
                       'rope_original_max_len', 'qkv_bias', 'causal', 'attention', 'remat',
-                      'scan_unroll')
+                      'scan_unroll', 'parametrization', 'base_width')
 
 # What an objective needs its model to read (objectives.Objective.reads), in words.
 READS = {'causal': 'predicts each token from those before it',
@@ -154,6 +154,10 @@ class TransformerFamily(Family):
     if m.position == 'rope' and (m.head_dim or m.embed_dim // m.num_heads) % 2:
       raise UserError('RoPE rotates pairs of channels, so the head dimension '
                       '(model.head_dim, or model.embed_dim // model.num_heads) must be even.')
+    if m.get('parametrization') == 'mup' and not m.base_width > 0:
+      raise invalid_field('model.base_width', m.base_width,
+                          "the width muP's hyperparameters were tuned at (e.g. 64) with "
+                          "model.parametrization='mup'")
     if m.rope_scaling and m.position != 'rope':
       raise invalid_field('model.rope_scaling', m.rope_scaling, "'' unless model.position='rope'")
     if m.rope_scaling and m.rope_high_freq_factor <= m.rope_low_freq_factor:

@@ -1,4 +1,5 @@
-"""config -> optax: learning-rate schedule, AdamW with a weight-decay mask, clipping, loss scaling.
+"""config -> optax: learning-rate schedule, AdamW or Muon with a weight-decay mask, clipping, loss
+scaling.
 
 The learning rate is not inside the optax chain: the train step multiplies the chain's update
 by -schedule(state.step). So the rate applied at a step is a function of that step alone, the same
@@ -6,6 +7,7 @@ one that is logged, whether or not earlier updates were skipped (a skipped updat
 optimizer state, and with it Adam's own count, untouched).
 """
 
+import math
 from typing import Any
 
 import jax
@@ -13,6 +15,9 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 from ml_collections import ConfigDict
+from optax.contrib import MuonDimensionNumbers
+
+from jaxlm.model.layers import width_mult
 
 
 DECAY_SHAPES = {  # progress p in [0, 1] through the decay -> the share of (lr - min_lr) left
@@ -77,36 +82,150 @@ def decayed(axes: tuple[str | None, ...], decay_embeddings: bool) -> bool:
   return len(named) >= 2 and bool({'embed', 'mlp'} & set(named))
 
 
-def decay_mask(model_cfg: ConfigDict, decay_embeddings: bool) -> dict[str, Any]:
-  """The decay decision of every parameter of the model (a pure dict shaped like its params)."""
+def muon_dims(axes: tuple[str | None, ...]) -> MuonDimensionNumbers | None:
+  """How Muon sees a parameter with these logical axes as matrices, or None (AdamW's).
+
+  Muon orthogonalises the hidden matmul weights (decayed() says which are matmuls; the
+  embeddings and the output head, which read or write `vocab`, stay with AdamW, as in
+  modded-nanogpt and the Muon papers). Each is a batch of matrices (inputs, outputs): the scanned
+  stack's `layers` and the unnamed axes (the query/key/value slot of the fused projection, the
+  LSTM's four gates) are batch axes, so each layer's query, key and value projections (and each
+  gate) are orthogonalised on their own; the input is the first named axis, with `head_dim`
+  after `heads` (the attention output projection reads every head).
+  """
+  named = [i for i, a in enumerate(axes) if a not in (None, 'layers')]
+  if not decayed(axes, True) or {'vocab', 'length'} & set(axes):
+    return None
+  inputs = 2 if axes[named[0]] == 'heads' and len(named) > 2 else 1
+  return MuonDimensionNumbers(tuple(named[:inputs]), tuple(named[inputs:]))
+
+
+def _by_param(model_cfg: ConfigDict, fn) -> dict[str, Any]:
+  """fn(logical axes) for every parameter of the model (a pure dict shaped like its params)."""
   from flax import nnx  # pylint: disable=import-outside-toplevel
   from jaxlm.state import abstract_model  # pylint: disable=import-outside-toplevel  (a cycle)
   state = nnx.state(abstract_model(model_cfg), nnx.Param)
-  mask = jax.tree.map(
-      lambda v: decayed(tuple(v.get_metadata().get('out_sharding') or ()), decay_embeddings),
-      state, is_leaf=lambda v: isinstance(v, nnx.Variable))
-  return nnx.to_pure_dict(mask)
+  values = []  # (numbered first: None and NamedTuples are not leaves of a tree map)
+
+  def number(v):
+    values.append(fn(tuple(v.get_metadata().get('out_sharding') or ())))
+    return len(values) - 1
+  numbers = jax.tree.map(number, state, is_leaf=lambda v: isinstance(v, nnx.Variable))
+  return jax.tree.map(lambda i: values[i], nnx.to_pure_dict(numbers))
+
+
+def decay_mask(model_cfg: ConfigDict, decay_embeddings: bool) -> dict[str, Any]:
+  """The decay decision of every parameter of the model (a pure dict shaped like its params)."""
+  return _by_param(model_cfg, lambda axes: decayed(axes, decay_embeddings))
+
+
+def _is_dims(x) -> bool:
+  return x is None or isinstance(x, (MuonDimensionNumbers, optax.MaskedNode))
+
+
+def _matching(dims: Any, updates: Any) -> Any:
+  """`dims` with optax.partition's MaskedNode where `updates` has one (Muon's share only)."""
+  return jax.tree.map(lambda d, u: u if isinstance(u, optax.MaskedNode) else d, dims, updates,
+                      is_leaf=_is_dims)
+
+
+def scale_to_rms(dims: Any, rms: float) -> optax.GradientTransformation:
+  """Multiplies each orthogonalised update (RMS about 1/sqrt(max(fan_in, fan_out))) by
+  rms * sqrt(max(fan_in, fan_out)), so that its RMS is about `rms`, AdamW's typical 0.2: the
+  learning rate, schedule and weight decay of AdamW then carry over (Liu et al. 2025, "Muon is
+  scalable for LLM training")."""
+  def scale(updates, params=None):
+    del params
+
+    def one(d, u):
+      if d is None or isinstance(u, optax.MaskedNode):
+        return u
+      fan_in = math.prod(u.shape[a] for a in d.reduction_axis)
+      fan_out = math.prod(u.shape[a] for a in d.output_axis)
+      return u * (rms * math.sqrt(max(fan_in, fan_out)))
+    return jax.tree.map(one, _matching(dims, updates), updates, is_leaf=_is_dims)
+  return optax.stateless(scale)
 
 
 def make_optimizer(cfg: ConfigDict,
                    model_cfg: ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """The optax chain (global-norm clipping, then AdamW without its learning rate) for the resolved
-  model `model_cfg` and the learning-rate schedule; the update is -schedule(step) *
-  tx.update(...) (see apply_updates)."""
+  """The optax chain for the resolved model `model_cfg` and the learning-rate schedule; the update
+  is -schedule(step) * tx.update(...) (see apply_updates). The chain clips the global gradient
+  norm, then:
+  - 'adamw': Adam's direction plus decoupled weight decay (optax.adamw without its rate);
+  - 'muon': optax.contrib.scale_by_muon (Nesterov momentum, then Newton-Schulz
+    orthogonalisation) on the hidden matmul weights (muon_dims), scaled to AdamW's update RMS,
+    and Adam on the rest (embeddings, head, norms, biases), both with the same weight decay;
+  - 'schedule_free_adamw': optax.contrib.schedule_free around Adam without momentum, whose
+    update is the whole step (includes_rate); the parameters to evaluate are eval_params'.
+  Under muP (model.parametrization='mup', width multiplier m) the hidden matrices' updates are
+  scaled by 1/m (AdamW), or 1/sqrt(m) (Muon, whose orthogonalised update is scaled to a
+  constant RMS, so its spectral norm grows with sqrt(m) without this).
+  """
   o = cfg.optim
+  mask = decay_mask(model_cfg, o.decay_embeddings)
+  adam = optax.chain(optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps),
+                     optax.add_decayed_weights(o.weight_decay, mask=mask))
+  if o.name == 'schedule_free_adamw':
+    # optax.contrib.schedule_free_adamw with the decay mask: Adam without momentum (b1 is the
+    # interpolation's), decayed weights, the rate (warm-up, then constant) inside.
+    schedule = make_schedule(cfg)
+    base = optax.chain(
+        optax.scale_by_rms(decay=o.b2, eps=o.eps, eps_in_sqrt=False, bias_correction=True),
+        optax.add_decayed_weights(o.weight_decay, mask=mask),
+        optax.scale_by_learning_rate(schedule))
+    free = optax.contrib.schedule_free(base, lambda count: schedule(count - 1), b1=o.b1,
+                                       weight_lr_power=o.schedule_free_power)
+    return optax.chain(
+        optax.clip_by_global_norm(o.clip_norm) if o.clip_norm > 0 else optax.identity(),
+        free), schedule
+  if o.name == 'muon':
+    dims = _by_param(model_cfg, muon_dims)
+    muon = optax.chain(
+        optax.contrib.scale_by_muon(beta=o.muon_momentum, ns_steps=o.muon_ns_steps,
+                                    nesterov=True,
+                                    weight_dimension_numbers=lambda u: _matching(dims, u)),
+        scale_to_rms(dims, o.muon_rms),
+        optax.add_decayed_weights(o.weight_decay, mask=mask))
+    labels = jax.tree.map(lambda d: 'adam' if d is None else 'muon', dims, is_leaf=_is_dims)
+    direction = optax.partition({'muon': muon, 'adam': adam}, labels)
+  else:
+    direction = adam
+  m = width_mult(model_cfg)
+  if m != 1.0:  # muP's per-layer rates (see the docstring)
+    hidden = 1 / (math.sqrt(m) if o.name == 'muon' else m)
+    rates = _by_param(model_cfg, lambda axes: 1.0 if muon_dims(axes) is None else hidden)
+    direction = optax.chain(direction, optax.stateless(
+        lambda updates, params=None: jax.tree.map(lambda u, r: u * r, updates, rates)))
   tx = optax.chain(
-      optax.clip_by_global_norm(o.clip_norm) if o.clip_norm > 0 else optax.identity(),
-      # optax.adamw is exactly these two followed by scale_by_learning_rate.
-      optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps),
-      optax.add_decayed_weights(o.weight_decay,
-                                mask=decay_mask(model_cfg, o.decay_embeddings)),
-  )
+      optax.clip_by_global_norm(o.clip_norm) if o.clip_norm > 0 else optax.identity(), direction)
   return tx, make_schedule(cfg)
 
 
+def includes_rate(cfg: ConfigDict) -> bool:
+  """Whether the optimizer's update is the whole step, rate and sign included (schedule-free:
+  its averaging weighs each step by its rate), rather than a direction for apply_updates."""
+  return cfg.optim.name == 'schedule_free_adamw'
+
+
 def apply_updates(params: Any, direction: Any, lr: jax.Array) -> Any:
-  """params - lr * direction: the AdamW step, with the rate given explicitly."""
+  """params - lr * direction: the AdamW or Muon step, with the rate given explicitly."""
   return jax.tree.map(lambda p, d: p - lr * d, params, direction)
+
+
+def eval_params(opt_state: Any, params: Any) -> Any:
+  """The parameters to evaluate, generate from and export: schedule-free AdamW's average x,
+  computed from the parameters it takes gradients at (y) and its state's z
+  (optax.contrib.schedule_free_eval_params); the parameters themselves for other optimizers."""
+  free = [s for s in jax.tree.leaves(opt_state, is_leaf=_is_free) if _is_free(s)]
+  return _averaged(free[0], params) if free else params  # (no copy of the others)
+
+
+_averaged = jax.jit(optax.contrib.schedule_free_eval_params)
+
+
+def _is_free(x) -> bool:
+  return isinstance(x, optax.contrib.ScheduleFreeState)
 
 
 @struct.dataclass

@@ -26,6 +26,7 @@ from jaxlm.data.tokenizers import Tokenizer, open_tokenizer
 from jaxlm.errors import UserError
 from jaxlm.mesh import configure_backend
 from jaxlm.objectives import Vocab
+from jaxlm.optim import eval_params, includes_rate
 
 
 class TrainedRun(NamedTuple):
@@ -122,9 +123,14 @@ def _restore(ckpt: Checkpointer, workdir: Path, step: int, batch_size: int) -> T
     raise UserError(f'the tokenizer of {run_data.datasets[0].directory} ({tokenizer.fingerprint}) '
                     f'is not the one checkpoint {step} was trained with ({meta["tokenizer"]}).')
   model_cfg = resolve_model(ConfigDict(meta['model']), tokenizer.vocab_size)
+  averaged = includes_rate(cfg)  # schedule-free: its average, from the parameters and state
   built = build(cfg, Vocab.of(tokenizer, run_data.token_frequencies()), model_cfg=model_cfg,
-                train=False)  # no optimizer state
-  params = ckpt.restore_params(built.abstract_params, step)
+                train=averaged)  # (else no optimizer state)
+  if averaged:
+    params = eval_params(*reversed(ckpt.restore_params(built.abstract_params, step,
+                                                        built.setup.abstract.opt_state)))
+  else:
+    params = ckpt.restore_params(built.abstract_params, step)
   return TrainedRun(cfg, model_cfg, tokenizer, run_data, built.graphdef, params, step, built.mesh,
                     built.rules, workdir, built.eval_step, built.objective)
 

@@ -121,9 +121,11 @@ def state_shardings(abstract: TrainState, param_shardings: dict[str, Any],
                     tx: optax.GradientTransformation, mesh: Mesh) -> TrainState:
   """Shardings for every leaf: optimizer moments follow their parameter, scalars are replicated."""
   replicated = sharding.replicated(mesh)
-  opt = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, param_shardings,
+  # (a partitioned optimizer, Muon's, holds each part's moments with MaskedNode for the others)
+  opt = optax.tree_map_params(tx, lambda v, s: v if isinstance(v, optax.MaskedNode) else s,
+                              abstract.opt_state, param_shardings,
                               transform_non_params=lambda _: replicated,
-                              is_leaf=lambda x: isinstance(x, NamedSharding))
+                              is_leaf=lambda x: isinstance(x, (NamedSharding, optax.MaskedNode)))
   return TrainState(
       step=replicated, params=param_shardings, opt_state=opt, rng=replicated,
       skipped=jax.tree.map(lambda _: replicated, abstract.skipped),

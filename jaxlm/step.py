@@ -18,7 +18,7 @@ from ml_collections import ConfigDict
 from jaxlm import families, sharding
 from jaxlm.loss import blockwise_cross_entropy, chunked_cross_entropy
 from jaxlm.objectives import Objective
-from jaxlm.optim import apply_updates
+from jaxlm.optim import apply_updates, includes_rate
 from jaxlm.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -98,7 +98,8 @@ def make_train_step(cfg: ConfigDict, graphdef: nnx.GraphDef, tx: optax.GradientT
 
       lr = schedule(state.step)
       direction, opt_state = tx.update(grads, state.opt_state, state.params)
-      params = apply_updates(state.params, direction, lr)
+      params = (optax.apply_updates(state.params, direction) if includes_rate(cfg) else
+                apply_updates(state.params, direction, lr))
       keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
       new_state = state.replace(
           step=state.step + 1, params=keep(params, state.params),

@@ -28,7 +28,7 @@ from jaxlm.errors import UserError, recording_signals
 from jaxlm.evaluation import bits_per_byte, continuations, loss_over, sync_each_step, to_global
 from jaxlm.mesh import configure_backend, initialize_distributed, make_mesh
 from jaxlm.objectives import Vocab
-from jaxlm.optim import LossScale
+from jaxlm.optim import LossScale, eval_params
 from jaxlm.state import SKIP_CAUSES
 from jaxlm.workdir import WorkdirLock, prepare_workdir, run_differences
 
@@ -96,6 +96,12 @@ def check_skipped(cfg: ConfigDict, state: Any, seen: int, log) -> int:
   log(f'step {last}: the {what} was non-finite; the update was skipped '
       f'({count} skipped so far{scale})')
   return count
+
+
+def evaluated(state: Any) -> Any:
+  """The parameters that validation, task evaluation and samples use (optim.eval_params: the
+  schedule-free average, or the parameters themselves)."""
+  return eval_params(state.opt_state, state.params)
 
 
 def run(cfg: ConfigDict) -> dict[str, Any]:
@@ -282,10 +288,10 @@ class Trainer:
           bar.set_postfix(loss=f'{values["loss"]:.4f}', refresh=False)
           clock, window = time.perf_counter(), 0
         if done % t.eval_every == 0 or done == t.steps:
-          self.validate(done, state.params)
+          self.validate(done, evaluated(state))
           clock, window = time.perf_counter(), 0
         if self.tasks and (done % (t.eval_tasks_every or t.eval_every) == 0 or done == t.steps):
-          self.evaluate_tasks(done, state.params)
+          self.evaluate_tasks(done, evaluated(state))
           clock, window = time.perf_counter(), 0
         if done % cfg.checkpoint.every == 0 or done == t.steps or stopping:
           skipped = check_skipped(cfg, state, skipped, self.log)  # never save past an abort
@@ -294,7 +300,7 @@ class Trainer:
         if stopping:
           break
       self.ckpt.wait()  # (still inside: a signal now only asks to stop, which is under way)
-    self.report_end(stop, start, done, state.params)
+    self.report_end(stop, start, done, evaluated(state))
     return self.result
 
   def log_step(self, step: int, step_metrics: Any, step_time: float | None,

@@ -3,7 +3,8 @@ on its own mesh.
 
 The weights come from a Hugging Face model directory (config.json and safetensors, see hf.py) or
 from a jaxlm workdir: a run trained by jaxlm.train, or a model imported by jaxlm.convert import-hf
-(the newest readable checkpoint; only its parameters are read). The run's model fields become the
+(the newest readable checkpoint; only its parameters are read, and for a schedule-free run the
+optimizer state that gives its average, the parameters it was evaluated with). The run's model fields become the
 trained model's, except those that say how the run computes (config.RUN_MODEL_FIELDS), and the
 run's tokenizer must be the one the weights were trained with, else every embedding row would
 stand for another token.
@@ -131,7 +132,10 @@ class Source:
     trained = resolve_model(ConfigDict(self.meta['model']), 0)
     ckpt = Checkpointer(self.path / 'checkpoints', keep=None, async_save=False, create=False)
     try:
-      params = ckpt.restore_params(abstract_params(trained, mesh, rules), self.step)
+      if self.meta['config'].get('optim', {}).get('name') == 'schedule_free_adamw':
+        params = self._averaged(ckpt, trained, mesh, rules)
+      else:
+        params = ckpt.restore_params(abstract_params(trained, mesh, rules), self.step)
     except UserError:
       raise
     except Exception as e:  # pylint: disable=broad-except  # a torn or corrupt checkpoint
@@ -142,3 +146,17 @@ class Source:
     if 'pos_embed' in params:
       params['pos_embed'] = params['pos_embed'][:model_cfg.max_seq_len]
     return jax.device_put(params, shardings)
+
+  def _averaged(self, ckpt: Checkpointer, trained: ConfigDict, mesh: Mesh,
+                rules: sharding.Rules) -> dict[str, Any]:
+    """A schedule-free run's average x (what its evaluation used), from its parameters and the
+    optimizer state they are restored with."""
+    # pylint: disable=import-outside-toplevel  (restore builds on what imports this module)
+    from jaxlm.optim import eval_params, make_optimizer
+    from jaxlm.restore import reader_config
+    from jaxlm.state import setup_train_state
+    run_cfg = reader_config(self.meta['config'], self.path, 0)
+    setup = setup_train_state(run_cfg, trained, make_optimizer(run_cfg, trained)[0], mesh, rules)
+    params, opt_state = ckpt.restore_params(setup.abstract.params, self.step,
+                                            setup.abstract.opt_state)
+    return eval_params(opt_state, params)

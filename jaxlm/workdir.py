@@ -77,7 +77,8 @@ _FREE_ON_RESUME = {'model.dtype', 'model.remat', 'model.scan_unroll', 'model.att
 def run_differences(saved: dict, now: dict) -> list[str]:
   """"field=saved (now x)" for each setting that differs between a checkpoint's metadata and this
   run's and would change what is trained: the resolved model, data.*, seed, train.batch_size
-  (the data position counts global batches), train.objective and its mlm.* or span.* settings.
+  (the data position counts global batches), optim.name (the optimizer's state is another),
+  train.objective and its mlm.* or span.* settings.
   docs/RELIABILITY.md has the table of what is free and what is refused."""
   defaults = base.get_config()  # for fields added since a checkpoint was written
 
@@ -89,6 +90,7 @@ def run_differences(saved: dict, now: dict) -> list[str]:
     out['seed'] = config.get('seed')
     train = config.get('train', {})
     out['train.batch_size'] = train.get('batch_size')
+    out['optim.name'] = config.get('optim', {}).get('name', 'adamw')  # (its state's shape)
     objective = objectives.REGISTRY.get(train.get('objective', 'causal'))
     out['train.objective'] = train.get('objective', 'causal')
     for name in objective.resume_fields if objective else ():

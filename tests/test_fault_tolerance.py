@@ -119,6 +119,41 @@ def test_packed_run_with_two_workers_resumes_after_sigkill(setup, packed):
   assert not alive, alive
 
 
+def test_muon_wsd_and_a_mixture_stage_change_resume_bit_for_bit_after_sigkill(setup):
+  """Muon with a warm-up-stable-decay schedule on a staged mixture of two prepared datasets (the
+  weights change at step 5): killed after step 3 and re-run from checkpoint 2 or 4 (Muon's
+  momentum restored, the stage change ahead), every step's loss equals an uninterrupted run's."""
+  from jaxlm.data.prepare import Settings, prepare
+  tmp, cfg, _ = setup
+  speeches = harness.SHIPPED.read_text().split('\n\n')[:200]
+  sets = []
+  for name, texts in (('upper', [t.upper() for t in speeches]), ('lower', speeches)):
+    (tmp / f'{name}.jsonl').write_text(''.join(json.dumps({'text': t}) + '\n' for t in texts))
+    prepare(Settings(source=str(tmp / f'{name}.jsonl'), tokenizer='byte', val_docs=4),
+            tmp / f'staged_{name}', progress=False)
+    sets.append(tmp / f'staged_{name}')
+  args = ['--config.data.corpus=', '--config.optim.name=muon', '--config.optim.schedule=wsd',
+          f'--config.data.mixture={sets[0]}:0.8,{sets[1]}:0.2@0; {sets[0]}:0.2,{sets[1]}:0.8@5']
+  ref = harness.run_forked(harness.command(f'--config={cfg}',
+                                           f'--config.workdir={tmp / "staged_ref"}', *args))
+  assert ref.returncode == 0, ref.stderr[-3000:]
+  expected = {step: v[-1] for step, v in harness.logged_losses(tmp / 'staged_ref').items()}
+  work = tmp / 'staged_killed'
+  cmd = harness.command(f'--config={cfg}', f'--config.workdir={work}', *args)
+  log = tmp / 'staged_kill.log'
+  p = harness.start(cmd, log)
+  harness.wait_until(lambda: (work / 'checkpoints' / '2').exists() and
+                     harness.last_step(work) >= 3, p, log=log)
+  p.send_signal(signal.SIGKILL)
+  p.wait()
+  result = harness.run_forked(cmd)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert re.search(r'Resuming from step [24]\b', result.stdout + result.stderr)
+  _assert_same_run(work, expected)
+  shares = [json.loads(line) for line in (work / 'metrics.jsonl').read_text().splitlines()]
+  assert any(any(k.startswith('mix/') for k in r) for r in shares)  # the realised shares, logged
+
+
 def test_ctrl_c_with_grain_workers_stops_once_with_a_checkpoint(setup, packed):
   """Ctrl-C in a terminal signals the whole process group, Grain's workers included: the run
   stops after the step with a checkpoint, exit 0, and no worker adds an error line."""

@@ -76,6 +76,9 @@ def test_wsd_schedule_equals_its_closed_form_at_every_step(shape):
       stable = got[:80]
   np.testing.assert_array_equal(got[:80], stable)
   assert got[119] == pytest.approx(lr) and got[120] < lr
+  short = _schedule_config(schedule='wsd', decay_shape=shape, decay_steps=50)  # of 100 steps
+  got = np.asarray(jax.jit(make_schedule(short))(jnp.arange(100)), np.float64)
+  np.testing.assert_allclose(got, [closed_form(s, 50) for s in range(100)], rtol=1e-5, atol=1e-12)
 
 
 def _one_step(cfg, batch):
@@ -169,3 +172,127 @@ def test_the_decay_mask_of_every_family_follows_the_role_of_each_parameter():
       decayed = {k for k, v in flat.items() if v}
       assert decayed == matmuls[name] | (lookups[name] if embeddings else set()), (name, decayed)
       assert len(flat) > len(decayed)  # norms and biases are in the mask, undecayed
+
+
+NS_COEFFS = (3.4445, -4.775, 2.0315)  # optax's quintic Newton-Schulz coefficients
+
+
+def _newton_schulz(g: np.ndarray, steps: int = 5) -> np.ndarray:
+  """The float64 reference: Frobenius-normalised, then steps of X <- aX + (bA + cA^2)X, A = XX^T,
+  on the wide orientation."""
+  x = g.astype(np.float64) / (np.linalg.norm(g) + 1e-8)
+  wide = x.shape[0] <= x.shape[1]
+  x = x if wide else x.T
+  a, b, c = NS_COEFFS
+  for _ in range(steps):
+    s = x @ x.T
+    x = a * x + (b * s + c * s @ s) @ x
+  return x if wide else x.T
+
+
+def _flat(tree) -> dict[str, np.ndarray]:
+  return {'/'.join(str(k.key) for k in path): np.asarray(v) for path, v in
+          jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+@pytest.mark.parametrize('variant', ['llama', 'lstm'])
+def test_muon_orthogonalises_each_matrix_and_leaves_the_rest_to_adam(variant):
+  """One Muon step from fresh state equals, matrix by matrix, a float64 Newton-Schulz of the
+  gradient (Nesterov momentum's first step is a multiple of it, which the normalisation removes)
+  scaled to an RMS of 0.2 x sqrt(max(fan-in, fan-out)), plus weight decay: per layer, per
+  query/key/value slot (per LSTM gate), the output projection over all heads; embeddings, head,
+  norms get Adam's first step g / (|g| + eps), decayed where AdamW decays."""
+  from flax import nnx
+  from jaxlm.config import resolve_model
+  from jaxlm.optim import make_optimizer
+  from jaxlm.state import abstract_model
+  cfg = tiny_config()
+  cfg.optim.name, cfg.optim.clip_norm, cfg.optim.weight_decay = 'muon', 0.0, 0.1
+  m = resolve_model(_lstm_model() if variant == 'lstm' else tiny_config(variant).model, 61)
+  tx, _ = make_optimizer(cfg, m)
+  shapes = nnx.to_pure_dict(nnx.state(abstract_model(m), nnx.Param))
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
+  grads = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
+  direction, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  got, g, p = _flat(direction), _flat(grads), _flat(params)
+
+  def muon(name, matrices):  # matrices: g -> [n, fan_in, fan_out] and back
+    to, back = matrices
+    want = back(np.stack([_newton_schulz(x) for x in to(g[name])]))
+    fan_in, fan_out = to(g[name]).shape[1:]
+    want = want * 0.2 * np.sqrt(max(fan_in, fan_out)) + 0.1 * p[name]
+    np.testing.assert_allclose(got[name], want, rtol=2e-3, atol=2e-4, err_msg=name)
+
+  L = m.num_layers
+  if variant == 'llama':
+    D, K, S, E = g['blocks/attn/qkv/kernel'].shape[1:]
+    muon('blocks/attn/qkv/kernel', (  # [L, D, K, S, E] -> [L * S, D, K * E]
+        lambda x: x.transpose(0, 3, 1, 2, 4).reshape(L * S, D, K * E),
+        lambda y: y.reshape(L, S, D, K, E).transpose(0, 2, 3, 1, 4)))
+    H = g['blocks/attn/o/kernel'].shape[1]
+    muon('blocks/attn/o/kernel', (lambda x: x.reshape(L, H * E, D),
+                                  lambda y: y.reshape(L, H, E, D)))
+    for name in ('blocks/mlp/gate/kernel', 'blocks/mlp/up/kernel', 'blocks/mlp/down/kernel'):
+      muon(name, (lambda x: x, lambda y: y))
+    adam = {'embed/table': 0, 'head/kernel': 0.1, 'final_norm/scale': 0,
+            'blocks/attn_norm/scale': 0}
+  else:
+    D = m.embed_dim
+    for name in ('layers/w/kernel', 'layers/u'):  # [L, D, 4, D] -> [L * 4, D, D]
+      muon(name, (lambda x: x.transpose(0, 2, 1, 3).reshape(L * 4, D, D),
+                  lambda y: y.reshape(L, 4, D, D).transpose(0, 2, 1, 3)))
+    adam = {'embed/table': 0, 'head/kernel': 0.1, 'layers/b': 0}
+  for name, decay in adam.items():
+    want = g[name] / (np.abs(g[name]) + cfg.optim.eps) + decay * p[name]
+    np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-6, err_msg=name)
+  assert set(got) == set(g)
+
+
+def test_schedule_free_adamw_equals_its_closed_form():
+  """Five steps of optim.name='schedule_free_adamw' (through the optimizer the step uses) against
+  Defazio et al.'s schedule-free AdamW written out in float64: Adam's second moment without
+  momentum, z <- z - lr_t (g / (sqrt(v_hat) + eps) + wd y) on decayed leaves, x the average of
+  the z's weighted by max lr^2, gradients taken at y = b1 x + (1 - b1) z; eval_params gives x."""
+  from flax import nnx
+  from jaxlm.config import resolve_model
+  from jaxlm.optim import decay_mask, eval_params, includes_rate, make_optimizer, make_schedule
+  from jaxlm.state import abstract_model
+  cfg = _schedule_config(schedule='constant', name='schedule_free_adamw', weight_decay=0.1,
+                         clip_norm=0.0, warmup_steps=3)
+  o = cfg.optim
+  assert includes_rate(cfg)
+  m = resolve_model(tiny_config().model, 61)
+  tx, schedule = make_optimizer(cfg, m)
+  shapes = nnx.to_pure_dict(nnx.state(abstract_model(m), nnx.Param))
+  rng = np.random.default_rng(1)
+  y = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
+  grads = [jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
+           for _ in range(5)]
+  state = tx.init(y)
+  update = jax.jit(tx.update)
+  ref = {k: dict(y=v.astype(np.float64), z=v.astype(np.float64), x=v.astype(np.float64),
+                 v=np.zeros(v.shape)) for k, v in _flat(y).items()}
+  decay = _flat(decay_mask(m, False))
+  weights, peak = 0.0, 0.0
+  for t, g in enumerate(grads):
+    direction, state = update(g, state, y)
+    y = jax.tree.map(lambda p, u: p + u, y, direction)
+    lr = float(make_schedule(cfg)(t))
+    assert lr == pytest.approx(o.lr * min(t + 1, 3) / 3) and float(schedule(t)) == lr
+    peak = max(peak, lr)
+    weights += peak**2
+    c = peak**2 / weights
+    for k, r in ref.items():
+      gk = _flat(g)[k].astype(np.float64)
+      r['v'] = o.b2 * r['v'] + (1 - o.b2) * gk**2
+      step = gk / (np.sqrt(r['v'] / (1 - o.b2**(t + 1))) + o.eps)
+      step = step + (0.1 * r['y'] if decay[k] else 0)
+      r['z'] = r['z'] - lr * step
+      r['x'] = (1 - c) * r['x'] + c * r['z']
+      r['y'] = o.b1 * r['x'] + (1 - o.b1) * r['z']
+  got_y, got_x = _flat(y), _flat(eval_params(state, y))
+  for k, r in ref.items():
+    np.testing.assert_allclose(got_y[k], r['y'], rtol=1e-4, atol=1e-5, err_msg=k)
+    np.testing.assert_allclose(got_x[k], r['x'], rtol=1e-4, atol=1e-5, err_msg=k)
+  assert not np.allclose(got_x['head/kernel'], got_y['head/kernel'])

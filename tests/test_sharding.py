@@ -146,9 +146,17 @@ def test_undivided_dimensions_are_reported():
   assert build_training(cfg)[1].undivided == []
 
 
+def _variant_config(variant):
+  """tiny_config of a model variant; '<variant>-muon' trains it with Muon."""
+  model, _, optimizer = variant.partition('-')
+  cfg = tiny_config(model)
+  cfg.optim.name = optimizer or cfg.optim.name
+  return cfg
+
+
 @functools.cache
 def _single_device_losses(variant):
-  cfg = tiny_config(variant)
+  cfg = _variant_config(variant)
   cfg.mesh.data = 1
   return _losses(cfg, 1)[0]
 
@@ -165,12 +173,13 @@ def _losses(cfg, num_devices, steps=5):
 
 
 @pytest.mark.parametrize('shape', [(1, 1, 8, 1), (1, 2, 2, 2), (1, 8, 1, 1), (2, 2, 2, 1)])
-@pytest.mark.parametrize('variant', ['llama', 'gpt2'])
+@pytest.mark.parametrize('variant', ['llama', 'gpt2', 'llama-muon'])
 def test_sharded_training_equals_one_device(shape, variant):
   """(dcn, data, fsdp, tensor) meshes of 8 devices: the losses of one device. dcn=2 stands for
-  two slices (consecutive devices here) that share only the batch."""
+  two slices (consecutive devices here) that share only the batch. With Muon, its Newton-Schulz
+  iterations run on the sharded weights (XLA gathers what each matrix product needs)."""
   expected = _single_device_losses(variant)
-  cfg = tiny_config(variant)
+  cfg = _variant_config(variant)
   cfg.mesh.dcn, cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = shape
   got, _ = _losses(cfg, 8)
   np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)

@@ -290,3 +290,47 @@ def test_init_from_a_masked_lm_into_a_causal_run_is_refused(tmp_path, corpus_fil
   span = _config(tmp_path, corpus_file, 'span', steps=1, sample_tokens=0)
   span.init_from, span.train.objective = str(tmp_path / 'lm'), 'span'
   assert np.isfinite(trainer.run(span)['train']['loss'])
+
+
+def test_schedule_free_resumes_exactly_and_evaluates_its_average(tmp_path, corpus_file):
+  """optim.name='schedule_free_adamw': stopped at step 3 and resumed, every loss equals an
+  uninterrupted run's; what jaxlm.eval, generation and export load is the average
+  x = (y - (1 - b1) z) / b1, not the parameters y the gradients were taken at, and training's
+  last validation (on x) equals jaxlm.eval's of the same checkpoint."""
+  from jaxlm import eval as jaxlm_eval
+  from jaxlm.checkpoint import Checkpointer
+  from jaxlm.restore import load_trained
+  cfg = _config(tmp_path, corpus_file, 'straight')
+  cfg.optim.name, cfg.optim.schedule = 'schedule_free_adamw', 'constant'
+  cfg.train.eval_batches = 0  # the whole split, as jaxlm.eval scores it
+  result = trainer.run(cfg)
+  expected = _train_losses(tmp_path / 'straight')
+  cfg.workdir = str(tmp_path / 'resumed')
+  cfg.train.steps = 3
+  trainer.run(cfg)
+  cfg.train.steps = 6
+  trainer.run(cfg)
+  assert _train_losses(tmp_path / 'resumed') == expected
+  loaded = load_trained(str(tmp_path / 'straight'), None)
+  ckpt = Checkpointer(tmp_path / 'straight' / 'checkpoints', keep=None, async_save=False,
+                      create=False)
+  from jaxlm.build import build
+  from jaxlm.objectives import Vocab
+  built = build(loaded.cfg, Vocab.of(loaded.tokenizer, loaded.data.token_frequencies()),
+                model_cfg=loaded.model_cfg)
+  y, opt_state = ckpt.restore_params(built.abstract_params, 6, built.setup.abstract.opt_state)
+  ckpt.close()
+  z = opt_state[1].z
+  for got, yi, zi in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(y), jax.tree.leaves(z)):
+    np.testing.assert_allclose(np.asarray(got), (np.asarray(yi) - 0.1 * np.asarray(zi)) / 0.9,
+                               rtol=1e-5, atol=1e-6)
+  assert not np.allclose(loaded.params['head']['kernel'], y['head']['kernel'])
+  from jaxlm.warmstart import Source  # init_from such a run starts from x too
+  started = Source(str(tmp_path / 'straight')).params(
+      loaded.model_cfg, loaded.mesh, loaded.rules,
+      jax.tree.map(lambda a: a.sharding, built.abstract_params))
+  for got, want in zip(jax.tree.leaves(started), jax.tree.leaves(loaded.params)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  scored = jaxlm_eval.run(str(tmp_path / 'straight'), None, '', '', 0, 0)['results']['validation']
+  assert scored['tokens'] == result['val']['tokens']
+  assert scored['loss'] == pytest.approx(result['val']['loss'], rel=1e-5)

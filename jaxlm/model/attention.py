@@ -10,7 +10,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from jaxlm.model.attention_kernels import attend
-from jaxlm.model.layers import Dense, scaled_std
+from jaxlm.model.layers import Dense, hidden_std, scaled_std, width_mult
 
 # A KV cache for one layer: keys [B, S, K, E] and values [B, S, K, E], S the decoding budget.
 Cache = tuple[jax.Array, jax.Array]
@@ -81,9 +81,10 @@ class Attention(nnx.Module):
     kw = dict(use_bias=cfg.use_bias, dtype=dtype, rngs=rngs)
     self.groups = H // K
     self.qkv = Dense((D,), (K, self.groups + 2, E), ('embed', 'kv_heads', None, 'head_dim'),
-                     std=cfg.init_std, **dict(kw, use_bias=cfg.use_bias or cfg.qkv_bias))
+                     std=hidden_std(cfg, cfg.init_std),
+                     **dict(kw, use_bias=cfg.use_bias or cfg.qkv_bias))
     self.o = Dense((H, E), (D,), ('heads', 'head_dim', 'embed'),
-                   std=scaled_std(cfg.init_std, cfg.num_layers), **kw)
+                   std=hidden_std(cfg, scaled_std(cfg.init_std, cfg.num_layers)), **kw)
     self.use_rope = cfg.position == 'rope'
     llama3 = (cfg.rope_scaling_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor,
               cfg.rope_original_max_len) if cfg.rope_scaling == 'llama3' else None
@@ -91,6 +92,9 @@ class Attention(nnx.Module):
     self.rope_freq = tuple(rope_frequencies(E, cfg.rope_theta, llama3).tolist())
     self.implementation = cfg.attention
     self.causal = cfg.causal
+    # muP: scores q.k / E rather than / sqrt(E) (the same at the base width); every kernel
+    # divides by sqrt(E), so the queries are scaled by 1 / sqrt(width_mult) = sqrt(E_base / E).
+    self.q_scale = width_mult(cfg) ** -0.5
 
   def __call__(self, x: jax.Array, positions: jax.Array, *, segment_ids: jax.Array | None = None,
                mask: jax.Array | None = None, cache: Cache | None = None,
@@ -106,6 +110,8 @@ class Attention(nnx.Module):
     B, L, K, _, E = qkv.shape
     G = self.groups
     q, k, v = qkv[:, :, :, :G].reshape(B, L, K * G, E), qkv[:, :, :, G], qkv[:, :, :, G + 1]
+    if self.q_scale != 1.0:
+      q = q * jnp.asarray(self.q_scale, q.dtype)
     if self.use_rope:
       q, k = rope(q, positions, self.rope_freq), rope(k, positions, self.rope_freq)
     if cache is not None:

@@ -109,6 +109,21 @@ def scaled_std(std: float, num_layers: int) -> float:
   return std / math.sqrt(2 * num_layers)
 
 
+def width_mult(cfg) -> float:
+  """muP's width multiplier m = model.embed_dim / model.base_width (1 in the standard
+  parametrisation). Under muP (Yang et al., Tensor Programs V), with the head count fixed as the
+  width grows: hidden matrices start at std / sqrt(m) and learn at 1/m of the rate (optim.py),
+  attention scores are scaled by 1/E (E the head dimension) rather than 1/sqrt(E), and the
+  output head reads the final hidden states times 1/m; embeddings, norms and biases are as in
+  the standard parametrisation. At m = 1 both are the same model."""
+  return cfg.embed_dim / cfg.base_width if cfg.get('parametrization') == 'mup' else 1.0
+
+
+def hidden_std(cfg, std: float) -> float:
+  """The initial std of a hidden matrix: `std` over sqrt(width_mult) (see width_mult)."""
+  return std / math.sqrt(width_mult(cfg))
+
+
 class LanguageModel(nnx.Module):
   """What training, evaluation and generation call on a model: tokens -> logits through
   `features` (the last hidden states, and the decoding cache) and `logits`. Subclasses set

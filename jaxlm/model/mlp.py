@@ -5,7 +5,7 @@ import jax.numpy as jnp
 from flax import nnx
 from ml_collections import ConfigDict
 
-from jaxlm.model.layers import Dense, scaled_std
+from jaxlm.model.layers import Dense, hidden_std, scaled_std
 
 
 class Mlp(nnx.Module):
@@ -14,10 +14,11 @@ class Mlp(nnx.Module):
     D, F = cfg.embed_dim, cfg.mlp_dim
     kw = dict(use_bias=cfg.use_bias, dtype=dtype, rngs=rngs)
     self.gated = cfg.mlp == 'swiglu'
-    self.up = Dense((D,), (F,), ('embed', 'mlp'), std=cfg.init_std, **kw)
-    self.gate = Dense((D,), (F,), ('embed', 'mlp'), std=cfg.init_std, **kw) if self.gated else None
+    std = hidden_std(cfg, cfg.init_std)
+    self.up = Dense((D,), (F,), ('embed', 'mlp'), std=std, **kw)
+    self.gate = Dense((D,), (F,), ('embed', 'mlp'), std=std, **kw) if self.gated else None
     self.down = Dense((F,), (D,), ('mlp', 'embed'),
-                      std=scaled_std(cfg.init_std, cfg.num_layers), **kw)
+                      std=hidden_std(cfg, scaled_std(cfg.init_std, cfg.num_layers)), **kw)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.gated:  # SwiGLU: silu(x W_gate) * (x W_up)

@@ -14,7 +14,8 @@ from ml_collections import ConfigDict
 
 from jaxlm.model import attention_kernels
 from jaxlm.model.attention import Attention, Cache, prefix_mask
-from jaxlm.model.layers import Embed, LanguageModel, Norm, dropout, output_head, param, stacked
+from jaxlm.model.layers import (Embed, LanguageModel, Norm, dropout, output_head, param, stacked,
+                                width_mult)
 from jaxlm.model.mlp import Mlp
 from jaxlm.sharding import ACTIVATION_AXES, constrain
 
@@ -72,6 +73,7 @@ class Transformer(LanguageModel):
     self.blocks = stacked(Block, cfg, dtype, rngs)
     self.final_norm = Norm(cfg.embed_dim, kind=cfg.norm, eps=cfg.norm_eps, use_bias=cfg.use_bias)
     self.head = output_head(cfg, dtype, rngs)
+    self.output_mult = 1.0 / width_mult(cfg)
 
   def features(self, tokens: jax.Array, positions: jax.Array | None = None, *,
                segment_ids: jax.Array | None = None, dropout_key: jax.Array | None = None,
@@ -109,7 +111,10 @@ class Transformer(LanguageModel):
     if self.remat != 'none':
       layer = jax.checkpoint(layer, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
     x, cache = jax.lax.scan(layer, x, (stacked, layer_keys, cache), unroll=self.unroll)
-    return self.final_norm(x), cache
+    x = self.final_norm(x)
+    if self.output_mult != 1.0:  # muP: the head reads h / width_mult (see layers.width_mult)
+      x = x * jnp.asarray(self.output_mult, x.dtype)
+    return x, cache
 
   def init_cache(self, batch: int, length: int) -> Cache:
     """Zeroed keys and values [N, B, S, K, E] in the compute dtype, for decoding S slots."""
