@@ -59,7 +59,7 @@ def pytest_configure(config):
 LONGEST_FIRST = ('fault_tolerance', 'plan', 'compile', 'lstm', 'objectives', 'harness', 'trainer',
                  'sweep', 'launch', 'clean', 'hf', 'step', 'bad_input', 'eval', 'masking', 'cloud',
                  'sharding', 'fim', 'rate', 'attention', 'sampling', 'model', 'tf_sources', 'loss',
-                 'warmstart', 'pipeline', 'optim', 'build', 'prepare', 'config', 'data',
+                 'warmstart', 'pipeline', 'mup', 'optim', 'build', 'prepare', 'config', 'data',
                  'cluster', 'metrics', 'checkpoint')
 
 
