@@ -164,8 +164,11 @@ def make_optimizer(cfg: ConfigDict,
   """
   o = cfg.optim
   mask = decay_mask(model_cfg, o.decay_embeddings)
-  adam = optax.chain(optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps),
-                     optax.add_decayed_weights(o.weight_decay, mask=mask))
+  clip = optax.clip_by_global_norm(o.clip_norm) if o.clip_norm > 0 else optax.identity()
+  # optax.adamw is exactly these two followed by scale_by_learning_rate. (The chain stays flat:
+  # its state's layout is what checkpoints hold, so older ones restore.)
+  adam = [optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps),
+          optax.add_decayed_weights(o.weight_decay, mask=mask)]
   if o.name == 'schedule_free_adamw':
     # optax.contrib.schedule_free_adamw with the decay mask: Adam without momentum (b1 is the
     # interpolation's), decayed weights, the rate (warm-up, then constant) inside.
@@ -176,9 +179,7 @@ def make_optimizer(cfg: ConfigDict,
         optax.scale_by_learning_rate(schedule))
     free = optax.contrib.schedule_free(base, lambda count: schedule(count - 1), b1=o.b1,
                                        weight_lr_power=o.schedule_free_power)
-    return optax.chain(
-        optax.clip_by_global_norm(o.clip_norm) if o.clip_norm > 0 else optax.identity(),
-        free), schedule
+    return optax.chain(clip, free), schedule
   if o.name == 'muon':
     dims = _by_param(model_cfg, muon_dims)
     muon = optax.chain(
@@ -188,18 +189,16 @@ def make_optimizer(cfg: ConfigDict,
         scale_to_rms(dims, o.muon_rms),
         optax.add_decayed_weights(o.weight_decay, mask=mask))
     labels = jax.tree.map(lambda d: 'adam' if d is None else 'muon', dims, is_leaf=_is_dims)
-    direction = optax.partition({'muon': muon, 'adam': adam}, labels)
+    direction = [optax.partition({'muon': muon, 'adam': optax.chain(*adam)}, labels)]
   else:
     direction = adam
   m = width_mult(model_cfg)
   if m != 1.0:  # muP's per-layer rates (see the docstring)
     hidden = 1 / (math.sqrt(m) if o.name == 'muon' else m)
     rates = _by_param(model_cfg, lambda axes: 1.0 if muon_dims(axes) is None else hidden)
-    direction = optax.chain(direction, optax.stateless(
+    direction.append(optax.stateless(
         lambda updates, params=None: jax.tree.map(lambda u, r: u * r, updates, rates)))
-  tx = optax.chain(
-      optax.clip_by_global_norm(o.clip_norm) if o.clip_norm > 0 else optax.identity(), direction)
-  return tx, make_schedule(cfg)
+  return optax.chain(clip, *direction), make_schedule(cfg)
 
 
 def includes_rate(cfg: ConfigDict) -> bool:
