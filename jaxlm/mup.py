@@ -52,7 +52,9 @@ def coordinate_check(cfg: ConfigDict, widths: Sequence[int], steps: int,
   and optimizer; train.batch_size, model.max_seq_len) at each width, on the same batches."""
   # pylint: disable=import-outside-toplevel  (the build pulls in the whole training stack)
   from jaxlm.build import build
+  from jaxlm.mesh import skip_absent_tpu
   from jaxlm.objectives import Vocab
+  skip_absent_tpu()  # (before JAX starts: no libtpu noise on a host without a TPU)
   out = {}
   for width in widths:
     c = ConfigDict(cfg.to_dict())
