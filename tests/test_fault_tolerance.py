@@ -119,12 +119,11 @@ def test_packed_run_with_two_workers_resumes_after_sigkill(setup, packed):
   assert not alive, alive
 
 
-def test_muon_wsd_and_a_mixture_stage_change_resume_bit_for_bit_after_sigkill(setup):
-  """Muon with a warm-up-stable-decay schedule on a staged mixture of two prepared datasets (the
-  weights change at step 5): killed after step 3 and re-run from checkpoint 2 or 4 (Muon's
-  momentum restored, the stage change ahead), every step's loss equals an uninterrupted run's."""
+@pytest.fixture(scope='module')
+def staged(setup):
+  """A staged mixture of two prepared datasets whose weights change at step 5."""
   from jaxlm.data.prepare import Settings, prepare
-  tmp, cfg, _ = setup
+  tmp, _, _ = setup
   speeches = harness.SHIPPED.read_text().split('\n\n')[:200]
   sets = []
   for name, texts in (('upper', [t.upper() for t in speeches]), ('lower', speeches)):
@@ -132,15 +131,27 @@ def test_muon_wsd_and_a_mixture_stage_change_resume_bit_for_bit_after_sigkill(se
     prepare(Settings(source=str(tmp / f'{name}.jsonl'), tokenizer='byte', val_docs=4),
             tmp / f'staged_{name}', progress=False)
     sets.append(tmp / f'staged_{name}')
-  args = ['--config.data.corpus=', '--config.optim.name=muon', '--config.optim.schedule=wsd',
-          f'--config.data.mixture={sets[0]}:0.8,{sets[1]}:0.2@0; {sets[0]}:0.2,{sets[1]}:0.8@5']
+  return [f'--config.data.mixture={sets[0]}:0.8,{sets[1]}:0.2@0; {sets[0]}:0.2,{sets[1]}:0.8@5',
+          '--config.data.corpus=']
+
+
+@pytest.mark.parametrize('optimizer,schedule', [('muon', 'wsd'),
+                                                ('schedule_free_adamw', 'constant')])
+def test_new_optimizers_and_a_mixture_stage_change_resume_bit_for_bit_after_sigkill(
+    setup, staged, optimizer, schedule):
+  """Muon with a warm-up-stable-decay schedule, and schedule-free AdamW, on a staged mixture
+  (the weights change at step 5): killed after step 3 and re-run from checkpoint 2 or 4 (the
+  optimizer's state restored, the stage change ahead), every step's loss equals an
+  uninterrupted run's."""
+  tmp, cfg, _ = setup
+  args = [*staged, f'--config.optim.name={optimizer}', f'--config.optim.schedule={schedule}']
   ref = harness.run_forked(harness.command(f'--config={cfg}',
-                                           f'--config.workdir={tmp / "staged_ref"}', *args))
+                                           f'--config.workdir={tmp / f"{optimizer}_ref"}', *args))
   assert ref.returncode == 0, ref.stderr[-3000:]
-  expected = {step: v[-1] for step, v in harness.logged_losses(tmp / 'staged_ref').items()}
-  work = tmp / 'staged_killed'
+  expected = {step: v[-1] for step, v in harness.logged_losses(tmp / f'{optimizer}_ref').items()}
+  work = tmp / f'{optimizer}_killed'
   cmd = harness.command(f'--config={cfg}', f'--config.workdir={work}', *args)
-  log = tmp / 'staged_kill.log'
+  log = tmp / f'{optimizer}_kill.log'
   p = harness.start(cmd, log)
   harness.wait_until(lambda: (work / 'checkpoints' / '2').exists() and
                      harness.last_step(work) >= 3, p, log=log)

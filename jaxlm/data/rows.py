@@ -204,8 +204,8 @@ def first_fit_blocks(sizes: np.ndarray, capacity: int, bins: int, max_items: int
 def cached_plan(key: str, epoch: int, compute) -> tuple[np.ndarray, ...]:
   """The arrays `compute()` gives for (key, epoch), through this host's cache
   (JAXLM_CACHE/plans/<key>-<epoch>.<i>.npy, memory-mapped): the first process to ask computes and
-  writes them (renamed into place, the last one last) while the others wait on a lock, then map
-  them. Epochs before epoch - 1 of the same key are removed as a new one is written. A cache that
+  writes them (each renamed into place, then a .done mark) while the others wait on a lock, then
+  map them. Epochs before epoch - 1 of the same key are removed as a new one is written. A cache that
   cannot be written leaves each process computing its own."""
   try:
     directory = paths.cache_dir('plans')
