@@ -3,7 +3,7 @@ standard parametrisation and under muP (base width the smaller), run with launch
 the shipped corpus; the best rate of each width is printed, and the curves are drawn.
 
   python launch/mup_transfer.py --root=/tmp/mup_transfer [--widths=64,256]
-      [--rates=1e-3,2e-3,4e-3,8e-3,1.6e-2,3.2e-2] [--steps=400] [--parallel=2]
+      [--rates=1e-3,2e-3,4e-3,8e-3,1.6e-2,3.2e-2] [--steps=400] [--parallel=2] [--seed=0]
 
 The model is configs/shakespeare_char.py's (4 layers, 4 heads, so the head dimension grows with
 the width) with a constant rate after 50 warm-up steps, validated on the whole split at the
@@ -28,13 +28,14 @@ def main() -> None:
   parser.add_argument('--rates', default='1e-3,2e-3,4e-3,8e-3,1.6e-2,3.2e-2')
   parser.add_argument('--steps', type=int, default=400)
   parser.add_argument('--parallel', type=int, default=2)
+  parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args()
   widths = [int(w) for w in args.widths.split(',')]
   grid = (f'model.parametrization=standard,mup model.embed_dim={args.widths} '
           f'optim.lr={args.rates}')
   fixed = (f'model.base_width={widths[0]} train.steps={args.steps} train.eval_every={args.steps} '
            f'checkpoint.every={args.steps} optim.schedule=constant optim.warmup_steps=50 '
-           'train.sample_tokens=0 train.log_every=50')
+           f'train.sample_tokens=0 train.log_every=50 seed={args.seed}')
   cmd = [sys.executable, 'launch/sweep.py', '--config=configs/shakespeare_char.py',
          f'--root={args.root}', f'--grid={grid}', f'--set={fixed}', f'--parallel={args.parallel}']
   print(' '.join(cmd), flush=True)
