@@ -4,9 +4,9 @@ on its own mesh.
 The weights come from a Hugging Face model directory (config.json and safetensors, see hf.py) or
 from a jaxlm workdir: a run trained by jaxlm.train, or a model imported by jaxlm.convert import-hf
 (the newest readable checkpoint; only its parameters are read, and for a schedule-free run the
-optimizer state that gives its average, the parameters it was evaluated with). The run's model fields become the
-trained model's, except those that say how the run computes (config.RUN_MODEL_FIELDS), and the
-run's tokenizer must be the one the weights were trained with, else every embedding row would
+optimizer state that gives its average, the parameters it was evaluated with). The run's model
+fields become the trained model's, except those that say how the run computes
+(config.RUN_MODEL_FIELDS), and the run's tokenizer must be the one the weights were trained with, else every embedding row would
 stand for another token.
 """
 

@@ -13,8 +13,8 @@ tasks at once (one worker each), then --finalize, timed from the plan's start to
 `beam:W` is the Beam pipeline on the DirectRunner with W worker processes (the `beam` extra);
 `ceiling` is the tokenizer's own `encode` over the same texts, in one process, only the encode
 calls timed (what one worker could reach if reading, hashing and writing cost nothing), and each
-mode's share of ceiling x its processes is printed. SentencePiece and Hugging Face tokenizers are made
-once before the modes (an 8,192-token SentencePiece model, or a byte-level BPE tokenizer.json,
+mode's share of ceiling x its processes is printed. SentencePiece and Hugging Face tokenizers are
+made once before the modes (an 8,192-token SentencePiece model, or a byte-level BPE tokenizer.json,
 trained on a 20 MiB sample) and given to each by --tokenizer_path, so no mode pays for training.
 
 The corpus is the shipped corpus's speeches, shuffled with a fixed seed and repeated, one JSONL
