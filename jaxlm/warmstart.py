@@ -6,8 +6,8 @@ from a jaxlm workdir: a run trained by jaxlm.train, or a model imported by jaxlm
 (the newest readable checkpoint; only its parameters are read, and for a schedule-free run the
 optimizer state that gives its average, the parameters it was evaluated with). The run's model
 fields become the trained model's, except those that say how the run computes
-(config.RUN_MODEL_FIELDS), and the run's tokenizer must be the one the weights were trained with, else every embedding row would
-stand for another token.
+(config.RUN_MODEL_FIELDS), and the run's tokenizer must be the one the weights were trained
+with, else every embedding row would stand for another token.
 """
 
 from pathlib import Path
