@@ -169,8 +169,8 @@ def validate(cfg: ConfigDict) -> None:
       _fail(field, values[field], expected)
   for field in _LOCATIONS:
     paths.check(f'config field {field}', values[field])
-  for stage in values['data.mixture'].split(';'):
-    for item in stage.rpartition('@')[0 if '@' in stage else 2].split(','):
+  for stage in values['data.mixture'].split(';'):  # (a stage ends in @<step>)
+    for item in (stage.rpartition('@')[0] if '@' in stage else stage).split(','):
       paths.check('config field data.mixture', item.strip().rpartition(':')[0])
   paths.check_local('config field data.tfds_data_dir', values['data.tfds_data_dir'])
   paths.check_local('config field init_from', values['init_from'])

@@ -9,7 +9,7 @@ windows of the shipped corpus; only the widths (model.embed_dim, the head count 
 head dimension grows with it) differ. `launch/coord_check.py` draws the figure.
 """
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +51,7 @@ def coordinate_check(cfg: ConfigDict, widths: Sequence[int], steps: int,
   """{width: {layer: [mean |x| at init, after step 1, ..., after `steps`]}} for `cfg` (its model
   and optimizer; train.batch_size, model.max_seq_len) at each width, on the same batches."""
   # pylint: disable=import-outside-toplevel  (the build pulls in the whole training stack)
+  from jaxlm import sharding
   from jaxlm.build import build
   from jaxlm.mesh import skip_absent_tpu
   from jaxlm.objectives import Vocab
@@ -63,6 +64,7 @@ def coordinate_check(cfg: ConfigDict, widths: Sequence[int], steps: int,
     state = built.setup.init()
     measure = jax.jit(lambda params, tokens: activations(nnx.merge(built.graphdef, params),
                                                          tokens))
+    batch_sharding = sharding.batch_sharding(built.mesh, built.rules)
     batches = corpus_batches(c.train.batch_size, c.model.max_seq_len, seed)
     probe = jnp.asarray(next(corpus_batches(c.train.batch_size, c.model.max_seq_len, seed + 1)))
     sizes: dict[str, list[float]] = {}
@@ -73,11 +75,7 @@ def coordinate_check(cfg: ConfigDict, widths: Sequence[int], steps: int,
         tokens = next(batches)
         batch = dict(inputs=tokens[:, :-1], targets=tokens[:, 1:],
                      mask=np.ones(tokens[:, 1:].shape, np.float32))
-        state, _ = built.train_step(state, jax.device_put(batch, _batch_sharding(built)))
+        state, _ = built.train_step(state, jax.device_put(batch, batch_sharding))
     out[width] = sizes
   return out
 
-
-def _batch_sharding(built: Any):
-  from jaxlm import sharding  # pylint: disable=import-outside-toplevel
-  return sharding.batch_sharding(built.mesh, built.rules)

@@ -127,8 +127,9 @@ def _restore(ckpt: Checkpointer, workdir: Path, step: int, batch_size: int) -> T
   built = build(cfg, Vocab.of(tokenizer, run_data.token_frequencies()), model_cfg=model_cfg,
                 train=averaged)  # (else no optimizer state)
   if averaged:
-    params = eval_params(*reversed(ckpt.restore_params(built.abstract_params, step,
-                                                        built.setup.abstract.opt_state)))
+    params, opt_state = ckpt.restore_params(built.abstract_params, step,
+                                            built.setup.abstract.opt_state)
+    params = eval_params(opt_state, params)
   else:
     params = ckpt.restore_params(built.abstract_params, step)
   return TrainedRun(cfg, model_cfg, tokenizer, run_data, built.graphdef, params, step, built.mesh,

@@ -20,7 +20,6 @@ import argparse
 import importlib
 import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,6 +28,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import case_study  # noqa: E402  (launch/, beside this script: its train runs jaxlm.train logged)
+
 OPTIMIZERS = {  # name -> flags
     'AdamW, cosine': ['--config.optim.name=adamw', '--config.optim.schedule=cosine'],
     'AdamW, WSD': ['--config.optim.name=adamw', '--config.optim.schedule=wsd'],
@@ -36,21 +37,6 @@ OPTIMIZERS = {  # name -> flags
     'schedule-free AdamW': ['--config.optim.name=schedule_free_adamw',
                             '--config.optim.schedule=constant'],
 }
-
-
-def train(config: str, flags: list[str], workdir: Path, steps: int, seed: int) -> None:
-  cmd = [sys.executable, '-m', 'jaxlm.train', f'--config=configs/{config}.py', *flags,
-         f'--config.workdir={workdir}', f'--config.seed={seed}',
-         f'--config.checkpoint.every={steps}', '--config.train.sample_tokens=0',
-         f'--config.train.eval_every={max(steps // 8, 1)}',
-         f'--config.train.log_every={max(steps // 40, 1)}']
-  if steps:
-    cmd.append(f'--config.train.steps={steps}')
-  log = workdir.with_suffix('.log')
-  workdir.parent.mkdir(parents=True, exist_ok=True)
-  with open(log, 'w') as out:
-    if subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT).returncode:
-      raise SystemExit(f'{" ".join(cmd)} failed; see {log}')
 
 
 def result(workdir: Path) -> dict:
@@ -83,21 +69,27 @@ def main() -> None:
   rates = [float(r) for r in args.rates.split(',')]
   rows = []
   for config in args.configs.split(','):
-    lr = importlib.import_module(f'jaxlm.configs.{config}').get_config().optim.lr
+    defaults = importlib.import_module(f'jaxlm.configs.{config}').get_config()
+    lr, steps = defaults.optim.lr, args.steps or defaults.train.steps
+    path = f'configs/{config}.py'
+
+    def train(flags: list[str], workdir: Path, seed: int, steps=steps, path=path) -> None:
+      case_study.train(path, flags, workdir, steps, seed, max(steps // 40, 1),
+                       max(steps // 8, 1))
     for name, flags in OPTIMIZERS.items():
       tag = f'{config}_{name.split(",")[0].split()[0].lower()}_{len(rows)}'
       sweep = {}
       for r in rates:
         at = [f'--config.optim.lr={lr * r:.4g}', f'--config.optim.min_lr={lr * r / 10:.4g}']
         workdir = out / f'{tag}_lr{r:g}_seed{seeds[0]}'
-        train(config, flags + at, workdir, args.steps, seeds[0])
+        train(flags + at, workdir, seeds[0])
         sweep[r] = (at, result(workdir))
         print(f'{config} {name} lr x{r:g}: val {sweep[r][1]["val"]:.4f}', flush=True)
       best = min(sweep, key=lambda r: sweep[r][1]['val'])
       runs = [sweep[best][1]]
       for seed in seeds[1:]:
         workdir = out / f'{tag}_lr{best:g}_seed{seed}'
-        train(config, flags + sweep[best][0], workdir, args.steps, seed)
+        train(flags + sweep[best][0], workdir, seed)
         runs.append(result(workdir))
       rows.append(dict(config=config, optimizer=name, lr=lr * best, sweep={
           str(r): s[1]['val'] for r, s in sweep.items()}, runs=runs))

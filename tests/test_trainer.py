@@ -50,20 +50,26 @@ def test_tiny_run_end_to_end(tmp_path, corpus_file):
   assert _train_losses(workdir) == losses
 
 
-def test_stop_and_resume_equals_uninterrupted(tmp_path, corpus_file):
-  cfg = _config(tmp_path, corpus_file, 'straight')
-  cfg.model.dropout = 0.1  # resumed randomness must match too
-  cfg.optim.decay_steps = 6  # the schedule must not depend on where the first run stops
-  trainer.run(cfg)
+def _stopped_and_resumed(cfg, tmp_path) -> dict:
+  """Runs cfg (workdir <tmp>/straight, 6 steps) through, then again in <tmp>/resumed stopped
+  after step 3 and resumed to 6; asserts every loss of the two is the same, bit for bit (steps
+  4-6 included), and returns the uninterrupted run's result."""
+  result = trainer.run(cfg)
   expected = _train_losses(tmp_path / 'straight')
-
   cfg.workdir = str(tmp_path / 'resumed')
   cfg.train.steps = 3
   trainer.run(cfg)
   cfg.train.steps = 6
   trainer.run(cfg)
-  got = _train_losses(tmp_path / 'resumed')
-  assert got == expected  # bit for bit, steps 4-6 included
+  assert _train_losses(tmp_path / 'resumed') == expected
+  return result
+
+
+def test_stop_and_resume_equals_uninterrupted(tmp_path, corpus_file):
+  cfg = _config(tmp_path, corpus_file, 'straight')
+  cfg.model.dropout = 0.1  # resumed randomness must match too
+  cfg.optim.decay_steps = 6  # the schedule must not depend on where the first run stops
+  _stopped_and_resumed(cfg, tmp_path)
 
 
 def test_resume_with_another_tokenizer_is_refused(tmp_path, corpus_file):
@@ -303,14 +309,7 @@ def test_schedule_free_resumes_exactly_and_evaluates_its_average(tmp_path, corpu
   cfg = _config(tmp_path, corpus_file, 'straight')
   cfg.optim.name, cfg.optim.schedule = 'schedule_free_adamw', 'constant'
   cfg.train.eval_batches = 0  # the whole split, as jaxlm.eval scores it
-  result = trainer.run(cfg)
-  expected = _train_losses(tmp_path / 'straight')
-  cfg.workdir = str(tmp_path / 'resumed')
-  cfg.train.steps = 3
-  trainer.run(cfg)
-  cfg.train.steps = 6
-  trainer.run(cfg)
-  assert _train_losses(tmp_path / 'resumed') == expected
+  result = _stopped_and_resumed(cfg, tmp_path)
   loaded = load_trained(str(tmp_path / 'straight'), None)
   ckpt = Checkpointer(tmp_path / 'straight' / 'checkpoints', keep=None, async_save=False,
                       create=False)

@@ -176,7 +176,6 @@ def _check_stamps(chunk: Chunk) -> None:
 def _write_chunk(s: Settings, output: Path, chunk: Chunk, tok: Tokenizer) -> dict:
   # pylint: disable-next=import-outside-toplevel  # (only the workers write)
   from array_record.python.array_record_module import ArrayRecordWriter
-  counts = {}
   lengths = {split: [] for split in SPLITS}
   digests = {split: hashlib.sha256() for split in SPLITS}  # of the token ids, record by record
   writers, tmps, read = {}, {}, 0
@@ -207,9 +206,8 @@ def _write_chunk(s: Settings, output: Path, chunk: Chunk, tok: Tokenizer) -> dic
     raise
   for w in writers.values():
     w.close()
-  for split in SPLITS:
-    counts[split] = dict(documents=len(lengths[split]), tokens=int(sum(lengths[split])),
-                         bytes=text_bytes[split])
+  counts = {split: dict(documents=len(lengths[split]), tokens=int(sum(lengths[split])),
+                        bytes=text_bytes[split]) for split in SPLITS}
   sizes = {}
   _save_npy(_counts_path(output, chunk.index), token_counts.total())
   for split in SPLITS:
