@@ -47,11 +47,16 @@ def train(config: str, extra: list[str], workdir: Path, steps: int, seed: int,
          f'--config.workdir={workdir}', f'--config.seed={seed}', f'--config.train.steps={steps}',
          f'--config.train.log_every={log_every}', f'--config.train.eval_every={eval_every}',
          f'--config.checkpoint.every={steps}', '--config.train.sample_tokens=0']
-  log = workdir.with_name(workdir.name + '.log')
+  log = log_of(workdir)
   workdir.parent.mkdir(parents=True, exist_ok=True)
   with open(log, 'w') as out:
     if subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT).returncode:
       raise SystemExit(f'{" ".join(cmd)} failed; see {log}')
+
+
+def log_of(workdir: Path) -> Path:
+  """Where train writes the output of the run in workdir."""
+  return workdir.with_name(workdir.name + '.log')
 
 
 def parameters(log: str) -> str:
@@ -97,7 +102,7 @@ def main() -> None:
       validation = evaluate(workdir)
       rows.append(dict(
           model=name, objective=objective, config=config, flags=extra, seed=seed, steps=steps,
-          params=parameters(workdir.with_name(workdir.name + '.log').read_text()),
+          params=parameters(log_of(workdir).read_text()),
           calibrated_step_time_s=step_time, training_seconds=elapsed[max(elapsed)],
           median_tokens_per_s=statistics.median(v for _, v in series['train']['tokens_per_s']),
           validation_loss=validation['loss'], validation_tokens=validation['tokens'],

@@ -386,3 +386,31 @@ def test_xpk_command_for_the_same_run(tmp_path):
       '--num-slices=2 --docker-image=img:1 --max-restarts=10 \'--command=python -m jaxlm.train '
       '--config=configs/llama_1b.py --config.workdir=gs://b/run '
       '--config.distributed.initialize=true\'')
+
+
+def test_bench_optim_walks_its_rate_grid_past_an_edge_and_counts_a_diverged_run(tmp_path):
+  """launch/bench_optim.py: while the best rate is the highest (or lowest) tried, the sweep goes
+  one ratio further that way, at most twice; an interior best ends it. A run whose loss became
+  non-finite scores infinity, so it is never the best, and counts as finished for --resume."""
+  import importlib.util
+  sys.path.insert(0, str(harness.ROOT / 'launch'))
+  spec = importlib.util.spec_from_file_location('bench_optim',
+                                                harness.ROOT / 'launch' / 'bench_optim.py')
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+
+  def walk(loss):
+    sweep = {}
+    for r in bench.grid([0.5, 1.0, 2.0], sweep):
+      sweep[r] = (None, dict(val=loss(r)))
+    return sorted(sweep)
+  assert walk(lambda r: (r - 1.0) ** 2) == [0.5, 1.0, 2.0]  # interior best: no extension
+  assert walk(lambda r: (r - 4.0) ** 2) == [0.5, 1.0, 2.0, 4.0, 8.0]  # 4 then worse at 8
+  assert walk(lambda r: -r) == [0.5, 1.0, 2.0, 4.0, 8.0]  # at most two steps
+  assert walk(lambda r: r) == [0.125, 0.25, 0.5, 1.0, 2.0]  # downwards too
+  diverged = tmp_path / 'run'
+  diverged.mkdir()
+  assert not bench.finished(diverged, 10)
+  (diverged / bench.DIVERGED).write_text('')
+  assert bench.finished(diverged, 10) and bench.result(diverged)['val'] == float('inf')
+  assert walk(lambda r: float('inf') if r > 1.0 else -r) == [0.5, 1.0, 2.0]
