@@ -21,8 +21,8 @@ trained on a 20 MiB sample) and given to each by --tokenizer_path, so no mode pa
 The corpus is the shipped corpus's speeches, shuffled with a fixed seed and repeated, one JSONL
 line each (or, with --doc_kb, consecutive speeches joined into documents of a few KiB, the size
 of a web page), until it holds --size_mb MiB. Each worker count prepares it from scratch in its own
-output directory; the script prints MiB/s, documents/s, tokens/s and the peak resident memory of
-the whole process tree (sampled every 0.1 s with psutil, the sum over the main process and its
+output directory; the script prints MiB/s, documents/s, tokens/s, the CPU seconds of the
+process tree (user and system) and the peak resident memory of the whole process tree (sampled every 0.1 s with psutil, the sum over the main process and its
 workers) and of its largest process. Everything it writes is deleted at the end, except the
 dataset of the last worker count when --keep names where to move it (for `jaxlm.bench
 --what=data`).
@@ -30,6 +30,7 @@ dataset of the last worker count when --keep names where to move it (for `jaxlm.
 
 import json
 import random
+import resource
 import shlex
 import shutil
 import subprocess
@@ -89,7 +90,9 @@ def _joined(speeches: list[str], doc_kb: float) -> list[str]:
 
 
 def measure(cmd: list[str]) -> dict:
-  """Runs cmd; its wall time and the peak RSS of its process tree (sum) and largest process."""
+  """Runs cmd; its wall time, the CPU time of its process tree (user and system, of every
+  process reaped below it) and the peak RSS of the tree (sum) and of its largest process."""
+  before = resource.getrusage(resource.RUSAGE_CHILDREN)
   start = time.perf_counter()
   process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   root, total_peak, single_peak = psutil.Process(process.pid), 0, 0
@@ -102,10 +105,13 @@ def measure(cmd: list[str]) -> dict:
       pass
     time.sleep(0.1)
   seconds = time.perf_counter() - start
+  after = resource.getrusage(resource.RUSAGE_CHILDREN)
+  cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
   out = process.stdout.read()
   if process.returncode:
     raise SystemExit(f'{" ".join(cmd)} failed:\n{out[-3000:]}')
-  return dict(seconds=seconds, tree_rss_mib=total_peak / 2**20, process_rss_mib=single_peak / 2**20)
+  return dict(seconds=seconds, cpu_seconds=cpu, tree_rss_mib=total_peak / 2**20,
+              process_rss_mib=single_peak / 2**20)
 
 
 def make_tokenizer(root: Path, corpus: Path, kind: str) -> list[str]:
@@ -226,7 +232,7 @@ def main(argv: list[str]) -> None:
                 f'{mode.split(":")[1]}'
       print(f'{mode}: {r["seconds"]:.1f} s | {mib / r["seconds"]:.1f} MiB/s | '
             f'{docs / r["seconds"]:,.0f} docs/s | {tokens / r["seconds"]:,.0f} tokens/s{share} | '
-            f'peak RSS {r["tree_rss_mib"]:,.0f} MiB in all, {r["process_rss_mib"]:,.0f} MiB in '
+            f'{r["cpu_seconds"]:.1f} CPU s | peak RSS {r["tree_rss_mib"]:,.0f} MiB in all, {r["process_rss_mib"]:,.0f} MiB in '
             'the largest process', flush=True)
       if _KEEP.value and mode == modes[-1]:
         shutil.move(str(out), _KEEP.value)

@@ -75,7 +75,8 @@ def test_prepare_benchmark_prints_its_figures(tmp_path):
   lines = [l for l in result.stdout.splitlines() if l.startswith(('ceiling', 'workers:',
                                                                    'array:', 'beam:'))]
   assert [l.split(' ')[0] for l in lines] == ['ceiling', 'workers:2:', 'array:2:', 'beam:2:']
-  assert all('MiB/s' in l and 'peak RSS' in l and 'of ceiling x 2' in l for l in lines[1:])
+  assert all('MiB/s' in l and 'CPU s' in l and 'peak RSS' in l and 'of ceiling x 2' in l
+             for l in lines[1:])
   assert not (tmp_path / 'scratch').exists()  # it cleans up after itself
 
 
