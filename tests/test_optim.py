@@ -201,7 +201,8 @@ def test_muon_orthogonalises_each_matrix_and_leaves_the_rest_to_adam(variant):
   gradient (Nesterov momentum's first step is a multiple of it, which the normalisation removes)
   scaled to an RMS of 0.2 x sqrt(max(fan-in, fan-out)), plus weight decay: per layer, per
   query/key/value slot (per LSTM gate), the output projection over all heads; embeddings, head,
-  norms get Adam's first step g / (|g| + eps), decayed where AdamW decays."""
+  norms get Adam's first step g / (|g| + eps), decayed where AdamW decays. A second step
+  orthogonalises Nesterov momentum."""
   from flax import nnx
   from jaxlm.config import resolve_model
   from jaxlm.optim import make_optimizer
@@ -214,7 +215,8 @@ def test_muon_orthogonalises_each_matrix_and_leaves_the_rest_to_adam(variant):
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
   grads = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
-  direction, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  update = jax.jit(tx.update)
+  direction, state = update(grads, tx.init(params), params)
   got, g, p = _flat(direction), _flat(grads), _flat(params)
 
   def muon(name, matrices):  # matrices: g -> [n, fan_in, fan_out] and back
@@ -247,6 +249,13 @@ def test_muon_orthogonalises_each_matrix_and_leaves_the_rest_to_adam(variant):
     want = g[name] / (np.abs(g[name]) + cfg.optim.eps) + decay * p[name]
     np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-6, err_msg=name)
   assert set(got) == set(g)
+  if variant == 'llama':  # a second step orthogonalises Nesterov momentum, bias-corrected as in
+    g2 = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)  # optax
+    got, g2, b = _flat(update(g2, state, params)[0]), _flat(g2), cfg.optim.muon_momentum
+    name = 'blocks/mlp/up/kernel'
+    momentum = b * (1 - b) * g[name] + (1 - b) * g2[name]
+    g[name] = b * momentum / (1 - b**3) + (1 - b) * g2[name] / (1 - b**2)
+    muon(name, (lambda x: x, lambda y: y))
 
 
 def test_schedule_free_adamw_equals_its_closed_form():
