@@ -149,7 +149,7 @@ def ceiling(corpus: Path, kind: str, tokenizer_args: list[str]) -> dict:
   calls it (`encode_arrays` on the same batches of texts), only those calls timed; each text is
   parsed from its line first (not timed)."""
   # pylint: disable-next=import-outside-toplevel
-  from jaxlm.data.prepare import text_batches
+  from jaxlm.data.chunk import text_batches
   # pylint: disable-next=import-outside-toplevel
   from jaxlm.data.tokenizers import (ByteTokenizer, HuggingFaceTokenizer,
                                      SentencePieceTokenizer, encode_arrays)

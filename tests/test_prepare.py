@@ -262,7 +262,7 @@ def _chunk_files(out, index):
 def test_a_source_failing_part_way_is_finished_by_a_rerun(corpus, tmp_path, monkeypatch):
   """A source that raises at document k (a dropped connection): the chunks complete before it
   stay as they were (not rewritten), the re-run gives one host's bytes."""
-  from jaxlm.data import prepare as module
+  from jaxlm.data import chunk as module
   tmp, hf, expected = corpus
   s, out, real, read = _settings(tmp, 'byte', hf), tmp_path / 'out', module.documents, [0]
 
@@ -293,7 +293,7 @@ def test_two_attempts_of_one_chunk_at_once(corpus, tmp_path, monkeypatch):
   (another attempt had finished the chunk) ends with that chunk's record."""
   import threading
   from concurrent.futures import ThreadPoolExecutor
-  from jaxlm.data import prepare as module
+  from jaxlm.data import chunk as module
   from jaxlm.data.prepare import finalize, make_plan, prepare_chunk, run_chunks
   tmp, hf, expected = corpus
   s, out, real = _settings(tmp, 'byte', hf), tmp_path / 'out', module.documents
@@ -304,7 +304,7 @@ def test_two_attempts_of_one_chunk_at_once(corpus, tmp_path, monkeypatch):
   def paced(chunk, *args, **kwargs):
     for i, text in enumerate(real(chunk, *args, **kwargs)):
       if i == 1 and chunk.index < 2:
-        both_writing.wait()  # both attempts have their shards open and one document written
+        both_writing.wait()  # both attempts have their shards open
         if threading.current_thread().name.endswith('_0') and chunk.index == 1:
           raise RuntimeError('cancelled')
         if chunk.index == 1:

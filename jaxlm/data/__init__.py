@@ -19,7 +19,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from jaxlm import paths
-from jaxlm.data.prepare import Settings
+from jaxlm.data.chunk import Settings
 from jaxlm.data.prepared import Prepared, Split, is_prepared
 from jaxlm.data.staging import prepare_to
 from jaxlm.data.sources import corpus_files, describe, file_stamp, read_text

@@ -8,7 +8,7 @@ The driver (this process) makes the plan, the tokenizer included, as `prepare` d
 is one step, `prepare_chunk` on every chunk not yet complete, spread by a Reshuffle; the driver
 then finalizes: it reads the chunk records the workers wrote and writes the manifest. The bytes
 are those of `prepare` on one host: a chunk is a pure function of the plan, and an attempt that
-an engine retries or runs twice writes to names of its own (see prepare.prepare_chunk).
+an engine retries or runs twice writes to names of its own (see data/chunk.py).
 
 The output is a directory every worker reaches (a shared file system) or a gs:// location: then
 each worker copies the plan and the tokenizer to its local cache, prepares each chunk there and
@@ -28,7 +28,7 @@ from apache_beam.runners import create_runner
 
 from jaxlm import paths
 from jaxlm.data import staging
-from jaxlm.data.prepare import Settings, complete, prepare_chunk
+from jaxlm.data.chunk import Settings, complete, prepare_chunk
 from jaxlm.data.sources import Chunk
 from jaxlm.errors import UserError
 

@@ -22,15 +22,16 @@ or are the first `val_docs` documents, or (val_tail) every document gives the la
 of its tokens to validation and the rest to training (for one long text this is nanoGPT's split);
 a source with its own validation split keeps it. Everything is a function of the source and the
 settings, not of the number of workers or of interruptions: a killed run, re-run, keeps the
-complete chunks and ends with the same bytes. Memory stays flat: a worker holds one document.
+complete chunks and ends with the same bytes. Memory stays flat: a worker holds one batch of
+documents.
 
 The work has three parts, which run in one process (`prepare`) or apart:
 
   make_plan        settings.json, the tokenizer and plan.json (once, by one process)
-  prepare_chunk    one chunk -> its shards and its record (any process, any host, any order, as
-                   often as needed: a complete chunk is left alone, and each attempt writes to
-                   names of its own, renamed into place, so two attempts of one chunk at once, or
-                   a retried one, leave the same bytes)
+  prepare_chunk    one chunk -> its shards and its record (data/chunk.py: any process, any
+                   host, any order, as often as needed: a complete chunk is left alone, and each
+                   attempt writes to names of its own, renamed into place, so two attempts of one
+                   chunk at once, or a retried one, leave the same bytes)
   finalize         checks every chunk is complete, then writes token_counts.npy and the manifest
 
 A job array runs them as `jaxlm.prepare --plan`, N x `--task=i/N`, `--finalize`; Apache Beam as
@@ -39,108 +40,26 @@ one pipeline (data/beam.py). Every way ends with the same bytes.
 
 import contextlib
 import dataclasses
-import hashlib
 import io
 import json
 import multiprocessing
 import os
-import secrets
-import socket
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from jaxlm import paths
-from jaxlm.data.sources import Chunk, documents, file_stamp, plan_chunks
+from jaxlm.data.chunk import (SHARD_OPTIONS, SPLITS, Settings, as_dir, atomic_json, complete,
+                              counts_path, plain, prepare_chunk, save_npy, shard_path)
+from jaxlm.data.sources import Chunk, documents, plan_chunks
 from jaxlm.data.tf_sources import is_tf_source
-from jaxlm.data.tokenizers import (Tokenizer, atomic_write, build_tokenizer, encode_arrays,
-                                   open_tokenizer)
+from jaxlm.data.tokenizers import Tokenizer, build_tokenizer, open_tokenizer
 from jaxlm.errors import UserError, exiting_with, interrupts_ignored
 
-FORMAT = 2
-# ArrayRecord's options for the shards: a record per chunk (random access); snappy, which writes
-# 3x and reads 2x faster than the default zstd:3, for 9% more bytes (docs/BENCHMARKS.md).
-SHARD_OPTIONS = 'group_size:1,snappy'
-SPLITS = ('train', 'validation')
+FORMAT = 2  # of the prepared files; data/prepared.py reads this format only
 TOKEN_COUNTS = 'token_counts.npy'
 PLAN = 'plan.json'
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-  """Everything the prepared bytes depend on (recorded in settings.json and the manifest)."""
-  source: str  # text or JSONL files (a file, a directory or a glob), 'seqio:x' or 'tfds:x'
-  tokenizer: str = 'sentencepiece'  # 'sentencepiece', 'char' or 'byte'
-  tokenizer_path: str = ''  # an existing SentencePiece model; '' trains one on a sample
-  vocab_size: int = 8192  # of the SentencePiece model trained on the sample
-  sample_mb: float = 100.0  # text the tokenizer is trained (or the characters collected) on
-  text_field: str = 'text'  # the JSONL field (SeqIO or TFDS feature) that holds the text
-  val_fraction: float = 0.01  # of the documents, chosen by a hash of their text
-  val_docs: int = 0  # > 0: the first val_docs documents instead
-  val_tail: bool = False  # the last val_fraction of every document's tokens instead
-  seed: int = 0  # of the validation hash
-  chunk_mb: float = 64.0  # input bytes per chunk (a shard pair)
-  seqio_module: str = ''  # imported to register a SeqIO task
-  data_dir: str = ''  # TFDS data_dir ('' is TFDS's default)
-
-  def tf_options(self) -> dict:
-    return dict(seqio_module=self.seqio_module, data_dir=self.data_dir)
-
-
-def in_validation(raw: bytes, index: int, s: Settings) -> bool:
-  """Whether the document with UTF-8 text `raw`, number `index`, is in the validation split."""
-  if s.val_docs:
-    return index < s.val_docs
-  digest = hashlib.sha256(f'{s.seed}\0'.encode() + raw).digest()
-  return int.from_bytes(digest[:8], 'little') / 2**64 < s.val_fraction
-
-
-def shard_path(output: Path, split: str, index: int, suffix: str = '.arrayrecord') -> Path:
-  return as_dir(output) / f'{split}-{index:05d}{suffix}'
-
-
-def as_dir(output):
-  """A prepared dataset's directory: a pathlib.Path, or an epath.Path for a gs:// location (which
-  the finalize step and the completeness checks read directly; chunks are written locally)."""
-  return paths.path(str(output)) if paths.is_url(str(output)) else Path(output)
-
-
-def _size(path) -> int | None:
-  """A file's size in bytes, None when it does not exist (local or on a bucket)."""
-  try:
-    st = path.stat()
-  except OSError:
-    return None
-  return st.st_size if hasattr(st, 'st_size') else st.length
-
-
-def text_batches(texts: Iterable[str], chars: int = 2**20, docs: int = 1024) -> Iterator[list[str]]:
-  """The texts in lists of up to `docs` texts or about `chars` characters (a longer text alone),
-  each encoded by one tokenizer call."""
-  batch, size = [], 0
-  for text in texts:
-    batch.append(text)
-    size += len(text)
-    if size >= chars or len(batch) >= docs:
-      yield batch
-      batch, size = [], 0
-  if batch:
-    yield batch
-
-
-def _parts(text: str, ids: np.ndarray, index: int, split: str, s: Settings, tok: Tokenizer):
-  """(split, token ids, UTF-8 bytes) of what one document, encoded as `ids`, contributes."""
-  if split or not s.val_tail:
-    raw = text.encode('utf-8')
-    split = split or ('validation' if in_validation(raw, index, s) else 'train')
-    return [(split, ids, len(raw))]
-  cut = len(ids) - int(len(ids) * s.val_fraction)
-  sizes = np.asarray(tok.token_bytes(text), np.int64)
-  return [('train', ids[:cut], int(sizes[:cut].sum())),
-          ('validation', ids[cut:], int(sizes[cut:].sum()))]
-
 
 _WORKER: dict = {}
 
@@ -154,124 +73,10 @@ def _worker_chunk(chunk: Chunk) -> dict:
   return prepare_chunk(_WORKER['settings'], _WORKER['output'], chunk, _WORKER['tokenizer'])
 
 
-def attempt_name() -> str:
-  """A name no other attempt shares (host, process and a random part), for temporary files."""
-  return f'{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}'
-
-
-def prepare_chunk(s: Settings, output: Path, chunk: Chunk, tok: Tokenizer | None = None) -> dict:
-  """Writes one chunk's shards and lengths (to names of this attempt, then renamed) and its
-  record; returns the record. A chunk already complete is left as it is."""
-  output = Path(output)
-  record = complete(output, chunk)
-  if record is not None:
-    return record
-  _check_stamps(chunk)
-  tok = tok or open_tokenizer(output / 'tokenizer', s.tokenizer)
-  try:
-    return _write_chunk(s, output, chunk, tok)
-  except FileNotFoundError:
-    # Another attempt finished the chunk and the finalize step removed this one's temporary
-    # files: the chunk is complete, with the same bytes.
-    record = complete(output, chunk)
-    if record is None:
-      raise
-    return record
-
-
-def _check_stamps(chunk: Chunk) -> None:
-  for path, stamp in zip(chunk.paths, chunk.stamps):
-    if tuple(file_stamp(path)) != tuple(stamp):
-      raise UserError(f'{path} changed since the chunk plan was made (its size or modification '
-                      'time differ); make the plan again (jaxlm.prepare --plan, or the same '
-                      'command without --task) so the changed file is prepared afresh.')
-
-
-def _write_chunk(s: Settings, output: Path, chunk: Chunk, tok: Tokenizer) -> dict:
-  # pylint: disable-next=import-outside-toplevel  # (only the workers write)
-  from array_record.python.array_record_module import ArrayRecordWriter
-  lengths = {split: [] for split in SPLITS}
-  digests = {split: hashlib.sha256() for split in SPLITS}  # of the token ids, record by record
-  writers, tmps, read = {}, {}, 0
-  token_counts = TokenCounter(tok.vocab_size)  # of the training split
-  attempt = attempt_name()
-  for split in SPLITS:
-    tmps[split] = shard_path(output, split, chunk.index, f'.{attempt}.tmp')
-    writers[split] = ArrayRecordWriter(str(tmps[split]), SHARD_OPTIONS)
-  text_bytes = dict.fromkeys(SPLITS, 0)
-  try:
-    for texts in text_batches(documents(chunk, s.text_field, **s.tf_options())):
-      for text, encoded in zip(texts, encode_arrays(tok, texts)):
-        parts = _parts(text, encoded, chunk.first_doc + read, chunk.split, s, tok)
-        read += 1
-        for split, ids, n_bytes in parts:
-          if not len(ids):
-            continue  # no text: nothing to learn or to score
-          record = ids.astype('<i4', copy=False).tobytes()
-          writers[split].write(record)
-          if split == 'train':
-            token_counts.add(ids)
-          digests[split].update(len(ids).to_bytes(8, 'little'))
-          digests[split].update(record)
-          lengths[split].append(len(ids))
-          text_bytes[split] += n_bytes
-  except BaseException:
-    for split in SPLITS:
-      writers[split].close()
-      tmps[split].unlink(missing_ok=True)
-    raise
-  for w in writers.values():
-    w.close()
-  counts = {split: dict(documents=len(lengths[split]), tokens=int(sum(lengths[split])),
-                        bytes=text_bytes[split]) for split in SPLITS}
-  sizes = {}
-  _save_npy(_counts_path(output, chunk.index), token_counts.total())
-  for split in SPLITS:
-    _save_npy(shard_path(output, split, chunk.index, '.lengths.npy'),
-              np.asarray(lengths[split], np.int32))
-    os.replace(tmps[split], shard_path(output, split, chunk.index))
-    sizes[split] = shard_path(output, split, chunk.index).stat().st_size
-  record = dict(chunk=_plain(dataclasses.asdict(chunk)), counts=counts, documents_read=read,
-                shard_bytes=sizes,
-                digests={split: digests[split].hexdigest() for split in SPLITS})
-  _atomic_json(output / 'chunks' / f'{chunk.index:05d}.json', record)
-  return record
-
-
-class TokenCounter:
-  """How often each id occurs, counted a million tokens at a time (one bincount per document
-  would cost a pass over the whole vocabulary for every short document)."""
-
-  def __init__(self, vocab_size: int):
-    self.counts, self.pending, self.size = np.zeros(vocab_size, np.int64), [], 0
-
-  def add(self, ids: np.ndarray) -> None:
-    self.pending.append(ids)
-    self.size += len(ids)
-    if self.size >= 2**20:
-      self.total()
-
-  def total(self) -> np.ndarray:
-    if self.pending:
-      self.counts += np.bincount(np.concatenate(self.pending), minlength=len(self.counts))
-      self.pending, self.size = [], 0
-    return self.counts
-
-
-def _counts_path(output: Path, index: int) -> Path:
-  return output / 'chunks' / f'{index:05d}.counts.npy'
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-  npy = io.BytesIO()
-  np.save(npy, array)
-  atomic_write(path, npy.getvalue())
-
-
 def settings_record(s: Settings) -> dict:
   """What settings.json holds, as it reads back: a preparation into a directory (or a bucket)
   whose record differs is another preparation, never written over it."""
-  return _plain(dict(format=FORMAT, shard_options=SHARD_OPTIONS, **dataclasses.asdict(s)))
+  return plain(dict(format=FORMAT, shard_options=SHARD_OPTIONS, **dataclasses.asdict(s)))
 
 
 def cleaning_record(source: str) -> dict | None:
@@ -292,30 +97,6 @@ def cleaning_record(source: str) -> dict | None:
   return value
 
 
-def _plain(value):
-  """As it reads back from JSON (tuples become lists), for comparisons with saved records."""
-  return json.loads(json.dumps(value))
-
-
-def complete(output: Path, chunk: Chunk) -> dict | None:
-  """The record of a chunk an earlier run finished (the same files, shards of the recorded
-  sizes), or None. `output` may be a bucket location."""
-  output = as_dir(output)
-  done = output / 'chunks' / f'{chunk.index:05d}.json'
-  try:
-    record = json.loads(done.read_text())
-  except (OSError, ValueError):
-    return None
-  if record.get('chunk') != _plain(dataclasses.asdict(chunk)) or _size(_counts_path(
-      output, chunk.index)) is None:  # (a chunk prepared before token counts is prepared again)
-    return None
-  for split in SPLITS:
-    if _size(shard_path(output, split, chunk.index, '.lengths.npy')) is None or (
-        _size(shard_path(output, split, chunk.index)) != record['shard_bytes'][split]):
-      return None
-  return record
-
-
 def prepared_tokenizer(output: Path, s: Settings, chunks: Sequence[Chunk] = ()) -> Tokenizer:
   """The preparation's tokenizer, kept in <output>/tokenizer: byte, a given SentencePiece model,
   or one trained (a character set collected) on the first sample_mb of `chunks`."""
@@ -333,10 +114,6 @@ def prepared_tokenizer(output: Path, s: Settings, chunks: Sequence[Chunk] = ()) 
         texts.append(text[:budget])
         budget -= len(texts[-1])
   return build_tokenizer(directory, s.tokenizer, texts, s.vocab_size, s.tokenizer_path)
-
-
-def _atomic_json(path: Path, value: dict) -> None:
-  atomic_write(path, json.dumps(value, indent=1, sort_keys=True).encode())
 
 
 def _number_documents(chunks: list[Chunk], s: Settings) -> list[Chunk]:
@@ -366,12 +143,12 @@ def make_plan(s: Settings, output: Path) -> list[Chunk]:
   if settings_path.exists() and json.loads(settings_path.read_text()) != wanted:
     raise UserError(f'{output} already holds a preparation with other settings (see '
                     f'{settings_path}); give a new --output, or the same settings to resume it.')
-  _atomic_json(settings_path, wanted)
+  atomic_json(settings_path, wanted)
   if s.val_docs:
     chunks = _number_documents(chunks, s)
   prepared_tokenizer(output, s, chunks)
-  _atomic_json(output / PLAN, dict(settings=wanted,
-                                   chunks=[_plain(dataclasses.asdict(c)) for c in chunks]))
+  atomic_json(output / PLAN, dict(settings=wanted,
+                                   chunks=[plain(dataclasses.asdict(c)) for c in chunks]))
   return chunks
 
 
@@ -471,8 +248,8 @@ def finalize(s: Settings, output: Path, chunks: Sequence[Chunk],
   splits = _totals(output, records, s)
   counts = np.zeros(tok.vocab_size, np.int64)
   for c in chunks:
-    counts += np.load(io.BytesIO(_counts_path(output, c.index).read_bytes()))
-  _save_npy(output / TOKEN_COUNTS, counts)
+    counts += np.load(io.BytesIO(counts_path(output, c.index).read_bytes()))
+  save_npy(output / TOKEN_COUNTS, counts)
   manifest = dict(format=FORMAT, settings=dataclasses.asdict(s), dtype='<i4',
                   source_files=len({p for c in chunks if c.stamps for p in c.paths}),
                   splits=splits, token_counts=TOKEN_COUNTS,
@@ -481,7 +258,7 @@ def finalize(s: Settings, output: Path, chunks: Sequence[Chunk],
   cleaning = cleaning_record(s.source)
   if cleaning:
     manifest['cleaning'] = cleaning
-  _atomic_json(output / 'manifest.json', manifest)
+  atomic_json(output / 'manifest.json', manifest)
   return manifest
 
 

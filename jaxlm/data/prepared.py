@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from jaxlm import paths
-from jaxlm.data.prepare import FORMAT, SPLITS
+from jaxlm.data.chunk import SPLITS
+from jaxlm.data.prepare import FORMAT
 from jaxlm.data.tokenizers import Tokenizer, open_tokenizer
 from jaxlm.errors import UserError
 

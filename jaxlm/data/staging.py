@@ -25,7 +25,8 @@ from pathlib import Path
 
 from jaxlm import paths
 from jaxlm.data import prepare as steps
-from jaxlm.data.prepare import PLAN, SPLITS, Settings, prepare, settings_record
+from jaxlm.data.chunk import SPLITS, Settings, complete, shard_path
+from jaxlm.data.prepare import PLAN, prepare, settings_record
 from jaxlm.data.sources import Chunk
 from jaxlm.data.tokenizers import TOKENIZER_FILES, Tokenizer, atomic_write, open_tokenizer
 from jaxlm.errors import UserError
@@ -169,7 +170,7 @@ def planned(s: Settings, output: str) -> tuple[Path, list[Chunk], Tokenizer]:
 def upload_chunk(local: Path, output: str, index: int) -> None:
   """A chunk prepared in `local` copied to the bucket, its record last, then deleted locally."""
   remote = paths.path(output)
-  names = [steps.shard_path(local, split, index, suffix).name for split in SPLITS
+  names = [shard_path(local, split, index, suffix).name for split in SPLITS
            for suffix in ('.arrayrecord', '.lengths.npy')]
   names += [f'chunks/{index:05d}.counts.npy', f'chunks/{index:05d}.json']
   for name in names:
@@ -186,7 +187,7 @@ def task(s: Settings, output: str, i: int, n: int, workers: int = 0,
   if not paths.is_url(output):
     steps.run_chunks(s, local, mine, workers, progress)
     return mine
-  todo = [c for c in mine if steps.complete(output, c) is None]
+  todo = [c for c in mine if complete(output, c) is None]
   steps.run_chunks(s, local, todo, workers, progress,
                    done=lambda record: upload_chunk(local, output, record['chunk']['index']))
   return mine
