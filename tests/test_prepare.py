@@ -436,3 +436,28 @@ def test_the_kubernetes_jobset_recipe(corpus, tmp_path):
       ran = harness.run(command, env={**env, 'JOB_COMPLETION_INDEX': str(index)})
       assert ran.returncode == 0, (shlex.join(command), ran.stderr[-3000:])
   assert harness.digest(out) == expected
+
+
+def test_finalize_reads_a_buckets_chunks_concurrently_and_in_order(tmp_path):
+  """The finalize step's per-chunk reads (records, shard sizes, token counts) run 32 at a time on
+  a bucket, where each is a few network requests, and one by one locally; either way the results
+  come in the chunks' order."""
+  import threading
+  import time
+  from jaxlm.data.prepare import _each
+  lock, active, peak = threading.Lock(), [0], [0]
+
+  def read(chunk):
+    with lock:
+      active[0] += 1
+      peak[0] = max(peak[0], active[0])
+    time.sleep(0.01 * (chunk % 3))  # later chunks finish first
+    with lock:
+      active[0] -= 1
+    return chunk * 2
+
+  chunks = list(range(100))
+  assert list(_each(read, chunks, 'gs://bucket/prepared')) == [2 * c for c in chunks]
+  assert 8 < peak[0] <= 32
+  peak[0] = 0
+  assert list(_each(read, chunks, tmp_path)) == [2 * c for c in chunks] and peak[0] == 1
