@@ -222,8 +222,19 @@ def test_a_jsonl_line_reads_as_json_reads_it():
   for line, text in [(b'{"text": "a", "score": NaN}\n', 'a'), (b'\xef\xbb\xbf{"text": "b"}', 'b'),
                      (b'{"text": "c", "text": "d"}', 'd'), (b'{"n": 1e999, "text": "e\\u00e9"}',
                                                            'e\u00e9')]:
-    assert sources._field(line, 'text', 'line 1') == text == json.loads(line)['text']
+    assert sources._field(line, 'text', lambda: 'line 1') == text == json.loads(line)['text']
   for line, error in [(b'{"text": "\\ud800"}', 'lone surrogate'), (b'{"text": 3}', 'no text field'),
                       (b'{"text": "x"', 'is not JSON'), (b'{"text": "\xff"}', 'is not UTF-8')]:
     with pytest.raises(UserError, match=error):
-      sources._field(line, 'text', 'line 1')
+      sources._field(line, 'text', lambda: 'line 1')
+
+
+def test_a_bad_jsonl_line_is_named_by_its_line_or_its_byte(tmp_path):
+  """A chunk that starts at the file's beginning names a bad line by its number; one that starts
+  part-way (its line numbers unknown) by its byte offset in the file."""
+  path = tmp_path / 'docs.jsonl'
+  path.write_bytes(b'{"text": "a"}\n{"text": "b"}\n{"text": 3}\n')
+  for start, where in [(0, f'line 3 of {path}'), (14, f'the line at byte 28 of {path}')]:
+    chunk = sources.Chunk(0, (str(path),), start=start, stop=path.stat().st_size - 1)
+    with pytest.raises(UserError, match=f"^{where} has no text field 'text'"):
+      list(sources.documents(chunk))

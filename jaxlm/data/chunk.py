@@ -10,6 +10,7 @@ longer document).
 """
 
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -59,8 +60,15 @@ def in_validation(raw: bytes, index: int, s: Settings) -> bool:
   """Whether the document with UTF-8 text `raw`, number `index`, is in the validation split."""
   if s.val_docs:
     return index < s.val_docs
-  digest = hashlib.sha256(f'{s.seed}\0'.encode() + raw).digest()
-  return int.from_bytes(digest[:8], 'little') / 2**64 < s.val_fraction
+  keyed = _seeded(s.seed).copy()
+  keyed.update(raw)
+  return int.from_bytes(keyed.digest()[:8], 'little') / 2**64 < s.val_fraction
+
+
+@functools.lru_cache(maxsize=None)
+def _seeded(seed: int):
+  """SHA-256 that has read '<seed>\\0' (copied for each document, not hashed again)."""
+  return hashlib.sha256(f'{seed}\0'.encode())
 
 
 def shard_path(output: Path, split: str, index: int, suffix: str = '.arrayrecord') -> Path:
@@ -159,15 +167,16 @@ def _write_chunk(s: Settings, output: Path, chunk: Chunk, tok: Tokenizer) -> dic
         parts = _parts(text, encoded, chunk.first_doc + read, chunk.split, s, tok)
         read += 1
         for split, ids, n_bytes in parts:
-          if not len(ids):
+          n = len(ids)
+          if not n:
             continue  # no text: nothing to learn or to score
           record = ids.astype('<i4', copy=False).tobytes()
           writers[split].write(record)
           if split == 'train':
             token_counts.add(ids)
-          digests[split].update(len(ids).to_bytes(8, 'little'))
+          digests[split].update(n.to_bytes(8, 'little'))
           digests[split].update(record)
-          lengths[split].append(len(ids))
+          lengths[split].append(n)
           text_bytes[split] += n_bytes
   except BaseException:
     for split in SPLITS:
@@ -182,7 +191,7 @@ def _write_chunk(s: Settings, output: Path, chunk: Chunk, tok: Tokenizer) -> dic
   save_npy(counts_path(output, chunk.index), token_counts.total())
   for split in SPLITS:
     save_npy(shard_path(output, split, chunk.index, '.lengths.npy'),
-              np.asarray(lengths[split], np.int32))
+             np.asarray(lengths[split], np.int32))
     os.replace(tmps[split], shard_path(output, split, chunk.index))
     sizes[split] = shard_path(output, split, chunk.index).stat().st_size
   record = dict(chunk=plain(dataclasses.asdict(chunk)), counts=counts, documents_read=read,

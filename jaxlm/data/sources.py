@@ -17,12 +17,13 @@ modification time of its files, so a file changed since is prepared again.
 
 import contextlib
 import dataclasses
+import functools
 import glob
 import gzip
 import json
 import zlib
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import orjson
 
@@ -175,9 +176,8 @@ def documents(chunk: Chunk, text_field: str = 'text', **tf_options) -> Iterator[
       if not line:
         break
       if line.strip():
-        where = (f'line {line_no} of {path}' if chunk.start == 0 else
-                 f'the line at byte {position} of {path}')
-        yield _field(line, text_field, where)
+        yield _field(line, text_field, functools.partial(
+            _where, path, line_no, position if chunk.start else None))
       position, line_no = position + len(line), line_no + 1
 
 
@@ -192,10 +192,17 @@ def _read_line(f, path, line_no: int) -> bytes:
                     'was prepared from it).') from None
 
 
-def _field(line: bytes, field: str, where: str) -> str:
+def _where(path, line_no: int, position: int | None) -> str:
+  """A line's place for a message: its number, or its byte offset in a chunk that starts
+  part-way into the file."""
+  return f'line {line_no} of {path}' if position is None else \
+      f'the line at byte {position} of {path}'
+
+
+def _field(line: bytes, field: str, where: Callable[[], str]) -> str:
   """The text of one JSONL line: parsed by orjson, several times faster than json; a line orjson
   refuses (not UTF-8 or not JSON, a lone surrogate, NaN) goes through json, which says why or
-  accepts it as json always has."""
+  accepts it as json always has (`where()` names the line in its messages)."""
   try:
     record = orjson.loads(line)
   except orjson.JSONDecodeError:
@@ -204,22 +211,23 @@ def _field(line: bytes, field: str, where: str) -> str:
   return text if isinstance(text, str) else _slow_field(line, field, where)
 
 
-def _slow_field(line: bytes, field: str, where: str) -> str:
+def _slow_field(line: bytes, field: str, where: Callable[[], str]) -> str:
+  place = where()
   try:
     record = json.loads(line)
   except UnicodeDecodeError as e:
-    raise UserError(f'{where} is not UTF-8 (byte {e.start} of the line is '
+    raise UserError(f'{place} is not UTF-8 (byte {e.start} of the line is '
                     f'{line[e.start:e.start + 1]!r}); re-encode the file as UTF-8.') from None
   except ValueError:
-    raise UserError(f'{where} is not JSON; fix or remove that line.') from None
+    raise UserError(f'{place} is not JSON; fix or remove that line.') from None
   if not isinstance(record, dict) or not isinstance(record.get(field), str):
-    raise UserError(f'{where} has no text field {field!r}; set the text field (--text_field, or '
+    raise UserError(f'{place} has no text field {field!r}; set the text field (--text_field, or '
                     'data.text_field) to the one that holds the text.')
   text = record[field]
   try:
     text.encode('utf-8')
   except UnicodeEncodeError as e:  # JSON's escapes allow lone surrogates ("\ud800")
-    raise UserError(f'{where} holds a lone surrogate ({text[e.start]!r} at character {e.start} '
+    raise UserError(f'{place} holds a lone surrogate ({text[e.start]!r} at character {e.start} '
                     f'of its {field!r}), which is not text; fix or remove that line.') from None
   return text
 
