@@ -13,10 +13,10 @@ tasks at once (one worker each), then --finalize, timed from the plan's start to
 `beam:W` is the Beam pipeline on the DirectRunner with W worker processes (the `beam` extra);
 `ceiling` is the tokenizer's encoding of the same texts into arrays, in one process, as prepare
 calls it (`encode_arrays` on the same batches), only those calls timed (what one worker could
-reach if reading, hashing and writing cost nothing), and each
-mode's share of ceiling x its processes is printed. SentencePiece and Hugging Face tokenizers are
-made once before the modes (an 8,192-token SentencePiece model, or a byte-level BPE tokenizer.json,
-trained on a 20 MiB sample) and given to each by --tokenizer_path, so no mode pays for training.
+reach if reading, hashing and writing cost nothing), and each mode's share of ceiling x its
+processes is printed. SentencePiece and Hugging Face tokenizers are made once before the modes
+(an 8,192-token SentencePiece model, or a byte-level BPE tokenizer.json, trained on a 20 MiB
+sample) and given to each by --tokenizer_path, so no mode pays for training.
 
 The corpus is the shipped corpus's speeches, shuffled with a fixed seed and repeated, one JSONL
 line each (or, with --doc_kb, consecutive speeches joined into documents of a few KiB, the size
