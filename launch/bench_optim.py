@@ -9,11 +9,12 @@ For each config and optimiser, seed 0 runs at each rate of --rates (multiples of
 optim.lr, optim.min_lr following at a tenth); while the best of them is the highest or the
 lowest rate, the grid goes one step further that way (its last ratio, at most twice), so a best
 rate is not the edge of the grid unless the step past it was worse or diverged. The rate with
-the lowest final validation loss is that optimiser's, and the other seeds run at it. Every run takes the config's steps (or
---steps), validates 8 times on the whole validation split, and runs alone on the machine.
---resume keeps the runs of an earlier call in --out that
-reached their last validation and trains the others afresh. Validation loss is reported at equal steps (the last) and at equal training time: the least
-training time (seconds in training steps, compilation and evaluation left out) any optimiser of
+the lowest final validation loss is that optimiser's, and the other seeds run at it. Every run
+takes the config's steps (or --steps), validates 8 times on the whole validation split, and runs
+alone on the machine; a run whose loss becomes non-finite counts as diverged. --resume keeps the
+runs of an earlier call in --out that reached their last validation (or diverged) and trains
+the others afresh. Validation loss is reported at equal steps (the last) and at equal training
+time: the least training time (seconds in training steps, compilation and evaluation left out) any optimiser of
 that config took, each run's curve interpolated there. Writes <out>/bench_optim.json,
 <out>/bench_optim.md (the table) and <out>/bench_optim.png (validation loss against training
 seconds, a panel per config). Every figure is measured here.

@@ -22,8 +22,9 @@ The corpus is the shipped corpus's speeches, shuffled with a fixed seed and repe
 line each (or, with --doc_kb, consecutive speeches joined into documents of a few KiB, the size
 of a web page), until it holds --size_mb MiB. Each worker count prepares it from scratch in its own
 output directory; the script prints MiB/s, documents/s, tokens/s, the CPU seconds of the
-process tree (user and system) and the peak resident memory of the whole process tree (sampled every 0.1 s with psutil, the sum over the main process and its
-workers) and of its largest process. Everything it writes is deleted at the end, except the
+process tree (user and system) and the peak resident memory of the whole process tree (sampled
+every 0.1 s with psutil, the sum over the main process and its workers) and of its largest
+process. Everything it writes is deleted at the end, except the
 dataset of the last worker count when --keep names where to move it (for `jaxlm.bench
 --what=data`).
 """
@@ -232,8 +233,8 @@ def main(argv: list[str]) -> None:
                 f'{mode.split(":")[1]}'
       print(f'{mode}: {r["seconds"]:.1f} s | {mib / r["seconds"]:.1f} MiB/s | '
             f'{docs / r["seconds"]:,.0f} docs/s | {tokens / r["seconds"]:,.0f} tokens/s{share} | '
-            f'{r["cpu_seconds"]:.1f} CPU s | peak RSS {r["tree_rss_mib"]:,.0f} MiB in all, {r["process_rss_mib"]:,.0f} MiB in '
-            'the largest process', flush=True)
+            f'{r["cpu_seconds"]:.1f} CPU s | peak RSS {r["tree_rss_mib"]:,.0f} MiB in all, '
+            f'{r["process_rss_mib"]:,.0f} MiB in the largest process', flush=True)
       if _KEEP.value and mode == modes[-1]:
         shutil.move(str(out), _KEEP.value)
         print(f'kept the prepared dataset in {_KEEP.value}')
