@@ -255,8 +255,9 @@ class SentencePieceTokenizer:
     return self.sp.encode(text)
 
   def encode_arrays(self, texts: Sequence[str]) -> list[np.ndarray]:
-    # One call for the list, on this thread (the workers are processes), into arrays: about 8%
-    # faster than `encode` a text at a time and a list to array conversion (3 KiB documents).
+    # One call for the list, on this thread (the workers are processes), into arrays: no list of
+    # Python ints per text, one call's overhead per batch (docs/BENCHMARKS.md: 7% less time than
+    # `encode` and a conversion, text by text, on 3 KiB documents; 17% on 180-byte ones).
     return self.sp.encode(list(texts), num_threads=1, return_type='numpy')
 
   def decode(self, ids: Sequence[int]) -> str:
