@@ -13,6 +13,7 @@ import json
 import math
 import sys
 import time
+from pathlib import Path
 from typing import Mapping
 
 import jax
@@ -20,6 +21,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from jaxlm import families, paths
+from jaxlm.errors import UserError
 
 # Dense bf16 peak FLOP/s per device, from the vendors' datasheets. Matched against the lowercased
 # `device_kind` in this order; a device not listed (a CPU, say) has no MFU.
@@ -179,3 +181,23 @@ def at_training_time(points: list[tuple[int, float]],
   """(step, value) points as (training seconds at that step, interpolated, value)."""
   steps = sorted(elapsed)
   return [(float(np.interp(s, steps, [elapsed[k] for k in steps])), v) for s, v in points]
+
+
+def read_metrics(workdir: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
+  """{split: {metric: [(step, value), ...]}} from <workdir>/metrics.jsonl; a resumed run's
+  repeated steps keep their last value."""
+  path = workdir / 'metrics.jsonl'
+  if not path.exists():
+    raise UserError(f'{path} does not exist; give the --workdir of a training run.')
+  series: dict[str, dict[str, dict[int, float]]] = {}
+  for line in path.read_text().splitlines():
+    try:
+      record = json.loads(line)
+    except ValueError:  # a line cut short when a run was killed
+      continue
+    split, step = record.pop('split'), record.pop('step')
+    for key, value in record.items():
+      if isinstance(value, (int, float)):
+        series.setdefault(split, {}).setdefault(key, {})[step] = value
+  return {split: {k: sorted(v.items()) for k, v in metrics.items()}
+          for split, metrics in series.items()}

@@ -11,7 +11,6 @@ runs of different speeds compare at equal compute time.
 """
 
 import io
-import json
 from pathlib import Path
 
 from absl import flags
@@ -27,31 +26,11 @@ _X = flags.DEFINE_enum('x', 'step', ['step', 'time'], 'Horizontal axis: the step
                        'spent in training steps.')
 
 
-def read_metrics(workdir: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
-  """{split: {metric: [(step, value), ...]}} from <workdir>/metrics.jsonl; a resumed run's
-  repeated steps keep their last value."""
-  path = workdir / 'metrics.jsonl'
-  if not path.exists():
-    raise UserError(f'{path} does not exist; give the --workdir of a training run.')
-  series: dict[str, dict[str, dict[int, float]]] = {}
-  for line in path.read_text().splitlines():
-    try:
-      record = json.loads(line)
-    except ValueError:  # a line cut short when a run was killed
-      continue
-    split, step = record.pop('split'), record.pop('step')
-    for key, value in record.items():
-      if isinstance(value, (int, float)):
-        series.setdefault(split, {}).setdefault(key, {})[step] = value
-  return {split: {k: sorted(v.items()) for k, v in metrics.items()}
-          for split, metrics in series.items()}
-
-
 def plot(workdirs: list[Path], output: Path, x: str = 'step') -> Path:
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  every = {w: read_metrics(w) for w in workdirs}
+  every = {w: metrics.read_metrics(w) for w in workdirs}
   tasks = any(split.startswith('tasks/') for series in every.values() for split in series)
   fig, axes = plt.subplots(3 if tasks else 2, 2, figsize=(11, 10.5 if tasks else 7))
   for i, workdir in enumerate(workdirs):

@@ -50,10 +50,10 @@ DIVERGED = 'diverged'  # written into the workdir of a run whose loss became non
 
 
 def result(workdir: Path) -> dict:
-  from jaxlm import metrics, plot  # pylint: disable=import-outside-toplevel
+  from jaxlm import metrics  # pylint: disable=import-outside-toplevel
   if (workdir / DIVERGED).exists():
     return dict(val=math.inf)
-  series = plot.read_metrics(workdir)
+  series = metrics.read_metrics(workdir)
   elapsed = metrics.training_seconds(series['train'])
   times = [t for _, t in series['train']['step_time'][1:]]
   return dict(val=series['val']['loss'][-1][1], step=series['val']['loss'][-1][0],
@@ -63,11 +63,11 @@ def result(workdir: Path) -> dict:
 
 def finished(workdir: Path, steps: int) -> bool:
   """Whether the run in workdir validated at its last step or diverged."""
-  from jaxlm import plot  # pylint: disable=import-outside-toplevel
+  from jaxlm import metrics  # pylint: disable=import-outside-toplevel
   if (workdir / DIVERGED).exists():
     return True
   try:
-    return plot.read_metrics(workdir)['val']['loss'][-1][0] == steps
+    return metrics.read_metrics(workdir)['val']['loss'][-1][0] == steps
   except (OSError, KeyError, IndexError, ValueError, UserError):
     return False
 

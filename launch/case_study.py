@@ -82,7 +82,7 @@ def main() -> None:
   parser.add_argument('--seeds', default='0,1')
   parser.add_argument('--calibration_steps', type=int, default=150)
   args = parser.parse_args()
-  from jaxlm import metrics, plot  # pylint: disable=import-outside-toplevel
+  from jaxlm import metrics  # pylint: disable=import-outside-toplevel
   out = Path(args.out)
   if out.exists() and any(out.iterdir()):
     raise SystemExit(f'--out={out} is not empty; give a new directory.')
@@ -91,13 +91,13 @@ def main() -> None:
   for i, (name, objective, config, extra) in enumerate(MODELS):
     calibration = out / f'{i}_calibration'
     train(config, extra, calibration, args.calibration_steps, 0, 25, args.calibration_steps)
-    series = plot.read_metrics(calibration)['train']
+    series = metrics.read_metrics(calibration)['train']
     step_time = statistics.median(t for _, t in series['step_time'][1:])
     steps = max(int(args.seconds / step_time), 1)
     for seed in seeds:
       workdir = out / f'{i}_seed{seed}'
       train(config, extra, workdir, steps, seed, max(steps // 40, 1), max(steps // 8, 1))
-      series = plot.read_metrics(workdir)
+      series = metrics.read_metrics(workdir)
       elapsed = metrics.training_seconds(series['train'])
       validation = evaluate(workdir)
       rows.append(dict(

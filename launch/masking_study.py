@@ -67,7 +67,7 @@ def main() -> None:
   parser.add_argument('--phase', default='train,bench',
                       help="'train' (the runs), 'bench' (step times), or both.")
   args = parser.parse_args()
-  from jaxlm import plot  # pylint: disable=import-outside-toplevel
+  from jaxlm import metrics  # pylint: disable=import-outside-toplevel
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   results = out / 'masking_study.json'
@@ -82,7 +82,7 @@ def main() -> None:
       eval_every = max(args.steps // 5, 1)
       train(config, flags, workdir, args.steps, seed, max(args.steps // 50, 1), eval_every)
       validation = evaluate(workdir)
-      curve = [(s, v) for s, v in plot.read_metrics(workdir)['val']['loss']]
+      curve = [(s, v) for s, v in metrics.read_metrics(workdir)['val']['loss']]
       rows.append(dict(run=run, model=model, config=config, masking=masking, flags=flags,
                        seed=seed, steps=args.steps,
                        params=parameters(workdir.with_suffix('.log').read_text()),
