@@ -30,8 +30,6 @@ from jaxlm.errors import UserError
 # ArrayRecord's options for the shards: a record per chunk (random access); snappy, which writes
 # 3x and reads 2x faster than the default zstd:3, for 9% more bytes (docs/BENCHMARKS.md).
 SHARD_OPTIONS = 'group_size:1,snappy'
-
-
 SPLITS = ('train', 'validation')
 
 
