@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'launch'))
-from case_study import evaluate, parameters, train  # noqa: E402  pylint: disable=C0413
+from case_study import evaluate, log_of, parameters, train  # noqa: E402  pylint: disable=C0413
 
 MODELS = [('Transformer encoder', 'configs/mlm_base.py'),
           ('bidirectional LSTM', 'configs/bilstm_char.py')]
@@ -85,7 +85,7 @@ def main() -> None:
       curve = [(s, v) for s, v in metrics.read_metrics(workdir)['val']['loss']]
       rows.append(dict(run=run, model=model, config=config, masking=masking, flags=flags,
                        seed=seed, steps=args.steps,
-                       params=parameters(workdir.with_suffix('.log').read_text()),
+                       params=parameters(log_of(workdir).read_text()),
                        validation_loss=validation['loss'], validation_tokens=validation['tokens'],
                        curve=curve))
       results.write_text(json.dumps(rows, indent=1))
