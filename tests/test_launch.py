@@ -389,12 +389,13 @@ def test_xpk_command_for_the_same_run(tmp_path):
       '--config.distributed.initialize=true\'')
 
 
-def test_bench_optim_walks_its_rate_grid_past_an_edge_and_counts_a_diverged_run(tmp_path):
+def test_bench_optim_walks_its_rate_grid_past_an_edge_and_counts_a_diverged_run(tmp_path,
+                                                                               monkeypatch):
   """launch/bench_optim.py: while the best rate is the highest (or lowest) tried, the sweep goes
   one ratio further that way, at most twice; an interior best ends it. A run whose loss became
   non-finite scores infinity, so it is never the best, and counts as finished for --resume."""
   import importlib.util
-  sys.path.insert(0, str(harness.ROOT / 'launch'))
+  monkeypatch.syspath_prepend(str(harness.ROOT / 'launch'))  # (it imports case_study beside it)
   spec = importlib.util.spec_from_file_location('bench_optim',
                                                 harness.ROOT / 'launch' / 'bench_optim.py')
   bench = importlib.util.module_from_spec(spec)
