@@ -15,9 +15,9 @@ the nats by the UTF-8 bytes of the scored text itself. The validation split is t
 the run trained beside (each dataset's too, for a mixture); documents see each other only if the
 run concatenated them (data.packing='concat').
 
-`--tasks` runs EleutherAI's lm-evaluation-harness on the checkpoint instead (jaxlm/harness.py,
-the `eval` extra): lm-eval's tasks, jaxlm's examples (jaxlm/tasks) and those of --include_path,
-their datasets read from disk, never downloaded. It prints lm-eval's table and writes lm-eval's
+`--tasks` runs EleutherAI's lm-evaluation-harness on the checkpoint instead (jaxlm/harness.py and
+harness_tasks.py, the `eval` extra): lm-eval's tasks, jaxlm's examples (jaxlm/tasks) and those
+of --include_path, their datasets read from disk, never downloaded. It prints lm-eval's table and writes lm-eval's
 results dict to <workdir>/eval/<step>-tasks.json (a later run at the same step adds its tasks)
 and each task's metrics to metrics.jsonl and TensorBoard (split tasks/<task>).
 """
@@ -174,20 +174,20 @@ def run_tasks(workdir: str, step: int | None, tasks: list[str], include_path: st
   from jaxlm import lm_eval_plugin, metrics
   lm_eval_plugin.offline()
   try:
-    from jaxlm import harness  # pylint: disable=import-outside-toplevel
+    from jaxlm import harness_tasks  # pylint: disable=import-outside-toplevel
   except ImportError:
     raise UserError('--tasks needs EleutherAI\'s lm-evaluation-harness: pip install '
                     '"jaxlm[eval]" (or -e ".[eval]").') from None
   from jaxlm.restore import load_trained
-  manager = harness.tasks_to_run(tasks, include_path)  # bad names fail before the model loads
+  manager = harness_tasks.tasks_to_run(tasks, include_path)  # bad names fail before loading
   r = load_trained(workdir, step, batch_size)
-  results = harness.evaluate_tasks(r, tasks, manager=manager, num_fewshot=num_fewshot,
-                                   limit=limit, batch_size=batch_size or 16)
+  results = harness_tasks.evaluate_tasks(r, tasks, manager=manager, num_fewshot=num_fewshot,
+                                         limit=limit, batch_size=batch_size or 16)
   out = r.workdir / 'eval' / f'{r.step}-tasks.json'
   if jax.process_index() == 0:  # one host writes the results
     write_task_results(out, results)
     writer = metrics.MetricWriter(r.workdir)
-    for task, values in harness.task_metrics(results).items():
+    for task, values in harness_tasks.task_metrics(results).items():
       writer.write(r.step, values, f'tasks/{task}')
     writer.close()
   from lm_eval.utils import make_table  # pylint: disable=import-outside-toplevel

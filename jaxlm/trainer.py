@@ -148,17 +148,18 @@ class Trainer:
     self.mesh, self.rules, self.model_cfg = built.mesh, built.rules, built.model_cfg
     self.setup, self.train_step, self.eval_step = built.setup, built.train_step, built.eval_step
     self.objective = built.objective
-    self.tasks = None  # train.eval_tasks (jaxlm/harness.py), set up before any step
+    self.tasks = None  # train.eval_tasks (jaxlm/harness_tasks.py), set up before any step
     if t.eval_tasks:
       from jaxlm import lm_eval_plugin  # pylint: disable=import-outside-toplevel
       lm_eval_plugin.offline()
       try:
-        from jaxlm import harness  # pylint: disable=import-outside-toplevel
+        from jaxlm import harness_tasks  # pylint: disable=import-outside-toplevel
       except ImportError:
         raise UserError('config field train.eval_tasks needs EleutherAI\'s lm-evaluation-harness: '
                         'pip install "jaxlm[eval]" (or -e ".[eval]"), or leave it empty.') from None
-      self.tasks = harness.LiveTasks(cfg, self.model_cfg, self.tokenizer, self.setup.graphdef,
-                                     self.mesh, self.rules, self.workdir)
+      self.tasks = harness_tasks.LiveTasks(cfg, self.model_cfg, self.tokenizer,
+                                           self.setup.graphdef, self.mesh, self.rules,
+                                           self.workdir)
     self.is_main = jax.process_index() == 0
     self.log(f'jaxlm | {metrics.param_count(self.model_cfg) / 1e6:.2f}M parameters | mesh '
              f'{dict(self.mesh.shape)} on {metrics.devices_text()} | '

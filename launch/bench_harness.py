@@ -46,7 +46,7 @@ def main() -> None:
   import torch  # pylint: disable=import-outside-toplevel
   import transformers  # pylint: disable=import-outside-toplevel
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-  from jaxlm.harness import task_manager  # pylint: disable=import-outside-toplevel
+  from jaxlm.harness_tasks import task_manager  # pylint: disable=import-outside-toplevel
   tmp = Path(args.dir or tempfile.mkdtemp(prefix='bench_harness_'))
   tok = Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -53,7 +53,7 @@ def models(tmp_path_factory):
 
 
 def _evaluate(model, model_args, tasks=TASKS):
-  from jaxlm.harness import task_manager
+  from jaxlm.harness_tasks import task_manager
   return lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=tasks,
                                  task_manager=task_manager('', tasks), limit=LIMIT,
                                  log_samples=True,

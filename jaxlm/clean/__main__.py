@@ -97,7 +97,7 @@ def task_documents(tasks: list[str], include_path: str) -> list[tuple[str, int, 
   """(task, document number, prompt, answer) of every evaluation document of the tasks, read
   through lm-eval from local datasets; a YAML path adds its directory to the task search."""
   # pylint: disable=import-outside-toplevel
-  from jaxlm import harness
+  from jaxlm import harness_tasks
   names, paths = [], [p for p in include_path.split(',') if p]
   for t in tasks:
     if t.endswith(('.yaml', '.yml')):
@@ -117,7 +117,7 @@ def task_documents(tasks: list[str], include_path: str) -> list[tuple[str, int, 
         paths.append(str(path.parent))
     else:
       names.append(t)
-  manager = harness.tasks_to_run(names, ','.join(paths), what='--decontaminate')
+  manager = harness_tasks.tasks_to_run(names, ','.join(paths), what='--decontaminate')
   from lm_eval.tasks import get_task_dict
   try:
     loaded = get_task_dict(names, manager)
